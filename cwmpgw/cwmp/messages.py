@@ -1,0 +1,145 @@
+"""Typed CWMP messages: what the SOAP codec produces from a CPE's envelope.
+
+Plain frozen dataclasses, so the session machine, the store and the tests can build
+and compare them without XML. Field names follow the schema (snake_case).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = [
+    "AutonomousTransferComplete",
+    "CpeFault",
+    "CpeMessage",
+    "DeviceId",
+    "Envelope",
+    "EventStruct",
+    "GetRPCMethods",
+    "Inform",
+    "ParameterValue",
+    "RpcResponse",
+    "SetParameterValuesFault",
+    "TransferComplete",
+    "UnknownRequest",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceId:
+    manufacturer: str
+    oui: str
+    product_class: str
+    serial_number: str
+
+
+@dataclass(frozen=True, slots=True)
+class EventStruct:
+    code: str  # e.g. "0 BOOTSTRAP", "M Download"
+    command_key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ParameterValue:
+    name: str
+    value: str  # the text as sent; typing is the reader's business
+    type: str = "xsd:string"  # the xsi:type as sent, normalised to the "xsd:" prefix
+
+
+@dataclass(frozen=True, slots=True)
+class Inform:
+    device_id: DeviceId
+    events: tuple[EventStruct, ...]
+    max_envelopes: int
+    current_time: str
+    retry_count: int
+    parameters: tuple[ParameterValue, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TransferComplete:
+    command_key: str
+    fault_code: int
+    fault_string: str
+    start_time: str
+    complete_time: str
+
+
+@dataclass(frozen=True, slots=True)
+class AutonomousTransferComplete:
+    announce_url: str
+    transfer_url: str
+    is_download: bool
+    file_type: str
+    file_size: int
+    target_file_name: str
+    fault_code: int
+    fault_string: str
+    start_time: str
+    complete_time: str
+
+
+@dataclass(frozen=True, slots=True)
+class GetRPCMethods:
+    """The CPE asks which methods the ACS supports."""
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownRequest:
+    """A CPE-originated request this ACS does not implement (answered with fault 8000)."""
+
+    method: str
+
+
+@dataclass(frozen=True, slots=True)
+class RpcResponse:
+    """The CPE's answer to an ACS request (``<Method>Response``).
+
+    ``fields`` holds the response's simple children by local name; the task layer
+    that sent the request owns the detailed parsing of its own response type.
+    """
+
+    method: str  # e.g. "GetParameterValues" (without the "Response" suffix)
+    fields: dict[str, str] = field(default_factory=dict, compare=False)
+    parameters: tuple[ParameterValue, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SetParameterValuesFault:
+    parameter_name: str
+    fault_code: int
+    fault_string: str
+
+
+@dataclass(frozen=True, slots=True)
+class CpeFault:
+    """A SOAP Fault sent by the CPE in answer to an ACS request."""
+
+    fault_code: int
+    fault_string: str
+    set_parameter_values_faults: tuple[SetParameterValuesFault, ...] = ()
+
+
+CpeMessage = (
+    Inform
+    | TransferComplete
+    | AutonomousTransferComplete
+    | GetRPCMethods
+    | UnknownRequest
+    | RpcResponse
+    | CpeFault
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One parsed SOAP envelope from a CPE.
+
+    ``namespace`` is the CPE's cwmp namespace URI: every reply is written in it.
+    """
+
+    namespace: str
+    request_id: str | None  # the cwmp:ID header, echoed in our answer
+    message: CpeMessage
+    session_timeout: int | None = None  # cwmp:SessionTimeout (CWMP 1.3+), Inform only
+    supported_versions: tuple[str, ...] | None = None  # cwmp:SupportedCWMPVersions (1.4)
