@@ -1,0 +1,551 @@
+"""The gateway's configuration: a TOML file turned into frozen dataclasses.
+
+The file is the source of truth; the command line only overrides a few keys. Every problem
+is collected and reported at once as ``<key.path>: <message>`` (as Buildbot and Synapse do),
+so an operator fixes a file in one pass instead of one error per start. Unknown sections
+and keys are errors too: a typo must not silently fall back to a default.
+
+Each section dataclass is the schema: a field whose metadata holds a ``check`` is a TOML key,
+its default is the key's default. Paths are made absolute at load time, relative to the
+current directory, so a later ``chdir`` (twistd ``--rundir``) cannot move them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from datetime import date, datetime, time
+from typing import Any, TypeVar
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
+
+__all__ = [
+    "AcsConfig",
+    "AuthConfig",
+    "Config",
+    "ConfigError",
+    "EventsConfig",
+    "GatewayConfig",
+    "RedisConfig",
+    "RedisTarget",
+    "default_config",
+    "load_config",
+    "parse_config",
+]
+
+_T = TypeVar("_T")
+
+
+class ConfigError(Exception):
+    """Every problem found in a configuration, each as ``<key.path>: <message>``."""
+
+    def __init__(self, errors: Iterable[str]) -> None:
+        self.errors: list[str] = list(errors)
+        super().__init__(*self.errors)
+
+    def __str__(self) -> str:
+        return "\n".join(self.errors)
+
+
+class _Invalid(Exception):
+    """A value failed its check; the message is reported after the key's path."""
+
+
+_Check = Callable[[object], object]
+
+
+def _setting(default: _T, check: _Check, *, show: bool = True) -> _T:
+    """A TOML key: its default and the check that validates and normalises a value."""
+    return field(default=default, repr=show, metadata={"check": check})
+
+
+# -- checks ------------------------------------------------------------------------------
+
+
+def _describe(value: object) -> str:
+    """Name a TOML value's type the way the file's author thinks of it."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "an array"
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, datetime | date | time):
+        return "a date/time"
+    return f"a {type(value).__name__}"
+
+
+def _choices(options: Iterable[str]) -> str:
+    return ", ".join(repr(o) for o in options)
+
+
+def _need_str(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(f"must be a string, not {_describe(value)}")
+    return value
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_WHITESPACE = re.compile(r"\s")
+
+
+def _text(value: object) -> str:
+    """Any string without control characters: it ends up in logs and headers."""
+    s = _need_str(value)
+    if _CONTROL.search(s):
+        raise _Invalid("must not contain control characters")
+    return s
+
+
+def _secret(value: object) -> str:
+    """A password: only its type is checked and it is never echoed."""
+    return _need_str(value)
+
+
+def _word(value: object) -> str:
+    """A non-empty string without whitespace (key prefixes)."""
+    s = _text(value)
+    if not s:
+        raise _Invalid("must not be empty")
+    if _WHITESPACE.search(s):
+        raise _Invalid("must not contain spaces")
+    return s
+
+
+def _hostname(value: object) -> str:
+    s = _text(value)
+    if _WHITESPACE.search(s):
+        raise _Invalid("must not contain spaces")
+    return s
+
+
+def _directory(value: object) -> str:
+    s = _text(value)
+    if not s:
+        raise _Invalid("must not be empty")
+    return os.path.abspath(s)
+
+
+def _optional_file(value: object) -> str:
+    """ "" (unset) or a file that exists now, so a bad path fails at load, not at first use."""
+    s = _text(value)
+    if not s:
+        return s
+    path = os.path.abspath(s)
+    if not os.path.isfile(path):
+        raise _Invalid(f"no such file: {path}")
+    return path
+
+
+def _interface(value: object) -> str:
+    s = _text(value)
+    if s:
+        try:
+            ipaddress.ip_address(s)
+        except ValueError:
+            raise _Invalid(
+                f"must be an IP address ('' for all IPv4 interfaces, '::' for all), got {s!r}"
+            ) from None
+    return s
+
+
+def _url_path(value: object) -> str:
+    s = _text(value)
+    if not s.startswith("/"):
+        raise _Invalid(f"must start with '/', got {s!r}")
+    if _WHITESPACE.search(s) or "?" in s or "#" in s:
+        raise _Invalid("must be a plain path without spaces, '?' or '#'")
+    return s
+
+
+def _realm(value: object) -> str:
+    """The realm goes inside a quoted header parameter, so quotes and backslashes are out."""
+    s = _text(value)
+    if not s:
+        raise _Invalid("must not be empty")
+    if '"' in s or "\\" in s:
+        raise _Invalid("must not contain quotes or backslashes")
+    return s
+
+
+def _redis_url(value: object) -> str:
+    s = _text(value)
+    _parse_redis_url(s)
+    return s
+
+
+def _int(low: int, high: int) -> _Check:
+    def check(value: object) -> int:
+        # bool is a subclass of int; `port = true` is a mistake, not 1.
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Invalid(f"must be an integer, not {_describe(value)}")
+        if not low <= value <= high:
+            raise _Invalid(f"must be between {low} and {high}, got {value}")
+        return value
+
+    return check
+
+
+def _bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(f"must be true or false, not {_describe(value)}")
+    return value
+
+
+def _one_of(*options: str) -> _Check:
+    def check(value: object) -> str:
+        s = _need_str(value)
+        if s not in options:
+            raise _Invalid(f"must be one of {_choices(options)}, got {s!r}")
+        return s
+
+    return check
+
+
+def _list_of(*options: str) -> _Check:
+    """A non-empty list of distinct options; order matters (it is sent to the CPE)."""
+
+    def check(value: object) -> tuple[str, ...]:
+        if not isinstance(value, list | tuple):
+            raise _Invalid(f"must be an array, not {_describe(value)}")
+        if not value:
+            raise _Invalid(f"must not be empty (choose from {_choices(options)})")
+        not_str = [v for v in value if not isinstance(v, str)]
+        if not_str:
+            raise _Invalid(f"items must be strings, not {_describe(not_str[0])}")
+        unknown = [v for v in value if v not in options]
+        if unknown:
+            raise _Invalid(f"unknown value {_choices(unknown)}; expected {_choices(options)}")
+        dupes = sorted({v for v in value if value.count(v) > 1})
+        if dupes:
+            raise _Invalid(f"duplicate {_choices(dupes)}")
+        return tuple(value)
+
+    return check
+
+
+# -- the schema ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RedisTarget:
+    """Where an external Redis lives: TCP (host, port) or a Unix socket (path)."""
+
+    host: str | None
+    port: int | None
+    path: str | None
+    db: int = 0
+    password: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    data_dir: str = _setting("./cwmpgw-data", _directory)
+    node: str = _setting("", _text)
+
+    @property
+    def node_name(self) -> str:
+        """The node's name in events: ``node``, else this host's name."""
+        return self.node or socket.gethostname()
+
+
+@dataclass(frozen=True, slots=True)
+class AcsConfig:
+    interface: str = _setting("", _interface)
+    port: int = _setting(7547, _int(0, 65535))
+    tls: bool = _setting(True, _bool)
+    cert_file: str = _setting("", _optional_file)
+    key_file: str = _setting("", _optional_file)
+    hostname: str = _setting("", _hostname)
+    max_body_bytes: int = _setting(262144, _int(1024, 16777216))
+    session_timeout: int = _setting(30, _int(5, 3600))
+    max_session_timeout: int = _setting(300, _int(5, 86400))
+    hold_requests: bool = _setting(False, _bool)
+    path: str = _setting("/", _url_path)
+
+    @property
+    def certificate_hostname(self) -> str:
+        """The name for a self-signed certificate; resolved lazily (getfqdn may do DNS)."""
+        return self.hostname or socket.getfqdn()
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    realm: str = _setting("cwmpgw", _realm)
+    schemes: tuple[str, ...] = _setting(("digest",), _list_of("digest", "basic"))
+    digest_algorithms: tuple[str, ...] = _setting(("MD5", "SHA-256"), _list_of("MD5", "SHA-256"))
+    nonce_lifetime: int = _setting(300, _int(10, 86400))
+    allow_basic_without_tls: bool = _setting(False, _bool)
+    unknown_devices: str = _setting("reject", _one_of("reject", "enroll"))
+    bootstrap_username: str = _setting("", _text)
+    bootstrap_password: str = _setting("", _secret, show=False)
+    bootstrap_password_file: str = _setting("", _optional_file)
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConfig:
+    # The URL may hold a password: it stays out of repr (target shows where, not how).
+    url: str = _setting("", _redis_url, show=False)
+    prefix: str = _setting("cwmpgw:", _word)
+    target: RedisTarget | None = None  # parsed from url; None = the embedded Redis
+
+
+@dataclass(frozen=True, slots=True)
+class EventsConfig:
+    stream_maxlen: int = _setting(100000, _int(100, 100000000))
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    acs: AcsConfig = field(default_factory=AcsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    source: str | None = None  # the file it came from; None = defaults and overrides only
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "gateway": GatewayConfig,
+    "acs": AcsConfig,
+    "auth": AuthConfig,
+    "redis": RedisConfig,
+    "events": EventsConfig,
+}
+
+
+def _keys(section: type[Any]) -> dict[str, tuple[object, _Check]]:
+    """The TOML keys of a section class: name → (default, check)."""
+    keys: dict[str, tuple[object, _Check]] = {}
+    for f in fields(section):
+        if "check" in f.metadata:
+            assert f.default is not MISSING
+            keys[f.name] = (f.default, f.metadata["check"])
+    return keys
+
+
+def _unknown(kind: str, name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown {kind}{hint}"
+
+
+# -- redis URLs ----------------------------------------------------------------------------
+
+
+def _parse_redis_url(url: str) -> RedisTarget | None:
+    """Parse ``redis.url``; messages never echo the URL, which may hold a password."""
+    if not url:
+        return None
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise _Invalid("is not a valid URL") from None
+    scheme = parts.scheme.lower()
+    if scheme == "rediss":
+        raise _Invalid("TLS to Redis is not supported yet")
+    if parts.fragment:
+        raise _Invalid("must not have a '#fragment'")
+    if scheme == "redis":
+        return _parse_redis_tcp(parts)
+    if scheme == "unix":
+        return _parse_redis_unix(parts)
+    raise _Invalid("must be empty (the embedded Redis) or a redis:// or unix:// URL")
+
+
+def _parse_db(text: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,9}", text):
+        raise _Invalid("the database must be a number, as in redis://host:6379/0")
+    return int(text)
+
+
+def _parse_redis_tcp(parts: SplitResult) -> RedisTarget:
+    if parts.query:
+        raise _Invalid("redis:// URLs take no query parameters; put the database in the path")
+    host = parts.hostname
+    if not host:
+        raise _Invalid("must name a host, as in redis://host:6379/0")
+    try:
+        port = parts.port
+    except ValueError:
+        raise _Invalid("has an invalid port") from None
+    if port == 0:
+        raise _Invalid("has an invalid port")
+    if parts.username:
+        raise _Invalid("user names are not supported; write redis://:password@host")
+    password = unquote(parts.password) if parts.password else None
+    db = 0 if parts.path in ("", "/") else _parse_db(parts.path[1:])
+    return RedisTarget(host=host, port=port or 6379, path=None, db=db, password=password)
+
+
+def _parse_redis_unix(parts: SplitResult) -> RedisTarget:
+    if parts.netloc:
+        raise _Invalid("unix:// URLs take no host; write unix:///path/to/socket")
+    socket_path = unquote(parts.path)
+    if not socket_path.startswith("/") or socket_path == "/":
+        raise _Invalid("must name an absolute socket path, as in unix:///run/redis.sock")
+    db = 0
+    password: str | None = None
+    try:
+        params = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError:
+        raise _Invalid("has an invalid query string") from None
+    for name, value in params:
+        if name == "db":
+            db = _parse_db(value)
+        elif name == "password":
+            password = value or None
+        else:
+            raise _Invalid(f"unknown query parameter {name!r} (expected 'db' or 'password')")
+    return RedisTarget(host=None, port=None, path=socket_path, db=db, password=password)
+
+
+# -- parsing ----------------------------------------------------------------------------------
+
+
+def parse_config(
+    data: Mapping[str, Any],
+    *,
+    source: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Validate parsed TOML (plus dotted-path overrides) into a Config, or raise ConfigError."""
+    errors: list[str] = []
+    raw: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    bad_sections: set[str] = set()
+
+    for name, table in data.items():
+        if name not in _SECTIONS:
+            errors.append(f"{name}: {_unknown('section', name, _SECTIONS)}")
+        elif not isinstance(table, Mapping):
+            errors.append(f"{name}: must be a table, not {_describe(table)}")
+            bad_sections.add(name)
+        else:
+            raw[name].update(table)
+
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        if section not in _SECTIONS or key not in _keys(_SECTIONS[section]):
+            known = [f"{n}.{k}" for n, c in _SECTIONS.items() for k in _keys(c)]
+            errors.append(f"{dotted}: {_unknown('setting', dotted, known)}")
+        elif section not in bad_sections:
+            raw[section][key] = value
+
+    values: dict[str, dict[str, Any]] = {}
+    for name, cls in _SECTIONS.items():
+        keys = _keys(cls)
+        good: dict[str, Any] = {}
+        for key in raw[name]:
+            if key not in keys:
+                errors.append(f"{name}.{key}: {_unknown('key', key, keys)}")
+        for key, (default, check) in keys.items():
+            # Defaults go through their check too: it normalises (a relative path → absolute).
+            try:
+                good[key] = check(raw[name].get(key, default))
+            except _Invalid as e:
+                errors.append(f"{name}.{key}: {e}")
+        values[name] = good
+
+    _cross_check(raw, values, errors)
+    if errors:
+        raise ConfigError(errors)
+    return Config(
+        **{name: _SECTIONS[name](**good) for name, good in values.items()},
+        source=source,
+    )
+
+
+def _cross_check(
+    raw: Mapping[str, Mapping[str, Any]], values: dict[str, dict[str, Any]], errors: list[str]
+) -> None:
+    """Rules that tie keys together; a key that failed its own check is skipped here."""
+    acs, auth, redis = values["acs"], values["auth"], values["redis"]
+
+    if "session_timeout" in acs and "max_session_timeout" in acs:
+        if acs["max_session_timeout"] < acs["session_timeout"]:
+            errors.append(
+                "acs.max_session_timeout: must be at least acs.session_timeout "
+                f"({acs['session_timeout']}), got {acs['max_session_timeout']}"
+            )
+
+    # On what was written, so a missing file and a missing partner are reported together.
+    cert_given, key_given = bool(raw["acs"].get("cert_file")), bool(raw["acs"].get("key_file"))
+    if cert_given and not key_given:
+        errors.append("acs.key_file: required when acs.cert_file is set")
+    if key_given and not cert_given:
+        errors.append("acs.cert_file: required when acs.key_file is set")
+
+    if (
+        acs.get("tls") is False
+        and "basic" in auth.get("schemes", ())
+        and auth.get("allow_basic_without_tls") is False
+    ):
+        errors.append(
+            "auth.schemes: 'basic' sends passwords in clear text when acs.tls = false; "
+            "use 'digest', or set auth.allow_basic_without_tls = true"
+        )
+
+    if "bootstrap_password" in auth and auth.get("bootstrap_password_file"):
+        path = auth["bootstrap_password_file"]
+        if auth["bootstrap_password"]:
+            errors.append(
+                "auth.bootstrap_password_file: cannot be used together with "
+                "auth.bootstrap_password; set only one"
+            )
+        else:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    password = f.read().strip()
+            except (OSError, UnicodeDecodeError) as e:
+                reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+                errors.append(f"auth.bootstrap_password_file: cannot read {path}: {reason}")
+            else:
+                if password:
+                    auth["bootstrap_password"] = password
+                else:
+                    errors.append(f"auth.bootstrap_password_file: {path} is empty")
+
+    if auth.get("unknown_devices") == "enroll":
+        if auth.get("bootstrap_username") == "":
+            errors.append("auth.bootstrap_username: required when auth.unknown_devices = 'enroll'")
+        if auth.get("bootstrap_password") == "" and not raw["auth"].get("bootstrap_password_file"):
+            errors.append(
+                "auth.bootstrap_password: required when auth.unknown_devices = 'enroll' "
+                "(or set auth.bootstrap_password_file)"
+            )
+
+    if "url" in redis:
+        # The check already accepted the URL; parsing again cannot fail.
+        redis["target"] = _parse_redis_url(redis["url"])
+
+
+def load_config(path: str | None = None, *, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Read a TOML file (None: defaults only) and apply overrides; raise ConfigError."""
+    if path is None:
+        return parse_config({}, overrides=overrides)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read: {e.strerror or e}"]) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{path}: {e}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not UTF-8 text"]) from None
+    return parse_config(data, source=path, overrides=overrides)
+
+
+def default_config() -> Config:
+    """Every key at its default (data_dir resolved against the current directory)."""
+    return parse_config({})
