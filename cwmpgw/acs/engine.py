@@ -1,0 +1,322 @@
+"""The session engine: runs CWMP sessions against the stores, the event bus and the work source.
+
+The HTTP resource hands it authenticated envelopes; the engine drives the sans-IO
+machine, stores what the CPE reported, publishes events and asks the request source
+(the task queue, in a later cut) what the ACS should send in its turn. An Inform is
+answered only after its device record and events are stored, so a CPE whose Inform
+could not be stored keeps its events and retries, as TR-069 makes it do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from zope.interface import Interface, implementer
+
+from cwmpgw.acs.sessions import LiveSession, SessionRegistry, new_session_id
+from cwmpgw.bus.events import Event, IEventSink, device_ref
+from cwmpgw.cwmp import soap
+from cwmpgw.cwmp.deviceid import device_id as make_device_id
+from cwmpgw.cwmp.messages import (
+    AutonomousTransferComplete,
+    CpeFault,
+    DeviceId,
+    Envelope,
+    Inform,
+    RpcResponse,
+    TransferComplete,
+)
+from cwmpgw.cwmp.session import (
+    AcsRequest,
+    CwmpSession,
+    Effect,
+    Outcome,
+    Reply,
+    ResponseReceived,
+    SessionEnded,
+    TransferReceived,
+)
+from cwmpgw.cwmp.versions import VersionMismatch, negotiate
+from cwmpgw.store.interfaces import IDeviceStore, InformRecord
+
+__all__ = ["AcsEngine", "IRequestSource", "NoRequests"]
+
+
+class IRequestSource(Interface):
+    """What the ACS sends in its turn: the seam the task queue plugs into."""
+
+    def next_request(session: LiveSession) -> Deferred[AcsRequest | None]:
+        """The next request for this session's device, or None when there is none."""
+
+    def answered(
+        session: LiveSession, request: AcsRequest, response: RpcResponse | CpeFault
+    ) -> Deferred[None]:
+        """The CPE answered ``request``; fires once the answer is recorded."""
+
+
+@implementer(IRequestSource)
+class NoRequests:
+    """The ACS never has anything to ask: every session ends after the CPE's turn."""
+
+    def next_request(self, session: LiveSession) -> Deferred[AcsRequest | None]:
+        return succeed(None)
+
+    def answered(
+        self, session: LiveSession, request: AcsRequest, response: RpcResponse | CpeFault
+    ) -> Deferred[None]:
+        return succeed(None)
+
+
+def _device_ref(device_id: str, d: DeviceId) -> dict[str, str]:
+    return device_ref(device_id, d.oui, d.product_class, d.serial_number, d.manufacturer)
+
+
+class AcsEngine:
+    _log = Logger()
+
+    def __init__(
+        self,
+        *,
+        clock: IReactorTime,
+        devices: IDeviceStore,
+        events: IEventSink,
+        requests: IRequestSource | None = None,
+        node: str,
+        session_timeout: float = 30.0,
+        max_session_timeout: float = 300.0,
+        hold_requests: bool = False,
+    ) -> None:
+        self._clock = clock
+        self._devices = devices
+        self._events = events
+        self._requests: IRequestSource = requests or NoRequests()
+        self.node = node
+        self._session_timeout = session_timeout
+        self._max_session_timeout = max_session_timeout
+        self._hold_requests = hold_requests
+        self.registry = SessionRegistry(clock, self._session_ended)
+        self._busy: set[str] = set()
+
+    def _event(self, type_: str, data: dict[str, Any], device: dict[str, str] | None) -> Event:
+        return Event(type=type_, ts=self._clock.seconds(), node=self.node, data=data, device=device)
+
+    def publish(
+        self, type_: str, data: dict[str, Any], device: dict[str, str] | None = None
+    ) -> Deferred[None]:
+        return self._events.publish(self._event(type_, data, device))
+
+    async def start_session(
+        self, envelope: Envelope, *, peer: str, channel: object, authenticated_as: str
+    ) -> tuple[LiveSession | None, Reply]:
+        """Open a session for an authenticated Inform and store what it reports.
+
+        Raises whatever the store or the bus raised: the caller answers 503 and the
+        CPE retries the Inform later with its events intact.
+        """
+        inform = envelope.message
+        assert isinstance(inform, Inform)
+        device_id = make_device_id(inform.device_id)
+        try:
+            negotiated = negotiate(envelope)
+        except VersionMismatch:
+            return None, Reply(200, soap.acs_fault(envelope.namespace, envelope.request_id, 8006))
+        now = self._clock.seconds()
+        machine = CwmpSession(
+            new_session_id(), envelope, negotiated, hold_requests=self._hold_requests
+        )
+        record = InformRecord(
+            device_id=device_id,
+            device=inform.device_id,
+            ts=now,
+            source=peer,
+            cwmp_version=negotiated.version,
+            namespace=envelope.namespace,
+            events=inform.events,
+            parameters=inform.parameters,
+        )
+        is_new = await self._devices.record_inform(record)
+        dev = _device_ref(device_id, inform.device_id)
+        codes = [e.code for e in inform.events]
+        if is_new or "0 BOOTSTRAP" in codes:
+            await self.publish(
+                "device.registered",
+                {
+                    "first_contact": is_new,
+                    "bootstrap": "0 BOOTSTRAP" in codes,
+                    "source": peer,
+                    "username": authenticated_as,
+                },
+                dev,
+            )
+        await self.publish(
+            "inform",
+            {
+                "session_id": machine.session_id,
+                "events": [{"code": e.code, "command_key": e.command_key} for e in inform.events],
+                "parameters": {
+                    p.name: {"value": p.value, "type": p.type} for p in inform.parameters
+                },
+                "retry_count": inform.retry_count,
+                "current_time": inform.current_time,
+                "cwmp_version": negotiated.version,
+                "source": peer,
+                "connection_request_url": record.connection_request_url,
+            },
+            dev,
+        )
+        timeout = max(self._session_timeout, float(envelope.session_timeout or 0))
+        live = LiveSession(
+            machine=machine,
+            device_id=device_id,
+            device=inform.device_id,
+            cookie=machine.session_id,
+            peer=peer,
+            started=now,
+            timeout=min(timeout, self._max_session_timeout),
+            channel=channel,
+        )
+        self.registry.add(live)
+        self._log.info(
+            "session {session_id} opened for {device_id} from {peer} (CWMP {cwmp_version})",
+            session_id=live.session_id,
+            device_id=device_id,
+            peer=peer,
+            cwmp_version=negotiated.version,
+        )
+        return live, machine.inform_response()
+
+    async def continue_session(self, live: LiveSession, envelope: Envelope | None) -> Reply:
+        """One POST of a live session after the Inform (``None`` is the empty POST)."""
+        if live.session_id in self._busy:
+            return Reply(400, reason="another request of this session is in progress")
+        self._busy.add(live.session_id)
+        try:
+            self.registry.touch(live)
+            step = live.machine.receive(envelope)
+            reply = step.reply
+            failed = await self._apply(live, step.effects)
+            if failed is not None:
+                return failed
+            while reply is None:
+                request = await self._requests.next_request(live)
+                if request is not None:
+                    reply = live.machine.send_request(request)
+                    break
+                step = live.machine.finish()
+                await self._apply(live, step.effects)
+                reply = step.reply
+            return reply
+        finally:
+            self._busy.discard(live.session_id)
+
+    async def _apply(self, live: LiveSession, effects: tuple[Effect, ...]) -> Reply | None:
+        """Carry out effects; a reply is returned only when one must replace the normal one."""
+        for effect in effects:
+            if isinstance(effect, TransferReceived):
+                try:
+                    await self._record_transfer(live, effect.message)
+                except Exception:
+                    self._log.failure(
+                        "could not record a transfer of {device_id}; not acknowledging it",
+                        device_id=live.device_id,
+                    )
+                    return Reply(
+                        200, soap.acs_fault(live.machine.namespace, None, 8002, "Internal error")
+                    )
+            elif isinstance(effect, ResponseReceived):
+                await self._requests.answered(live, effect.request, effect.response)
+            elif isinstance(effect, SessionEnded):
+                self.registry.ended(live, effect)
+        return None
+
+    async def _record_transfer(
+        self, live: LiveSession, message: TransferComplete | AutonomousTransferComplete
+    ) -> None:
+        autonomous = isinstance(message, AutonomousTransferComplete)
+        data: dict[str, Any] = asdict(message)
+        key = ":".join(
+            [
+                "atc" if autonomous else "tc",
+                message.start_time,
+                message.complete_time,
+                str(message.fault_code),
+                getattr(message, "command_key", "") or getattr(message, "transfer_url", ""),
+            ]
+        )
+        first = await self._devices.record_transfer(live.device_id, key, data)
+        if not first:
+            self._log.info(
+                "transfer report of {device_id} re-delivered; acknowledged again",
+                device_id=live.device_id,
+            )
+            return
+        data.update(
+            {
+                "session_id": live.session_id,
+                "autonomous": autonomous,
+                "success": not message.fault_code,
+            }
+        )
+        await self.publish("transfer.complete", data, _device_ref(live.device_id, live.device))
+
+    def _session_ended(self, live: LiveSession, ended: SessionEnded) -> None:
+        """Report a session's end once, whatever ended it."""
+        m = live.machine
+        duration = self._clock.seconds() - live.started
+        self._log.info(
+            "session {session_id} of {device_id} ended: {outcome}",
+            session_id=live.session_id,
+            device_id=live.device_id,
+            outcome=ended.outcome.value,
+        )
+        d = self.publish(
+            "session.closed",
+            {
+                "session_id": live.session_id,
+                "outcome": ended.outcome.value,
+                "reason": ended.reason,
+                "duration": round(duration, 3),
+                "rpc_count": m.cpe_requests + m.acs_requests,
+                "cpe_requests": m.cpe_requests,
+                "acs_requests": m.acs_requests,
+                "cwmp_version": m.negotiated.version,
+                "events": [e.code for e in m.inform.events],
+                "source": live.peer,
+            },
+            _device_ref(live.device_id, live.device),
+        )
+        d.addErrback(
+            lambda f: self._log.failure(
+                "could not publish session.closed for {device_id}", f, device_id=live.device_id
+            )
+        )
+
+    def shutdown(self) -> None:
+        self.registry.end_all(Outcome.SHUTDOWN, "the gateway is stopping")
+
+    # The HTTP layer's other way into the bus.
+    def auth_failed(
+        self,
+        *,
+        peer: str,
+        reason: str,
+        username: str | None,
+        device: DeviceId | None = None,
+    ) -> None:
+        self._log.warn(
+            "authentication failed from {peer} (user {username!r}): {reason}",
+            peer=peer,
+            username=username,
+            reason=reason,
+        )
+        ref = _device_ref(make_device_id(device), device) if device is not None else None
+        d = self.publish(
+            "auth.failed",
+            {"source": peer, "username": username, "reason": reason},
+            ref,
+        )
+        d.addErrback(lambda f: self._log.failure("could not publish auth.failed", f))

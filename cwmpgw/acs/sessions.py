@@ -1,0 +1,112 @@
+"""Live CWMP sessions of this process: found by cookie, else by connection; timed out on a clock.
+
+A CPE may continue its session on a new TCP connection (TR-069 §3.4.2), so the cookie
+is the primary key; CPEs that drop cookies are followed by their connection instead.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+from cwmpgw.cwmp.messages import DeviceId
+from cwmpgw.cwmp.session import CwmpSession, Outcome, SessionEnded
+
+__all__ = ["LiveSession", "SessionRegistry"]
+
+
+@dataclass(eq=False)
+class LiveSession:
+    machine: CwmpSession
+    device_id: str
+    device: DeviceId
+    cookie: str
+    peer: str
+    started: float
+    timeout: float
+    channel: object | None = None  # the connection authenticated for this session
+    timer: IDelayedCall | None = field(default=None, repr=False)
+
+    @property
+    def session_id(self) -> str:
+        return self.machine.session_id
+
+
+def new_session_id() -> str:
+    """128 random bits: the cookie is a bearer secret for the rest of the session."""
+    return os.urandom(16).hex()
+
+
+class SessionRegistry:
+    def __init__(
+        self,
+        clock: IReactorTime,
+        on_end: Callable[[LiveSession, SessionEnded], None],
+    ) -> None:
+        self._clock = clock
+        self._on_end = on_end
+        self._by_cookie: dict[str, LiveSession] = {}
+        self._by_device: dict[str, LiveSession] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_cookie)
+
+    def add(self, live: LiveSession) -> None:
+        """Register a new session; an older session of the same device is superseded."""
+        old = self._by_device.get(live.device_id)
+        if old is not None:
+            self.end(old, Outcome.SUPERSEDED, "the device started a new session")
+        self._by_cookie[live.cookie] = live
+        self._by_device[live.device_id] = live
+        self.touch(live)
+
+    def by_cookie(self, cookie: str | None) -> LiveSession | None:
+        if cookie is None:
+            return None
+        return self._by_cookie.get(cookie)
+
+    def by_device(self, device_id: str) -> LiveSession | None:
+        return self._by_device.get(device_id)
+
+    def touch(self, live: LiveSession) -> None:
+        """Restart the idle timer: called on every POST of the session."""
+        if live.timer is not None and live.timer.active():
+            live.timer.reset(live.timeout)
+        else:
+            live.timer = self._clock.callLater(live.timeout, self._expire, live)
+
+    def _expire(self, live: LiveSession) -> None:
+        live.timer = None
+        self.end(live, Outcome.TIMEOUT, f"no POST for {live.timeout:g} s")
+
+    def end(self, live: LiveSession, outcome: Outcome, reason: str = "") -> None:
+        """End a session from outside the machine (timeout, superseded, shutdown)."""
+        ended = live.machine.end(outcome, reason)
+        if ended is not None:
+            self.ended(live, ended)
+
+    def ended(self, live: LiveSession, ended: SessionEnded) -> None:
+        """Forget a session the machine has closed, and report it once."""
+        if self._by_cookie.get(live.cookie) is live:
+            del self._by_cookie[live.cookie]
+        if self._by_device.get(live.device_id) is live:
+            del self._by_device[live.device_id]
+        if live.timer is not None and live.timer.active():
+            live.timer.cancel()
+        live.timer = None
+        live.channel = None
+        self._on_end(live, ended)
+
+    def connection_lost(self, channel: object) -> None:
+        """A connection closed: sessions on it wait for a new connection, or end if done."""
+        for live in [s for s in self._by_cookie.values() if s.channel is channel]:
+            live.channel = None
+            if live.machine.may_end_quietly:
+                self.end(live, Outcome.COMPLETED, "the CPE closed after its held requests")
+
+    def end_all(self, outcome: Outcome, reason: str = "") -> None:
+        for live in list(self._by_cookie.values()):
+            self.end(live, outcome, reason)

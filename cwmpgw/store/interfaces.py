@@ -1,0 +1,76 @@
+"""What the ACS needs from storage, as interfaces with a Redis and an in-memory provider.
+
+Both providers run through one contract test (tests/test_store_contract.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from zope.interface import Interface
+
+from cwmpgw.cwmp.messages import DeviceId, EventStruct, ParameterValue
+
+__all__ = [
+    "ICredentialStore",
+    "IDeviceStore",
+    "InformRecord",
+    "StoredCredential",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class InformRecord:
+    """Everything one Inform tells us about a device, ready to store."""
+
+    device_id: str
+    device: DeviceId
+    ts: float
+    source: str
+    cwmp_version: str
+    namespace: str
+    events: tuple[EventStruct, ...]
+    parameters: tuple[ParameterValue, ...]
+
+    @property
+    def connection_request_url(self) -> str:
+        for p in self.parameters:
+            if p.name.endswith(".ManagementServer.ConnectionRequestURL"):
+                return p.value
+        return ""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCredential:
+    """A device's ACS credential as kept at rest: only the Digest HA1 values."""
+
+    username: str
+    device_id: str
+    ha1: dict[str, str] = field(repr=False)  # algorithm ("MD5", "SHA-256") -> hex HA1
+
+
+class IDeviceStore(Interface):
+    def record_inform(record: InformRecord) -> Deferred[bool]:
+        """Create or update the device; fires True if the device was not known before."""
+
+    def record_transfer(device_id: str, key: str, data: dict[str, Any]) -> Deferred[bool]:
+        """Record a (possibly re-delivered) transfer result; True the first time for ``key``."""
+
+    def get_device(device_id: str) -> Deferred[dict[str, Any] | None]:
+        """The device record with its ``parameters`` ({name: {"value", "type"}}), or None."""
+
+
+class ICredentialStore(Interface):
+    def get(username: str) -> Deferred[StoredCredential | None]:
+        """The credential for this HTTP username, or None."""
+
+    def username_for(device_id: str) -> Deferred[str | None]:
+        """The username a device authenticates with, or None if it has no credential."""
+
+    def set(device_id: str, username: str, ha1: dict[str, str]) -> Deferred[None]:
+        """Give a device its (only) credential, replacing any previous one."""
+
+    def delete(device_id: str) -> Deferred[bool]:
+        """Remove a device's credential; True if it had one."""

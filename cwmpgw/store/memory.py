@@ -1,0 +1,100 @@
+"""In-memory stores: the reference behaviour for unit tests, same contract as Redis."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from zope.interface import implementer
+
+from cwmpgw.store.interfaces import (
+    ICredentialStore,
+    IDeviceStore,
+    InformRecord,
+    StoredCredential,
+)
+
+__all__ = ["MemoryCredentialStore", "MemoryDeviceStore"]
+
+
+def device_fields(record: InformRecord) -> dict[str, str]:
+    """The device-hash fields one Inform sets (shared by both providers)."""
+    d = record.device
+    return {
+        "id": record.device_id,
+        "manufacturer": d.manufacturer,
+        "oui": d.oui,
+        "product_class": d.product_class,
+        "serial_number": d.serial_number,
+        "last_inform": repr(record.ts),
+        "last_source": record.source,
+        "cwmp_version": record.cwmp_version,
+        "cwmp_namespace": record.namespace,
+        "connection_request_url": record.connection_request_url,
+        "last_events": json.dumps([[e.code, e.command_key] for e in record.events]),
+    }
+
+
+@implementer(IDeviceStore)
+class MemoryDeviceStore:
+    def __init__(self) -> None:
+        self.devices: dict[str, dict[str, Any]] = {}
+        self.transfers: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def record_inform(self, record: InformRecord) -> Deferred[bool]:
+        new = record.device_id not in self.devices
+        dev = self.devices.setdefault(
+            record.device_id,
+            {"first_seen": repr(record.ts), "inform_count": 0, "parameters": {}},
+        )
+        dev.update(device_fields(record))
+        dev["inform_count"] += 1
+        for p in record.parameters:
+            dev["parameters"][p.name] = {"value": p.value, "type": p.type}
+        return succeed(new)
+
+    def record_transfer(self, device_id: str, key: str, data: dict[str, Any]) -> Deferred[bool]:
+        first = (device_id, key) not in self.transfers
+        self.transfers[(device_id, key)] = data
+        return succeed(first)
+
+    def get_device(self, device_id: str) -> Deferred[dict[str, Any] | None]:
+        dev = self.devices.get(device_id)
+        if dev is None:
+            return succeed(None)
+        out = dict(dev)
+        out["inform_count"] = str(dev["inform_count"])
+        out["parameters"] = {k: dict(v) for k, v in dev["parameters"].items()}
+        return succeed(out)
+
+
+@implementer(ICredentialStore)
+class MemoryCredentialStore:
+    def __init__(self) -> None:
+        self.by_username: dict[str, StoredCredential] = {}
+        self.by_device: dict[str, str] = {}
+
+    def get(self, username: str) -> Deferred[StoredCredential | None]:
+        return succeed(self.by_username.get(username))
+
+    def username_for(self, device_id: str) -> Deferred[str | None]:
+        return succeed(self.by_device.get(device_id))
+
+    def set(self, device_id: str, username: str, ha1: dict[str, str]) -> Deferred[None]:
+        taken = self.by_username.get(username)
+        if taken is not None and taken.device_id != device_id:
+            return fail(ValueError(f"username {username!r} belongs to another device"))
+        old = self.by_device.get(device_id)
+        if old is not None:
+            del self.by_username[old]
+        self.by_username[username] = StoredCredential(username, device_id, dict(ha1))
+        self.by_device[device_id] = username
+        return succeed(None)
+
+    def delete(self, device_id: str) -> Deferred[bool]:
+        username = self.by_device.pop(device_id, None)
+        if username is None:
+            return succeed(False)
+        del self.by_username[username]
+        return succeed(True)

@@ -1,0 +1,165 @@
+"""Redis-backed device registry and credential store.
+
+Key layout (all under the configured prefix, default ``cwmpgw:``):
+
+- ``device:<id>`` hash: DeviceId fields, first_seen, last_inform, last_source,
+  cwmp_version, cwmp_namespace, connection_request_url, last_events, inform_count
+- ``device:<id>:params`` hash: parameter name -> JSON ``[value, xsi type]``
+- ``device:<id>:transfers`` hash: transfer key -> JSON result
+- ``devices`` sorted set: device id scored by last inform time
+- ``cred:<username>`` hash: device_id and one HA1 per Digest algorithm
+- ``cred-by-device`` hash: device id -> username
+
+Each multi-key update is one Lua script: atomic, and one round trip on the hot path.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+
+from cwmpgw.store.interfaces import (
+    ICredentialStore,
+    IDeviceStore,
+    InformRecord,
+    StoredCredential,
+)
+from cwmpgw.store.memory import device_fields
+
+__all__ = ["RedisCredentialStore", "RedisDeviceStore"]
+
+_RECORD_INFORM = """
+local new = redis.call('HSETNX', KEYS[1], 'first_seen', ARGV[1])
+local fields = cjson.decode(ARGV[3])
+local flat = {}
+for k, v in pairs(fields) do flat[#flat + 1] = k; flat[#flat + 1] = v end
+redis.call('HSET', KEYS[1], unpack(flat))
+redis.call('HINCRBY', KEYS[1], 'inform_count', 1)
+local i = 4
+while i <= #ARGV do
+  local last = math.min(i + 399, #ARGV)
+  redis.call('HSET', KEYS[2], unpack(ARGV, i, last))
+  i = last + 1
+end
+redis.call('ZADD', KEYS[3], ARGV[1], ARGV[2])
+return new
+"""
+
+_RECORD_TRANSFER = """
+local first = redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if first then return 1 else return 0 end
+"""
+
+# KEYS: cred:<username>, cred-by-device; ARGV: device id, username, prefix, ha1 pairs...
+_SET_CREDENTIAL = """
+local owner = redis.call('HGET', KEYS[1], 'device_id')
+if owner and owner ~= ARGV[1] then
+  return redis.error_reply('username belongs to another device')
+end
+local old = redis.call('HGET', KEYS[2], ARGV[1])
+if old and old ~= ARGV[2] then redis.call('DEL', ARGV[3] .. 'cred:' .. old) end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'device_id', ARGV[1], unpack(ARGV, 4))
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return 1
+"""
+
+_DELETE_CREDENTIAL = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if not old then return 0 end
+redis.call('DEL', ARGV[2] .. 'cred:' .. old)
+redis.call('HDEL', KEYS[1], ARGV[1])
+return 1
+"""
+
+_HA1_FIELD = "ha1:"
+
+
+@implementer(IDeviceStore)
+class RedisDeviceStore:
+    def __init__(self, redis: Any, prefix: str) -> None:
+        self._redis = redis
+        self._prefix = prefix
+
+    def _key(self, device_id: str) -> str:
+        return f"{self._prefix}device:{device_id}"
+
+    def record_inform(self, record: InformRecord) -> Deferred[bool]:
+        key = self._key(record.device_id)
+        args: list[str] = [repr(record.ts), record.device_id, json.dumps(device_fields(record))]
+        for p in record.parameters:
+            args += [p.name, json.dumps([p.value, p.type])]
+        d: Deferred[Any] = self._redis.eval(
+            _RECORD_INFORM, [key, key + ":params", self._prefix + "devices"], args
+        )
+        return d.addCallback(lambda new: bool(new))
+
+    def record_transfer(self, device_id: str, key: str, data: dict[str, Any]) -> Deferred[bool]:
+        d: Deferred[Any] = self._redis.eval(
+            _RECORD_TRANSFER, [self._key(device_id) + ":transfers"], [key, json.dumps(data)]
+        )
+        return d.addCallback(lambda first: bool(first))
+
+    def get_device(self, device_id: str) -> Deferred[dict[str, Any] | None]:
+        key = self._key(device_id)
+
+        async def get() -> dict[str, Any] | None:
+            fields = await self._redis.hgetall(key)
+            if not fields:
+                return None
+            params = await self._redis.hgetall(key + ":params")
+            out: dict[str, Any] = dict(fields)
+            out["parameters"] = {
+                name: dict(zip(("value", "type"), json.loads(raw), strict=True))
+                for name, raw in params.items()
+            }
+            return out
+
+        return Deferred.fromCoroutine(get())
+
+
+@implementer(ICredentialStore)
+class RedisCredentialStore:
+    def __init__(self, redis: Any, prefix: str) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._by_device = prefix + "cred-by-device"
+
+    def get(self, username: str) -> Deferred[StoredCredential | None]:
+        def build(fields: dict[str, str]) -> StoredCredential | None:
+            if not fields or "device_id" not in fields:
+                return None
+            ha1 = {k[len(_HA1_FIELD) :]: v for k, v in fields.items() if k.startswith(_HA1_FIELD)}
+            return StoredCredential(username, fields["device_id"], ha1)
+
+        d: Deferred[Any] = self._redis.hgetall(f"{self._prefix}cred:{username}")
+        return d.addCallback(build)
+
+    def username_for(self, device_id: str) -> Deferred[str | None]:
+        d: Deferred[str | None] = self._redis.hget(self._by_device, device_id)
+        return d
+
+    def set(self, device_id: str, username: str, ha1: dict[str, str]) -> Deferred[None]:
+        args = [device_id, username, self._prefix]
+        for algorithm, value in ha1.items():
+            args += [_HA1_FIELD + algorithm, value]
+        d: Deferred[Any] = self._redis.eval(
+            _SET_CREDENTIAL, [f"{self._prefix}cred:{username}", self._by_device], args
+        )
+
+        def translate(failure: Any) -> None:
+            if "belongs to another device" in str(failure.value):
+                raise ValueError(f"username {username!r} belongs to another device")
+            failure.raiseException()
+
+        return d.addCallbacks(lambda _: None, translate)
+
+    def delete(self, device_id: str) -> Deferred[bool]:
+        d: Deferred[Any] = self._redis.eval(
+            _DELETE_CREDENTIAL, [self._by_device], [device_id, self._prefix]
+        )
+        return d.addCallback(lambda n: bool(n))

@@ -1,0 +1,184 @@
+"""The whole ACS HTTP stack in memory: real Site, channel, resource and engine, no sockets.
+
+Stores and the event bus are the in-memory providers; time is a Clock. Each
+``Connection`` is one TCP connection (a StringTransport) speaking raw HTTP/1.1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from zope.interface import implementer
+
+from cwmpgw.acs.auth import CpeAuthenticator, DeviceCredentialsChecker
+from cwmpgw.acs.digest import DigestCredentialFactory, ha1
+from cwmpgw.acs.engine import AcsEngine, IRequestSource
+from cwmpgw.acs.resource import AcsResource, AcsSite
+from cwmpgw.bus.memory import MemoryEventBus
+from cwmpgw.store.memory import MemoryCredentialStore, MemoryDeviceStore
+from tests import digest_client
+
+REALM = "cwmpgw"
+
+
+@implementer(ISSLTransport)
+class SecureStringTransport(StringTransport):
+    """A StringTransport that says it is TLS, so request.isSecure() is True."""
+
+    def getPeerCertificate(self) -> None:
+        return None
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        pass
+
+    def setTcpKeepAlive(self, enabled: bool) -> None:
+        pass
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, list[str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.get(name.lower())
+        return values[0] if values else None
+
+
+def parse_responses(data: bytes) -> list[Response]:
+    out = []
+    while data:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        if not sep:
+            raise AssertionError(f"incomplete response: {data!r}")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ")[1])
+        headers: dict[str, list[str]] = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers.setdefault(k.strip().lower(), []).append(v.strip())
+        length = int(headers.get("content-length", ["0"])[0])
+        out.append(Response(status, headers, rest[:length]))
+        data = rest[length:]
+    return out
+
+
+class Connection:
+    def __init__(self, site: AcsSite, *, secure: bool, peer: str = "192.0.2.10") -> None:
+        self.protocol = site.buildProtocol(IPv4Address("TCP", peer, 40000))
+        self.transport = SecureStringTransport() if secure else StringTransport()
+        self.transport.peerAddr = IPv4Address("TCP", peer, 40000)
+        self.protocol.makeConnection(self.transport)
+        self.cookie: str | None = None
+
+    def post(
+        self,
+        body: bytes,
+        headers: dict[str, str] | None = None,
+        *,
+        path: str = "/",
+        method: str = "POST",
+    ) -> Response:
+        hdrs = {"Host": "acs.test", "Content-Length": str(len(body))}
+        if body:
+            hdrs["Content-Type"] = 'text/xml; charset="utf-8"'
+        if self.cookie:
+            hdrs["Cookie"] = self.cookie
+        hdrs.update(headers or {})
+        raw = (
+            f"{method} {path} HTTP/1.1\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items())
+            + "\r\n"
+        )
+        self.transport.clear()
+        self.protocol.dataReceived(raw.encode() + body)
+        responses = parse_responses(self.transport.value())
+        assert len(responses) == 1, responses
+        response = responses[0]
+        set_cookie = response.header("set-cookie")
+        if set_cookie:
+            self.cookie = set_cookie.split(";")[0]
+        return response
+
+    def close(self) -> None:
+        self.protocol.connectionLost(
+            __import__("twisted.python.failure").python.failure.Failure(ConnectionError("closed"))
+        )
+
+
+@dataclass
+class MemoryAcs:
+    schemes: tuple[str, ...] = ("digest",)
+    algorithms: tuple[str, ...] = ("MD5", "SHA-256")
+    enroll: bool = False
+    basic_without_tls: bool = False
+    hold_requests: bool = False
+    requests: IRequestSource | None = None
+    max_body_bytes: int = 262_144
+    session_timeout: float = 30.0
+    clock: Clock = field(default_factory=Clock)
+    devices: MemoryDeviceStore = field(default_factory=MemoryDeviceStore)
+    credentials: MemoryCredentialStore = field(default_factory=MemoryCredentialStore)
+    bus: MemoryEventBus = field(default_factory=MemoryEventBus)
+
+    def __post_init__(self) -> None:
+        self.clock.advance(1_700_000_000)
+        self.engine = AcsEngine(
+            clock=self.clock,
+            devices=self.devices,
+            events=self.bus,
+            requests=self.requests,
+            node="test-node",
+            session_timeout=self.session_timeout,
+            hold_requests=self.hold_requests,
+        )
+        checker = DeviceCredentialsChecker(
+            self.credentials,
+            REALM,
+            bootstrap_username="bootstrap" if self.enroll else None,
+            bootstrap_password="bootstrap-secret" if self.enroll else None,
+        )
+        digest = DigestCredentialFactory(
+            REALM, clock=self.clock, algorithms=self.algorithms, secret=b"k" * 32
+        )
+        self.authenticator = CpeAuthenticator(
+            checker,
+            digest,
+            schemes=self.schemes,
+            realm=REALM,
+            basic_without_tls=self.basic_without_tls,
+        )
+        self.resource = AcsResource(
+            self.engine, self.authenticator, self.credentials, max_body_bytes=self.max_body_bytes
+        )
+        self.site = AcsSite(self.resource, reactor=self.clock)
+
+    def add_device(self, device_id: str, username: str, password: str) -> None:
+        self.credentials.set(
+            device_id, username, {a: ha1(a, username, REALM, password) for a in ("MD5", "SHA-256")}
+        )
+
+    def connect(self, *, secure: bool = False, peer: str = "192.0.2.10") -> Connection:
+        return Connection(self.site, secure=secure, peer=peer)
+
+
+def digest_post(
+    conn: Connection,
+    body: bytes,
+    username: str,
+    password: str,
+    *,
+    algorithm: str = "MD5",
+    nc: int = 1,
+) -> Response:
+    """POST with no credentials, answer the Digest challenge, POST again on the same connection."""
+    first = conn.post(body)
+    assert first.status == 401, first
+    challenge = digest_client.pick(first.headers["www-authenticate"], algorithm)
+    auth = digest_client.authorization(challenge, username, password, nc=nc)
+    return conn.post(body, {"Authorization": auth})

@@ -1,0 +1,261 @@
+"""The whole gateway over real TLS on 127.0.0.1, a real redis-server, and outside clients.
+
+The CPE is tests/cpe_client.py (http.client + ssl, nothing from cwmpgw) and the event
+consumer is redis-py, so these tests see the gateway the way a router and a back-office
+system do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import pytest
+from twisted.internet import reactor
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from cwmpgw.config import parse_config
+from cwmpgw.service import GatewayService, make_service
+from tests import cpe_client
+from tests.redis_server import unique_prefix
+
+DEVICE_ID = "9CA2F4-EC220_G5_V3-22275K2000315"
+USER, PASSWORD = "cpe-9CA2F4-22275K2000315", "correct horse battery staple"
+
+
+def collect_events(pubsub: Any, until: str, deadline: float = 15.0) -> list[dict[str, Any]]:
+    """Read pub/sub messages until an event of type ``until`` arrives (bounded)."""
+    events: list[dict[str, Any]] = []
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        message = pubsub.get_message(timeout=0.5)
+        if message and message["type"] == "pmessage":
+            events.append(json.loads(message["data"]))
+            if events[-1]["type"] == until:
+                break
+    return events
+
+
+def import_credentials(
+    csv_text: str, directory: str, *args: str
+) -> subprocess.CompletedProcess[str]:
+    path = os.path.join(directory, "creds.csv")
+    with open(path, "w") as f:
+        f.write(csv_text)
+    return subprocess.run(
+        [sys.executable, "-m", "cwmpgw.credentials", *args, "import", path],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.usefixtures("redis_for_class")
+class GatewayOverTlsTests(TestCase):
+    redis_server: Any
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        import redis
+
+        self.dir = tempfile.mkdtemp(prefix="cwmpgw-it-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.prefix = unique_prefix()
+        config = parse_config(
+            {
+                "gateway": {"data_dir": self.dir, "node": "it-node"},
+                "acs": {"port": 0, "interface": "127.0.0.1", "hostname": "localhost"},
+                "redis": {"url": self.redis_server.url, "prefix": self.prefix},
+            }
+        )
+        self.service = make_service(config, reactor)
+        assert isinstance(self.service, GatewayService)
+        self.service.startService()
+        await self.service.whenStarted()
+        self.addCleanup(self.service.stopService)
+        assert self.service.acs_port is not None
+        self.url = f"https://127.0.0.1:{self.service.acs_port.getHost().port}/"
+        self.cafile = os.path.join(self.dir, "tls", "acs-cert.pem")
+        self.redis = redis.Redis(
+            self.redis_server.host, self.redis_server.port, decode_responses=True
+        )
+        self.addCleanup(self.redis.close)
+        self.pubsub = self.redis.pubsub()
+        self.addCleanup(self.pubsub.close)
+        self.pubsub.psubscribe(self.prefix + "events:*")
+        confirmation = self.pubsub.get_message(timeout=5)
+        assert confirmation and confirmation["type"] == "psubscribe"
+        result = await deferToThread(
+            import_credentials,
+            f"device_id,username,password\n{DEVICE_ID},{USER},{PASSWORD}\n",
+            self.dir,
+            "--redis",
+            self.redis_server.url,
+            "--prefix",
+            self.prefix,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("1 credential(s) set", result.stdout)
+        self.assertNotIn(PASSWORD, result.stdout + result.stderr)
+
+    async def test_digest_session_over_tls_seen_by_plain_subscriber(self) -> None:
+        for algorithm in ("MD5", "SHA-256"):
+            exchanges = await deferToThread(
+                cpe_client.run_session,
+                self.url,
+                USER,
+                PASSWORD,
+                cafile=self.cafile,
+                transfer_complete=algorithm == "MD5",
+                algorithm=algorithm,
+            )
+            self.assertEqual([e.status for e in exchanges][-1], 204)
+            self.assertIn(b"InformResponse", exchanges[0].body)
+        events = await deferToThread(collect_events, self.pubsub, "session.closed")
+        self.assertEqual(
+            [e["type"] for e in events],
+            ["device.registered", "inform", "transfer.complete", "session.closed"],
+        )
+        for event in events:
+            self.assertEqual((event["v"], event["node"]), (1, "it-node"))
+            self.assertEqual(event["device"]["id"], DEVICE_ID)
+        self.assertEqual(events[-1]["data"]["outcome"], "completed")
+        self.assertEqual(events[-1]["data"]["rpc_count"], 2)
+        second = await deferToThread(collect_events, self.pubsub, "session.closed")
+        self.assertEqual([e["type"] for e in second], ["inform", "session.closed"])
+        stream = self.redis.xrange(self.prefix + "events")
+        self.assertEqual(
+            [json.loads(fields["event"])["id"] for _, fields in stream],
+            [e["id"] for e in events + second],
+        )
+        device = self.redis.hgetall(self.prefix + "device:" + DEVICE_ID)
+        self.assertEqual(device["last_source"], "127.0.0.1")
+        self.assertEqual(device["connection_request_url"], "http://127.0.0.1:7548/cr")
+        self.assertEqual(device["inform_count"], "2")
+        dump = json.dumps(events + second) + json.dumps(
+            self.redis.hgetall(self.prefix + "cred:" + USER)
+        )
+        self.assertNotIn(PASSWORD, dump)
+
+    async def test_wrong_password_is_refused_and_published(self) -> None:
+        exchanges = await deferToThread(
+            cpe_client.run_session, self.url, USER, "not the password", cafile=self.cafile
+        )
+        self.assertEqual([e.status for e in exchanges], [401])
+        events = await deferToThread(collect_events, self.pubsub, "auth.failed")
+        self.assertEqual(events[-1]["type"], "auth.failed")
+        self.assertEqual(events[-1]["data"]["source"], "127.0.0.1")
+        self.assertNotIn("not the password", json.dumps(events))
+        self.assertEqual(self.redis.exists(self.prefix + "device:" + DEVICE_ID), 0)
+
+
+class EmbeddedRedisGatewayTests(TestCase):
+    """With no Redis configured, the gateway runs its own and keeps data across restarts."""
+
+    async def start(self, directory: str) -> GatewayService:
+        config = parse_config(
+            {
+                "gateway": {"data_dir": directory},
+                "acs": {"port": 0, "interface": "127.0.0.1", "hostname": "localhost"},
+                "auth": {
+                    "unknown_devices": "enroll",
+                    "bootstrap_username": "bootstrap",
+                    "bootstrap_password": "shared-bootstrap-secret",
+                },
+            }
+        )
+        service = make_service(config, reactor)
+        assert isinstance(service, GatewayService)
+        service.startService()
+        await service.whenStarted()
+        return service
+
+    async def test_enroll_persist_and_stop(self) -> None:
+        directory = tempfile.mkdtemp(prefix="cwmpgw-it-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        service = await self.start(directory)
+        try:
+            assert service.acs_port is not None
+            url = f"https://127.0.0.1:{service.acs_port.getHost().port}/"
+            cafile = os.path.join(directory, "tls", "acs-cert.pem")
+            exchanges = await deferToThread(
+                cpe_client.run_session,
+                url,
+                "bootstrap",
+                "shared-bootstrap-secret",
+                cafile=cafile,
+                event="0 BOOTSTRAP",
+            )
+            self.assertEqual([e.status for e in exchanges], [200, 204])
+            redis_pid = service.embedded_redis.pid
+            self.assertIsNotNone(redis_pid)
+        finally:
+            await service.stopService()
+        self.assertRaises(ProcessLookupError, os.kill, redis_pid, 0)
+        with open(os.path.join(directory, "tls", "acs-cert.pem"), "rb") as f:
+            first_cert = f.read()
+
+        service = await self.start(directory)
+        try:
+            device = await service.redis.hgetall("cwmpgw:device:" + DEVICE_ID)
+            self.assertEqual(device["serial_number"], "22275K2000315")
+            with open(os.path.join(directory, "tls", "acs-cert.pem"), "rb") as f:
+                self.assertEqual(f.read(), first_cert)
+        finally:
+            await service.stopService()
+
+
+def test_twistd_runs_the_gateway(tmp_path: Any) -> None:
+    """The README's run command, as a real process: listens, serves a session, stops on SIGTERM."""
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    data = tmp_path / "data"
+    process = subprocess.Popen(
+        [twistd, "-n", "--pidfile=", "cwmpgw", "--port", "0", "--data-dir", str(data)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert process.stdout is not None
+        port = None
+        deadline = time.monotonic() + 60
+        while port is None and time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            match = re.search(r"ACS endpoint listening on https://[^:]+:(\d+)/", line)
+            if match:
+                port = int(match.group(1))
+        assert port, "".join(lines)
+        assert any("SHA-256 fingerprint" in line for line in lines), "".join(lines)
+        # Reject policy by default: an unknown CPE is challenged, then refused.
+        exchanges = cpe_client.run_session(
+            f"https://127.0.0.1:{port}/",
+            "nobody",
+            "nothing",
+            cafile=str(data / "tls" / "acs-cert.pem"),
+        )
+        assert [e.status for e in exchanges] == [401]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=30)
+        lines.append(out)
+    log = "".join(lines)
+    # twistd re-raises the SIGTERM it handled once it has shut down cleanly.
+    assert process.returncode in (0, -signal.SIGTERM), log
+    assert "Server Shut Down." in log
+    assert "Traceback" not in log, log
+    assert "embedded redis-server" in log
+    assert not (data / "redis" / "redis.sock").exists()
