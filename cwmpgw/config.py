@@ -28,11 +28,14 @@ __all__ = [
     "AcsConfig",
     "AuthConfig",
     "Config",
+    "ConnreqConfig",
     "ConfigError",
     "EventsConfig",
     "GatewayConfig",
+    "NbiConfig",
     "RedisConfig",
     "RedisTarget",
+    "TasksConfig",
     "default_config",
     "load_config",
     "parse_config",
@@ -235,6 +238,49 @@ def _list_of(*options: str) -> _Check:
     return check
 
 
+def _number(low: float, high: float) -> _Check:
+    """Seconds and rates: an integer or a float within bounds."""
+
+    def check(value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _Invalid(f"must be a number, not {_describe(value)}")
+        if not low <= value <= high:
+            raise _Invalid(f"must be between {low:g} and {high:g}, got {value:g}")
+        return float(value)
+
+    return check
+
+
+def _networks(value: object) -> tuple[str, ...]:
+    """A list of CIDR networks ("192.0.2.0/24", "2001:db8::/32"), normalised."""
+    if not isinstance(value, list | tuple):
+        raise _Invalid(f"must be an array, not {_describe(value)}")
+    out = []
+    for item in value:
+        if not isinstance(item, str):
+            raise _Invalid(f"items must be strings, not {_describe(item)}")
+        try:
+            out.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise _Invalid(f"{item!r} is not a network such as '192.0.2.0/24'") from None
+    return tuple(out)
+
+
+def _sha256_list(value: object) -> tuple[str, ...]:
+    """Hex SHA-256 digests of API tokens (the tokens themselves are never configured)."""
+    if not isinstance(value, list | tuple):
+        raise _Invalid(f"must be an array, not {_describe(value)}")
+    out = []
+    for item in value:
+        if not isinstance(item, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", item):
+            raise _Invalid(
+                "items must be 64 hex digits (the SHA-256 of a token: "
+                "python -m cwmpgw.nbi.tokens new)"
+            )
+        out.append(item.lower())
+    return tuple(out)
+
+
 # -- the schema ----------------------------------------------------------------------------
 
 
@@ -307,12 +353,61 @@ class EventsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TasksConfig:
+    default_expiry: int = _setting(604800, _int(10, 31536000))
+    max_attempts: int = _setting(3, _int(1, 100))
+    gpv_batch: int = _setting(100, _int(1, 10000))
+    keep_finished: int = _setting(100, _int(0, 100000))
+
+
+@dataclass(frozen=True, slots=True)
+class NbiConfig:
+    enabled: bool = _setting(True, _bool)
+    interface: str = _setting("127.0.0.1", _interface)
+    port: int = _setting(7557, _int(0, 65535))
+    tls: bool = _setting(False, _bool)
+    cert_file: str = _setting("", _optional_file)
+    key_file: str = _setting("", _optional_file)
+    auth: str = _setting("token", _one_of("token", "none"))
+    token_sha256: tuple[str, ...] = _setting((), _sha256_list)
+    max_body_bytes: int = _setting(1048576, _int(1024, 67108864))
+    max_wait: int = _setting(300, _int(0, 3600))
+
+
+@dataclass(frozen=True, slots=True)
+class ConnreqConfig:
+    enabled: bool = _setting(True, _bool)
+    connect_timeout: float = _setting(2.0, _number(0.1, 60))
+    timeout: float = _setting(5.0, _number(0.1, 120))
+    session_wait: float = _setting(30.0, _number(0, 600))
+    retries: int = _setting(2, _int(0, 10))
+    retry_delay: float = _setting(1.0, _number(0, 60))
+    max_concurrent: int = _setting(100, _int(1, 100000))
+    per_destination: int = _setting(2, _int(1, 1000))
+    min_interval: float = _setting(10.0, _number(0, 86400))
+    rate: float = _setting(100.0, _number(0.1, 100000))
+    allowed_networks: tuple[str, ...] = _setting((), _networks)
+    source_address: str = _setting("", _interface)
+    verify_tls: bool = _setting(False, _bool)
+    udp: bool = _setting(True, _bool)
+    prefer: str = _setting("http", _one_of("http", "udp"))
+    udp_copies: int = _setting(3, _int(1, 10))
+    stun: bool = _setting(True, _bool)
+    stun_interface: str = _setting("", _interface)
+    stun_port: int = _setting(3478, _int(0, 65535))
+    key_file: str = _setting("", _text)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     acs: AcsConfig = field(default_factory=AcsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
+    tasks: TasksConfig = field(default_factory=TasksConfig)
+    nbi: NbiConfig = field(default_factory=NbiConfig)
+    connreq: ConnreqConfig = field(default_factory=ConnreqConfig)
     source: str | None = None  # the file it came from; None = defaults and overrides only
 
 
@@ -322,6 +417,9 @@ _SECTIONS: dict[str, type[Any]] = {
     "auth": AuthConfig,
     "redis": RedisConfig,
     "events": EventsConfig,
+    "tasks": TasksConfig,
+    "nbi": NbiConfig,
+    "connreq": ConnreqConfig,
 }
 
 
@@ -524,6 +622,18 @@ def _cross_check(
                 "auth.bootstrap_password: required when auth.unknown_devices = 'enroll' "
                 "(or set auth.bootstrap_password_file)"
             )
+
+    nbi = values["nbi"]
+    if nbi.get("auth") == "none" and "interface" in nbi:
+        address = nbi["interface"] or "0.0.0.0"  # noqa: S104 - what "" means here
+        if not ipaddress.ip_address(address).is_loopback:
+            errors.append(
+                "nbi.auth: 'none' is allowed only on a loopback nbi.interface "
+                f"(such as 127.0.0.1), not {address!r}"
+            )
+    nbi_cert, nbi_key = bool(raw["nbi"].get("cert_file")), bool(raw["nbi"].get("key_file"))
+    if nbi_cert != nbi_key:
+        errors.append("nbi.cert_file: give both nbi.cert_file and nbi.key_file, or neither")
 
     if "url" in redis:
         # The check already accepted the URL; parsing again cannot fail.

@@ -35,6 +35,16 @@ EVENT_TYPES = frozenset(
         "transfer.complete",
         "session.closed",
         "auth.failed",
+        "task.queued",
+        "task.done",
+        "task.failed",
+        "task.expired",
+        "task.cancelled",
+        "command.rejected",
+        "connreq.sent",
+        "connreq.succeeded",
+        "connreq.failed",
+        "connreq.refused",
     }
 )
 

@@ -1,0 +1,48 @@
+"""What the northbound API needs from the rest of the gateway."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from zope.interface import Interface
+
+from twisted.internet.defer import Deferred
+
+__all__ = ["DeviceFilter", "IDeviceDirectory", "IHealth"]
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceFilter:
+    id_prefix: str = ""
+    oui: str = ""
+    product_class: str = ""
+    informed_after: float | None = None  # Unix seconds, inclusive
+    informed_before: float | None = None
+
+
+class IDeviceDirectory(Interface):
+    def list_devices(
+        filter: DeviceFilter, *, cursor: str, limit: int
+    ) -> Deferred[tuple[list[dict[str, Any]], str]]:
+        """A page of device records (without parameters) and the next cursor ("" = end)."""
+
+    def get_device(device_id: str) -> Deferred[dict[str, Any] | None]:
+        """The record with its cached ``parameters``, or None."""
+
+    def delete_device(device_id: str) -> Deferred[bool]:
+        """Forget the device (record, parameters, credentials, tasks); True if it existed."""
+
+    def set_credentials(
+        device_id: str,
+        username: str,
+        password: str,
+        connection_request: tuple[str, str] | None = None,
+    ) -> Deferred[None]:
+        """Set the device's ACS credential (stored as HA1 only) and, optionally, its
+        connection-request username and password (stored encrypted)."""
+
+
+class IHealth(Interface):
+    def check() -> Deferred[dict[str, Any]]:
+        """{"ok": bool, "redis": bool, "node": str, ...}: what /healthz reports."""

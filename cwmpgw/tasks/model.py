@@ -1,0 +1,95 @@
+"""Tasks: what a back-office system asked a device to do, and what became of it.
+
+A task lives in Redis from ``queued`` to a final status; every change is an event
+(``task.<status>``) carrying the whole task, so a caller can correlate on ``id``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from zope.interface import Interface
+
+from twisted.internet.defer import Deferred
+
+__all__ = [
+    "FINAL_STATUSES",
+    "STATUSES",
+    "ITaskService",
+    "Task",
+    "TaskError",
+    "UnknownDevice",
+]
+
+STATUSES = ("queued", "running", "done", "failed", "expired", "cancelled")
+FINAL_STATUSES = frozenset({"done", "failed", "expired", "cancelled"})
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    id: str
+    device_id: str
+    type: str  # a CWMP method name ("SetParameterValues", …) or "refresh"
+    args: dict[str, Any]
+    created: float  # Unix seconds
+    expires: float  # Unix seconds; a task still queued then becomes "expired"
+    status: str = "queued"
+    attempts: int = 0  # sessions in which it was started
+    updated: float = 0.0
+    result: dict[str, Any] | None = None
+    fault: dict[str, Any] | None = None  # {"code", "string", "parameters"?} or {"reason"}
+    # Download, ScheduleDownload, Upload: the CommandKey whose TransferComplete ends it.
+    command_key: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("extra")
+        return d
+
+    def evolve(self, **changes: Any) -> Task:
+        return replace(self, **changes)
+
+
+class TaskError(ValueError):
+    """A task the caller got wrong (4xx): unknown type, bad arguments, bad expiry."""
+
+    def __init__(self, message: str, *, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class UnknownDevice(LookupError):
+    """No such device in the registry (404)."""
+
+
+class ITaskService(Interface):
+    """The task queue as the API, the command stream and the session engine see it."""
+
+    def submit(
+        device_id: str, type: str, args: dict[str, Any], *, expires_in: float | None = None
+    ) -> Deferred[Task]:
+        """Validate, store and queue a task; fires with it (status ``queued``).
+
+        Raises TaskError for bad input and UnknownDevice for a device never seen.
+        """
+
+    def get(task_id: str) -> Deferred[Task | None]:
+        """The task, whatever its status, or None."""
+
+    def list_for_device(device_id: str) -> Deferred[list[Task]]:
+        """The device's tasks, oldest first: queued and running ones, then recent final ones."""
+
+    def cancel(task_id: str) -> Deferred[Task | None]:
+        """Cancel a queued task; a running or final one is returned unchanged."""
+
+    def wait(task_id: str, timeout: float) -> Deferred[Task | None]:
+        """Fires with the task once it is final, or with its current state at the timeout.
+
+        Works whichever gateway node runs the session: completion travels through Redis.
+        """
