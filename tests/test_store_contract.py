@@ -9,8 +9,19 @@ import pytest
 from twisted.trial.unittest import TestCase
 
 from cwmpgw.cwmp.messages import DeviceId, EventStruct, ParameterValue
-from cwmpgw.store.interfaces import ICredentialStore, IDeviceStore, InformRecord
-from cwmpgw.store.memory import MemoryCredentialStore, MemoryDeviceStore
+from cwmpgw.store.interfaces import (
+    ConnReqCredential,
+    IConnReqCredentialStore,
+    ICredentialStore,
+    IDeviceStore,
+    InformRecord,
+)
+from cwmpgw.store.memory import (
+    MemoryConnReqCredentialStore,
+    MemoryCredentialStore,
+    MemoryDeviceStore,
+)
+from cwmpgw.store.secretbox import SecretBox
 from tests.redis_server import unique_prefix
 
 DEVICE = DeviceId("TP-Link", "9CA2F4", "EC220_G5_V3", "22275K2000315")
@@ -43,6 +54,48 @@ class StoreContract:
 
     devices: IDeviceStore
     credentials: ICredentialStore
+    crcredentials: IConnReqCredentialStore
+
+    async def test_update_parameters(self) -> None:
+        await self.devices.record_inform(record())
+        await self.devices.update_parameters(
+            DEVICE_ID, [("Device.WiFi.SSID.1.SSID", "home", "xsd:string")]
+        )
+        dev = await self.devices.get_device(DEVICE_ID)
+        assert dev is not None
+        self.assertEqual(  # type: ignore[attr-defined]
+            dev["parameters"]["Device.WiFi.SSID.1.SSID"], {"value": "home", "type": "xsd:string"}
+        )
+
+    async def test_list_devices_by_last_inform(self) -> None:
+        for i, device_id in enumerate(["a", "b", "c"]):
+            await self.devices.record_inform(record(ts=100.0 + i, device_id=device_id))
+        page = await self.devices.list_devices(after=None, before=None, offset=0, count=2)
+        self.assertEqual([d["id"] for d in page], ["a", "b"])  # type: ignore[attr-defined]
+        self.assertNotIn("parameters", page[0])  # type: ignore[attr-defined]
+        rest = await self.devices.list_devices(after=None, before=None, offset=2, count=2)
+        self.assertEqual([d["id"] for d in rest], ["c"])  # type: ignore[attr-defined]
+        window = await self.devices.list_devices(after=101.0, before=101.5, offset=0, count=10)
+        self.assertEqual([d["id"] for d in window], ["b"])  # type: ignore[attr-defined]
+
+    async def test_delete_device(self) -> None:
+        await self.devices.record_inform(record())
+        await self.devices.record_transfer(DEVICE_ID, "tc:k", {})
+        self.assertTrue(await self.devices.delete_device(DEVICE_ID))  # type: ignore[attr-defined]
+        self.assertIsNone(await self.devices.get_device(DEVICE_ID))  # type: ignore[attr-defined]
+        self.assertFalse(await self.devices.delete_device(DEVICE_ID))  # type: ignore[attr-defined]
+        page = await self.devices.list_devices(after=None, before=None, offset=0, count=10)
+        self.assertEqual(page, [])  # type: ignore[attr-defined]
+        self.assertTrue(await self.devices.record_transfer(DEVICE_ID, "tc:k", {}))  # type: ignore[attr-defined]
+
+    async def test_connreq_credentials(self) -> None:
+        self.assertIsNone(await self.crcredentials.get("dev-1"))  # type: ignore[attr-defined]
+        await self.crcredentials.set("dev-1", ConnReqCredential("cr-user", "cr-pass", True))
+        got = await self.crcredentials.get("dev-1")
+        self.assertEqual(got, ConnReqCredential("cr-user", "cr-pass", True))  # type: ignore[attr-defined]
+        self.assertNotIn("cr-pass", repr(got))  # type: ignore[attr-defined]
+        self.assertTrue(await self.crcredentials.delete("dev-1"))  # type: ignore[attr-defined]
+        self.assertIsNone(await self.crcredentials.get("dev-1"))  # type: ignore[attr-defined]
 
     async def test_first_inform_creates_device(self) -> None:
         self.assertTrue(await self.devices.record_inform(record(ts=1000.0)))  # type: ignore[attr-defined]
@@ -123,6 +176,7 @@ class MemoryStoreTests(StoreContract, TestCase):
     def setUp(self) -> None:
         self.devices = MemoryDeviceStore()
         self.credentials = MemoryCredentialStore()
+        self.crcredentials = MemoryConnReqCredentialStore()
 
 
 @pytest.mark.usefixtures("redis_for_class")
@@ -132,7 +186,11 @@ class RedisStoreTests(StoreContract, TestCase):
     async def setUp(self) -> None:  # type: ignore[override]
         import txredisapi
 
-        from cwmpgw.store.redis import RedisCredentialStore, RedisDeviceStore
+        from cwmpgw.store.redis import (
+            RedisConnReqCredentialStore,
+            RedisCredentialStore,
+            RedisDeviceStore,
+        )
 
         self.redis = await txredisapi.Connection(
             self.redis_server.host, self.redis_server.port, convertNumbers=False
@@ -141,3 +199,16 @@ class RedisStoreTests(StoreContract, TestCase):
         prefix = unique_prefix()
         self.devices = RedisDeviceStore(self.redis, prefix)
         self.credentials = RedisCredentialStore(self.redis, prefix)
+        self.prefix = prefix
+        self.crcredentials = RedisConnReqCredentialStore(self.redis, prefix, SecretBox(b"k" * 32))
+
+    async def test_connreq_password_encrypted_at_rest(self) -> None:
+        await self.crcredentials.set("dev-1", ConnReqCredential("cr-user", "cr-pass"))
+        raw = await self.redis.hgetall(self.prefix + "crcred:dev-1")
+        self.assertNotIn("cr-pass", json.dumps(raw))
+        # A ciphertext moved to another device's record does not decrypt.
+        await self.redis.hset(self.prefix + "crcred:dev-2", "password", raw["password"])
+        from cwmpgw.store.secretbox import SecretBoxError
+
+        with self.assertRaises(SecretBoxError):
+            await self.crcredentials.get("dev-2")

@@ -57,6 +57,14 @@ class IRequestSource(Interface):
     ) -> Deferred[None]:
         """The CPE answered ``request``; fires once the answer is recorded."""
 
+    def transfer_completed(
+        session: LiveSession, message: TransferComplete | AutonomousTransferComplete
+    ) -> Deferred[None]:
+        """The CPE reported a transfer (a Download of an earlier task may be finished)."""
+
+    def session_ended(session: LiveSession) -> None:
+        """The session is over: a request sent but not answered must run again later."""
+
 
 @implementer(IRequestSource)
 class NoRequests:
@@ -69,6 +77,14 @@ class NoRequests:
         self, session: LiveSession, request: AcsRequest, response: RpcResponse | CpeFault
     ) -> Deferred[None]:
         return succeed(None)
+
+    def transfer_completed(
+        self, session: LiveSession, message: TransferComplete | AutonomousTransferComplete
+    ) -> Deferred[None]:
+        return succeed(None)
+
+    def session_ended(self, session: LiveSession) -> None:
+        pass
 
 
 def _device_ref(device_id: str, d: DeviceId) -> dict[str, str]:
@@ -248,6 +264,7 @@ class AcsEngine:
             ]
         )
         first = await self._devices.record_transfer(live.device_id, key, data)
+        await self._requests.transfer_completed(live, message)
         if not first:
             self._log.info(
                 "transfer report of {device_id} re-delivered; acknowledged again",
@@ -266,6 +283,7 @@ class AcsEngine:
     def _session_ended(self, live: LiveSession, ended: SessionEnded) -> None:
         """Report a session's end once, whatever ended it."""
         m = live.machine
+        self._requests.session_ended(live)
         duration = self._clock.seconds() - live.started
         self._log.info(
             "session {session_id} of {device_id} ended: {outcome}",

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from zope.interface import Interface
-
 from twisted.internet.defer import Deferred
+from zope.interface import Interface
 
 __all__ = ["OUTCOMES", "IConnectionRequester", "WakeResult"]
 

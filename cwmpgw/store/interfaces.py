@@ -14,6 +14,8 @@ from zope.interface import Interface
 from cwmpgw.cwmp.messages import DeviceId, EventStruct, ParameterValue
 
 __all__ = [
+    "ConnReqCredential",
+    "IConnReqCredentialStore",
     "ICredentialStore",
     "IDeviceStore",
     "InformRecord",
@@ -61,6 +63,17 @@ class IDeviceStore(Interface):
     def get_device(device_id: str) -> Deferred[dict[str, Any] | None]:
         """The device record with its ``parameters`` ({name: {"value", "type"}}), or None."""
 
+    def update_parameters(device_id: str, values: list[tuple[str, str, str]]) -> Deferred[None]:
+        """Write (name, value, xsi type) into the device's parameter cache."""
+
+    def list_devices(
+        *, after: float | None, before: float | None, offset: int, count: int
+    ) -> Deferred[list[dict[str, Any]]]:
+        """Device records (no parameters) by last inform time, oldest first, for paging."""
+
+    def delete_device(device_id: str) -> Deferred[bool]:
+        """Forget the record, its parameters and its transfers; True if it existed."""
+
 
 class ICredentialStore(Interface):
     def get(username: str) -> Deferred[StoredCredential | None]:
@@ -74,3 +87,23 @@ class ICredentialStore(Interface):
 
     def delete(device_id: str) -> Deferred[bool]:
         """Remove a device's credential; True if it had one."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnReqCredential:
+    """What the gateway answers a CPE's connection-request challenge with."""
+
+    username: str
+    password: str = field(repr=False)
+    allow_basic: bool = False  # Basic only where the operator allowed it for this device
+
+
+class IConnReqCredentialStore(Interface):
+    def get(device_id: str) -> Deferred[ConnReqCredential | None]:
+        """The device's connection-request credential, decrypted, or None."""
+
+    def set(device_id: str, credential: ConnReqCredential) -> Deferred[None]:
+        """Store it, the password encrypted at rest."""
+
+    def delete(device_id: str) -> Deferred[bool]:
+        """Remove it; True if there was one."""

@@ -9,13 +9,15 @@ from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
 from cwmpgw.store.interfaces import (
+    ConnReqCredential,
+    IConnReqCredentialStore,
     ICredentialStore,
     IDeviceStore,
     InformRecord,
     StoredCredential,
 )
 
-__all__ = ["MemoryCredentialStore", "MemoryDeviceStore"]
+__all__ = ["MemoryConnReqCredentialStore", "MemoryCredentialStore", "MemoryDeviceStore"]
 
 
 def device_fields(record: InformRecord) -> dict[str, str]:
@@ -68,6 +70,38 @@ class MemoryDeviceStore:
         out["parameters"] = {k: dict(v) for k, v in dev["parameters"].items()}
         return succeed(out)
 
+    def update_parameters(
+        self, device_id: str, values: list[tuple[str, str, str]]
+    ) -> Deferred[None]:
+        dev = self.devices.get(device_id)
+        if dev is not None:
+            for name, value, type_ in values:
+                dev["parameters"][name] = {"value": value, "type": type_}
+        return succeed(None)
+
+    def list_devices(
+        self, *, after: float | None, before: float | None, offset: int, count: int
+    ) -> Deferred[list[dict[str, Any]]]:
+        rows = sorted(self.devices.values(), key=lambda d: (float(d["last_inform"]), d["id"]))
+        rows = [
+            d
+            for d in rows
+            if (after is None or float(d["last_inform"]) >= after)
+            and (before is None or float(d["last_inform"]) <= before)
+        ]
+        out = []
+        for d in rows[offset : offset + count]:
+            record = {k: v for k, v in d.items() if k != "parameters"}
+            record["inform_count"] = str(d["inform_count"])
+            out.append(record)
+        return succeed(out)
+
+    def delete_device(self, device_id: str) -> Deferred[bool]:
+        existed = self.devices.pop(device_id, None) is not None
+        for key in [k for k in self.transfers if k[0] == device_id]:
+            del self.transfers[key]
+        return succeed(existed)
+
 
 @implementer(ICredentialStore)
 class MemoryCredentialStore:
@@ -98,3 +132,19 @@ class MemoryCredentialStore:
             return succeed(False)
         del self.by_username[username]
         return succeed(True)
+
+
+@implementer(IConnReqCredentialStore)
+class MemoryConnReqCredentialStore:
+    def __init__(self) -> None:
+        self.credentials: dict[str, ConnReqCredential] = {}
+
+    def get(self, device_id: str) -> Deferred[ConnReqCredential | None]:
+        return succeed(self.credentials.get(device_id))
+
+    def set(self, device_id: str, credential: ConnReqCredential) -> Deferred[None]:
+        self.credentials[device_id] = credential
+        return succeed(None)
+
+    def delete(self, device_id: str) -> Deferred[bool]:
+        return succeed(self.credentials.pop(device_id, None) is not None)

@@ -9,6 +9,7 @@ Key layout (all under the configured prefix, default ``cwmpgw:``):
 - ``devices`` sorted set: device id scored by last inform time
 - ``cred:<username>`` hash: device_id and one HA1 per Digest algorithm
 - ``cred-by-device`` hash: device id -> username
+- ``crcred:<id>`` hash: connection-request username, password (encrypted), allow_basic
 
 Each multi-key update is one Lua script: atomic, and one round trip on the hot path.
 """
@@ -18,18 +19,21 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
 from cwmpgw.store.interfaces import (
+    ConnReqCredential,
+    IConnReqCredentialStore,
     ICredentialStore,
     IDeviceStore,
     InformRecord,
     StoredCredential,
 )
 from cwmpgw.store.memory import device_fields
+from cwmpgw.store.secretbox import SecretBox
 
-__all__ = ["RedisCredentialStore", "RedisDeviceStore"]
+__all__ = ["RedisConnReqCredentialStore", "RedisCredentialStore", "RedisDeviceStore"]
 
 _RECORD_INFORM = """
 local new = redis.call('HSETNX', KEYS[1], 'first_seen', ARGV[1])
@@ -74,6 +78,13 @@ if not old then return 0 end
 redis.call('DEL', ARGV[2] .. 'cred:' .. old)
 redis.call('HDEL', KEYS[1], ARGV[1])
 return 1
+"""
+
+_DELETE_DEVICE = """
+local existed = redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('ZREM', KEYS[4], ARGV[1])
+return existed
 """
 
 _HA1_FIELD = "ha1:"
@@ -121,6 +132,46 @@ class RedisDeviceStore:
 
         return Deferred.fromCoroutine(get())
 
+    def update_parameters(
+        self, device_id: str, values: list[tuple[str, str, str]]
+    ) -> Deferred[None]:
+        if not values:
+            return succeed(None)
+        key = self._key(device_id)
+        args: list[str] = []
+        for name, value, type_ in values:
+            args += [name, json.dumps([value, type_])]
+        d: Deferred[Any] = self._redis.execute_command("HSET", key + ":params", *args)
+        return d.addCallback(lambda _: None)
+
+    def list_devices(
+        self, *, after: float | None, before: float | None, offset: int, count: int
+    ) -> Deferred[list[dict[str, Any]]]:
+        low = "-inf" if after is None else repr(after)
+        high = "+inf" if before is None else repr(before)
+
+        async def page() -> list[dict[str, Any]]:
+            ids = await self._redis.execute_command(
+                "ZRANGEBYSCORE", self._prefix + "devices", low, high, "LIMIT", offset, count
+            )
+            records = []
+            for device_id in ids:
+                fields = await self._redis.hgetall(self._key(device_id))
+                if fields:
+                    records.append(dict(fields))
+            return records
+
+        return Deferred.fromCoroutine(page())
+
+    def delete_device(self, device_id: str) -> Deferred[bool]:
+        key = self._key(device_id)
+        d: Deferred[Any] = self._redis.eval(
+            _DELETE_DEVICE,
+            [key, key + ":params", key + ":transfers", self._prefix + "devices"],
+            [device_id],
+        )
+        return d.addCallback(lambda n: bool(n))
+
 
 @implementer(ICredentialStore)
 class RedisCredentialStore:
@@ -162,4 +213,47 @@ class RedisCredentialStore:
         d: Deferred[Any] = self._redis.eval(
             _DELETE_CREDENTIAL, [self._by_device], [device_id, self._prefix]
         )
+        return d.addCallback(lambda n: bool(n))
+
+
+@implementer(IConnReqCredentialStore)
+class RedisConnReqCredentialStore:
+    """Connection-request credentials; the password is sealed with the gateway's key."""
+
+    def __init__(self, redis: Any, prefix: str, box: SecretBox) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._box = box
+
+    def _key(self, device_id: str) -> str:
+        return f"{self._prefix}crcred:{device_id}"
+
+    def get(self, device_id: str) -> Deferred[ConnReqCredential | None]:
+        def build(fields: dict[str, str]) -> ConnReqCredential | None:
+            if not fields or "password" not in fields:
+                return None
+            return ConnReqCredential(
+                fields.get("username", ""),
+                self._box.decrypt(fields["password"], device_id),
+                fields.get("allow_basic") == "1",
+            )
+
+        d: Deferred[Any] = self._redis.hgetall(self._key(device_id))
+        return d.addCallback(build)
+
+    def set(self, device_id: str, credential: ConnReqCredential) -> Deferred[None]:
+        d: Deferred[Any] = self._redis.execute_command(
+            "HSET",
+            self._key(device_id),
+            "username",
+            credential.username,
+            "password",
+            self._box.encrypt(credential.password, device_id),
+            "allow_basic",
+            "1" if credential.allow_basic else "0",
+        )
+        return d.addCallback(lambda _: None)
+
+    def delete(self, device_id: str) -> Deferred[bool]:
+        d: Deferred[Any] = self._redis.delete(self._key(device_id))
         return d.addCallback(lambda n: bool(n))

@@ -1,0 +1,362 @@
+"""The client half of HTTP authentication for Connection Requests, sans-IO.
+
+The gateway is the client here: a CPE answers our GET with ``401`` and one or more
+``WWW-Authenticate`` headers, and we answer with an ``Authorization`` header.  CPE
+firmware is old and varied, so this side accepts RFC 7616 (qop=auth, MD5 or SHA-256,
+``-sess`` variants), the RFC 2069 form without qop, and Basic only when the operator
+allows it for the device: Basic sends the password in clear over plain HTTP.
+
+Parsing is strict and bounded (a hostile CPE controls every byte of the challenge):
+anything malformed raises L{ChallengeError}, never another exception.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import string
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from cwmpgw.acs.digest import ha1, hash_hex
+
+__all__ = [
+    "Challenge",
+    "ChallengeError",
+    "authorization",
+    "choose",
+    "is_stale",
+    "parse_challenges",
+]
+
+_MAX_HEADER_BYTES = 8192
+_MAX_CHALLENGES = 16
+_MAX_PARAMS = 32
+
+# RFC 9110 tchar, for schemes and parameter names.
+_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~" + string.digits + string.ascii_letters)
+# RFC 9110 token68, without its trailing "=" padding.
+_TOKEN68_CHARS = frozenset("-._~+/" + string.digits + string.ascii_letters)
+_WHITESPACE = " \t"
+# Unquoted values are accepted a little more widely than a token (some CPEs send
+# unquoted base64 nonces with "=" padding): visible ASCII except the delimiters.
+_BARE_VALUE_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F)) - frozenset('",\\')
+
+# Digest algorithm name (upper case) -> (hash for hash_hex, is a -sess variant, preference).
+_ALGORITHMS: dict[str, tuple[str, bool, int]] = {
+    "SHA-256": ("SHA-256", False, 4),
+    "SHA-256-SESS": ("SHA-256", True, 3),
+    "MD5": ("MD5", False, 2),
+    "MD5-SESS": ("MD5", True, 1),
+}
+
+
+class ChallengeError(ValueError):
+    """A WWW-Authenticate value we cannot parse or a challenge we cannot answer."""
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """One challenge: a lower-case scheme and its parameters (lower-case names).
+
+    ``token68`` holds the opaque form some schemes use instead of parameters.
+    """
+
+    scheme: str
+    params: Mapping[str, str] = field(default_factory=dict)
+    token68: str | None = None
+
+    @property
+    def realm(self) -> str | None:
+        return self.params.get("realm")
+
+    @property
+    def algorithm(self) -> str:
+        """The Digest algorithm as sent, upper case; MD5 when absent (RFC 7616 section 3.3)."""
+        return self.params.get("algorithm", "MD5").upper()
+
+    @property
+    def qop_options(self) -> frozenset[str]:
+        """The qop values offered; empty for an RFC 2069 challenge without qop."""
+        raw = self.params.get("qop")
+        if raw is None:
+            return frozenset()
+        return frozenset(part.strip().lower() for part in raw.split(",") if part.strip())
+
+    @property
+    def stale(self) -> bool:
+        return is_stale(self)
+
+
+def is_stale(challenge: Challenge) -> bool:
+    """True for a Digest challenge with ``stale=true``: retry once with its fresh nonce."""
+    return challenge.scheme == "digest" and challenge.params.get("stale", "").lower() == "true"
+
+
+class _Parser:
+    """A cursor over one header value, following RFC 9110 section 11.6.1."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.i = 0
+        self.end = len(text)
+
+    def skip_ws(self) -> None:
+        while self.i < self.end and self.text[self.i] in _WHITESPACE:
+            self.i += 1
+
+    def skip_list_separators(self) -> None:
+        """Skip OWS and empty list elements (", ,"), as RFC 9110 section 5.6.1 allows."""
+        self.skip_ws()
+        while self.i < self.end and self.text[self.i] == ",":
+            self.i += 1
+            self.skip_ws()
+
+    def at_end(self) -> bool:
+        return self.i == self.end
+
+    def peek(self) -> str:
+        return self.text[self.i] if self.i < self.end else ""
+
+    def token(self) -> str:
+        start = self.i
+        while self.i < self.end and self.text[self.i] in _TOKEN_CHARS:
+            self.i += 1
+        if self.i == start:
+            raise ChallengeError(f"expected a token at offset {start}")
+        return self.text[start : self.i]
+
+    def token68(self) -> str | None:
+        """A token68 if one stands alone here (followed by a list end), else None."""
+        j = self.i
+        while j < self.end and self.text[j] in _TOKEN68_CHARS:
+            j += 1
+        if j == self.i:
+            return None
+        while j < self.end and self.text[j] == "=":
+            j += 1
+        k = j
+        while k < self.end and self.text[k] in _WHITESPACE:
+            k += 1
+        if k < self.end and self.text[k] != ",":
+            return None
+        value = self.text[self.i : j]
+        self.i = k
+        return value
+
+    def starts_param(self) -> bool:
+        """At ``name OWS =``: a parameter of the current challenge, not a new challenge."""
+        j = self.i
+        while j < self.end and self.text[j] in _TOKEN_CHARS:
+            j += 1
+        if j == self.i:
+            return False
+        while j < self.end and self.text[j] in _WHITESPACE:
+            j += 1
+        return j < self.end and self.text[j] == "="
+
+    def value(self) -> str:
+        if self.peek() == '"':
+            return self.quoted_string()
+        start = self.i
+        while self.i < self.end and self.text[self.i] in _BARE_VALUE_CHARS:
+            self.i += 1
+        if self.i == start:
+            raise ChallengeError(f"expected a value at offset {start}")
+        return self.text[start : self.i]
+
+    def quoted_string(self) -> str:
+        self.i += 1
+        chars: list[str] = []
+        while True:
+            if self.i >= self.end:
+                raise ChallengeError("unterminated quoted string")
+            c = self.text[self.i]
+            self.i += 1
+            if c == '"':
+                return "".join(chars)
+            if c == "\\":
+                if self.i >= self.end:
+                    raise ChallengeError("unterminated quoted string")
+                c = self.text[self.i]
+                self.i += 1
+            if (c < " " and c != "\t") or c == "\x7f":
+                raise ChallengeError("control character in quoted string")
+            chars.append(c)
+
+
+def _parse_value(raw: bytes) -> list[Challenge]:
+    if len(raw) > _MAX_HEADER_BYTES:
+        raise ChallengeError("WWW-Authenticate value too long")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ChallengeError("WWW-Authenticate value is not UTF-8") from None
+    p = _Parser(text)
+    challenges: list[Challenge] = []
+    p.skip_list_separators()
+    while not p.at_end():
+        scheme = p.token().lower()
+        params: dict[str, str] = {}
+        token68: str | None = None
+        if p.peek() and p.peek() not in _WHITESPACE + ",":
+            raise ChallengeError(f"unexpected character after scheme {scheme!r}")
+        p.skip_ws()
+        if not p.at_end() and p.peek() != ",":
+            token68 = p.token68()
+            if token68 is None:
+                while True:
+                    name = p.token().lower()
+                    p.skip_ws()
+                    if p.peek() != "=":
+                        raise ChallengeError(f"expected '=' after parameter {name!r}")
+                    p.i += 1
+                    p.skip_ws()
+                    value = p.value()
+                    if name in params:
+                        raise ChallengeError(f"duplicate parameter {name!r}")
+                    if len(params) == _MAX_PARAMS:
+                        raise ChallengeError("too many parameters")
+                    params[name] = value
+                    p.skip_ws()
+                    if p.at_end():
+                        break
+                    if p.peek() != ",":
+                        raise ChallengeError(f"expected ',' at offset {p.i}")
+                    p.skip_list_separators()
+                    if p.at_end() or not p.starts_param():
+                        break
+        if len(challenges) == _MAX_CHALLENGES:
+            raise ChallengeError("too many challenges")
+        challenges.append(Challenge(scheme, params, token68))
+        p.skip_list_separators()
+    return challenges
+
+
+def parse_challenges(values: Sequence[bytes]) -> list[Challenge]:
+    """Every challenge of every WWW-Authenticate value, in order.
+
+    Raises L{ChallengeError} if any value is malformed.
+    """
+    challenges: list[Challenge] = []
+    for raw in values:
+        challenges.extend(_parse_value(raw))
+        if len(challenges) > _MAX_CHALLENGES:
+            raise ChallengeError("too many challenges")
+    return challenges
+
+
+def _digest_rank(challenge: Challenge) -> int:
+    """Preference of a Digest challenge we can answer; 0 if we cannot."""
+    params = challenge.params
+    if "realm" not in params or not params.get("nonce"):
+        return 0
+    spec = _ALGORITHMS.get(challenge.algorithm)
+    if spec is None:
+        return 0
+    _, sess, rank = spec
+    qops = challenge.qop_options
+    if "qop" in params:
+        if not qops & {"auth", "auth-int"}:
+            return 0
+    elif sess:
+        return 0  # -sess needs a cnonce, which only exists with qop
+    return rank
+
+
+def choose(challenges: Sequence[Challenge], *, allow_basic: bool) -> Challenge | None:
+    """The strongest challenge we can answer, or None.
+
+    Digest SHA-256 over SHA-256-sess over MD5 over MD5-sess; among equals, the first
+    offered.  Basic only when ``allow_basic`` (the operator's per-device opt-in).
+    """
+    best: Challenge | None = None
+    best_rank = 0
+    for challenge in challenges:
+        if challenge.scheme == "digest":
+            rank = _digest_rank(challenge)
+        elif challenge.scheme == "basic" and allow_basic and challenge.token68 is None:
+            rank = -1  # usable, but below every Digest challenge
+        else:
+            rank = 0
+        if rank != 0 and (best is None or rank > best_rank):
+            best, best_rank = challenge, rank
+    return best
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _check_field(name: str, value: str) -> None:
+    if any(c < " " or c == "\x7f" for c in value):
+        raise ChallengeError(f"control character in {name}")
+
+
+def authorization(
+    challenge: Challenge,
+    username: str,
+    password: str,
+    method: str,
+    uri: str,
+    *,
+    nc: int = 1,
+    cnonce: str | None = None,
+) -> bytes:
+    """The Authorization header value answering ``challenge`` (from L{choose}).
+
+    ``uri`` is the request-target (path and query).  With qop, ``auth`` is preferred
+    and ``auth-int`` used otherwise (a GET has an empty body); without qop the
+    RFC 2069 form is produced.  The value contains the password (Basic) or a
+    password-derived hash: never log it.
+    """
+    _check_field("username", username)
+    _check_field("uri", uri)
+    if challenge.scheme == "basic":
+        if ":" in username:
+            raise ChallengeError("a Basic username cannot contain ':'")
+        token = base64.b64encode(f"{username}:{password}".encode())
+        return b"Basic " + token
+    if challenge.scheme != "digest" or _digest_rank(challenge) == 0:
+        raise ChallengeError(f"cannot answer a {challenge.scheme!r} challenge")
+    if not 1 <= nc <= 0xFFFFFFFF:
+        raise ValueError("nc must fit in 8 hex digits")
+    params = challenge.params
+    realm = params["realm"]
+    nonce = params["nonce"]
+    name = challenge.algorithm
+    algorithm, sess, _ = _ALGORITHMS[name]
+    qops = challenge.qop_options
+    qop = ("auth" if "auth" in qops else "auth-int") if "qop" in params else None
+    if cnonce is None:
+        cnonce = os.urandom(16).hex()
+    _check_field("cnonce", cnonce)
+    nc_hex = f"{nc:08x}"
+
+    ha1_hex = ha1(algorithm, username, realm, password)
+    if sess:
+        ha1_hex = hash_hex(algorithm, f"{ha1_hex}:{nonce}:{cnonce}".encode())
+    if qop == "auth-int":
+        ha2 = hash_hex(algorithm, f"{method}:{uri}:{hash_hex(algorithm, b'')}".encode())
+    else:
+        ha2 = hash_hex(algorithm, f"{method}:{uri}".encode())
+    if qop is None:
+        response = hash_hex(algorithm, f"{ha1_hex}:{nonce}:{ha2}".encode())
+    else:
+        response = hash_hex(algorithm, f"{ha1_hex}:{nonce}:{nc_hex}:{cnonce}:{qop}:{ha2}".encode())
+
+    parts = [
+        f"username={_quote(username)}",
+        f"realm={_quote(realm)}",
+        f"nonce={_quote(nonce)}",
+        f"uri={_quote(uri)}",
+    ]
+    if "algorithm" in params:
+        # Echo the spelling the CPE used; RFC 2069-era CPEs never see the parameter.
+        parts.append(f"algorithm={params['algorithm']}")
+    parts.append(f'response="{response}"')
+    if qop is not None:
+        parts += [f"qop={qop}", f"nc={nc_hex}", f"cnonce={_quote(cnonce)}"]
+    if "opaque" in params:
+        parts.append(f"opaque={_quote(params['opaque'])}")
+    return ("Digest " + ", ".join(parts)).encode("utf-8")

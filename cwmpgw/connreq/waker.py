@@ -1,0 +1,322 @@
+"""wake(device): ask a CPE to open a session now, over HTTP or UDP, within the guard's rules.
+
+The order of work for one wake-up:
+1. coalesce with a wake-up of the same device already in flight on this node;
+2. refuse if the device was woken less than ``min_interval`` ago (on any node: Redis);
+3. pick the methods the device supports (HTTP ConnectionRequestURL, UDP via its STUN
+   binding or UDPConnectionRequestAddress), in the configured order; each target must pass
+   the guard, or it is refused with a ``connreq.refused`` event and nothing is sent;
+4. start listening for the device's "6 CONNECTION REQUEST" Inform *before* sending, so a
+   fast CPE cannot be missed;
+5. send, within the global rate and the concurrency limits (overall and per destination),
+   retrying network errors with a doubling delay;
+6. report: ``connreq.sent`` per attempt, then ``connreq.succeeded`` or ``connreq.failed``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredSemaphore, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from cwmpgw.bus.events import Event, IEventSink, device_ref
+from cwmpgw.config import ConnreqConfig
+from cwmpgw.connreq.guard import GuardPolicy, Refusal, check_http_target, check_udp_target
+from cwmpgw.connreq.interfaces import IConnectionRequester, WakeResult
+from cwmpgw.store.interfaces import ConnReqCredential, IConnReqCredentialStore, IDeviceStore
+
+__all__ = ["ConnectionRequestService", "RateLimiter"]
+
+_NETWORK_ERRORS = ("unreachable", "timeout")
+
+
+class RateLimiter:
+    """At most ``rate`` starts per second, first come first served, on the injected clock.
+
+    Spreads mass wake-ups (thousands of devices) so they never crowd out live sessions.
+    """
+
+    def __init__(self, rate: float, clock: IReactorTime) -> None:
+        self._interval = 1.0 / rate
+        self._clock = clock
+        self._next = 0.0
+        self._waiting: deque[Deferred[None]] = deque()
+
+    def acquire(self) -> Deferred[None]:
+        now = self._clock.seconds()
+        start = max(now, self._next)
+        self._next = start + self._interval
+        if start <= now:
+            return succeed(None)
+        return deferLater(self._clock, start - now, lambda: None)
+
+
+def _param(params: dict[str, Any], suffix: str) -> str:
+    for name, value in params.items():
+        if name.endswith(suffix):
+            return str(value.get("value", ""))
+    return ""
+
+
+def _split_host_port(text: str) -> tuple[str, int] | None:
+    """``host:port`` or ``[v6]:port`` (Annex G: the port defaults to 80)."""
+    text = text.strip()
+    if not text:
+        return None
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host, port_text = text, ""
+    try:
+        port = int(port_text) if port_text else 80
+    except ValueError:
+        return None
+    return (host, port) if host else None
+
+
+@implementer(IConnectionRequester)
+class ConnectionRequestService:
+    _log = Logger()
+
+    def __init__(
+        self,
+        *,
+        clock: IReactorTime,
+        config: ConnreqConfig,
+        devices: IDeviceStore,
+        credentials: IConnReqCredentialStore,
+        http: Any,
+        udp: Any | None,
+        events: IEventSink,
+        node: str,
+        policy: GuardPolicy,
+        claim_interval: Callable[[str, float], Deferred[bool]],
+        stun_binding: Callable[[str], Deferred[tuple[str, int] | None]],
+        session_started: Callable[[str, float], Deferred[bool]] | None,
+    ) -> None:
+        self._clock = clock
+        self._config = config
+        self._devices = devices
+        self._credentials = credentials
+        self._http = http
+        self._udp = udp if config.udp else None
+        self._events = events
+        self._node = node
+        self._policy = policy
+        self._claim_interval = claim_interval
+        self._stun_binding = stun_binding
+        self._session_started = session_started
+        self._rate = RateLimiter(config.rate, clock)
+        self._all = DeferredSemaphore(config.max_concurrent)
+        self._per_destination: dict[str, DeferredSemaphore] = {}
+        self._in_flight: dict[str, list[Deferred[WakeResult]]] = {}
+
+    # -- the interface -------------------------------------------------------------------
+
+    def wake(self, device_id: str) -> Deferred[WakeResult]:
+        d: Deferred[WakeResult] = Deferred()
+        waiting = self._in_flight.get(device_id)
+        if waiting is not None:
+            waiting.append(d)  # one wake-up per device at a time: share its result
+            return d
+        self._in_flight[device_id] = [d]
+
+        def done(result: WakeResult) -> None:
+            for waiter in self._in_flight.pop(device_id, []):
+                waiter.callback(result)
+
+        def failed(failure: Any) -> None:
+            self._log.failure("wake-up of {device_id} failed", failure, device_id=device_id)
+            done(WakeResult("error", detail="internal error"))
+
+        Deferred.fromCoroutine(self._wake(device_id)).addCallbacks(done, failed)
+        return d
+
+    # -- the work ------------------------------------------------------------------------
+
+    async def _wake(self, device_id: str) -> WakeResult:
+        device = await self._devices.get_device(device_id)
+        if device is None:
+            return WakeResult("refused", detail="unknown device")
+        ref = device_ref(
+            device_id,
+            device.get("oui", ""),
+            device.get("product_class", ""),
+            device.get("serial_number", ""),
+            device.get("manufacturer", ""),
+        )
+        credential = await self._credentials.get(device_id)
+        if credential is None:
+            return await self._refuse(
+                ref, None, "no connection-request credentials for this device"
+            )
+        params: dict[str, Any] = device.get("parameters", {})
+        url = device.get("connection_request_url", "")
+        stun_user = _param(params, ".ManagementServer.STUNUsername") or device_id
+        binding = await self._stun_binding(stun_user) if self._udp is not None else None
+        udp_target = binding or _split_host_port(
+            _param(params, ".ManagementServer.UDPConnectionRequestAddress")
+        )
+        methods: list[str] = []
+        if url:
+            methods.append("http")
+        if self._udp is not None and udp_target is not None:
+            nat = _param(params, ".ManagementServer.NATDetected").lower() in ("1", "true")
+            methods.insert(0 if self._config.prefer == "udp" or (nat and binding) else 1, "udp")
+        if not methods:
+            return await self._refuse(ref, None, "the device reported no connection-request URL")
+        if not await self._claim_interval(device_id, self._config.min_interval):
+            interval = f"{self._config.min_interval:g}"
+            return WakeResult(
+                "busy", detail=f"a connection request was sent less than {interval} s ago"
+            )
+
+        waiter = (
+            self._session_started(device_id, self._config.session_wait)
+            if self._session_started is not None and self._config.session_wait > 0
+            else None
+        )
+        last = WakeResult("refused", detail="no method could be used")
+        try:
+            for method in methods:
+                if method == "http":
+                    last = await self._try_http(ref, url, device, binding, credential)
+                else:
+                    assert udp_target is not None
+                    last = await self._try_udp(ref, udp_target, device, binding, credential)
+                if last.outcome == "ok":
+                    break
+            if last.outcome != "ok":
+                return last
+            started = bool(await waiter) if waiter is not None else False
+            waiter = None
+        finally:
+            if waiter is not None:
+                waiter.addErrback(lambda _: False)  # cancelled: nobody waits for it any more
+                waiter.cancel()
+        if last.method == "udp" and not started and self._config.session_wait > 0:
+            # UDP has no answer: only the session tells that the CPE got the message.
+            result = WakeResult("timeout", False, "udp", "no session followed the UDP request")
+            await self._publish("connreq.failed", ref, result.to_dict())
+            return result
+        result = WakeResult("ok", started, last.method, last.detail)
+        await self._publish("connreq.succeeded", ref, result.to_dict())
+        return result
+
+    async def _try_http(
+        self,
+        ref: dict[str, str],
+        url: str,
+        device: dict[str, Any],
+        binding: tuple[str, int] | None,
+        credential: ConnReqCredential,
+    ) -> WakeResult:
+        target = check_http_target(
+            url, last_source=device.get("last_source"), stun_binding=binding, policy=self._policy
+        )
+        if isinstance(target, Refusal):
+            return await self._refuse(ref, "http", target.reason, url)
+        attempt: Any = None
+        for number in range(self._config.retries + 1):
+            if number:
+                await deferLater(
+                    self._clock, self._config.retry_delay * 2 ** (number - 1), lambda: None
+                )
+            await self._publish(
+                "connreq.sent", ref, {"method": "http", "target": target.url, "attempt": number + 1}
+            )
+            attempt = await self._limited(
+                target.host,
+                lambda: self._http.request(
+                    target.url,
+                    credential.username,
+                    credential.password,
+                    allow_basic=credential.allow_basic,
+                ),
+            )
+            if attempt.outcome not in _NETWORK_ERRORS:
+                break
+        result = WakeResult(attempt.outcome, False, "http", attempt.detail)
+        if attempt.outcome != "ok":
+            await self._publish(
+                "connreq.failed", ref, {**result.to_dict(), "status": attempt.status}
+            )
+        return result
+
+    async def _try_udp(
+        self,
+        ref: dict[str, str],
+        address: tuple[str, int],
+        device: dict[str, Any],
+        binding: tuple[str, int] | None,
+        credential: ConnReqCredential,
+    ) -> WakeResult:
+        host, port = address
+        target = check_udp_target(
+            host,
+            port,
+            last_source=device.get("last_source"),
+            stun_binding=binding,
+            policy=self._policy,
+        )
+        if isinstance(target, Refusal):
+            return await self._refuse(ref, "udp", target.reason, f"{host}:{port}")
+        await self._publish(
+            "connreq.sent", ref, {"method": "udp", "target": target.netloc, "attempt": 1}
+        )
+        udp = self._udp
+        assert udp is not None
+        sent = await self._limited(
+            target.host,
+            lambda: udp.request(target.host, target.port, credential.username, credential.password),
+        )
+        return WakeResult("ok", False, "udp", f"{sent} datagram(s) sent")
+
+    async def _limited(self, destination: str, start: Callable[[], Deferred[Any]]) -> Any:
+        """Run ``start`` within the rate, the global limit and the destination's limit."""
+        await self._rate.acquire()
+        per = self._per_destination.get(destination)
+        if per is None:
+            per = self._per_destination[destination] = DeferredSemaphore(
+                self._config.per_destination
+            )
+        await per.acquire()
+        try:
+            await self._all.acquire()
+            try:
+                return await start()
+            finally:
+                self._all.release()
+        finally:
+            per.release()
+            if per.tokens == per.limit and not per.waiting:
+                self._per_destination.pop(destination, None)
+
+    async def _refuse(
+        self, ref: dict[str, str], method: str | None, reason: str, target: str = ""
+    ) -> WakeResult:
+        self._log.info(
+            "connection request to {device_id} refused: {reason}",
+            device_id=ref["id"],
+            reason=reason,
+        )
+        await self._publish(
+            "connreq.refused", ref, {"method": method, "reason": reason, "target": target}
+        )
+        return WakeResult("refused", False, method, reason)
+
+    async def _publish(self, type_: str, ref: dict[str, str], data: dict[str, Any]) -> None:
+        event = Event(type=type_, ts=self._clock.seconds(), node=self._node, data=data, device=ref)
+        try:
+            await self._events.publish(event)
+        except Exception:
+            self._log.failure("could not publish {type}", type=type_)

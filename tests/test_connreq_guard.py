@@ -1,0 +1,287 @@
+"""Tests for cwmpgw.connreq.guard: who a Connection Request may be sent to."""
+
+from __future__ import annotations
+
+from ipaddress import ip_network
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from cwmpgw.connreq.guard import (
+    GuardPolicy,
+    Refusal,
+    Target,
+    check_http_target,
+    check_udp_target,
+    parse_http_url,
+)
+
+DEFAULT = GuardPolicy()
+LAB = GuardPolicy(allowed_networks=(ip_network("127.0.0.0/8"), ip_network("::1/128")))
+OFFICE = GuardPolicy(
+    allowed_networks=(ip_network("10.20.0.0/16"), ip_network("2001:db8:aa::/48")),
+    own_addresses=frozenset({"198.51.100.1", "2001:db8::ac5"}),
+)
+PORTS = GuardPolicy(allowed_ports=frozenset({7547, 30005}))
+HTTP_ONLY = GuardPolicy(schemes=frozenset({"http"}))
+
+SRC = "203.0.113.7"
+SRC6 = "2001:db8:1::7"
+
+# (url, last_source, stun_binding, policy, expected Target or refusal reason)
+HTTP_CASES: list[tuple[str, str | None, tuple[str, int] | None, GuardPolicy, Target | str]] = [
+    # Accepted, normalised.
+    (
+        "http://203.0.113.7:7547/abc",
+        SRC,
+        None,
+        DEFAULT,
+        Target("http", SRC, 7547, "/abc"),
+    ),
+    ("HTTP://203.0.113.7", SRC, None, DEFAULT, Target("http", SRC, 80, "/")),
+    ("https://203.0.113.7:", SRC, None, DEFAULT, Target("https", SRC, 443, "/")),
+    ("http://203.0.113.7?x=1#frag", SRC, None, DEFAULT, Target("http", SRC, 80, "/?x=1")),
+    (
+        "http://203.0.113.7:7547/p/a?q=1&r=2#f",
+        SRC,
+        None,
+        DEFAULT,
+        Target("http", SRC, 7547, "/p/a?q=1&r=2"),
+    ),
+    (
+        "http://[2001:DB8:1:0::7]:7547/x",
+        SRC6,
+        None,
+        DEFAULT,
+        Target("http", SRC6, 7547, "/x"),
+    ),
+    # IPv4-mapped IPv6, in the URL and in the source address, is compared as IPv4.
+    ("http://[::ffff:203.0.113.7]:80/", SRC, None, DEFAULT, Target("http", SRC, 80, "/")),
+    ("http://203.0.113.7/", "::ffff:203.0.113.7", None, DEFAULT, Target("http", SRC, 80, "/")),
+    # The STUN binding host counts as the device's address too.
+    (
+        "http://198.51.100.9:7547/",
+        SRC,
+        ("198.51.100.9", 40000),
+        DEFAULT,
+        Target("http", "198.51.100.9", 7547, "/"),
+    ),
+    (
+        "http://198.51.100.9:7547/",
+        None,
+        ("198.51.100.9", 40000),
+        DEFAULT,
+        Target("http", "198.51.100.9", 7547, "/"),
+    ),
+    # Allowed networks: accepted whatever the source, special addresses included.
+    ("http://10.20.3.4:7547/", SRC, None, OFFICE, Target("http", "10.20.3.4", 7547, "/")),
+    ("http://10.20.3.4:7547/", None, None, OFFICE, Target("http", "10.20.3.4", 7547, "/")),
+    ("http://[2001:db8:aa::5]/", SRC, None, OFFICE, Target("http", "2001:db8:aa::5", 80, "/")),
+    ("http://127.0.0.1:8080/cr", "127.0.0.1", None, LAB, Target("http", "127.0.0.1", 8080, "/cr")),
+    ("http://127.9.9.9:8080/cr", None, None, LAB, Target("http", "127.9.9.9", 8080, "/cr")),
+    ("http://[::1]:8080/", None, None, LAB, Target("http", "::1", 8080, "/")),
+    ("http://[::ffff:127.0.0.1]:8080/", None, None, LAB, Target("http", "127.0.0.1", 8080, "/")),
+    ("http://203.0.113.7:7547/", SRC, None, PORTS, Target("http", SRC, 7547, "/")),
+    # Syntax.
+    ("", SRC, None, DEFAULT, "missing URL"),
+    ("http://203.0.113.7/" + "a" * 2100, SRC, None, DEFAULT, "URL too long"),
+    ("http://203.0.113.7/a b", SRC, None, DEFAULT, "malformed URL"),
+    ("http://203.0.113.7/\r\nX: y", SRC, None, DEFAULT, "malformed URL"),
+    ("http://203.0.113.7/é", SRC, None, DEFAULT, "malformed URL"),
+    ("http:/203.0.113.7/", SRC, None, DEFAULT, "malformed URL"),
+    ("203.0.113.7:7547/", SRC, None, DEFAULT, "malformed URL"),
+    ("ftp://203.0.113.7/", SRC, None, DEFAULT, "scheme not allowed"),
+    ("file:///etc/passwd", SRC, None, DEFAULT, "scheme not allowed"),
+    ("https://203.0.113.7/", SRC, None, HTTP_ONLY, "scheme not allowed"),
+    ("http://user:pw@203.0.113.7/", SRC, None, DEFAULT, "userinfo not allowed"),
+    ("http://203.0.113.7@10.0.0.1/", SRC, None, DEFAULT, "userinfo not allowed"),
+    ("http://@203.0.113.7/", SRC, None, DEFAULT, "userinfo not allowed"),
+    ("http:///path", SRC, None, DEFAULT, "missing host"),
+    ("http://:7547/", SRC, None, DEFAULT, "missing host"),
+    ("http://cpe.example.com:7547/", SRC, None, DEFAULT, "hostname not allowed"),
+    ("http://localhost/", SRC, None, LAB, "hostname not allowed"),
+    ("http://2130706433/", SRC, None, DEFAULT, "hostname not allowed"),
+    ("http://0x7f.1/", SRC, None, DEFAULT, "hostname not allowed"),
+    ("http://0203.0.113.7/", SRC, None, DEFAULT, "hostname not allowed"),
+    ("http://203.0.113.7.:80/", SRC, None, DEFAULT, "hostname not allowed"),
+    ("http://2001:db8:1::7/", SRC6, None, DEFAULT, "malformed host"),
+    ("http://[2001:db8:1::7/", SRC6, None, DEFAULT, "malformed host"),
+    ("http://[2001:db8:1::7]x/", SRC6, None, DEFAULT, "malformed host"),
+    ("http://[203.0.113.7]/", SRC, None, DEFAULT, "malformed IPv6 address"),
+    ("http://[fe80::1%25eth0]/", SRC, None, DEFAULT, "IPv6 zone identifiers not allowed"),
+    ("http://203.0.113.7:0/", SRC, None, DEFAULT, "invalid port"),
+    ("http://203.0.113.7:65536/", SRC, None, DEFAULT, "invalid port"),
+    ("http://203.0.113.7:+80/", SRC, None, DEFAULT, "invalid port"),
+    ("http://203.0.113.7:000080/", SRC, None, DEFAULT, "invalid port"),
+    ("http://203.0.113.7:80:81/", SRC, None, DEFAULT, "malformed host"),
+    ("http://203.0.113.7:8080/", SRC, None, PORTS, "port not allowed"),
+    (
+        "http://10.20.3.4:8080/",
+        SRC,
+        None,
+        GuardPolicy(allowed_networks=OFFICE.allowed_networks, allowed_ports=frozenset({7547})),
+        "port not allowed",
+    ),
+    # Special addresses, refused even when they are the device's own source.
+    ("http://127.0.0.1:7547/", "127.0.0.1", None, DEFAULT, "loopback address not allowed"),
+    ("http://[::1]:7547/", "::1", None, DEFAULT, "loopback address not allowed"),
+    ("http://[::ffff:127.0.0.1]/", "127.0.0.1", None, DEFAULT, "loopback address not allowed"),
+    ("http://0.0.0.0/", "0.0.0.0", None, DEFAULT, "unspecified address not allowed"),
+    ("http://0.1.2.3/", "0.1.2.3", None, DEFAULT, "unspecified address not allowed"),
+    ("http://[::]/", "::", None, DEFAULT, "unspecified address not allowed"),
+    ("http://169.254.1.1/", "169.254.1.1", None, DEFAULT, "link-local address not allowed"),
+    ("http://[fe80::1]/", "fe80::1", None, DEFAULT, "link-local address not allowed"),
+    ("http://224.0.0.1/", "224.0.0.1", None, DEFAULT, "multicast address not allowed"),
+    ("http://[ff02::1]/", "ff02::1", None, DEFAULT, "multicast address not allowed"),
+    ("http://255.255.255.255/", SRC, None, DEFAULT, "broadcast address not allowed"),
+    ("http://240.0.0.1/", "240.0.0.1", None, DEFAULT, "reserved address not allowed"),
+    ("http://198.51.100.1/", "198.51.100.1", None, OFFICE, "gateway's own address not allowed"),
+    ("http://[2001:db8::ac5]/", "2001:db8::ac5", None, OFFICE, "gateway's own address not allowed"),
+    ("http://127.0.0.1:7547/", "127.0.0.1", None, OFFICE, "loopback address not allowed"),
+    # Not the device's address.
+    (
+        "http://203.0.113.8/",
+        SRC,
+        None,
+        DEFAULT,
+        "address does not match the device's source address",
+    ),
+    (
+        "http://10.0.0.1/",
+        SRC,
+        ("198.51.100.9", 1),
+        DEFAULT,
+        "address does not match the device's source address",
+    ),
+    (
+        "http://[2001:db8:1::8]/",
+        SRC6,
+        None,
+        DEFAULT,
+        "address does not match the device's source address",
+    ),
+    ("http://203.0.113.7/", None, None, DEFAULT, "device source address unknown"),
+    ("http://203.0.113.7/", "not an address", None, DEFAULT, "device source address unknown"),
+    ("http://10.20.3.4/", SRC, None, DEFAULT, "address does not match the device's source address"),
+]
+
+
+class HttpTargetTests(SynchronousTestCase):
+    def test_table(self) -> None:
+        for url, last_source, stun, policy, expected in HTTP_CASES:
+            with self.subTest(url=url[:60], last_source=last_source):
+                result = check_http_target(
+                    url, last_source=last_source, stun_binding=stun, policy=policy
+                )
+                want = Refusal(expected) if isinstance(expected, str) else expected
+                self.assertEqual(result, want, url)
+
+    def test_target_url_round_trip(self) -> None:
+        cases = {
+            "http://203.0.113.7:7547/abc?x=1": "http://203.0.113.7:7547/abc?x=1",
+            "http://203.0.113.7:80/": "http://203.0.113.7/",
+            "https://[2001:db8:1::7]:443/a": "https://[2001:db8:1::7]/a",
+            "https://[2001:db8:1::7]:7548": "https://[2001:db8:1::7]:7548/",
+        }
+        for url, expected in cases.items():
+            target = parse_http_url(url)
+            assert isinstance(target, Target)
+            self.assertEqual(target.url, expected)
+
+    @settings(max_examples=500, deadline=None)
+    @given(
+        st.text(max_size=120),
+        st.one_of(st.none(), st.text(max_size=40)),
+        st.one_of(st.none(), st.tuples(st.text(max_size=40), st.integers())),
+    )
+    def test_never_raises(
+        self, url: str, last_source: str | None, stun: tuple[str, int] | None
+    ) -> None:
+        result = check_http_target(url, last_source=last_source, stun_binding=stun, policy=OFFICE)
+        self.assertIsInstance(result, Refusal | Target)
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.sampled_from(["http://", "https://", "HTTP://", "http://[", ""]),
+        st.text(alphabet="0123456789abcdef.:[]@%/?#-", max_size=40),
+    )
+    def test_never_raises_on_url_like_strings(self, prefix: str, rest: str) -> None:
+        url = prefix + rest
+        result = check_http_target(url, last_source=SRC, stun_binding=None, policy=LAB)
+        self.assertIsInstance(result, Refusal | Target)
+        if isinstance(result, Target):
+            # Anything accepted re-parses to itself.
+            self.assertEqual(parse_http_url(result.url), result)
+
+
+class UdpTargetTests(SynchronousTestCase):
+    def test_table(self) -> None:
+        cases: list[
+            tuple[str, int, str | None, tuple[str, int] | None, GuardPolicy, Target | str]
+        ] = [
+            (
+                "198.51.100.9",
+                40000,
+                SRC,
+                ("198.51.100.9", 40000),
+                DEFAULT,
+                Target("udp", "198.51.100.9", 40000, ""),
+            ),
+            (SRC, 7547, SRC, None, DEFAULT, Target("udp", SRC, 7547, "")),
+            ("::ffff:203.0.113.7", 7547, SRC, None, DEFAULT, Target("udp", SRC, 7547, "")),
+            (f"[{SRC6}]", 7547, SRC6, None, DEFAULT, Target("udp", SRC6, 7547, "")),
+            (SRC6, 7547, SRC6, None, DEFAULT, Target("udp", SRC6, 7547, "")),
+            ("127.0.0.1", 9999, None, None, LAB, Target("udp", "127.0.0.1", 9999, "")),
+            ("cpe.example.com", 7547, SRC, None, DEFAULT, "hostname not allowed"),
+            ("", 7547, SRC, None, DEFAULT, "missing host"),
+            (SRC, 0, SRC, None, DEFAULT, "invalid port"),
+            (SRC, 70000, SRC, None, DEFAULT, "invalid port"),
+            (SRC, True, SRC, None, DEFAULT, "invalid port"),
+            (SRC, 8080, SRC, None, PORTS, "port not allowed"),
+            ("127.0.0.1", 7547, "127.0.0.1", None, DEFAULT, "loopback address not allowed"),
+            ("255.255.255.255", 7547, SRC, None, DEFAULT, "broadcast address not allowed"),
+            (
+                "203.0.113.8",
+                7547,
+                SRC,
+                ("198.51.100.9", 1),
+                DEFAULT,
+                "address does not match the device's source address",
+            ),
+            (SRC, 7547, None, None, DEFAULT, "device source address unknown"),
+        ]
+        for host, port, last_source, stun, policy, expected in cases:
+            with self.subTest(host=host, port=port):
+                result = check_udp_target(
+                    host, port, last_source=last_source, stun_binding=stun, policy=policy
+                )
+                if isinstance(expected, str):
+                    self.assertEqual(result, Refusal(expected))
+                else:
+                    self.assertEqual(result, expected)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.text(max_size=80), st.integers())
+    def test_never_raises(self, host: str, port: int) -> None:
+        result = check_udp_target(host, port, last_source=SRC, stun_binding=(SRC, 1), policy=OFFICE)
+        self.assertIsInstance(result, Refusal | Target)
+
+
+class PolicyTests(SynchronousTestCase):
+    def test_invalid_policy_values(self) -> None:
+        with self.assertRaises(ValueError):
+            GuardPolicy(own_addresses=frozenset({"gateway.example"}))
+        with self.assertRaises(ValueError):
+            GuardPolicy(allowed_ports=frozenset({0}))
+        with self.assertRaises(ValueError):
+            GuardPolicy(allowed_networks=("10.0.0.0/8",))  # type: ignore[arg-type]
+
+    def test_own_addresses_normalised(self) -> None:
+        policy = GuardPolicy(own_addresses=frozenset({"::ffff:203.0.113.7"}))
+        self.assertEqual(
+            check_http_target(
+                "http://203.0.113.7/", last_source=SRC, stun_binding=None, policy=policy
+            ),
+            Refusal("gateway's own address not allowed"),
+        )
