@@ -5,6 +5,11 @@ The CSV has a header row with the columns ``device_id``, ``password`` and option
 ``OUI-ProductClass-SerialNumber``). Only Digest HA1 values are stored, computed for the
 configured realm, so changing ``auth.realm`` later means importing again.
 
+Optional columns ``cr_username``, ``cr_password`` and ``cr_allow_basic`` (``1``/``0``) set
+the credentials the gateway answers the CPE's connection-request challenge with
+(ManagementServer.ConnectionRequestUsername/Password); that password is stored encrypted
+with the gateway's connection-request key.
+
 Every row is checked before anything is written: one bad row and nothing is written.
 Errors name the line and the problem, never the password.
 """
@@ -33,6 +38,9 @@ class CredentialRow:
     device_id: str
     username: str
     password: str = ""
+    cr_username: str = ""
+    cr_password: str = ""
+    cr_allow_basic: bool = False
 
     def __repr__(self) -> str:  # the password never reaches a log or a traceback
         return (
@@ -57,7 +65,15 @@ def read_rows(text: str) -> tuple[list[CredentialRow], list[str]]:
         row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
         device_id, password = row.get("device_id", ""), row.get("password", "")
         username = row.get("username", "") or device_id
+        cr_username, cr_password = row.get("cr_username", ""), row.get("cr_password", "")
+        cr_basic = row.get("cr_allow_basic", "") or "0"
         problems = []
+        if bool(cr_username) != bool(cr_password):
+            problems.append("give both cr_username and cr_password, or neither")
+        if len(cr_username) > _MAX or len(cr_password) > _MAX:
+            problems.append(f"cr_username and cr_password must be at most {_MAX} characters")
+        if cr_basic not in ("0", "1"):
+            problems.append("cr_allow_basic must be 0 or 1")
         if not device_id:
             problems.append("empty device_id")
         if not password:
@@ -75,7 +91,11 @@ def read_rows(text: str) -> tuple[list[CredentialRow], list[str]]:
             continue
         seen_devices[device_id] = line
         seen_users[username] = line
-        rows.append(CredentialRow(line, device_id, username, password))
+        rows.append(
+            CredentialRow(
+                line, device_id, username, password, cr_username, cr_password, cr_basic == "1"
+            )
+        )
     return rows, errors
 
 
@@ -83,7 +103,9 @@ async def _import(reactor: Any, config: Config, rows: list[CredentialRow]) -> in
     import txredisapi
 
     from cwmpgw.acs.digest import ha1
-    from cwmpgw.store.redis import RedisCredentialStore
+    from cwmpgw.store.interfaces import ConnReqCredential
+    from cwmpgw.store.redis import RedisConnReqCredentialStore, RedisCredentialStore
+    from cwmpgw.store.secretbox import SecretBox, load_or_create_key
 
     embedded = None
     target: RedisTarget | None = config.redis.target
@@ -112,6 +134,12 @@ async def _import(reactor: Any, config: Config, rows: list[CredentialRow]) -> in
             convertNumbers=False,
         )
     store = RedisCredentialStore(redis, config.redis.prefix)
+    key_file = config.connreq.key_file or os.path.join(
+        os.path.abspath(config.gateway.data_dir), "connreq.key"
+    )
+    crstore = RedisConnReqCredentialStore(
+        redis, config.redis.prefix, SecretBox(load_or_create_key(key_file))
+    )
     realm = config.auth.realm
     failed = 0
     try:
@@ -119,6 +147,11 @@ async def _import(reactor: Any, config: Config, rows: list[CredentialRow]) -> in
             hashes = {a: ha1(a, row.username, realm, row.password) for a in ("MD5", "SHA-256")}
             try:
                 await store.set(row.device_id, row.username, hashes)
+                if row.cr_username:
+                    await crstore.set(
+                        row.device_id,
+                        ConnReqCredential(row.cr_username, row.cr_password, row.cr_allow_basic),
+                    )
             except ValueError as e:
                 failed += 1
                 print(f"line {row.line}: {e}", file=sys.stderr)

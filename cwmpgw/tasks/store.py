@@ -1,0 +1,482 @@
+"""The durable task queue in Redis, shared by every gateway node.
+
+Key layout (under the configured prefix):
+
+- ``task:<id>`` string: JSON of ``Task.to_dict()``
+- ``device:<id>:queue`` list: ids of queued and running tasks, in submission order
+- ``device:<id>:finished`` list: ids of final tasks, newest first, trimmed to
+  ``keep_finished`` (the ``task:<id>`` keys of trimmed ones are deleted)
+- ``device:<id>:transfer:<command_key>`` string: id of the task waiting for that
+  TransferComplete
+- ``tasks:expiry`` sorted set: id of each queued task scored by its expiry
+
+Python decides what a task becomes (the same rules as the memory provider); one Lua script
+applies each change to every key at once, and only if the stored task still has the status
+and attempt count the decision was based on. Two nodes can therefore never both move a task:
+the loser sees the winner's version and acts on that.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from cwmpgw.bus.events import IEventSink
+from cwmpgw.bus.listener import EventListener
+from cwmpgw.tasks.memory import (
+    build_task,
+    ignore_cancel,
+    publish_task_event,
+    start_decision,
+    task_from_dict,
+    task_from_json,
+    task_to_json,
+    transfer_outcome,
+)
+from cwmpgw.tasks.model import FINAL_STATUSES, ITaskService, Task, UnknownDevice
+
+__all__ = ["RedisTaskService"]
+
+# KEYS: device hash, task, queue, expiry zset; ARGV: task JSON, id, expires
+_SUBMIT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('SET', KEYS[2], ARGV[1])
+redis.call('RPUSH', KEYS[3], ARGV[2])
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
+return 1
+"""
+
+# KEYS: task, queue, finished, expiry zset, transfer key
+# ARGV: 1 expected status, 2 expected attempts, 3 new JSON, 4 id,
+#       5 queue: keep | remove | front (back in, first, if it is not there),
+#       6 finished: 1 to push onto the finished list, 7 keep_finished, 8 task key prefix,
+#       9 expiry: keep | remove | add, 10 expires, 11 transfer: keep | set | remove
+# Returns 1 when applied, 0 when the task is gone, else the stored JSON (it moved on).
+_TRANSITION = """
+local cur = redis.call('GET', KEYS[1])
+if not cur then return 0 end
+local t = cjson.decode(cur)
+if t.status ~= ARGV[1] or t.attempts ~= tonumber(ARGV[2]) then return cur end
+redis.call('SET', KEYS[1], ARGV[3])
+if ARGV[5] == 'remove' or ARGV[6] == '1' then
+  redis.call('LREM', KEYS[2], 0, ARGV[4])
+elseif ARGV[5] == 'front' and not redis.call('LPOS', KEYS[2], ARGV[4]) then
+  redis.call('LPUSH', KEYS[2], ARGV[4])
+end
+if ARGV[6] == '1' then
+  local keep = tonumber(ARGV[7])
+  redis.call('LPUSH', KEYS[3], ARGV[4])
+  for _, old in ipairs(redis.call('LRANGE', KEYS[3], keep, -1)) do
+    redis.call('DEL', ARGV[8] .. old)
+  end
+  if keep == 0 then redis.call('DEL', KEYS[3]) else redis.call('LTRIM', KEYS[3], 0, keep - 1) end
+end
+if ARGV[9] == 'remove' then
+  redis.call('ZREM', KEYS[4], ARGV[4])
+elseif ARGV[9] == 'add' then
+  redis.call('ZADD', KEYS[4], ARGV[10], ARGV[4])
+end
+if ARGV[11] == 'set' then
+  redis.call('SET', KEYS[5], ARGV[4])
+elseif ARGV[11] == 'remove' and redis.call('GET', KEYS[5]) == ARGV[4] then
+  redis.call('DEL', KEYS[5])
+end
+return 1
+"""
+
+# A bound on how often one call re-reads after losing a race; each loss means another
+# node made progress, so this is never reached in practice.
+_MAX_RACES = 10
+_EXPIRE_BATCH = 100
+_POLL_INTERVAL = 0.5
+_READ_GRACE = 10.0  # how long wait() gives Redis to answer beyond the caller's timeout
+_FINAL_EVENTS = frozenset("task." + s for s in FINAL_STATUSES)
+
+
+@implementer(ITaskService)
+class RedisTaskService:
+    """ITaskService plus the calls the session engine makes while it runs a device's tasks.
+
+    The engine takes one task at a time: ``next_for_device``, then exactly one of
+    ``complete``, ``fail``, ``requeue`` or ``wait_for_transfer`` before the next one (a
+    running task left in the queue counts as interrupted and is started again).
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        redis: Any,
+        prefix: str,
+        *,
+        events: IEventSink,
+        clock: IReactorTime,
+        node: str,
+        listener: EventListener | None = None,
+        default_expiry: float = 604800,
+        max_attempts: int = 3,
+        keep_finished: int = 100,
+        gpv_batch: int = 100,
+    ) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._events = events
+        self._clock = clock
+        self._node = node
+        self._listener = listener
+        self._default_expiry = default_expiry
+        self._max_attempts = max_attempts
+        self._keep_finished = keep_finished
+        self._gpv_batch = gpv_batch
+        self._expiry_key = prefix + "tasks:expiry"
+
+    # -- keys ----------------------------------------------------------------------------
+
+    def _task_key(self, task_id: str) -> str:
+        return f"{self._prefix}task:{task_id}"
+
+    def _device_key(self, device_id: str, suffix: str = "") -> str:
+        return f"{self._prefix}device:{device_id}{suffix}"
+
+    def _transfer_key(self, device_id: str, command_key: str) -> str:
+        return self._device_key(device_id, ":transfer:" + command_key)
+
+    # -- ITaskService ----------------------------------------------------------------
+
+    def submit(
+        self, device_id: str, type: str, args: dict[str, Any], *, expires_in: float | None = None
+    ) -> Deferred[Task]:
+        async def run() -> Task:
+            task = build_task(
+                device_id,
+                type,
+                args,
+                now=self._clock.seconds(),
+                expires_in=expires_in,
+                default_expiry=self._default_expiry,
+                gpv_batch=self._gpv_batch,
+            )
+            keys = [
+                self._device_key(device_id),
+                self._task_key(task.id),
+                self._device_key(device_id, ":queue"),
+                self._expiry_key,
+            ]
+            stored = await self._redis.eval(
+                _SUBMIT, keys, [task_to_json(task), task.id, repr(task.expires)]
+            )
+            if not stored:
+                raise UnknownDevice(device_id)
+            return await self._publish(task)
+
+        return Deferred.fromCoroutine(run())
+
+    def get(self, task_id: str) -> Deferred[Task | None]:
+        return Deferred.fromCoroutine(self._get(task_id))
+
+    def list_for_device(self, device_id: str) -> Deferred[list[Task]]:
+        async def run() -> list[Task]:
+            queued = await self._ids(self._device_key(device_id, ":queue"))
+            finished = await self._ids(self._device_key(device_id, ":finished"))
+            return [t for _, t in await self._load(queued + finished) if t is not None]
+
+        return Deferred.fromCoroutine(run())
+
+    def cancel(self, task_id: str) -> Deferred[Task | None]:
+        async def run() -> Task | None:
+            task = await self._get(task_id)
+            for _ in range(_MAX_RACES):
+                if task is None or task.status != "queued":
+                    return task
+                new = task.evolve(status="cancelled", updated=self._clock.seconds())
+                won, task = await self._final(task, new)
+                if won:
+                    return await self._publish(new)
+            return task
+
+        return Deferred.fromCoroutine(run())
+
+    def wait(self, task_id: str, timeout: float) -> Deferred[Task | None]:
+        if self._listener is not None:
+            d = Deferred.fromCoroutine(self._wait_for_event(self._listener, task_id, timeout))
+        else:
+            d = Deferred.fromCoroutine(self._wait_polling(task_id, timeout))
+        # Redis unreachable (txredisapi queues commands meanwhile): fail instead of hanging.
+        return d.addTimeout(max(timeout, 0) + _READ_GRACE, self._clock)
+
+    async def _wait_for_event(
+        self, listener: EventListener, task_id: str, timeout: float
+    ) -> Task | None:
+        def final_for_task(envelope: dict[str, Any]) -> bool:
+            data = envelope.get("data")
+            return (
+                envelope.get("type") in _FINAL_EVENTS
+                and isinstance(data, dict)
+                and data.get("id") == task_id
+            )
+
+        if timeout <= 0:
+            return await self._get(task_id)
+        # Listen first, then read: a completion between the two cannot be missed.
+        matched = listener.wait_for(final_for_task, timeout)
+        try:
+            task = await self._get(task_id)
+        except BaseException:
+            matched.addErrback(ignore_cancel)
+            matched.cancel()
+            raise
+        if task is None or task.final:
+            matched.addErrback(ignore_cancel)
+            matched.cancel()
+            return task
+        envelope = await matched
+        if envelope is not None:
+            return task_from_dict(envelope["data"])
+        return await self._get(task_id) or task
+
+    async def _wait_polling(self, task_id: str, timeout: float) -> Task | None:
+        deadline = self._clock.seconds() + timeout
+        task = await self._get(task_id)
+        while task is not None and not task.final:
+            remaining = deadline - self._clock.seconds()
+            if remaining <= 0:
+                break
+            await deferLater(self._clock, min(_POLL_INTERVAL, remaining), lambda: None)
+            # Gone means trimmed from the finished list (keep_finished): keep the last seen.
+            task = await self._get(task_id) or task
+        return task
+
+    # -- the session engine's side -----------------------------------------------------
+
+    def next_for_device(self, device_id: str) -> Deferred[Task | None]:
+        """The first task that may run now, marked running; drops expired and worn-out ones.
+
+        No event for ``running``: only final states and ``queued`` are announced.
+        """
+
+        async def run() -> Task | None:
+            queue_key = self._device_key(device_id, ":queue")
+            for _ in range(_MAX_RACES):
+                raced = False
+                for task_id, task in await self._load(await self._ids(queue_key)):
+                    if task is None or task.final:
+                        # Not ours to run: a task key that got lost, or a stray final id.
+                        await self._redis.execute_command("LREM", queue_key, 0, task_id)
+                        continue
+                    new = start_decision(task, self._clock.seconds(), self._max_attempts)
+                    if new.status == "running":
+                        won, _ = await self._transition(task, new, expiry="remove")
+                    else:
+                        won, _ = await self._final(task, new)
+                    if not won:
+                        raced = True
+                        break
+                    if new.status == "running":
+                        return new
+                    await self._publish(new)
+                if not raced:
+                    return None
+            return None
+
+        return Deferred.fromCoroutine(run())
+
+    def complete(self, task: Task, result: dict[str, Any]) -> Deferred[Task]:
+        return self._end(task, status="done", result=result)
+
+    def fail(self, task: Task, fault: dict[str, Any]) -> Deferred[Task]:
+        return self._end(task, status="failed", fault=fault)
+
+    def requeue(self, task: Task) -> Deferred[Task]:
+        """The session ended before the CPE answered: run it again in the next one."""
+
+        async def run() -> Task:
+            new = task.evolve(status="queued", updated=self._clock.seconds())
+            won, current = await self._transition(
+                task, new, expected="running", queue="front", expiry="add", transfer="remove"
+            )
+            return new if won else current or task
+
+        return Deferred.fromCoroutine(run())
+
+    def wait_for_transfer(self, task: Task) -> Deferred[Task]:
+        """Leave the queue (later tasks may run) but stay running until TransferComplete."""
+        if not task.command_key:
+            return fail(ValueError("only a task with a command key waits for a transfer"))
+
+        async def run() -> Task:
+            other_id = await self._redis.execute_command(
+                "GET", self._transfer_key(task.device_id, task.command_key)
+            )
+            if other_id is not None and str(other_id) != task.id:
+                other = await self._get(str(other_id))
+                if other is not None and other.status == "running":
+                    reason = {"reason": f"command key reused by task {task.id}"}
+                    await self._end(other, status="failed", fault=reason)
+            new = task.evolve(status="running", updated=self._clock.seconds())
+            won, current = await self._transition(
+                task, new, expected="running", queue="remove", expiry="remove", transfer="set"
+            )
+            return new if won else current or task
+
+        return Deferred.fromCoroutine(run())
+
+    def transfer_complete(
+        self,
+        device_id: str,
+        command_key: str,
+        fault_code: int,
+        fault_string: str,
+        start_time: str,
+        complete_time: str,
+    ) -> Deferred[Task | None]:
+        """End the task waiting for this CommandKey; None when none waits (e.g. a repeat)."""
+
+        async def run() -> Task | None:
+            key = self._transfer_key(device_id, command_key)
+            for _ in range(_MAX_RACES):
+                task_id = await self._redis.execute_command("GET", key)
+                task = await self._get(str(task_id)) if task_id is not None else None
+                if task is None or task.status != "running":
+                    return None
+                new = transfer_outcome(
+                    task,
+                    fault_code,
+                    fault_string,
+                    start_time,
+                    complete_time,
+                    self._clock.seconds(),
+                )
+                won, _ = await self._final(task, new)
+                if won:
+                    return await self._publish(new)
+            return None
+
+        return Deferred.fromCoroutine(run())
+
+    def expire_due(self) -> Deferred[int]:
+        """Expire queued tasks past their expiry; the gateway calls it on a timer."""
+
+        async def run() -> int:
+            count = 0
+            while True:
+                now = self._clock.seconds()
+                ids = await self._redis.execute_command(
+                    "ZRANGEBYSCORE", self._expiry_key, "-inf", repr(now), "LIMIT", 0, _EXPIRE_BATCH
+                )
+                progressed = False
+                for task_id, task in await self._load([str(i) for i in ids]):
+                    if task is None or task.status != "queued":
+                        # Not (or no longer) queued: it has no business in the index.
+                        await self._redis.execute_command("ZREM", self._expiry_key, task_id)
+                        progressed = True
+                    elif now >= task.expires:
+                        new = task.evolve(status="expired", updated=now)
+                        won, _ = await self._final(task, new)
+                        progressed = True  # a lost race means another node moved it
+                        if won:
+                            count += 1
+                            await self._publish(new)
+                if len(ids) < _EXPIRE_BATCH or not progressed:
+                    return count
+
+        return Deferred.fromCoroutine(run())
+
+    # -- internals ---------------------------------------------------------------------
+
+    async def _get(self, task_id: str) -> Task | None:
+        raw = await self._redis.execute_command("GET", self._task_key(task_id))
+        return None if raw is None else task_from_json(raw)
+
+    async def _ids(self, key: str) -> list[str]:
+        return [str(i) for i in await self._redis.execute_command("LRANGE", key, 0, -1)]
+
+    async def _load(self, ids: list[str]) -> list[tuple[str, Task | None]]:
+        if not ids:
+            return []
+        raws = await self._redis.execute_command("MGET", *[self._task_key(i) for i in ids])
+        return [
+            (i, None if raw is None else task_from_json(raw))
+            for i, raw in zip(ids, raws, strict=True)
+        ]
+
+    async def _transition(
+        self,
+        old: Task,
+        new: Task,
+        *,
+        expected: str | None = None,
+        queue: str = "keep",
+        finished: bool = False,
+        expiry: str = "keep",
+        transfer: str = "keep",
+    ) -> tuple[bool, Task | None]:
+        """Apply old → new if the stored task still is ``old``; else return what is stored."""
+        keys = [
+            self._task_key(old.id),
+            self._device_key(old.device_id, ":queue"),
+            self._device_key(old.device_id, ":finished"),
+            self._expiry_key,
+            self._transfer_key(old.device_id, old.command_key),
+        ]
+        args = [
+            expected or old.status,
+            str(old.attempts),
+            task_to_json(new),
+            old.id,
+            queue,
+            "1" if finished else "0",
+            str(self._keep_finished),
+            self._task_key(""),
+            expiry,
+            repr(new.expires),
+            transfer,
+        ]
+        reply = await self._redis.eval(_TRANSITION, keys, args)
+        if reply == 1:
+            return True, new
+        if reply == 0 or reply is None:
+            self._log.info(
+                "task {task_id} vanished before it became {status}",
+                task_id=old.id,
+                status=new.status,
+            )
+            return False, None
+        return False, task_from_json(reply)
+
+    async def _final(self, old: Task, new: Task) -> tuple[bool, Task | None]:
+        return await self._transition(
+            old, new, queue="remove", finished=True, expiry="remove", transfer="remove"
+        )
+
+    def _end(self, task: Task, **changes: Any) -> Deferred[Task]:
+        """running → a final status, for the task the engine holds."""
+
+        async def run() -> Task:
+            new = task.evolve(updated=self._clock.seconds(), **changes)
+            won, current = await self._transition(
+                task,
+                new,
+                expected="running",
+                queue="remove",
+                finished=True,
+                expiry="remove",
+                transfer="remove",
+            )
+            if won:
+                return await self._publish(new)
+            self._log.warn(
+                "task {task_id} was no longer running; it stays {status}",
+                task_id=task.id,
+                status=current.status if current else "deleted",
+            )
+            return current or task
+
+        return Deferred.fromCoroutine(run())
+
+    async def _publish(self, task: Task) -> Task:
+        return await publish_task_event(self._events, self._node, task)
