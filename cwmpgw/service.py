@@ -34,6 +34,8 @@ __all__ = ["GatewayService", "make_service"]
 # How long the embedded redis-server may take to say it is ready (it restarts on its own
 # meanwhile); past this the gateway stops with an error rather than wait forever.
 _REDIS_START_TIMEOUT = 30.0
+# How often queued tasks past their expiry are marked expired (and say so in an event).
+_EXPIRY_INTERVAL = 10.0
 
 
 def make_service(config: Config, reactor: Any = None) -> IService:
@@ -84,6 +86,9 @@ class GatewayService(Service):
         self.connreq: Any = None
         self._http_connreq: Any = None
         self._udp_port: Any = None
+        self.tasks: Any = None
+        self.runner: Any = None
+        self._expiry: Any = None
         self._started: Deferred[None] | None = None
         self._waiting: list[Deferred[GatewayService]] = []
 
@@ -131,6 +136,7 @@ class GatewayService(Service):
         self.connreq_credentials = self._connreq_credential_store()
         if self.config.connreq.enabled:
             await self._start_connreq()
+        self._start_tasks()
         await self._start_acs()
 
     # -- Redis -------------------------------------------------------------------------------
@@ -311,6 +317,37 @@ class GatewayService(Service):
             session_started=session_started,
         )
 
+    # -- tasks -----------------------------------------------------------------------------
+
+    def _start_tasks(self) -> None:
+        from twisted.internet.task import LoopingCall
+
+        from cwmpgw.tasks.runner import TaskRunner
+        from cwmpgw.tasks.store import RedisTaskService
+
+        cfg = self.config.tasks
+        self.tasks = RedisTaskService(
+            self.redis,
+            self.config.redis.prefix,
+            events=self.events,
+            clock=self._reactor,
+            node=self.node,
+            listener=self.listener,
+            default_expiry=cfg.default_expiry,
+            max_attempts=cfg.max_attempts,
+            keep_finished=cfg.keep_finished,
+            gpv_batch=cfg.gpv_batch,
+        )
+        self.runner = TaskRunner(self.tasks, self.devices, gpv_batch=cfg.gpv_batch)
+
+        def expire() -> Deferred[Any]:
+            d: Deferred[Any] = self.tasks.expire_due()
+            return d.addErrback(lambda f: self._log.failure("could not expire tasks", f))
+
+        self._expiry = LoopingCall(expire)
+        self._expiry.clock = self._reactor
+        self._expiry.start(_EXPIRY_INTERVAL, now=False)
+
     # -- the ACS endpoint --------------------------------------------------------------------
 
     async def _start_acs(self) -> None:
@@ -325,6 +362,7 @@ class GatewayService(Service):
             devices=self.devices,
             events=self.events,
             node=self.node,
+            requests=self.runner,
             session_timeout=acs.session_timeout,
             max_session_timeout=acs.max_session_timeout,
             hold_requests=acs.hold_requests,
@@ -409,6 +447,8 @@ class GatewayService(Service):
             self.acs_port = None
         if self.engine is not None:
             self.engine.shutdown()
+        if self._expiry is not None and self._expiry.running:
+            self._expiry.stop()
         for port in (self.stun_port, self._udp_port):
             if port is not None:
                 await maybeDeferred(port.stopListening)

@@ -10,7 +10,9 @@ sends traffic off the machine.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeAlias
 
 from lxml import etree
 
@@ -19,12 +21,16 @@ from cwmpgw.cwmp.messages import DeviceId
 __all__ = [
     "DEFAULT_DEVICE",
     "DEFAULT_PARAMETERS",
+    "Array",
+    "Typed",
     "autonomous_transfer_complete",
     "cpe_fault",
     "get_rpc_methods",
     "inform",
+    "response",
     "rpc_response",
     "transfer_complete",
+    "typical_response",
     "unknown_request",
 ]
 
@@ -268,3 +274,234 @@ def cpe_fault(
         _leaf(item, "FaultCode", str(item_code))
         _leaf(item, "FaultString", item_string)
     return _envelope(namespace, request_id, fault)
+
+
+# --- generic responses to every ACS request ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Array:
+    """A SOAP array: ``item_type`` is e.g. ``xsd:string`` or ``cwmp:OptionStruct``; the
+    items are written as elements named by its local part, arrayType counts them."""
+
+    item_type: str
+    items: Sequence[Any] = ()
+
+
+@dataclass(frozen=True)
+class Typed:
+    """A leaf with an xsi:type (ParameterValueStruct/Value)."""
+
+    text: str
+    xsi_type: str = "xsd:string"
+
+
+#: A subtree: text, a typed leaf, an array, or (name, subtree) children in order.
+Tree: TypeAlias = "str | Typed | Array | Sequence[tuple[str, Tree]]"
+
+
+def _fill(el: etree._Element, tree: Tree) -> None:
+    if isinstance(tree, str):
+        el.text = tree
+    elif isinstance(tree, Typed):
+        el.text = tree.text
+        el.set(f"{{{XSI}}}type", tree.xsi_type)
+    elif isinstance(tree, Array):
+        el.set(f"{{{SOAP_ENC}}}arrayType", f"{tree.item_type}[{len(tree.items)}]")
+        item_name = tree.item_type.partition(":")[2]
+        for item in tree.items:
+            _fill(etree.SubElement(el, item_name), item)
+    else:
+        for name, subtree in tree:
+            _fill(etree.SubElement(el, name), subtree)
+
+
+def response(
+    method: str,
+    request_id: str,
+    children: Sequence[tuple[str, Tree]] = (),
+    *,
+    namespace: str = CWMP_1_2,
+) -> bytes:
+    """``<method>Response`` with the given children, e.g.
+    ``response("GetRPCMethods", "a1", [("MethodList", Array("xsd:string", ["Reboot"]))])``.
+    """
+    name = method if method.endswith("Response") else method + "Response"
+    rpc = _rpc(namespace, name)
+    _fill(rpc, children)
+    return _envelope(namespace, request_id, rpc)
+
+
+def _pvs(parameters: Sequence[tuple[str, str, str]]) -> Array:
+    return Array(
+        "cwmp:ParameterValueStruct",
+        [[("Name", n), ("Value", Typed(v, t))] for n, v, t in parameters],
+    )
+
+
+def _typical_children(method: str, values: Mapping[str, Any]) -> list[tuple[str, Tree]]:
+    unknown = "0001-01-01T00:00:00Z"
+    if method == "GetRPCMethods":
+        methods = values.get(
+            "methods",
+            (
+                "GetRPCMethods",
+                "SetParameterValues",
+                "GetParameterValues",
+                "GetParameterNames",
+                "SetParameterAttributes",
+                "GetParameterAttributes",
+                "AddObject",
+                "DeleteObject",
+                "Download",
+                "Reboot",
+                "FactoryReset",
+                "Upload",
+                "ScheduleInform",
+            ),
+        )
+        return [("MethodList", Array("xsd:string", list(methods)))]
+    if method == "GetParameterValues":
+        return [("ParameterList", _pvs(values.get("parameters", DEFAULT_PARAMETERS)))]
+    if method == "GetParameterNames":
+        infos = values.get(
+            "parameters",
+            (
+                ("Device.WiFi.", False),
+                ("Device.WiFi.SSID.", False),
+                ("Device.WiFi.SSID.1.", False),
+                ("Device.WiFi.SSID.1.Enable", True),
+                ("Device.WiFi.SSID.1.SSID", True),
+            ),
+        )
+        return [
+            (
+                "ParameterList",
+                Array(
+                    "cwmp:ParameterInfoStruct",
+                    [[("Name", n), ("Writable", "1" if w else "0")] for n, w in infos],
+                ),
+            )
+        ]
+    if method == "GetParameterAttributes":
+        attrs = values.get(
+            "parameters",
+            (
+                ("Device.WiFi.SSID.1.SSID", 2, ("Subscriber",)),
+                ("Device.DeviceInfo.SoftwareVersion", 0, ()),
+            ),
+        )
+        return [
+            (
+                "ParameterList",
+                Array(
+                    "cwmp:ParameterAttributeStruct",
+                    [
+                        [
+                            ("Name", n),
+                            ("Notification", str(notification)),
+                            ("AccessList", Array("xsd:string", list(access))),
+                        ]
+                        for n, notification, access in attrs
+                    ],
+                ),
+            )
+        ]
+    if method in ("SetParameterValues", "DeleteObject"):
+        return [("Status", str(values.get("status", 0)))]
+    if method == "AddObject":
+        return [
+            ("InstanceNumber", str(values.get("instance_number", 3))),
+            ("Status", str(values.get("status", 0))),
+        ]
+    if method in ("Download", "Upload"):
+        status = values.get("status", 1)
+        done = "2025-05-25T22:31:47Z" if status == 0 else unknown
+        started = "2025-05-25T22:30:01Z" if status == 0 else unknown
+        return [
+            ("Status", str(status)),
+            ("StartTime", values.get("start_time", started)),
+            ("CompleteTime", values.get("complete_time", done)),
+        ]
+    if method == "GetQueuedTransfers":
+        transfers = values.get("transfers", (("fw-42", 2), ("cfg-1", 1)))
+        return [
+            (
+                "TransferList",
+                Array(
+                    "cwmp:QueuedTransferStruct",
+                    [[("CommandKey", k), ("State", str(state))] for k, state in transfers],
+                ),
+            )
+        ]
+    if method == "GetAllQueuedTransfers":
+        transfers = values.get(
+            "transfers",
+            (
+                ("fw-42", 2, True, "1 Firmware Upgrade Image", 8388608, "fw.bin"),
+                ("", 1, False, "4 Vendor Log File", 0, ""),
+            ),
+        )
+        return [
+            (
+                "TransferList",
+                Array(
+                    "cwmp:AllQueuedTransferStruct",
+                    [
+                        [
+                            ("CommandKey", k),
+                            ("State", str(state)),
+                            ("IsDownload", "true" if down else "false"),
+                            ("FileType", ftype),
+                            ("FileSize", str(size)),
+                            ("TargetFileName", target),
+                        ]
+                        for k, state, down, ftype, size, target in transfers
+                    ],
+                ),
+            )
+        ]
+    if method == "GetOptions":
+        options = values.get(
+            "options",
+            (
+                {
+                    "OptionName": "X_VOIP",
+                    "VoucherSN": "17",
+                    "State": "1",
+                    "Mode": "2",
+                    "StartDate": "2025-01-01T00:00:00Z",
+                    "ExpirationDate": "2026-01-01T00:00:00Z",
+                    "IsTransferable": "0",
+                },
+                {
+                    "OptionName": "X_IPTV",
+                    "VoucherSN": "18",
+                    "State": "0",
+                    "Mode": "0",
+                    "StartDate": "2025-01-01T00:00:00Z",
+                    "IsTransferable": "1",
+                },
+            ),
+        )
+        return [
+            (
+                "OptionList",
+                Array("cwmp:OptionStruct", [list(option.items()) for option in options]),
+            )
+        ]
+    # SetParameterAttributes, Reboot, ScheduleInform, SetVouchers, FactoryReset,
+    # ScheduleDownload, CancelTransfer, ChangeDUState: an empty response.
+    return []
+
+
+def typical_response(
+    method: str, request_id: str, *, namespace: str = CWMP_1_2, **values: Any
+) -> bytes:
+    """A realistic, schema-valid response to any ACS request; ``values`` override the
+    defaults: ``methods``, ``parameters`` ((name, value, type) for GetParameterValues,
+    (name, writable) for GetParameterNames, (name, notification, access list) for
+    GetParameterAttributes), ``status``, ``instance_number``, ``start_time``,
+    ``complete_time``, ``transfers``, ``options``. Download and Upload answer status 1.
+    """
+    return response(method, request_id, _typical_children(method, values), namespace=namespace)

@@ -14,12 +14,9 @@ import pytest
 
 import cwmpgw.config as config_module
 from cwmpgw.config import (
-    AcsConfig,
-    AuthConfig,
     Config,
     ConfigError,
     GatewayConfig,
-    RedisConfig,
     RedisTarget,
     default_config,
     load_config,

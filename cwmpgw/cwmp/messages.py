@@ -7,6 +7,7 @@ and compare them without XML. Field names follow the schema (snake_case).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = [
     "AutonomousTransferComplete",
@@ -96,12 +97,21 @@ class RpcResponse:
     """The CPE's answer to an ACS request (``<Method>Response``).
 
     ``fields`` holds the response's simple children by local name; the task layer
-    that sent the request owns the detailed parsing of its own response type.
+    that sent the request owns the detailed parsing of its own response type
+    (:mod:`cwmpgw.cwmp.rpc`), from ``parameters`` and the generic ``body`` tree.
+
+    ``body`` is the whole response element as JSON-like data, so every response type is
+    readable without its own dataclass: an element with element children is a dict by
+    local name (a name repeated among other names maps to a list); an array
+    (soap-enc:arrayType, or a known container such as ParameterList even without it) or
+    an element whose children all share one name is a list; a leaf is its stripped text.
+    The response element itself is always a dict (empty for an empty response).
     """
 
     method: str  # e.g. "GetParameterValues" (without the "Response" suffix)
     fields: dict[str, str] = field(default_factory=dict, compare=False)
     parameters: tuple[ParameterValue, ...] = ()
+    body: Any = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ import codecs
 import re
 from collections.abc import Callable, Sequence
 from functools import lru_cache
-from typing import Final
+from typing import Any, Final
 
 from lxml import etree  # type: ignore[import-untyped,unused-ignore]
 
@@ -533,16 +533,117 @@ def _cpe_fault(el: etree._Element) -> CpeFault:
     )
 
 
+#: Array elements of the CWMP schemas, read as lists even when a CPE leaves out arrayType
+#: (an empty ``<ParameterList/>`` is then still an empty list, not an empty string).
+_ARRAY_CONTAINERS: Final = frozenset(
+    {
+        "AccessList",
+        "Event",
+        "FileTypeArg",
+        "MethodList",
+        "OptionList",
+        "ParameterList",
+        "ParameterNames",
+        "TimeWindowList",
+        "TransferList",
+        "VoucherList",
+    }
+)
+
+
+def _tree(el: etree._Element, local: str) -> Any:
+    """``el`` (local name ``local``) as JSON-like data, as described on :class:`RpcResponse`.
+
+    Runs once per element of every response (a discovery GetParameterValuesResponse has
+    thousands), hence the inlined helpers. Depth is bounded by the parser's limits.
+    """
+    names: list[str] = []
+    subtrees: list[Any] = []
+    for child in el:
+        tag = child.tag
+        if type(tag) is not str:
+            continue
+        name = tag[tag.rfind("}") + 1 :]
+        names.append(name)
+        if (
+            len(child)
+            or name in _ARRAY_CONTAINERS
+            or child.get(_ARRAY_TYPE) is not None
+            or child.get("arrayType") is not None
+        ):
+            subtrees.append(_tree(child, name))
+        else:  # a leaf, inlined: most elements are leaves
+            text = child.text
+            subtrees.append("" if text is None else str(text).strip())
+    if (
+        local in _ARRAY_CONTAINERS
+        or el.get(_ARRAY_TYPE) is not None
+        or el.get("arrayType") is not None
+    ):
+        return subtrees
+    if not subtrees:
+        text = el.text
+        return "" if text is None else str(text).strip()
+    if len(names) > 1 and names.count(names[0]) == len(names):
+        return subtrees
+    return _tree_dict(names, subtrees)
+
+
+def _tree_dict(names: list[str], subtrees: list[Any]) -> dict[str, Any]:
+    """Subtrees by local name; a name that repeats maps to the list of its subtrees."""
+    result = dict(zip(names, subtrees, strict=True))
+    if len(result) == len(names):
+        return result
+    counts: dict[str, int] = {}
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+    result = {}
+    for name, subtree in zip(names, subtrees, strict=True):
+        if counts[name] == 1:
+            result[name] = subtree
+        else:
+            result.setdefault(name, []).append(subtree)
+    return result
+
+
+def _value_list_tree(container: etree._Element, parameters: tuple[ParameterValue, ...]) -> Any:
+    """The body tree of a ParameterList, reusing the fast parse for ParameterValueStructs.
+
+    A discovery GetParameterValuesResponse holds thousands of structs, and the generic
+    tree would double its parse time. The items are then ``{"Name", "Value"}`` with the
+    Value text as in ``parameters`` (string values keep their whitespace).
+    """
+    count = 0
+    for item in container:
+        tag = item.tag
+        if type(tag) is not str:
+            continue
+        if tag[tag.rfind("}") + 1 :] != "ParameterValueStruct":
+            return _tree(container, "ParameterList")
+        count += 1
+    if count != len(parameters):  # cannot happen: one ParameterValue per struct
+        return _tree(container, "ParameterList")
+    return [{"Name": p.name, "Value": p.value} for p in parameters]
+
+
 def _rpc_response(el: etree._Element, method: str) -> RpcResponse:
     leaves: dict[str, str] = {}
     parameters: tuple[ParameterValue, ...] = ()
+    names: list[str] = []
+    subtrees: list[Any] = []
     for child in el.iterchildren(etree.Element):
         name = _local(child.tag)
+        names.append(name)
         if name == "ParameterList":
             parameters = _parameter_list(child)
-        elif next(child.iterchildren(etree.Element), None) is None:
+            subtrees.append(_value_list_tree(child, parameters))
+            continue
+        if next(child.iterchildren(etree.Element), None) is None:
             leaves.setdefault(name, _text(child))
-    return RpcResponse(method=method, fields=leaves, parameters=parameters)
+        subtrees.append(_tree(child, name))
+    return RpcResponse(
+        method=method, fields=leaves, parameters=parameters, body=_tree_dict(names, subtrees)
+    )
 
 
 def _map_body(element: etree._Element, namespace: str, request_id: str | None) -> CpeMessage:

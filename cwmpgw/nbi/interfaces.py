@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from zope.interface import Interface
-
 from twisted.internet.defer import Deferred
+from zope.interface import Interface
 
 __all__ = ["DeviceFilter", "IDeviceDirectory", "IHealth"]
 

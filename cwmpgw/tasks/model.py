@@ -9,9 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from zope.interface import Interface
-
 from twisted.internet.defer import Deferred
+from zope.interface import Interface
 
 __all__ = [
     "FINAL_STATUSES",

@@ -1,0 +1,386 @@
+"""Tasks as plans: small sans-IO state machines that emit RPC calls and consume results.
+
+A session carries one ACS request per HTTP response, so a task that needs several RPCs
+(a GetParameterValues split into batches, a refresh that first discovers names) cannot
+be one request. A plan says what to send next (:meth:`Plan.next_call`) and learns what
+came back (:meth:`Plan.on_result` with :func:`cwmpgw.cwmp.rpc.result`'s JSON, or
+:meth:`Plan.on_fault` with :func:`cwmpgw.cwmp.rpc.fault`'s); the task layer does the I/O.
+
+A transfer (Download, Upload, ScheduleDownload) that the CPE has accepted but not finished
+leaves its plan ``waiting_transfer``; the TransferComplete of its CommandKey, usually in a
+later session, ends it through :meth:`TransferPlan.on_transfer_complete`. Since that
+session may run on another node, a plan can be saved with ``snapshot()`` (plain JSON) and
+rebuilt with :func:`restore`.
+
+Plans never invent CommandKeys or ParameterKeys: the caller passes them in the arguments.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Literal, Protocol
+
+from cwmpgw.cwmp import rpc
+from cwmpgw.cwmp.faults import cpe_fault_string
+
+__all__ = [
+    "TASK_TYPES",
+    "Call",
+    "GetValuesPlan",
+    "Outcome",
+    "ParameterUpdate",
+    "Plan",
+    "RefreshPlan",
+    "SingleCallPlan",
+    "TransferPlan",
+    "plan_for",
+    "restore",
+]
+
+Outcome = Literal["running", "done", "failed", "waiting_transfer"]
+#: (name, value, type) for the device's parameter cache, as the CPE reports them.
+ParameterUpdate = tuple[str, str, str]
+
+#: Every task type: each ACS→CPE RPC, and "refresh" (re-read a subtree).
+TASK_TYPES: Final = (*rpc.METHODS, "refresh")
+
+_TRANSFER_METHODS: Final = frozenset({"Download", "Upload", "ScheduleDownload"})
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One RPC to send: ``args`` are validated (``rpc.build`` accepts them as they are)."""
+
+    method: str
+    args: dict[str, Any]
+
+
+class Plan(Protocol):
+    """What the task layer drives; see the module docs."""
+
+    @property
+    def task_type(self) -> str: ...
+
+    @property
+    def outcome(self) -> Outcome: ...
+
+    @property
+    def result(self) -> dict[str, Any] | None: ...
+
+    @property
+    def fault(self) -> dict[str, Any] | None: ...
+
+    @property
+    def parameter_updates(self) -> list[ParameterUpdate]:
+        """Values for the parameter cache, appended as results come; the caller may clear it."""
+
+    def next_call(self) -> Call | None:
+        """The call to send now, or None when the plan is not running.
+
+        Until its answer is fed back, the same call is returned again, so a session that
+        ended before the answer lets the next session send it again.
+        """
+
+    def on_result(self, result: dict[str, Any]) -> None:
+        """The CPE's answer to the outstanding call, as ``rpc.result`` returns it."""
+
+    def on_fault(self, fault: dict[str, Any]) -> None:
+        """The CPE's fault (``rpc.fault``) or the caller's reason: the plan fails."""
+
+    def snapshot(self) -> dict[str, Any]:
+        """The plan's state as JSON, for :func:`restore` (``parameter_updates`` excluded)."""
+
+
+class _BasePlan:
+    """The common machinery: one outstanding call at a time, final states are final."""
+
+    kind: str = ""
+
+    def __init__(self, task_type: str, args: dict[str, Any]) -> None:
+        self.task_type = task_type
+        self.args = args
+        self.outcome: Outcome = "running"
+        self.result: dict[str, Any] | None = None
+        self.fault: dict[str, Any] | None = None
+        self.parameter_updates: list[ParameterUpdate] = []
+        self._pending: Call | None = None
+
+    # --- what subclasses provide
+
+    def _next(self) -> Call:
+        """The next call while running (only asked when none is outstanding)."""
+        raise NotImplementedError
+
+    def _handle(self, call: Call, result: dict[str, Any]) -> None:
+        """Consume the answer to ``call``; set ``outcome`` when the plan is over."""
+        raise NotImplementedError
+
+    def _state(self) -> dict[str, Any]:
+        return {}
+
+    def _load(self, state: dict[str, Any]) -> None:
+        pass
+
+    # --- the Plan protocol
+
+    def next_call(self) -> Call | None:
+        if self.outcome != "running":
+            return None
+        if self._pending is None:
+            self._pending = self._next()
+        return self._pending
+
+    def on_result(self, result: dict[str, Any]) -> None:
+        call = self._pending
+        if call is None or self.outcome != "running":
+            raise RuntimeError("no call of this plan is outstanding")
+        self._pending = None
+        self._handle(call, result)
+
+    def on_fault(self, fault: dict[str, Any]) -> None:
+        if self.outcome in ("done", "failed"):
+            raise RuntimeError(f"the plan is already {self.outcome}")
+        self._fail(dict(fault))
+
+    def snapshot(self) -> dict[str, Any]:
+        pending = self._pending
+        return copy.deepcopy(
+            {
+                "kind": self.kind,
+                "task_type": self.task_type,
+                "args": self.args,
+                "outcome": self.outcome,
+                "result": self.result,
+                "fault": self.fault,
+                "pending": None if pending is None else [pending.method, pending.args],
+                "state": self._state(),
+            }
+        )
+
+    # --- helpers
+
+    def _fail(self, fault: dict[str, Any]) -> None:
+        self._pending = None
+        self.outcome = "failed"
+        self.fault = fault
+        self.result = None
+
+    def _done(self, result: dict[str, Any]) -> None:
+        self.outcome = "done"
+        self.result = result
+
+    def _add_values(self, parameters: list[dict[str, Any]]) -> None:
+        self.parameter_updates.extend((p["name"], p["value"], p["type"]) for p in parameters)
+
+
+class SingleCallPlan(_BasePlan):
+    """One RPC, its result is the task's result (SetParameterValues feeds the cache)."""
+
+    kind = "single"
+
+    def _next(self) -> Call:
+        return Call(self.task_type, self.args)
+
+    def _handle(self, call: Call, result: dict[str, Any]) -> None:
+        if self.task_type == "SetParameterValues":
+            # All-or-nothing (A.3.2.1): a response means every value was accepted.
+            self._add_values(self.args["parameters"])
+        self._done(result)
+
+
+def _batches(names: list[str], size: int) -> list[list[str]]:
+    return [names[i : i + size] for i in range(0, len(names), size)]
+
+
+class GetValuesPlan(_BasePlan):
+    """GetParameterValues in batches of names, results merged in order.
+
+    Big responses are what CPEs choke on (timeouts, truncated envelopes), so a long name
+    list is sent as several requests.
+    """
+
+    kind = "get_values"
+
+    def __init__(self, task_type: str, args: dict[str, Any], batch: int) -> None:
+        super().__init__(task_type, args)
+        self._batches = _batches(args["parameter_names"], batch)
+        self._index = 0
+        self._parameters: list[dict[str, Any]] = []
+
+    def _next(self) -> Call:
+        return Call("GetParameterValues", {"parameter_names": self._batches[self._index]})
+
+    def _handle(self, call: Call, result: dict[str, Any]) -> None:
+        parameters = result["parameters"]
+        self._parameters.extend(parameters)
+        self._add_values(parameters)
+        self._index += 1
+        if self._index >= len(self._batches):
+            self._done({"parameters": self._parameters})
+
+    def _state(self) -> dict[str, Any]:
+        return {"batches": self._batches, "index": self._index, "parameters": self._parameters}
+
+    def _load(self, state: dict[str, Any]) -> None:
+        self._batches = state["batches"]
+        self._index = state["index"]
+        self._parameters = state["parameters"]
+
+
+class RefreshPlan(_BasePlan):
+    """Re-read a subtree: GetParameterNames (NextLevel false), then its values in batches.
+
+    Only parameters are read (names not ending in "."); the result is the values, as a
+    GetParameterValues task would give them.
+    """
+
+    kind = "refresh"
+
+    def __init__(self, task_type: str, args: dict[str, Any], batch: int) -> None:
+        super().__init__(task_type, args)
+        self._batch = batch
+        self._batches: list[list[str]] | None = None  # None until the names are known
+        self._index = 0
+        self._parameters: list[dict[str, Any]] = []
+
+    def _next(self) -> Call:
+        if self._batches is None:
+            return Call(
+                "GetParameterNames", {"parameter_path": self.args["path"], "next_level": False}
+            )
+        return Call("GetParameterValues", {"parameter_names": self._batches[self._index]})
+
+    def _handle(self, call: Call, result: dict[str, Any]) -> None:
+        if call.method == "GetParameterNames":
+            names = [p["name"] for p in result["parameters"] if not p["name"].endswith(".")]
+            batches = _batches(names, self._batch)
+            for batch in batches:
+                try:  # a name too long to ask for would fail every later session
+                    rpc.validate("GetParameterValues", {"parameter_names": batch})
+                except rpc.ArgumentError as e:
+                    self._fail({"reason": f"unusable parameter name from the CPE: {e.message}"})
+                    return
+            self._batches = batches
+            if not names:
+                self._done({"parameters": []})
+            return
+        parameters = result["parameters"]
+        self._parameters.extend(parameters)
+        self._add_values(parameters)
+        self._index += 1
+        assert self._batches is not None
+        if self._index >= len(self._batches):
+            self._done({"parameters": self._parameters})
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "batch": self._batch,
+            "batches": self._batches,
+            "index": self._index,
+            "parameters": self._parameters,
+        }
+
+    def _load(self, state: dict[str, Any]) -> None:
+        self._batch = state["batch"]
+        self._batches = state["batches"]
+        self._index = state["index"]
+        self._parameters = state["parameters"]
+
+
+class TransferPlan(_BasePlan):
+    """Download, Upload or ScheduleDownload: the RPC, then maybe a wait for TransferComplete.
+
+    A Download/Upload answered with Status 0 is done at once; Status 1, or the (empty)
+    ScheduleDownloadResponse, leaves the plan ``waiting_transfer`` until the
+    TransferComplete carrying :attr:`command_key` arrives.
+    """
+
+    kind = "transfer"
+
+    @property
+    def command_key(self) -> str:
+        key: str = self.args["command_key"]
+        return key
+
+    def _next(self) -> Call:
+        return Call(self.task_type, self.args)
+
+    def _handle(self, call: Call, result: dict[str, Any]) -> None:
+        if result.get("status") == 0:
+            self._done(result)
+            return
+        self.result = result
+        self.outcome = "waiting_transfer"
+
+    def on_transfer_complete(
+        self, fault_code: int, fault_string: str, start_time: str, complete_time: str
+    ) -> None:
+        """The CPE's TransferComplete for :attr:`command_key`: fault_code 0 is success."""
+        if self.outcome != "waiting_transfer":
+            raise RuntimeError(f"the plan is {self.outcome}, not waiting for a transfer")
+        if fault_code:
+            self._fail(
+                {
+                    "code": fault_code,
+                    "string": fault_string or cpe_fault_string(fault_code),
+                    "parameters": [],
+                }
+            )
+            return
+        times = {"start_time": start_time, "complete_time": complete_time}
+        self._done({**(self.result or {}), **times})
+
+
+_KINDS: Final = {
+    cls.kind: cls for cls in (SingleCallPlan, GetValuesPlan, RefreshPlan, TransferPlan)
+}
+
+
+def _refresh_args(args: Mapping[str, Any]) -> dict[str, Any]:
+    if not isinstance(args, Mapping):
+        raise rpc.ArgumentError("", "arguments must be an object")
+    for key in args:
+        if key != "path":
+            raise rpc.ArgumentError(str(key), "unknown argument of refresh")
+    try:
+        checked = rpc.validate("GetParameterNames", {"parameter_path": args.get("path")})
+    except rpc.ArgumentError as e:
+        raise rpc.ArgumentError("path", e.message) from None
+    return {"path": checked["parameter_path"]}
+
+
+def plan_for(task_type: str, args: Mapping[str, Any], *, gpv_batch: int = 100) -> Plan:
+    """A fresh plan for a task; the arguments are validated (raises rpc.ArgumentError).
+
+    ``gpv_batch`` is the most names one GetParameterValues asks for (a partial path
+    counts as one name).
+    """
+    if isinstance(gpv_batch, bool) or not isinstance(gpv_batch, int) or gpv_batch < 1:
+        raise ValueError("gpv_batch must be a positive integer")
+    if task_type == "refresh":
+        return RefreshPlan(task_type, _refresh_args(args), gpv_batch)
+    checked = rpc.validate(task_type, args)
+    if task_type == "GetParameterValues":
+        return GetValuesPlan(task_type, checked, gpv_batch)
+    if task_type in _TRANSFER_METHODS:
+        return TransferPlan(task_type, checked)
+    return SingleCallPlan(task_type, checked)
+
+
+def restore(snapshot: Mapping[str, Any]) -> Plan:
+    """The plan a ``snapshot()`` was taken of (e.g. one waiting for its TransferComplete)."""
+    state = copy.deepcopy(dict(snapshot))
+    cls = _KINDS.get(state.get("kind", ""))
+    if cls is None:
+        raise ValueError(f"not a plan snapshot: kind {state.get('kind')!r}")
+    plan = cls.__new__(cls)
+    _BasePlan.__init__(plan, state["task_type"], state["args"])
+    plan.outcome = state["outcome"]
+    plan.result = state["result"]
+    plan.fault = state["fault"]
+    pending = state["pending"]
+    plan._pending = None if pending is None else Call(pending[0], pending[1])
+    plan._load(state["state"])
+    return plan

@@ -1,0 +1,170 @@
+"""Runs queued tasks inside CWMP sessions: the task queue's side of IRequestSource.
+
+In the ACS's turn the engine asks for the next request; the runner takes the device's
+next task from the queue, turns it into a plan (one or more RPCs), and sends the plan's
+calls one per HTTP response. Each answer goes back into the plan; results update the
+device's parameter cache; a finished plan completes, fails or — for a transfer the CPE
+accepted but has not finished — waits for its TransferComplete, which may come in a
+later session on any node.
+
+A task is marked done only on the CPE's answer. If the session ends while a request is
+outstanding, the task goes back to the queue and the next session sends it again with
+the same CommandKey/ParameterKey, so its effect happens once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from cwmpgw.acs.engine import IRequestSource
+from cwmpgw.acs.sessions import LiveSession
+from cwmpgw.cwmp import rpc
+from cwmpgw.cwmp.messages import (
+    AutonomousTransferComplete,
+    CpeFault,
+    RpcResponse,
+    TransferComplete,
+)
+from cwmpgw.cwmp.session import AcsRequest
+from cwmpgw.store.interfaces import IDeviceStore
+from cwmpgw.tasks.model import Task
+from cwmpgw.tasks.plans import Plan, plan_for
+
+__all__ = ["TaskRunner"]
+
+
+@dataclass(eq=False)
+class _Running:
+    task: Task
+    plan: Plan
+    calls: int = 0
+    outstanding: bool = False
+
+
+@implementer(IRequestSource)
+class TaskRunner:
+    _log = Logger()
+
+    def __init__(self, tasks: Any, devices: IDeviceStore, *, gpv_batch: int = 100) -> None:
+        self._tasks = tasks
+        self._devices = devices
+        self._gpv_batch = gpv_batch
+        self._running: dict[str, _Running] = {}  # session id → the task it runs now
+
+    def next_request(self, session: LiveSession) -> Deferred[AcsRequest | None]:
+        return Deferred.fromCoroutine(self._next(session))
+
+    async def _next(self, session: LiveSession) -> AcsRequest | None:
+        while True:
+            state = self._running.get(session.session_id)
+            if state is None:
+                task = await self._tasks.next_for_device(session.device_id)
+                if task is None:
+                    return None
+                try:
+                    plan = plan_for(task.type, task.args, gpv_batch=self._gpv_batch)
+                except rpc.ArgumentError as e:
+                    await self._tasks.fail(task, {"reason": f"invalid arguments: {e}"})
+                    continue
+                state = self._running[session.session_id] = _Running(task, plan)
+            call = state.plan.next_call()
+            if call is None:
+                await self._finish(session, state)
+                continue
+            state.calls += 1
+            request_id = f"{state.task.id[-12:]}.{state.calls}"
+            try:
+                body = rpc.build(
+                    session.machine.namespace,
+                    request_id,
+                    call.method,
+                    call.args,
+                    hold_requests=session.machine.hold_requests,
+                )
+            except rpc.ArgumentError as e:
+                # E.g. ScheduleDownload to a CWMP 1.0 device: the method is not in its schema.
+                state.plan.on_fault({"reason": f"cannot send {call.method}: {e}"})
+                await self._finish(session, state)
+                continue
+            state.outstanding = True
+            self._log.debug(
+                "sending {cwmp_method} of task {task_id} to {device_id}",
+                cwmp_method=call.method,
+                task_id=state.task.id,
+                device_id=session.device_id,
+            )
+            return AcsRequest(call.method, request_id, body, ref=state)
+
+    def answered(
+        self, session: LiveSession, request: AcsRequest, response: RpcResponse | CpeFault
+    ) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._answered(session, request, response))
+
+    async def _answered(
+        self, session: LiveSession, request: AcsRequest, response: RpcResponse | CpeFault
+    ) -> None:
+        state = request.ref
+        assert isinstance(state, _Running)
+        state.outstanding = False
+        if isinstance(response, CpeFault):
+            state.plan.on_fault(rpc.fault(response))
+        else:
+            try:
+                state.plan.on_result(rpc.result(request.method, response))
+            except rpc.ResponseError as e:
+                state.plan.on_fault({"reason": f"malformed {request.method}Response: {e}"})
+        updates = list(state.plan.parameter_updates)
+        state.plan.parameter_updates.clear()
+        if updates:
+            await self._devices.update_parameters(session.device_id, updates)
+        if state.plan.outcome != "running":
+            await self._finish(session, state)
+
+    async def _finish(self, session: LiveSession, state: _Running) -> None:
+        self._running.pop(session.session_id, None)
+        plan, task = state.plan, state.task
+        if plan.outcome == "done":
+            await self._tasks.complete(task, plan.result or {})
+        elif plan.outcome == "waiting_transfer":
+            await self._tasks.wait_for_transfer(task)
+        else:
+            await self._tasks.fail(
+                task, plan.fault or {"reason": "the plan ended without a result"}
+            )
+
+    def transfer_completed(
+        self, session: LiveSession, message: TransferComplete | AutonomousTransferComplete
+    ) -> Deferred[None]:
+        if not isinstance(message, TransferComplete) or not message.command_key:
+            return Deferred.fromCoroutine(_nothing())
+        d: Deferred[Any] = self._tasks.transfer_complete(
+            session.device_id,
+            message.command_key,
+            message.fault_code,
+            message.fault_string,
+            message.start_time,
+            message.complete_time,
+        )
+        return d.addCallback(lambda _: None)
+
+    def session_ended(self, session: LiveSession) -> None:
+        state = self._running.pop(session.session_id, None)
+        if state is None:
+            return
+        # Sent but not answered (or not sent yet): the next session runs it again, with
+        # the same keys, so the CPE applies it once.
+        d: Deferred[Any] = self._tasks.requeue(state.task)
+        d.addErrback(
+            lambda f: self._log.failure(
+                "could not requeue task {task_id}", f, task_id=state.task.id
+            )
+        )
+
+
+async def _nothing() -> None:
+    return None
