@@ -15,7 +15,7 @@ import re
 import ssl
 import sys
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 INFORM = """<?xml version="1.0" encoding="UTF-8"?>
@@ -88,7 +88,7 @@ def run_session(
     *,
     serial: str = "22275K2000315",
     event: str = "1 BOOT",
-    transfer_complete: bool = False,
+    transfer_complete: bool | Sequence[str] = False,
     cafile: str | None = None,
     algorithm: str = "MD5",
     cr_url: str = "http://127.0.0.1:7548/cr",
@@ -132,8 +132,9 @@ def run_session(
     if first.status != 200:
         conn.close()
         return exchanges
-    if transfer_complete:
-        exchanges.append(post(TRANSFER_COMPLETE))
+    keys = ["fw-42"] if transfer_complete is True else list(transfer_complete or [])
+    for key in keys:
+        exchanges.append(post(TRANSFER_COMPLETE.replace("fw-42", key)))
     r = post("")
     exchanges.append(r)
     while r.status == 200 and answer is not None:

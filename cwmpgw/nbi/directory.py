@@ -1,0 +1,115 @@
+"""The device directory the northbound API reads and edits, over the stores.
+
+Listing filters on the device records page by page (the ``devices`` index is ordered by
+last inform), so a filter that matches few devices costs a scan of the index; the cursor
+is the position in that index.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+
+from cwmpgw.acs.digest import ha1
+from cwmpgw.nbi.interfaces import DeviceFilter, IDeviceDirectory
+from cwmpgw.store.interfaces import (
+    ConnReqCredential,
+    IConnReqCredentialStore,
+    ICredentialStore,
+    IDeviceStore,
+)
+from cwmpgw.tasks.model import ITaskService
+
+__all__ = ["DeviceDirectory"]
+
+_SCAN_CHUNK = 200
+_MAX_SCANNED = 20_000  # per request: a page may come back short, with a cursor to go on
+
+
+@implementer(IDeviceDirectory)
+class DeviceDirectory:
+    def __init__(
+        self,
+        devices: IDeviceStore,
+        credentials: ICredentialStore,
+        connreq_credentials: IConnReqCredentialStore,
+        *,
+        realm: str,
+        tasks: ITaskService | None = None,
+    ) -> None:
+        self._devices = devices
+        self._credentials = credentials
+        self._connreq = connreq_credentials
+        self._realm = realm
+        self._tasks = tasks
+
+    def list_devices(
+        self, filter: DeviceFilter, *, cursor: str, limit: int
+    ) -> Deferred[tuple[list[dict[str, Any]], str]]:
+        return Deferred.fromCoroutine(self._list(filter, cursor, limit))
+
+    async def _list(
+        self, filter: DeviceFilter, cursor: str, limit: int
+    ) -> tuple[list[dict[str, Any]], str]:
+        offset = int(cursor) if cursor.isdigit() else 0
+        found: list[dict[str, Any]] = []
+        scanned = 0
+        while len(found) < limit and scanned < _MAX_SCANNED:
+            chunk = await self._devices.list_devices(
+                after=filter.informed_after,
+                before=filter.informed_before,
+                offset=offset,
+                count=_SCAN_CHUNK,
+            )
+            if not chunk:
+                return found, ""
+            for record in chunk:
+                offset += 1
+                scanned += 1
+                if _matches(record, filter):
+                    found.append(record)
+                    if len(found) == limit:
+                        break
+        return found, str(offset)
+
+    def get_device(self, device_id: str) -> Deferred[dict[str, Any] | None]:
+        return self._devices.get_device(device_id)
+
+    def delete_device(self, device_id: str) -> Deferred[bool]:
+        async def delete() -> bool:
+            existed = await self._devices.delete_device(device_id)
+            await self._credentials.delete(device_id)
+            await self._connreq.delete(device_id)
+            if self._tasks is not None:
+                # Its queued tasks must not run if a device with this id comes back.
+                for task in await self._tasks.list_for_device(device_id):
+                    if task.status == "queued":
+                        await self._tasks.cancel(task.id)
+            return existed
+
+        return Deferred.fromCoroutine(delete())
+
+    def set_credentials(
+        self,
+        device_id: str,
+        username: str,
+        password: str,
+        connection_request: tuple[str, str] | None = None,
+    ) -> Deferred[None]:
+        async def store() -> None:
+            hashes = {a: ha1(a, username, self._realm, password) for a in ("MD5", "SHA-256")}
+            await self._credentials.set(device_id, username, hashes)
+            if connection_request is not None:
+                await self._connreq.set(device_id, ConnReqCredential(*connection_request))
+
+        return Deferred.fromCoroutine(store())
+
+
+def _matches(record: dict[str, Any], f: DeviceFilter) -> bool:
+    return (
+        str(record.get("id", "")).startswith(f.id_prefix)
+        and (not f.oui or record.get("oui") == f.oui)
+        and (not f.product_class or record.get("product_class") == f.product_class)
+    )
