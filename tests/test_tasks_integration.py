@@ -15,14 +15,12 @@ from typing import Any
 
 import pytest
 from lxml import etree
-
 from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from cwmpgw.config import parse_config
 from cwmpgw.service import GatewayService, make_service
-
 from tests import cpe_client
 from tests.cpe_envelopes import typical_response
 from tests.redis_server import unique_prefix
