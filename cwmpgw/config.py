@@ -33,6 +33,7 @@ __all__ = [
     "EventsConfig",
     "GatewayConfig",
     "NbiConfig",
+    "ProvisionConfig",
     "RedisConfig",
     "RedisTarget",
     "TasksConfig",
@@ -399,6 +400,15 @@ class ConnreqConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ProvisionConfig:
+    credentials: bool = _setting(True, _bool)
+    periodic_inform: bool = _setting(True, _bool)
+    periodic_inform_interval: int = _setting(86400, _int(30, 2592000))
+    spread_informs: bool = _setting(True, _bool)
+    presets_on: str = _setting("bootstrap", _one_of("bootstrap", "boot", "every"))
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     acs: AcsConfig = field(default_factory=AcsConfig)
@@ -408,6 +418,7 @@ class Config:
     tasks: TasksConfig = field(default_factory=TasksConfig)
     nbi: NbiConfig = field(default_factory=NbiConfig)
     connreq: ConnreqConfig = field(default_factory=ConnreqConfig)
+    provision: ProvisionConfig = field(default_factory=ProvisionConfig)
     source: str | None = None  # the file it came from; None = defaults and overrides only
 
 
@@ -420,6 +431,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "tasks": TasksConfig,
     "nbi": NbiConfig,
     "connreq": ConnreqConfig,
+    "provision": ProvisionConfig,
 }
 
 

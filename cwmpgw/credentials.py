@@ -99,13 +99,13 @@ def read_rows(text: str) -> tuple[list[CredentialRow], list[str]]:
     return rows, errors
 
 
-async def _import(reactor: Any, config: Config, rows: list[CredentialRow]) -> int:
-    import txredisapi
+async def _connect(reactor: Any, config: Config) -> tuple[Any, Any]:
+    """A Redis connection for this command, and the embedded Redis it started (or None).
 
-    from cwmpgw.acs.digest import ha1
-    from cwmpgw.store.interfaces import ConnReqCredential
-    from cwmpgw.store.redis import RedisConnReqCredentialStore, RedisCredentialStore
-    from cwmpgw.store.secretbox import SecretBox, load_or_create_key
+    With the embedded Redis, use the running gateway's socket; if the gateway is not
+    running, start its private Redis just for this command.
+    """
+    import txredisapi
 
     embedded = None
     target: RedisTarget | None = config.redis.target
@@ -113,7 +113,6 @@ async def _import(reactor: Any, config: Config, rows: list[CredentialRow]) -> in
         data_dir = os.path.abspath(config.gateway.data_dir)
         sock = os.path.join(data_dir, "redis", "redis.sock")
         if not os.path.exists(sock):
-            # The gateway is not running: start its private Redis just for this import.
             from cwmpgw.store.embedded import EmbeddedRedisService
 
             embedded = EmbeddedRedisService(os.path.join(data_dir, "redis"), reactor=reactor)
@@ -133,6 +132,32 @@ async def _import(reactor: Any, config: Config, rows: list[CredentialRow]) -> in
             password=target.password,
             convertNumbers=False,
         )
+    return redis, embedded
+
+
+async def _rotate(reactor: Any, config: Config, device_ids: list[str]) -> int:
+    from cwmpgw.provision.provisioner import RedisRotations
+
+    redis, embedded = await _connect(reactor, config)
+    try:
+        rotations = RedisRotations(redis, config.redis.prefix)
+        for device_id in device_ids:
+            await rotations.request(device_id)
+    finally:
+        await redis.disconnect()
+        if embedded is not None:
+            await embedded.stopService()
+    print(f"{len(device_ids)} device(s) get new credentials in their next session")
+    return 0
+
+
+async def _import(reactor: Any, config: Config, rows: list[CredentialRow]) -> int:
+    from cwmpgw.acs.digest import ha1
+    from cwmpgw.store.interfaces import ConnReqCredential
+    from cwmpgw.store.redis import RedisConnReqCredentialStore, RedisCredentialStore
+    from cwmpgw.store.secretbox import SecretBox, load_or_create_key
+
+    redis, embedded = await _connect(reactor, config)
     store = RedisCredentialStore(redis, config.redis.prefix)
     key_file = config.connreq.key_file or os.path.join(
         os.path.abspath(config.gateway.data_dir), "connreq.key"
@@ -176,6 +201,12 @@ def _parser() -> argparse.ArgumentParser:
     imp = sub.add_parser("import", help="set credentials from a CSV file (- for stdin)")
     imp.add_argument("file")
     imp.add_argument("--check", action="store_true", help="only check the file; write nothing")
+    rot = sub.add_parser(
+        "rotate",
+        help="give devices new unique credentials in their next session (the old ones "
+        "keep working until the device has used the new ones)",
+    )
+    rot.add_argument("device_id", nargs="+")
     return p
 
 
@@ -195,6 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"configuration error:\n{e}", file=sys.stderr)
         return 2
+    if args.command == "rotate":
+        return _run(lambda reactor: _rotate(reactor, config, list(args.device_id)))
     try:
         if args.file == "-":
             text = sys.stdin.read()
@@ -213,13 +246,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check:
         print(f"{len(rows)} row(s) OK")
         return 0
+    return _run(lambda reactor: _import(reactor, config, rows))
+
+
+def _run(work: Any) -> int:
+    """Run one async job under twisted's react() and return its exit code."""
     from twisted.internet.defer import Deferred
     from twisted.internet.task import react
 
     result: list[int] = []
 
     async def run(reactor: Any) -> None:
-        result.append(await _import(reactor, config, rows))
+        result.append(await work(reactor))
 
     try:
         react(lambda reactor: Deferred.fromCoroutine(run(reactor)))

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import IService, Service
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import (
     SSL4ServerEndpoint,
     TCP4ClientEndpoint,
@@ -86,6 +86,9 @@ class GatewayService(Service):
         self.connreq: Any = None
         self._http_connreq: Any = None
         self._udp_port: Any = None
+        self.nbi_port: IListeningPort | None = None
+        self.commands: Any = None
+        self.directory: Any = None
         self.tasks: Any = None
         self.runner: Any = None
         self._expiry: Any = None
@@ -138,6 +141,8 @@ class GatewayService(Service):
             await self._start_connreq()
         self._start_tasks()
         await self._start_acs()
+        if self.config.nbi.enabled:
+            await self._start_nbi()
 
     # -- Redis -------------------------------------------------------------------------------
 
@@ -340,6 +345,21 @@ class GatewayService(Service):
         )
         self.runner = TaskRunner(self.tasks, self.devices, gpv_batch=cfg.gpv_batch)
 
+        from cwmpgw.provision.provisioner import Provisioner, RedisRotations
+
+        self.rotations = RedisRotations(self.redis, self.config.redis.prefix)
+        self.provisioner = Provisioner(
+            self.runner,
+            credentials=self.credentials,
+            connreq_credentials=self.connreq_credentials,
+            rotations=self.rotations,
+            events=self.events,
+            clock=self._reactor,
+            node=self.node,
+            realm=self.config.auth.realm,
+            config=self.config.provision,
+        )
+
         def expire() -> Deferred[Any]:
             d: Deferred[Any] = self.tasks.expire_due()
             return d.addErrback(lambda f: self._log.failure("could not expire tasks", f))
@@ -362,7 +382,7 @@ class GatewayService(Service):
             devices=self.devices,
             events=self.events,
             node=self.node,
-            requests=self.runner,
+            requests=self.provisioner,
             session_timeout=acs.session_timeout,
             max_session_timeout=acs.max_session_timeout,
             hold_requests=acs.hold_requests,
@@ -373,6 +393,7 @@ class GatewayService(Service):
             auth.realm,
             bootstrap_username=auth.bootstrap_username if enroll else None,
             bootstrap_password=auth.bootstrap_password if enroll else None,
+            on_promoted=self.provisioner.promoted,
         )
         digest = DigestCredentialFactory(
             auth.realm,
@@ -433,6 +454,94 @@ class GatewayService(Service):
         self._log.info("TLS certificate SHA-256 fingerprint {fingerprint}", fingerprint=fingerprint)
         return cert_file, key_file
 
+    # -- the northbound API and the command stream -------------------------------------------
+
+    async def _start_nbi(self) -> None:
+        import txredisapi
+
+        from cwmpgw.nbi.api import NbiResource, NbiSite
+        from cwmpgw.nbi.auth import make_authorizer
+        from cwmpgw.nbi.commands import CommandConsumer
+        from cwmpgw.nbi.directory import DeviceDirectory
+        from cwmpgw.nbi.health import GatewayHealth
+
+        cfg, prefix = self.config.nbi, self.config.redis.prefix
+        self.directory = DeviceDirectory(
+            self.devices,
+            self.credentials,
+            self.connreq_credentials,
+            realm=self.config.auth.realm,
+            tasks=self.tasks,
+            rotations=self.rotations,
+        )
+        resource = NbiResource(
+            tasks=self.tasks,
+            devices=self.directory,
+            waker=self.connreq,
+            health=GatewayHealth(
+                self.redis, clock=self._reactor, node=self.node, listener=self.listener
+            ),
+            authorizer=make_authorizer(cfg, self.data_dir),
+            clock=self._reactor,
+            max_body_bytes=cfg.max_body_bytes,
+            max_wait=cfg.max_wait,
+        )
+        site = NbiSite(resource, reactor=self._reactor)
+        interface = cfg.interface
+        endpoint: Any
+        if cfg.tls:
+            from cwmpgw.acs.tls import server_options
+
+            if cfg.cert_file:
+                cert_file, key_file = cfg.cert_file, cfg.key_file
+            else:
+                cert_file, key_file = self.certificate()
+            endpoint = SSL4ServerEndpoint(
+                self._reactor, cfg.port, server_options(cert_file, key_file), interface=interface
+            )
+        elif ":" in interface:
+            endpoint = TCP6ServerEndpoint(self._reactor, cfg.port, interface=interface)
+        else:
+            endpoint = TCP4ServerEndpoint(self._reactor, cfg.port, interface=interface)
+        self.nbi_port = await endpoint.listen(site)
+        address: Any = self.nbi_port.getHost()
+        self._log.info(
+            "northbound API listening on {scheme}://{host}:{port}/",
+            scheme="https" if cfg.tls else "http",
+            host=address.host,
+            port=address.port,
+        )
+
+        target = self.redis_target
+        assert target is not None
+
+        def dedicated() -> Deferred[Any]:
+            # A blocking XREADGROUP must not hold a connection of the shared pool.
+            if target.path is not None:
+                conn = txredisapi.lazyUnixConnection(
+                    target.path, dbid=target.db, password=target.password, convertNumbers=False
+                )
+            else:
+                conn = txredisapi.lazyConnection(
+                    target.host or "127.0.0.1",
+                    target.port or 6379,
+                    dbid=target.db,
+                    password=target.password,
+                    convertNumbers=False,
+                )
+            return succeed(conn)
+
+        self.commands = CommandConsumer(
+            self.redis,
+            prefix,
+            connect=dedicated,
+            tasks=self.tasks,
+            events=self.events,
+            clock=self._reactor,
+            node=self.node,
+        )
+        self.commands.startService()
+
     # -- stopping ----------------------------------------------------------------------------
 
     def stopService(self) -> Deferred[None]:
@@ -442,6 +551,12 @@ class GatewayService(Service):
     async def _stop(self) -> None:
         if self._started is not None and not self._started.called:
             self._started.cancel()
+        if self.nbi_port is not None:
+            await maybeDeferred(self.nbi_port.stopListening)
+            self.nbi_port = None
+        if self.commands is not None:
+            await self.commands.stopService()
+            self.commands = None
         if self.acs_port is not None:
             await maybeDeferred(self.acs_port.stopListening)
             self.acs_port = None

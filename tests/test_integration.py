@@ -171,6 +171,9 @@ class EmbeddedRedisGatewayTests(TestCase):
                     "bootstrap_username": "bootstrap",
                     "bootstrap_password": "shared-bootstrap-secret",
                 },
+                # Persistence is what this test is about; tests/test_provisioning.py
+                # covers what the gateway sets on an enrolling device.
+                "provision": {"credentials": False, "periodic_inform": False},
             }
         )
         service = make_service(config, reactor)

@@ -88,6 +88,47 @@ class StoreContract:
         self.assertEqual(page, [])  # type: ignore[attr-defined]
         self.assertTrue(await self.devices.record_transfer(DEVICE_ID, "tc:k", {}))  # type: ignore[attr-defined]
 
+    async def test_pending_credential_lifecycle(self) -> None:
+        await self.credentials.set("dev-1", "old-user", {"MD5": "aa"})
+        await self.credentials.set_pending("dev-1", "new-user", {"MD5": "bb"})
+        # Both work until the new one is first used.
+        self.assertEqual((await self.credentials.get("old-user")).ha1, {"MD5": "aa"})  # type: ignore[union-attr,attr-defined]
+        pending = await self.credentials.get_pending("new-user")
+        self.assertEqual((pending.device_id, pending.ha1), ("dev-1", {"MD5": "bb"}))  # type: ignore[union-attr,attr-defined]
+        self.assertIsNone(await self.credentials.get("new-user"))  # type: ignore[attr-defined]
+        self.assertTrue(await self.credentials.promote("new-user"))  # type: ignore[attr-defined]
+        self.assertIsNone(await self.credentials.get("old-user"))  # type: ignore[attr-defined]
+        self.assertEqual((await self.credentials.get("new-user")).ha1, {"MD5": "bb"})  # type: ignore[union-attr,attr-defined]
+        self.assertEqual(await self.credentials.username_for("dev-1"), "new-user")  # type: ignore[attr-defined]
+        self.assertIsNone(await self.credentials.get_pending("new-user"))  # type: ignore[attr-defined]
+        self.assertFalse(await self.credentials.promote("new-user"))  # type: ignore[attr-defined]
+
+    async def test_pending_with_the_same_username_replaces_on_promotion(self) -> None:
+        await self.credentials.set("dev-1", "dev-1", {"MD5": "aa"})
+        await self.credentials.set_pending("dev-1", "dev-1", {"MD5": "bb"})
+        self.assertEqual((await self.credentials.get("dev-1")).ha1, {"MD5": "aa"})  # type: ignore[union-attr,attr-defined]
+        await self.credentials.promote("dev-1")
+        self.assertEqual((await self.credentials.get("dev-1")).ha1, {"MD5": "bb"})  # type: ignore[union-attr,attr-defined]
+
+    async def test_pending_replaced_and_dropped(self) -> None:
+        await self.credentials.set_pending("dev-1", "try-1", {"MD5": "aa"})
+        await self.credentials.set_pending("dev-1", "try-2", {"MD5": "bb"})
+        self.assertIsNone(await self.credentials.get_pending("try-1"))  # type: ignore[attr-defined]
+        self.assertTrue(await self.credentials.drop_pending("dev-1"))  # type: ignore[attr-defined]
+        self.assertIsNone(await self.credentials.get_pending("try-2"))  # type: ignore[attr-defined]
+        self.assertIsNone(await self.credentials.username_for("dev-1"))  # type: ignore[attr-defined]
+        await self.credentials.set("dev-2", "taken", {"MD5": "cc"})
+        with self.assertRaises(ValueError):  # type: ignore[attr-defined]
+            await self.credentials.set_pending("dev-1", "taken", {"MD5": "dd"})
+
+    async def test_connreq_pending_promoted_on_confirmation(self) -> None:
+        await self.crcredentials.set("dev-1", ConnReqCredential("cr-old", "p-old"))
+        await self.crcredentials.set_pending("dev-1", ConnReqCredential("cr-new", "p-new"))
+        self.assertEqual((await self.crcredentials.get("dev-1")).username, "cr-old")  # type: ignore[union-attr,attr-defined]
+        self.assertTrue(await self.crcredentials.promote("dev-1"))  # type: ignore[attr-defined]
+        self.assertEqual(await self.crcredentials.get("dev-1"), ConnReqCredential("cr-new", "p-new"))  # type: ignore[attr-defined]
+        self.assertFalse(await self.crcredentials.promote("dev-1"))  # type: ignore[attr-defined]
+
     async def test_connreq_credentials(self) -> None:
         self.assertIsNone(await self.crcredentials.get("dev-1"))  # type: ignore[attr-defined]
         await self.crcredentials.set("dev-1", ConnReqCredential("cr-user", "cr-pass", True))

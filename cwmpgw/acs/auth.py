@@ -10,7 +10,7 @@ Inform is decided by :meth:`CpeAuthenticator.authorize`.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,9 +81,11 @@ class DeviceCredentialsChecker:
         *,
         bootstrap_username: str | None = None,
         bootstrap_password: str | None = None,
+        on_promoted: Callable[[str, str], None] | None = None,
     ) -> None:
         self._store = store
         self._realm = realm
+        self._on_promoted = on_promoted
         self._bootstrap: tuple[str, dict[str, str]] | None = None
         if bootstrap_username and bootstrap_password:
             self._bootstrap = (
@@ -100,9 +102,17 @@ class DeviceCredentialsChecker:
             username = username.decode("utf-8", "replace")
         scheme = "digest" if IUsernameDigestHash.providedBy(credentials) else "basic"
         stored = await self._store.get(username)
+        if stored is not None and self._verify(credentials, username, stored.ha1):
+            return Identity(username, stored.device_id, scheme)
+        # A credential the gateway is giving the device (TR-069 zero-touch): proving it
+        # shows the CPE applied our SetParameterValues, so it replaces the old one now.
+        pending = await self._store.get_pending(username)
+        if pending is not None and self._verify(credentials, username, pending.ha1):
+            await self._store.promote(username)
+            if self._on_promoted is not None:
+                self._on_promoted(pending.device_id, username)
+            return Identity(username, pending.device_id, scheme)
         if stored is not None:
-            if self._verify(credentials, username, stored.ha1):
-                return Identity(username, stored.device_id, scheme)
             raise UnauthorizedLogin("wrong password")
         if self._bootstrap is not None and _same(username, self._bootstrap[0]):
             if self._verify(credentials, username, self._bootstrap[1]):

@@ -35,6 +35,8 @@ EVENT_TYPES = frozenset(
         "transfer.complete",
         "session.closed",
         "auth.failed",
+        "auth.blocked",
+        "credentials.changed",
         "task.queued",
         "task.done",
         "task.failed",

@@ -38,12 +38,14 @@ class DeviceDirectory:
         *,
         realm: str,
         tasks: ITaskService | None = None,
+        rotations: Any = None,
     ) -> None:
         self._devices = devices
         self._credentials = credentials
         self._connreq = connreq_credentials
         self._realm = realm
         self._tasks = tasks
+        self._rotations = rotations
 
     def list_devices(
         self, filter: DeviceFilter, *, cursor: str, limit: int
@@ -105,6 +107,13 @@ class DeviceDirectory:
                 await self._connreq.set(device_id, ConnReqCredential(*connection_request))
 
         return Deferred.fromCoroutine(store())
+
+    def rotate_credentials(self, device_id: str) -> Deferred[None]:
+        """New unique credentials for the device in its next session (see provision/)."""
+        if self._rotations is None:
+            raise RuntimeError("credential rotation is not configured")
+        d: Deferred[None] = self._rotations.request(device_id)
+        return d
 
 
 def _matches(record: dict[str, Any], f: DeviceFilter) -> bool:

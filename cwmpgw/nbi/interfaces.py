@@ -41,6 +41,10 @@ class IDeviceDirectory(Interface):
         """Set the device's ACS credential (stored as HA1 only) and, optionally, its
         connection-request username and password (stored encrypted)."""
 
+    def rotate_credentials(device_id: str) -> Deferred[None]:
+        """Give the device new unique credentials in its next session; the old ones keep
+        working until the device has used the new ones."""
+
 
 class IHealth(Interface):
     def check() -> Deferred[dict[str, Any]]:

@@ -88,6 +88,19 @@ class ICredentialStore(Interface):
     def delete(device_id: str) -> Deferred[bool]:
         """Remove a device's credential; True if it had one."""
 
+    def set_pending(device_id: str, username: str, ha1: dict[str, str]) -> Deferred[None]:
+        """A new credential being given to the device: accepted beside the current one
+        until the device first authenticates with it (then it replaces the current one)."""
+
+    def get_pending(username: str) -> Deferred[StoredCredential | None]:
+        """The pending credential with this username, or None."""
+
+    def promote(username: str) -> Deferred[bool]:
+        """Make the pending credential the device's only one; False if none was pending."""
+
+    def drop_pending(device_id: str) -> Deferred[bool]:
+        """Forget the device's pending credential (the change failed); True if there was one."""
+
 
 @dataclass(frozen=True, slots=True)
 class ConnReqCredential:
@@ -107,3 +120,9 @@ class IConnReqCredentialStore(Interface):
 
     def delete(device_id: str) -> Deferred[bool]:
         """Remove it; True if there was one."""
+
+    def set_pending(device_id: str, credential: ConnReqCredential) -> Deferred[None]:
+        """The credential being set on the CPE; used once the CPE confirmed the change."""
+
+    def promote(device_id: str) -> Deferred[bool]:
+        """The CPE confirmed: the pending credential becomes the one used."""

@@ -108,6 +108,7 @@ class MemoryCredentialStore:
     def __init__(self) -> None:
         self.by_username: dict[str, StoredCredential] = {}
         self.by_device: dict[str, str] = {}
+        self.pending: dict[str, StoredCredential] = {}
 
     def get(self, username: str) -> Deferred[StoredCredential | None]:
         return succeed(self.by_username.get(username))
@@ -133,11 +134,47 @@ class MemoryCredentialStore:
         del self.by_username[username]
         return succeed(True)
 
+    def set_pending(self, device_id: str, username: str, ha1: dict[str, str]) -> Deferred[None]:
+        taken = self.by_username.get(username)
+        if taken is not None and taken.device_id != device_id:
+            return fail(ValueError(f"username {username!r} belongs to another device"))
+        self.drop_pending(device_id)
+        self.pending[username] = StoredCredential(username, device_id, dict(ha1))
+        return succeed(None)
+
+    def get_pending(self, username: str) -> Deferred[StoredCredential | None]:
+        return succeed(self.pending.get(username))
+
+    def promote(self, username: str) -> Deferred[bool]:
+        pending = self.pending.pop(username, None)
+        if pending is None:
+            return succeed(False)
+        return self.set(pending.device_id, username, pending.ha1).addCallback(lambda _: True)
+
+    def drop_pending(self, device_id: str) -> Deferred[bool]:
+        for username, cred in list(self.pending.items()):
+            if cred.device_id == device_id:
+                del self.pending[username]
+                return succeed(True)
+        return succeed(False)
+
 
 @implementer(IConnReqCredentialStore)
 class MemoryConnReqCredentialStore:
     def __init__(self) -> None:
         self.credentials: dict[str, ConnReqCredential] = {}
+        self.pending: dict[str, ConnReqCredential] = {}
+
+    def set_pending(self, device_id: str, credential: ConnReqCredential) -> Deferred[None]:
+        self.pending[device_id] = credential
+        return succeed(None)
+
+    def promote(self, device_id: str) -> Deferred[bool]:
+        credential = self.pending.pop(device_id, None)
+        if credential is None:
+            return succeed(False)
+        self.credentials[device_id] = credential
+        return succeed(True)
 
     def get(self, device_id: str) -> Deferred[ConnReqCredential | None]:
         return succeed(self.credentials.get(device_id))

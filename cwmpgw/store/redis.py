@@ -9,6 +9,8 @@ Key layout (all under the configured prefix, default ``cwmpgw:``):
 - ``devices`` sorted set: device id scored by last inform time
 - ``cred:<username>`` hash: device_id and one HA1 per Digest algorithm
 - ``cred-by-device`` hash: device id -> username
+- ``cred-pending:<username>`` hash, ``cred-pending-by-device`` hash: a credential being
+  given to a device, accepted beside the current one until first used
 - ``crcred:<id>`` hash: connection-request username, password (encrypted), allow_basic
 
 Each multi-key update is one Lua script: atomic, and one round trip on the hot path.
@@ -69,6 +71,54 @@ if old and old ~= ARGV[2] then redis.call('DEL', ARGV[3] .. 'cred:' .. old) end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'device_id', ARGV[1], unpack(ARGV, 4))
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return 1
+"""
+
+# KEYS: cred-pending:<username>, cred-pending-by-device, cred:<username>;
+# ARGV: device id, username, prefix, ha1 pairs...
+_SET_PENDING = """
+local owner = redis.call('HGET', KEYS[3], 'device_id')
+if owner and owner ~= ARGV[1] then
+  return redis.error_reply('username belongs to another device')
+end
+local old = redis.call('HGET', KEYS[2], ARGV[1])
+if old then redis.call('DEL', ARGV[3] .. 'cred-pending:' .. old) end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'device_id', ARGV[1], unpack(ARGV, 4))
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return 1
+"""
+
+# KEYS: cred-pending:<username>, cred-pending-by-device, cred-by-device; ARGV: username, prefix
+_PROMOTE = """
+local fields = redis.call('HGETALL', KEYS[1])
+if #fields == 0 then return 0 end
+local device = redis.call('HGET', KEYS[1], 'device_id')
+local old = redis.call('HGET', KEYS[3], device)
+if old and old ~= ARGV[1] then redis.call('DEL', ARGV[2] .. 'cred:' .. old) end
+redis.call('DEL', ARGV[2] .. 'cred:' .. ARGV[1])
+redis.call('HSET', ARGV[2] .. 'cred:' .. ARGV[1], unpack(fields))
+redis.call('HSET', KEYS[3], device, ARGV[1])
+redis.call('DEL', KEYS[1])
+redis.call('HDEL', KEYS[2], device)
+return 1
+"""
+
+_DROP_PENDING = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if not old then return 0 end
+redis.call('DEL', ARGV[2] .. 'cred-pending:' .. old)
+redis.call('HDEL', KEYS[1], ARGV[1])
+return 1
+"""
+
+_PROMOTE_CR = """
+local u = redis.call('HGET', KEYS[1], 'pending_username')
+if not u then return 0 end
+local p = redis.call('HGET', KEYS[1], 'pending_password')
+local b = redis.call('HGET', KEYS[1], 'pending_allow_basic')
+redis.call('HSET', KEYS[1], 'username', u, 'password', p, 'allow_basic', b)
+redis.call('HDEL', KEYS[1], 'pending_username', 'pending_password', 'pending_allow_basic')
 return 1
 """
 
@@ -173,6 +223,13 @@ class RedisDeviceStore:
         return d.addCallback(lambda n: bool(n))
 
 
+def _credential(username: str, fields: dict[str, str]) -> StoredCredential | None:
+    if not fields or "device_id" not in fields:
+        return None
+    ha1 = {k[len(_HA1_FIELD) :]: v for k, v in fields.items() if k.startswith(_HA1_FIELD)}
+    return StoredCredential(username, fields["device_id"], ha1)
+
+
 @implementer(ICredentialStore)
 class RedisCredentialStore:
     def __init__(self, redis: Any, prefix: str) -> None:
@@ -181,14 +238,8 @@ class RedisCredentialStore:
         self._by_device = prefix + "cred-by-device"
 
     def get(self, username: str) -> Deferred[StoredCredential | None]:
-        def build(fields: dict[str, str]) -> StoredCredential | None:
-            if not fields or "device_id" not in fields:
-                return None
-            ha1 = {k[len(_HA1_FIELD) :]: v for k, v in fields.items() if k.startswith(_HA1_FIELD)}
-            return StoredCredential(username, fields["device_id"], ha1)
-
         d: Deferred[Any] = self._redis.hgetall(f"{self._prefix}cred:{username}")
-        return d.addCallback(build)
+        return d.addCallback(lambda fields: _credential(username, fields))
 
     def username_for(self, device_id: str) -> Deferred[str | None]:
         d: Deferred[str | None] = self._redis.hget(self._by_device, device_id)
@@ -212,6 +263,49 @@ class RedisCredentialStore:
     def delete(self, device_id: str) -> Deferred[bool]:
         d: Deferred[Any] = self._redis.eval(
             _DELETE_CREDENTIAL, [self._by_device], [device_id, self._prefix]
+        )
+        return d.addCallback(lambda n: bool(n))
+
+    def set_pending(self, device_id: str, username: str, ha1: dict[str, str]) -> Deferred[None]:
+        args = [device_id, username, self._prefix]
+        for algorithm, value in ha1.items():
+            args += [_HA1_FIELD + algorithm, value]
+        d: Deferred[Any] = self._redis.eval(
+            _SET_PENDING,
+            [
+                f"{self._prefix}cred-pending:{username}",
+                self._prefix + "cred-pending-by-device",
+                f"{self._prefix}cred:{username}",
+            ],
+            args,
+        )
+
+        def translate(failure: Any) -> None:
+            if "belongs to another device" in str(failure.value):
+                raise ValueError(f"username {username!r} belongs to another device")
+            failure.raiseException()
+
+        return d.addCallbacks(lambda _: None, translate)
+
+    def get_pending(self, username: str) -> Deferred[StoredCredential | None]:
+        d: Deferred[Any] = self._redis.hgetall(f"{self._prefix}cred-pending:{username}")
+        return d.addCallback(lambda fields: _credential(username, fields))
+
+    def promote(self, username: str) -> Deferred[bool]:
+        d: Deferred[Any] = self._redis.eval(
+            _PROMOTE,
+            [
+                f"{self._prefix}cred-pending:{username}",
+                self._prefix + "cred-pending-by-device",
+                self._by_device,
+            ],
+            [username, self._prefix],
+        )
+        return d.addCallback(lambda n: bool(n))
+
+    def drop_pending(self, device_id: str) -> Deferred[bool]:
+        d: Deferred[Any] = self._redis.eval(
+            _DROP_PENDING, [self._prefix + "cred-pending-by-device"], [device_id, self._prefix]
         )
         return d.addCallback(lambda n: bool(n))
 
@@ -256,4 +350,21 @@ class RedisConnReqCredentialStore:
 
     def delete(self, device_id: str) -> Deferred[bool]:
         d: Deferred[Any] = self._redis.delete(self._key(device_id))
+        return d.addCallback(lambda n: bool(n))
+
+    def set_pending(self, device_id: str, credential: ConnReqCredential) -> Deferred[None]:
+        d: Deferred[Any] = self._redis.execute_command(
+            "HSET",
+            self._key(device_id),
+            "pending_username",
+            credential.username,
+            "pending_password",
+            self._box.encrypt(credential.password, device_id),
+            "pending_allow_basic",
+            "1" if credential.allow_basic else "0",
+        )
+        return d.addCallback(lambda _: None)
+
+    def promote(self, device_id: str) -> Deferred[bool]:
+        d: Deferred[Any] = self._redis.eval(_PROMOTE_CR, [self._key(device_id)], [])
         return d.addCallback(lambda n: bool(n))

@@ -1,0 +1,756 @@
+"""The northbound HTTP API: JSON over HTTP for devices, their credentials and tasks.
+
+Routing comes from :data:`cwmpgw.nbi.openapi.ROUTES`, the same table the OpenAPI
+document is built from. Every answer is JSON; every error is
+``{"error": {"code": "<snake_case>", "message": "..."}}`` with a fitting status, never a
+traceback. Handlers are coroutines behind ``NOT_DONE_YET``; when the client goes away
+the coroutine is cancelled, and with it whatever it was waiting for.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import re
+import unicodedata
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from io import BytesIO
+from typing import Any, Final, NoReturn
+from urllib.parse import parse_qsl, quote, unquote_to_bytes
+
+from twisted.internet import error as net_error
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from cwmpgw.connreq.interfaces import IConnectionRequester, WakeResult
+from cwmpgw.nbi.auth import CHALLENGE, IAuthorizer
+from cwmpgw.nbi.interfaces import DeviceFilter, IDeviceDirectory, IHealth
+from cwmpgw.nbi.openapi import ROUTES, Route, build_document
+from cwmpgw.tasks.model import ITaskService, Task, TaskError, UnknownDevice
+
+__all__ = [
+    "ApiError",
+    "NbiRequest",
+    "NbiResource",
+    "NbiSite",
+    "TaskRequest",
+    "is_backend_failure",
+    "parse_json",
+    "parse_task_request",
+    "task_error_message",
+]
+
+_MAX_TEXT: Final = 256
+_MAX_DEVICE_ID: Final = 1024
+_TASK_ID_RE: Final = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+_RFC3339_RE: Final = re.compile(
+    r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})"
+)
+_UNIX_RE: Final = re.compile(r"\d{1,12}(\.\d{1,9})?")
+_HEALTH_TIMEOUT: Final = 5.0
+# Slack on top of a wait before we stop trusting the task service to answer on its own.
+_WAIT_SLACK: Final = 5.0
+
+
+class ApiError(Exception):
+    """An answer other than success: status, snake_case code, a message safe to show."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+def _bad(message: str, code: str = "invalid_request") -> NoReturn:
+    raise ApiError(400, code, message)
+
+
+# -- body validation (shared with the command stream) ------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRequest:
+    device_id: str
+    type: str
+    args: dict[str, Any]
+    expires_in: float | None
+
+
+def _has_control(text: str) -> bool:
+    return any(unicodedata.category(c) == "Cc" for c in text)
+
+
+def _text(value: Any, where: str, *, min_length: int = 1, max_length: int = _MAX_TEXT) -> str:
+    if not isinstance(value, str):
+        _bad(f"{where}: expected a string")
+    if len(value) < min_length:
+        _bad(f"{where}: must not be empty" if min_length == 1 else f"{where}: too short")
+    if len(value) > max_length:
+        _bad(f"{where}: at most {max_length} characters")
+    if _has_control(value):
+        _bad(f"{where}: control characters are not allowed")
+    return value
+
+
+def _only(obj: Mapping[str, Any], allowed: tuple[str, ...], where: str = "") -> None:
+    for key in obj:
+        if key not in allowed:
+            _bad(f"{where}{key}: unknown field (allowed: {', '.join(allowed)})")
+
+
+def parse_task_request(obj: Any, *, device_id: str | None = None) -> TaskRequest:
+    """Check a task request: the API's body, or a command entry (which names its device).
+
+    Raises ApiError(400) naming the field. The arguments themselves are checked by the
+    task service (TaskError), which knows every method.
+    """
+    if not isinstance(obj, dict):
+        _bad("the body must be a JSON object")
+    allowed: tuple[str, ...] = ("type", "args", "expires_in")
+    if device_id is None:
+        allowed = ("device_id", *allowed)
+        if "device_id" not in obj:
+            _bad("device_id: required")
+        device_id = _device_id(obj["device_id"], "device_id")
+    _only(obj, allowed)
+    if "type" not in obj:
+        _bad("type: required")
+    task_type = _text(obj["type"], "type", max_length=64)
+    args = obj.get("args", {})
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        _bad("args: expected an object")
+    expires_in = obj.get("expires_in")
+    if expires_in is not None:
+        if isinstance(expires_in, bool) or not isinstance(expires_in, int | float):
+            _bad("expires_in: expected a number of seconds")
+        if not math.isfinite(expires_in) or expires_in <= 0:
+            _bad("expires_in: must be a positive number of seconds")
+        expires_in = float(expires_in)
+    return TaskRequest(device_id, task_type, args, expires_in)
+
+
+def _device_id(value: Any, where: str) -> str:
+    return _text(value, where, max_length=_MAX_DEVICE_ID)
+
+
+def task_error_message(e: TaskError) -> str:
+    """``args.parameters[0].value: <why>``: the path first, as clients want to see it."""
+    message = str(e)
+    if e.path and not message.startswith(e.path):
+        return f"{e.path}: {message}"
+    return message
+
+
+def is_backend_failure(e: BaseException) -> bool:
+    """Redis unreachable or too slow: worth a 503 and a retry, not a 500."""
+    if type(e).__module__.split(".")[0] == "txredisapi":
+        return True
+    return isinstance(
+        e,
+        OSError
+        | DeferredTimeout
+        | net_error.ConnectError
+        | net_error.ConnectionLost
+        | net_error.ConnectionDone,
+    )
+
+
+# -- the request and the site ---------------------------------------------------------------
+
+
+class NbiRequest(Request):
+    """A request that keeps at most ``max_body`` bytes of body and remembers if it got more.
+
+    twisted.web would otherwise buffer any body it is sent (PROTOCOL facts: no limit).
+    """
+
+    def __init__(self, *args: Any, max_body: int = 1_048_576, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self.max_body = max_body
+        self.body_too_large = False
+        self._received = 0
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > self.max_body:
+            self.body_too_large = True
+        self.content = BytesIO()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._received += len(data)
+        if self._received > self.max_body:
+            self.body_too_large = True
+            return
+        assert self.content is not None
+        self.content.write(data)
+
+
+class NbiSite(Site):
+    """The Site for the API: capped bodies, no form parsing, no access log line per request."""
+
+    def __init__(self, resource: NbiResource, **kwargs: Any) -> None:
+        kwargs.setdefault(
+            "requestFactory", functools.partial(NbiRequest, max_body=resource.max_body_bytes)
+        )
+        super().__init__(resource, parsePOSTFormSubmission=False, **kwargs)  # type: ignore[no-untyped-call]
+        self.noisy = False
+
+    def log(self, request: Any) -> None:
+        """State changes are logged by the resource; reads are not worth a line each."""
+
+
+# -- the resource ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Call:
+    request: Request
+    route: Route
+    params: dict[str, str]
+    query: dict[str, str]
+    principal: str
+    body: Any = None
+
+
+@dataclass
+class _Answer:
+    status: int
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+_Handler = Callable[[_Call], Coroutine[Any, Any, _Answer]]
+
+
+class NbiResource(Resource):
+    isLeaf = True
+    _log = Logger()
+
+    def __init__(
+        self,
+        *,
+        tasks: ITaskService,
+        devices: IDeviceDirectory,
+        waker: IConnectionRequester | None,
+        health: IHealth,
+        authorizer: IAuthorizer,
+        clock: IReactorTime,
+        max_body_bytes: int,
+        max_wait: float,
+    ) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._tasks = tasks
+        self._devices = devices
+        self._waker = waker
+        self._health = health
+        self._authorizer = authorizer
+        self._clock = clock
+        self.max_body_bytes = max_body_bytes
+        self.max_wait = float(max_wait)
+        self._openapi = json.dumps(build_document(max_wait=self.max_wait)).encode()
+        self._handlers: dict[str, _Handler] = {
+            route.operation: getattr(self, f"_op_{route.operation}") for route in ROUTES
+        }
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def render(self, request: Request) -> int:
+        finished = request.notifyFinish()
+        d = Deferred.fromCoroutine(self._handle(request))
+        # The client went away: stop waiting for the task, the CPE, Redis.
+        finished.addErrback(lambda _: d.cancel())
+        d.addErrback(self._unhandled, request)
+        return NOT_DONE_YET
+
+    def _unhandled(self, failure: Failure, request: Request) -> None:
+        if failure.check(CancelledError):
+            return
+        self._log.failure("unhandled error in the northbound API", failure)
+        self._send_error(request, ApiError(500, "internal_error", "internal error"))
+
+    async def _handle(self, request: Request) -> None:
+        try:
+            answer = await self._dispatch(request)
+        except ApiError as e:
+            self._send_error(request, e)
+            return
+        except CancelledError:
+            return
+        except Exception as e:
+            if is_backend_failure(e):
+                self._log.warn(
+                    "storage unavailable for {method} {path}: {error!r}",
+                    method=_str(request.method),
+                    path=_str(request.path),
+                    error=e,
+                )
+                self._send_error(
+                    request,
+                    ApiError(
+                        503,
+                        "unavailable",
+                        "the gateway's storage is not answering; retry later",
+                        {"Retry-After": "5"},
+                    ),
+                )
+            else:
+                self._log.failure(
+                    "error answering {method} {path}",
+                    method=_str(request.method),
+                    path=_str(request.path),
+                )
+                self._send_error(request, ApiError(500, "internal_error", "internal error"))
+            return
+        self._send(request, answer.status, answer.body, answer.headers)
+
+    async def _dispatch(self, request: Request) -> _Answer:
+        method = _str(request.method)
+        segments = _segments(request.path)
+        matches = (
+            [(r, p) for r in ROUTES if (p := r.match(segments)) is not None] if segments else []
+        )
+        route, params = next(((r, p) for r, p in matches if r.method == method), (None, {}))
+        public = route.public if route else bool(matches) and all(r.public for r, _ in matches)
+        principal = "anonymous"
+        if not public:
+            who = self._authorizer.authorize(request.getHeader(b"authorization"))
+            if who is None:
+                raise ApiError(
+                    401,
+                    "unauthorized",
+                    "a valid bearer token is required",
+                    {"WWW-Authenticate": CHALLENGE.decode()},
+                )
+            principal = who
+        if route is None:
+            if not matches:
+                raise ApiError(404, "not_found", "no such resource")
+            allow = ", ".join(sorted({r.method for r, _ in matches}))
+            raise ApiError(
+                405, "method_not_allowed", f"{method} is not allowed here", {"Allow": allow}
+            )
+        call = _Call(request, route, params, self._query(request, route), principal)
+        if route.body:
+            call.body = self._read_json(request)
+        return await self._handlers[route.operation](call)
+
+    def _query(self, request: Request, route: Route) -> dict[str, str]:
+        raw = request.uri.partition(b"?")[2]
+        try:
+            pairs = parse_qsl(raw.decode("ascii"), keep_blank_values=True, errors="strict")
+        except (UnicodeDecodeError, ValueError):
+            _bad("the query string is not valid UTF-8")
+        known = {q.name for q in route.query}
+        out: dict[str, str] = {}
+        for name, value in pairs:
+            if name not in known:
+                allowed = ", ".join(sorted(known)) or "none"
+                _bad(f"unknown query parameter {name[:64]!r} (allowed: {allowed})")
+            if name in out:
+                _bad(f"query parameter {name!r} given twice")
+            if _has_control(value):
+                _bad(f"{name}: control characters are not allowed")
+            out[name] = value
+        return out
+
+    def _read_json(self, request: Request) -> Any:
+        length = request.getHeader(b"content-length")
+        too_large = ApiError(
+            413, "payload_too_large", f"the body must be at most {self.max_body_bytes} bytes"
+        )
+        if length is not None and length.strip().isdigit() and int(length) > self.max_body_bytes:
+            raise too_large
+        if getattr(request, "body_too_large", False):
+            raise too_large
+        assert request.content is not None
+        request.content.seek(0)
+        body = request.content.read(self.max_body_bytes + 1)
+        if len(body) > self.max_body_bytes:
+            raise too_large
+        if not body.strip():
+            _bad("a JSON object is required in the body", "invalid_json")
+        content_type = _str(request.getHeader(b"content-type") or b"")
+        media, _, options = content_type.partition(";")
+        media = media.strip().lower()
+        if media != "application/json" and not (
+            media.startswith("application/") and media.endswith("+json")
+        ):
+            raise ApiError(
+                415, "unsupported_media_type", "send the body as Content-Type: application/json"
+            )
+        charset = re.search(r"charset\s*=\s*\"?([^\";\s]+)", options, re.IGNORECASE)
+        if charset and charset.group(1).lower() not in ("utf-8", "utf8"):
+            raise ApiError(415, "unsupported_media_type", "the body must be UTF-8")
+        try:
+            return parse_json(body)
+        except ValueError as e:
+            _bad(f"the body is not valid JSON: {e}", "invalid_json")
+
+    def _send(self, request: Request, status: int, body: Any, headers: Mapping[str, str]) -> None:
+        if request.finished or request._disconnected:
+            return
+        # Serialise first: if that fails, nothing of this answer has been set yet.
+        data = b"" if status == 204 or body is None else _as_bytes(body)
+        request.setResponseCode(status)
+        for name, value in headers.items():
+            request.setHeader(name.encode(), value.encode())
+        request.setHeader(b"server", b"cwmpgw")
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        if data:
+            request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"content-length", str(len(data)).encode())
+        if data:
+            request.write(data)
+        request.finish()
+
+    def _send_error(self, request: Request, e: ApiError) -> None:
+        body = {"error": {"code": e.code, "message": e.message}}
+        self._send(request, e.status, body, e.headers)
+
+    # -- handlers ------------------------------------------------------------------------------
+
+    async def _op_health(self, call: _Call) -> _Answer:
+        try:
+            d = self._health.check()
+            d.addTimeout(_HEALTH_TIMEOUT, self._clock)
+            report = dict(await d)
+        except CancelledError:
+            raise
+        except Exception:
+            self._log.failure("the health check failed")
+            return _Answer(503, {"ok": False, "detail": "the health check failed"})
+        return _Answer(200 if report.get("ok") is True else 503, report)
+
+    async def _op_openapi(self, call: _Call) -> _Answer:
+        return _Answer(200, self._openapi)
+
+    async def _op_list_devices(self, call: _Call) -> _Answer:
+        q = call.query
+        limit = 100
+        if "limit" in q:
+            if not re.fullmatch(r"\d{1,4}", q["limit"]) or not 1 <= int(q["limit"]) <= 1000:
+                _bad("limit: an integer from 1 to 1000")
+            limit = int(q["limit"])
+        filter_ = DeviceFilter(
+            id_prefix=_query_text(q, "id_prefix"),
+            oui=_query_text(q, "oui"),
+            product_class=_query_text(q, "product_class"),
+            informed_after=_time(q, "informed_after"),
+            informed_before=_time(q, "informed_before"),
+        )
+        cursor = _query_text(q, "cursor", 1024)
+        devices, next_cursor = await self._devices.list_devices(filter_, cursor=cursor, limit=limit)
+        return _Answer(200, {"devices": devices, "next_cursor": next_cursor})
+
+    async def _op_get_device(self, call: _Call) -> _Answer:
+        device_id = _path_device(call)
+        device = await self._devices.get_device(device_id)
+        if device is None:
+            raise _no_device(device_id)
+        return _Answer(200, device)
+
+    async def _op_delete_device(self, call: _Call) -> _Answer:
+        device_id = _path_device(call)
+        if not await self._devices.delete_device(device_id):
+            raise _no_device(device_id)
+        self._log.info(
+            "{principal} deleted device {device_id}", principal=call.principal, device_id=device_id
+        )
+        return _Answer(204)
+
+    async def _op_set_credentials(self, call: _Call) -> _Answer:
+        device_id = _path_device(call)
+        body = call.body
+        if not isinstance(body, dict):
+            _bad("the body must be a JSON object")
+        _only(body, ("username", "password", "connection_request"))
+        for key in ("username", "password"):
+            if key not in body:
+                _bad(f"{key}: required")
+        username = _text(body["username"], "username")
+        password = _text(body["password"], "password")
+        connection_request: tuple[str, str] | None = None
+        cr = body.get("connection_request")
+        if cr is not None:
+            if not isinstance(cr, dict):
+                _bad("connection_request: expected an object")
+            _only(cr, ("username", "password"), "connection_request.")
+            for key in ("username", "password"):
+                if key not in cr:
+                    _bad(f"connection_request.{key}: required")
+            connection_request = (
+                _text(cr["username"], "connection_request.username"),
+                _text(cr["password"], "connection_request.password", min_length=0),
+            )
+        try:
+            await self._devices.set_credentials(device_id, username, password, connection_request)
+        except UnknownDevice:
+            raise _no_device(device_id) from None
+        except ValueError as e:
+            message = _safe_message(e, (password, *(cr or {}).values()))
+            raise ApiError(409, "conflict", message) from None
+        self._log.info(
+            "{principal} set the credentials of {device_id} (username {username}, "
+            "connection request: {cr})",
+            principal=call.principal,
+            device_id=device_id,
+            username=username,
+            cr="set" if connection_request else "unchanged",
+        )
+        return _Answer(204)
+
+    async def _op_rotate_credentials(self, call: _Call) -> _Answer:
+        device_id = _path_device(call)
+        if await self._devices.get_device(device_id) is None:
+            raise _no_device(device_id)
+        await self._devices.rotate_credentials(device_id)
+        self._log.info(
+            "{principal} asked for new credentials for {device_id}",
+            principal=call.principal,
+            device_id=device_id,
+        )
+        return _Answer(202)
+
+    async def _op_list_tasks(self, call: _Call) -> _Answer:
+        device_id = _path_device(call)
+        tasks = await self._tasks.list_for_device(device_id)
+        if not tasks and await self._devices.get_device(device_id) is None:
+            raise _no_device(device_id)
+        return _Answer(200, {"tasks": [t.to_dict() for t in tasks]})
+
+    async def _op_create_task(self, call: _Call) -> _Answer:
+        device_id = _path_device(call)
+        wake = _query_bool(call.query, "connection_request")
+        wait: float | None = None
+        if "wait" in call.query:
+            raw = call.query["wait"]
+            if not re.fullmatch(r"\d{1,6}(\.\d{1,3})?", raw):
+                _bad("wait: a number of seconds")
+            wait = float(raw)
+            if wait > self.max_wait:
+                _bad(f"wait: at most {self.max_wait:g} seconds")
+        req = parse_task_request(call.body, device_id=device_id)
+        try:
+            task = await self._tasks.submit(
+                device_id, req.type, req.args, expires_in=req.expires_in
+            )
+        except TaskError as e:
+            raise ApiError(400, "invalid_task", task_error_message(e)) from None
+        except UnknownDevice:
+            raise _no_device(device_id) from None
+        self._log.info(
+            "{principal} queued task {task_id} ({task_type}) for {device_id}",
+            principal=call.principal,
+            task_id=task.id,
+            task_type=task.type,
+            device_id=device_id,
+        )
+        # Started together: the task can finish during the session the wake opens.
+        woke = self._wake(device_id) if wake else None
+        waited = self._wait(task, wait) if wait is not None else None
+        try:
+            current = await waited if waited is not None else task
+            result = await woke if woke is not None else None
+        except CancelledError:
+            for d in (woke, waited):
+                if d is not None:
+                    d.cancel()
+            raise
+        body = current.to_dict()
+        if result is not None:
+            body["connection_request"] = result.to_dict()
+        headers = {"Location": "/tasks/" + quote(task.id, safe="")}
+        if wait is None:
+            return _Answer(201, body, headers)
+        return _Answer(200 if current.final else 202, body, headers)
+
+    def _wake(self, device_id: str) -> Deferred[WakeResult]:
+        async def wake() -> WakeResult:
+            if self._waker is None:
+                return WakeResult("refused", detail="connection requests are disabled")
+            try:
+                return await self._waker.wake(device_id)
+            except CancelledError:
+                raise
+            except Exception:
+                self._log.failure("connection request to {device_id} failed", device_id=device_id)
+                return WakeResult("error", detail="the connection request failed")
+
+        return Deferred.fromCoroutine(wake())
+
+    def _wait(self, task: Task, seconds: float) -> Deferred[Task]:
+        async def wait() -> Task:
+            try:
+                d = self._tasks.wait(task.id, seconds)
+                d.addTimeout(seconds + _WAIT_SLACK, self._clock)
+                current = await d
+            except CancelledError:
+                raise
+            except Exception:
+                self._log.failure("waiting for task {task_id} failed", task_id=task.id)
+                return task
+            return current if current is not None else task
+
+        return Deferred.fromCoroutine(wait())
+
+    async def _op_get_task(self, call: _Call) -> _Answer:
+        task_id = _path_task(call)
+        task = await self._tasks.get(task_id)
+        if task is None:
+            raise _no_task(task_id)
+        return _Answer(200, task.to_dict())
+
+    async def _op_cancel_task(self, call: _Call) -> _Answer:
+        task_id = _path_task(call)
+        task = await self._tasks.cancel(task_id)
+        if task is None:
+            raise _no_task(task_id)
+        if task.status != "cancelled":
+            raise ApiError(
+                409, "task_not_cancellable", f"task {task_id} is {task.status}, not queued"
+            )
+        self._log.info(
+            "{principal} cancelled task {task_id} of {device_id}",
+            principal=call.principal,
+            task_id=task_id,
+            device_id=task.device_id,
+        )
+        return _Answer(200, task.to_dict())
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _str(value: bytes | None) -> str:
+    return value.decode("latin-1") if value is not None else ""
+
+
+def _segments(path: bytes) -> list[str] | None:
+    """The path's decoded segments, or None if it cannot be a route of ours."""
+    if not path.startswith(b"/"):
+        return None
+    try:
+        return [unquote_to_bytes(s).decode("utf-8") for s in path[1:].split(b"/")]
+    except UnicodeDecodeError:
+        return None
+
+
+def _as_bytes(body: Any) -> bytes:
+    if isinstance(body, bytes):
+        return body
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key[:64]!r}")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(data: bytes | str) -> Any:
+    """Strict JSON: UTF-8, no NaN or Infinity, no duplicate keys.
+
+    Raises ValueError whose message says what is wrong and where, without echoing the input.
+    """
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{e.msg} at line {e.lineno} column {e.colno}") from None
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8") from None
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def _safe_message(e: Exception, secrets: tuple[Any, ...]) -> str:
+    """The store's message, unless it quotes a password."""
+    message = str(e)[:300]
+    if any(isinstance(s, str) and s and s in message for s in secrets):
+        return "these credentials conflict with another device's"
+    return message
+
+
+def _query_text(q: Mapping[str, str], name: str, max_length: int = _MAX_TEXT) -> str:
+    value = q.get(name, "")
+    if len(value) > max_length:
+        _bad(f"{name}: at most {max_length} characters")
+    return value
+
+
+def _query_bool(q: Mapping[str, str], name: str) -> bool:
+    value = q.get(name, "false").lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no", ""):
+        return False
+    return _bad(f"{name}: true or false")
+
+
+def _time(q: Mapping[str, str], name: str) -> float | None:
+    """RFC 3339 (with an offset) or Unix seconds, as Unix seconds."""
+    raw = q.get(name)
+    if raw is None or raw == "":
+        return None
+    if _UNIX_RE.fullmatch(raw):
+        return float(raw)
+    m = _RFC3339_RE.fullmatch(raw)
+    if m:
+        date, clock, fraction, offset = m.groups()
+        fraction = (fraction or ".0")[:7]  # datetime keeps microseconds
+        offset = "+00:00" if offset in ("Z", "z") else offset
+        try:
+            return datetime.fromisoformat(f"{date}T{clock}{fraction}{offset}").timestamp()
+        except ValueError:
+            pass
+    return _bad(f"{name}: an RFC 3339 time (2025-05-25T22:24:29Z) or Unix seconds")
+
+
+def _path_device(call: _Call) -> str:
+    device_id = call.params["device_id"]
+    if len(device_id) > _MAX_DEVICE_ID or _has_control(device_id):
+        raise _no_device(device_id)
+    return device_id
+
+
+def _path_task(call: _Call) -> str:
+    task_id = call.params["task_id"]
+    if not _TASK_ID_RE.fullmatch(task_id):
+        raise _no_task(task_id)
+    return task_id
+
+
+def _no_device(device_id: str) -> ApiError:
+    return ApiError(404, "device_not_found", f"no device {_show(device_id)}")
+
+
+def _no_task(task_id: str) -> ApiError:
+    return ApiError(404, "task_not_found", f"no task {_show(task_id)}")
+
+
+def _show(value: str) -> str:
+    """An identifier for a message: bounded, and no control characters."""
+    if len(value) > 128 or _has_control(value):
+        return repr(value[:128])
+    return value

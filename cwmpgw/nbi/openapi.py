@@ -1,0 +1,573 @@
+"""The northbound API's route table and the OpenAPI 3.1 document built from it.
+
+:data:`ROUTES` is the one place that says which method and path the API answers, which
+query parameters it takes, what body it reads and which statuses it returns. The
+dispatcher in :mod:`cwmpgw.nbi.api` routes from it and :func:`build_document` describes
+it, so the document cannot drift from the server.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from cwmpgw.connreq.interfaces import OUTCOMES
+from cwmpgw.tasks.model import STATUSES
+
+__all__ = [
+    "ROUTES",
+    "SCHEMAS",
+    "QueryParam",
+    "Reply",
+    "Route",
+    "build_document",
+]
+
+_PARAM_RE: Final = re.compile(r"\{([a-z_]+)\}")
+
+
+@dataclass(frozen=True, slots=True)
+class QueryParam:
+    name: str
+    schema: Mapping[str, Any]
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One documented response: its description, body schema (by name) and headers."""
+
+    description: str
+    schema: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)  # name -> description
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str  # "/devices/{device_id}/tasks"
+    operation: str  # operationId; NbiResource's handler is ``_op_<operation>``
+    summary: str
+    replies: Mapping[int, Reply]  # the route's own statuses; common errors are added
+    description: str = ""
+    public: bool = False  # no token needed
+    query: tuple[QueryParam, ...] = ()
+    body: str | None = None  # request body schema name (JSON, required)
+
+    @property
+    def segments(self) -> tuple[str, ...]:
+        return tuple(self.path.split("/")[1:])
+
+    @property
+    def path_params(self) -> tuple[str, ...]:
+        return tuple(_PARAM_RE.findall(self.path))
+
+    def match(self, segments: Sequence[str]) -> dict[str, str] | None:
+        """The path parameters if these (decoded) segments fit the template, else None."""
+        mine = self.segments
+        if len(mine) != len(segments):
+            return None
+        params: dict[str, str] = {}
+        for template, actual in zip(mine, segments, strict=True):
+            name = _PARAM_RE.fullmatch(template)
+            if name is not None:
+                if not actual:
+                    return None
+                params[name.group(1)] = actual
+            elif template != actual:
+                return None
+        return params
+
+    def statuses(self) -> dict[int, Reply]:
+        """Every status this route may answer: its own plus the common errors."""
+        out = dict(self.replies)
+        if self.query or self.body:
+            out.setdefault(400, Reply("Invalid request: query or body.", "Error"))
+        if self.body:
+            out.setdefault(413, Reply("The body is larger than nbi.max_body_bytes.", "Error"))
+            out.setdefault(415, Reply("The body is not application/json.", "Error"))
+        if not self.public:
+            out.setdefault(
+                401,
+                Reply(
+                    "Missing or invalid bearer token.",
+                    "Error",
+                    {"WWW-Authenticate": 'Always `Bearer realm="cwmpgw"`.'},
+                ),
+            )
+            out.setdefault(
+                503,
+                Reply(
+                    "The gateway's storage (Redis) is not answering; retry later.",
+                    "Error",
+                    {"Retry-After": "Seconds to wait before retrying."},
+                ),
+            )
+        out.setdefault(
+            500, Reply("An unexpected error; details are in the gateway's log.", "Error")
+        )
+        return dict(sorted(out.items()))
+
+
+_TASK_HEADERS: Final = {"Location": "`/tasks/{task_id}`: where to poll the task."}
+_DEVICE_NOT_FOUND: Final = Reply("No such device.", "Error")
+_TASK_NOT_FOUND: Final = Reply("No such task.", "Error")
+
+ROUTES: Final[tuple[Route, ...]] = (
+    Route(
+        "GET",
+        "/healthz",
+        "health",
+        "Is this gateway node able to serve?",
+        {
+            200: Reply("Healthy.", "Health"),
+            503: Reply("Not healthy (e.g. Redis unreachable).", "Health"),
+        },
+        public=True,
+    ),
+    Route(
+        "GET",
+        "/openapi.json",
+        "openapi",
+        "This document.",
+        {200: Reply("The OpenAPI 3.1 document.", "OpenApiDocument")},
+        public=True,
+    ),
+    Route(
+        "GET",
+        "/devices",
+        "list_devices",
+        "List devices, a page at a time.",
+        {200: Reply("A page of devices (without their parameters).", "DeviceList")},
+        description=(
+            "Devices ordered by their last Inform, oldest first. Pass `next_cursor` back as "
+            "`cursor` for the next page; an empty `next_cursor` means there is none."
+        ),
+        query=(
+            QueryParam(
+                "id_prefix", {"type": "string", "maxLength": 256}, "Device ids starting with this."
+            ),
+            QueryParam("oui", {"type": "string", "maxLength": 256}, "Exact OUI."),
+            QueryParam(
+                "product_class", {"type": "string", "maxLength": 256}, "Exact ProductClass."
+            ),
+            QueryParam(
+                "informed_after",
+                {"type": "string", "examples": ["2025-05-25T22:24:29Z", "1748211869"]},
+                "Last Inform at or after this time: RFC 3339 or Unix seconds.",
+            ),
+            QueryParam(
+                "informed_before",
+                {"type": "string", "examples": ["2025-05-26T00:00:00+02:00", "1748300000.5"]},
+                "Last Inform before this time: RFC 3339 or Unix seconds.",
+            ),
+            QueryParam(
+                "cursor",
+                {"type": "string", "maxLength": 1024},
+                "The `next_cursor` of the previous page.",
+            ),
+            QueryParam(
+                "limit",
+                {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                "Page size.",
+            ),
+        ),
+    ),
+    Route(
+        "GET",
+        "/devices/{device_id}",
+        "get_device",
+        "A device's record and its cached parameters.",
+        {200: Reply("The device.", "Device"), 404: _DEVICE_NOT_FOUND},
+    ),
+    Route(
+        "DELETE",
+        "/devices/{device_id}",
+        "delete_device",
+        "Forget a device: record, parameters, credentials and tasks.",
+        {204: Reply("Deleted."), 404: _DEVICE_NOT_FOUND},
+    ),
+    Route(
+        "PUT",
+        "/devices/{device_id}/credentials",
+        "set_credentials",
+        "Set the device's ACS credential and, optionally, its connection-request credential.",
+        {
+            204: Reply("Stored. Passwords are never returned."),
+            404: Reply("The directory does not accept credentials for this device.", "Error"),
+            409: Reply("The username already belongs to another device.", "Error"),
+        },
+        description=(
+            "Works before the device's first contact (pre-provisioning) and replaces any "
+            "earlier credential. The ACS password is stored only as Digest HA1 hashes; the "
+            "connection-request password is stored encrypted (the gateway must present it "
+            "to the CPE)."
+        ),
+        body="Credentials",
+    ),
+    Route(
+        "POST",
+        "/devices/{device_id}/credentials/rotate",
+        "rotate_credentials",
+        "Give the device new unique credentials (ACS and connection request) in its next session.",
+        {
+            202: Reply("Requested; wake the device with a connection request to apply it now."),
+            404: _DEVICE_NOT_FOUND,
+        },
+        description=(
+            "The gateway generates a random password and sets it on the CPE with "
+            "SetParameterValues; the old credential keeps working until the CPE has "
+            "confirmed the change and authenticated with the new one. Nothing is "
+            "returned: the passwords never leave the gateway."
+        ),
+    ),
+    Route(
+        "GET",
+        "/devices/{device_id}/tasks",
+        "list_tasks",
+        "The device's tasks: queued and running ones, then recent final ones.",
+        {200: Reply("The tasks, oldest first.", "TaskList"), 404: _DEVICE_NOT_FOUND},
+    ),
+    Route(
+        "POST",
+        "/devices/{device_id}/tasks",
+        "create_task",
+        "Queue a task for the device's next session.",
+        {
+            200: Reply("With `wait`: the task became final in time.", "TaskCreated", _TASK_HEADERS),
+            201: Reply("Queued (no `wait`).", "TaskCreated", _TASK_HEADERS),
+            202: Reply(
+                "With `wait`: not final yet; the task as it is now.", "TaskCreated", _TASK_HEADERS
+            ),
+            404: _DEVICE_NOT_FOUND,
+        },
+        description=(
+            "The arguments are checked before the task is stored: a 400 names the culprit "
+            "(`args.parameters[0].value: ...`). With `connection_request=true` the gateway "
+            "asks the CPE to connect now and reports how that went in `connection_request`; "
+            "a failed connection request does not undo the task. With `wait=SECONDS` the "
+            "answer comes when the task is final or when the time is up."
+        ),
+        query=(
+            QueryParam(
+                "connection_request",
+                {"type": "boolean", "default": False},
+                "Ask the CPE to open a session now (`true`/`false`).",
+            ),
+            QueryParam(
+                "wait",
+                {"type": "number", "minimum": 0},
+                "Wait up to this many seconds (at most nbi.max_wait) for the task to end.",
+            ),
+        ),
+        body="TaskRequest",
+    ),
+    Route(
+        "GET",
+        "/tasks/{task_id}",
+        "get_task",
+        "A task, whatever its status.",
+        {200: Reply("The task.", "Task"), 404: _TASK_NOT_FOUND},
+    ),
+    Route(
+        "DELETE",
+        "/tasks/{task_id}",
+        "cancel_task",
+        "Cancel a queued task.",
+        {
+            200: Reply("Cancelled (or it already was).", "Task"),
+            404: _TASK_NOT_FOUND,
+            409: Reply("The task is running or already over; it was not cancelled.", "Error"),
+        },
+    ),
+)
+
+_PATH_PARAMS: Final[Mapping[str, tuple[Mapping[str, Any], str]]] = {
+    "device_id": (
+        {"type": "string", "minLength": 1, "maxLength": 1024},
+        "The device id (`OUI-ProductClass-SerialNumber`), URL-encoded: each `%` in it as `%25`.",
+    ),
+    "task_id": ({"type": "string", "minLength": 1, "maxLength": 128}, "The task id."),
+}
+
+_STRING_NULL: Final = {"type": ["string", "null"]}
+_TIME: Final = {"type": "number", "description": "Unix seconds."}
+
+SCHEMAS: Final[Mapping[str, Mapping[str, Any]]] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "additionalProperties": False,
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "additionalProperties": False,
+                "properties": {
+                    "code": {
+                        "type": "string",
+                        "pattern": "^[a-z][a-z0-9_]*$",
+                        "examples": ["invalid_task", "device_not_found", "unauthorized"],
+                    },
+                    "message": {"type": "string"},
+                },
+            }
+        },
+    },
+    "Health": {
+        "type": "object",
+        "required": ["ok"],
+        "properties": {
+            "ok": {"type": "boolean"},
+            "redis": {"type": "boolean"},
+            "node": {"type": "string"},
+        },
+    },
+    "OpenApiDocument": {"type": "object", "required": ["openapi", "paths"]},
+    "DeviceSummary": {
+        "type": "object",
+        "required": ["id"],
+        "properties": {
+            "id": {"type": "string"},
+            "manufacturer": {"type": "string"},
+            "oui": {"type": "string"},
+            "product_class": {"type": "string"},
+            "serial_number": {"type": "string"},
+            "first_seen": _TIME,
+            "last_inform": _TIME,
+            "last_source": {"type": "string"},
+            "cwmp_version": {"type": "string"},
+            "connection_request_url": {"type": "string"},
+        },
+    },
+    "Device": {
+        "allOf": [
+            {"$ref": "#/components/schemas/DeviceSummary"},
+            {
+                "type": "object",
+                "properties": {
+                    "parameters": {
+                        "type": "object",
+                        "description": "Parameter name → cached value and xsi type.",
+                        "additionalProperties": {
+                            "type": "object",
+                            "required": ["value", "type"],
+                            "properties": {
+                                "value": {"type": "string"},
+                                "type": {"type": "string"},
+                            },
+                        },
+                    }
+                },
+            },
+        ]
+    },
+    "DeviceList": {
+        "type": "object",
+        "required": ["devices", "next_cursor"],
+        "properties": {
+            "devices": {"type": "array", "items": {"$ref": "#/components/schemas/DeviceSummary"}},
+            "next_cursor": {"type": "string", "description": "Empty when this is the last page."},
+        },
+    },
+    "Credentials": {
+        "type": "object",
+        "required": ["username", "password"],
+        "additionalProperties": False,
+        "properties": {
+            "username": {"type": "string", "minLength": 1, "maxLength": 256},
+            "password": {"type": "string", "minLength": 1, "maxLength": 256, "writeOnly": True},
+            "connection_request": {
+                "type": ["object", "null"],
+                "required": ["username", "password"],
+                "additionalProperties": False,
+                "properties": {
+                    "username": {"type": "string", "minLength": 1, "maxLength": 256},
+                    "password": {"type": "string", "maxLength": 256, "writeOnly": True},
+                },
+            },
+        },
+        "description": "No control characters in any of the strings.",
+        "examples": [
+            {
+                "username": "9CA2F4-EC220_G5_V3-22275K2000315",
+                "password": "correct horse battery staple",
+                "connection_request": {"username": "cr-user", "password": "cr-secret"},
+            }
+        ],
+    },
+    "TaskRequest": {
+        "type": "object",
+        "required": ["type"],
+        "additionalProperties": False,
+        "properties": {
+            "type": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 64,
+                "description": (
+                    "A CWMP method (GetParameterValues, SetParameterValues, "
+                    "GetParameterNames, SetParameterAttributes, GetParameterAttributes, "
+                    "AddObject, DeleteObject, Download, ScheduleDownload, Upload, Reboot, "
+                    "FactoryReset, ScheduleInform, GetRPCMethods, ...) or `refresh`."
+                ),
+            },
+            "args": {
+                "type": "object",
+                "description": "The method's arguments: schema element names in snake_case.",
+            },
+            "expires_in": {
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "description": (
+                    "Seconds until a still-queued task expires (default tasks.default_expiry)."
+                ),
+            },
+        },
+        "examples": [
+            {
+                "type": "GetParameterValues",
+                "args": {"parameter_names": ["Device.DeviceInfo.SoftwareVersion"]},
+                "expires_in": 3600,
+            }
+        ],
+    },
+    "Task": {
+        "type": "object",
+        "required": ["id", "device_id", "type", "args", "created", "expires", "status"],
+        "properties": {
+            "id": {"type": "string"},
+            "device_id": {"type": "string"},
+            "type": {"type": "string"},
+            "args": {"type": "object"},
+            "created": _TIME,
+            "expires": _TIME,
+            "status": {"type": "string", "enum": list(STATUSES)},
+            "attempts": {"type": "integer", "minimum": 0},
+            "updated": _TIME,
+            "result": {"type": ["object", "null"]},
+            "fault": {
+                "type": ["object", "null"],
+                "description": "{code, string, parameters?} from the CPE, or {reason}.",
+            },
+            "command_key": {"type": "string"},
+        },
+    },
+    "WakeResult": {
+        "type": "object",
+        "required": ["outcome", "session_started", "method", "detail"],
+        "properties": {
+            "outcome": {"type": "string", "enum": list(OUTCOMES)},
+            "session_started": {"type": "boolean"},
+            "method": {"type": ["string", "null"], "enum": ["http", "udp", None]},
+            "detail": {"type": "string"},
+        },
+    },
+    "TaskCreated": {
+        "allOf": [
+            {"$ref": "#/components/schemas/Task"},
+            {
+                "type": "object",
+                "properties": {
+                    "connection_request": {
+                        "$ref": "#/components/schemas/WakeResult",
+                        "description": "Only with `connection_request=true`.",
+                    }
+                },
+            },
+        ]
+    },
+    "TaskList": {
+        "type": "object",
+        "required": ["tasks"],
+        "properties": {"tasks": {"type": "array", "items": {"$ref": "#/components/schemas/Task"}}},
+    },
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _operation(route: Route, max_wait: float) -> dict[str, Any]:
+    op: dict[str, Any] = {"operationId": route.operation, "summary": route.summary}
+    if route.description:
+        op["description"] = route.description
+    if route.public:
+        op["security"] = []
+    parameters: list[dict[str, Any]] = []
+    for name in route.path_params:
+        schema, description = _PATH_PARAMS[name]
+        parameters.append(
+            {
+                "name": name,
+                "in": "path",
+                "required": True,
+                "description": description,
+                "schema": dict(schema),
+            }
+        )
+    for q in route.query:
+        schema = dict(q.schema)
+        if q.name == "wait":
+            schema["maximum"] = max_wait
+        parameters.append(
+            {"name": q.name, "in": "query", "description": q.description, "schema": schema}
+        )
+    if parameters:
+        op["parameters"] = parameters
+    if route.body:
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _ref(route.body)}},
+        }
+    responses: dict[str, Any] = {}
+    for status, reply in route.statuses().items():
+        r: dict[str, Any] = {"description": reply.description}
+        if reply.schema:
+            r["content"] = {"application/json": {"schema": _ref(reply.schema)}}
+        if reply.headers:
+            r["headers"] = {
+                name: {"description": text, "schema": {"type": "string"}}
+                for name, text in reply.headers.items()
+            }
+        responses[str(status)] = r
+    op["responses"] = responses
+    return op
+
+
+def build_document(*, max_wait: float, version: str = "1") -> dict[str, Any]:
+    """The OpenAPI 3.1 description of :data:`ROUTES` (``max_wait`` bounds ``wait``)."""
+    paths: dict[str, dict[str, Any]] = {}
+    for route in ROUTES:
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, max_wait)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "cwmpgw northbound API",
+            "version": version,
+            "description": (
+                "Devices, their credentials and tasks on a cwmpgw TR-069 gateway. Every "
+                'error is `{"error": {"code", "message"}}`; unknown paths answer 404 and '
+                "unsupported methods 405 with `Allow`."
+            ),
+        },
+        "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": (
+                        "A token made with `python -m cwmpgw.nbi.tokens new`; the gateway "
+                        "keeps only its SHA-256 (nbi.token_sha256)."
+                    ),
+                }
+            },
+            "schemas": {name: dict(schema) for name, schema in SCHEMAS.items()},
+        },
+    }

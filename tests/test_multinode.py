@@ -1,0 +1,239 @@
+"""Two real gateway processes (twistd) on one Redis: one fleet, every task run once.
+
+Back-office work arrives through both nodes' APIs and through the Redis command stream;
+the CPE reaches one node, then the other; a caller waiting on node A gets the result of
+a session that ran on node B, through Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from lxml import etree
+
+from cwmpgw.nbi.tokens import token_sha256
+from tests import cpe_client
+from tests.cpe_envelopes import typical_response
+from tests.redis_server import RedisServer, unique_prefix
+from tests.test_integration import import_credentials
+
+DEVICE_ID = "9CA2F4-EC220_G5_V3-22275K2000315"
+USER, PASSWORD = "multi-cpe", "multi-cpe-password"
+TOKEN = "test-token-" + os.urandom(8).hex()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Node:
+    def __init__(self, name: str, root: Path, redis: RedisServer, prefix: str) -> None:
+        self.name = name
+        self.acs_port, self.nbi_port = free_port(), free_port()
+        self.dir = root / name
+        self.dir.mkdir()
+        config = self.dir / "gw.toml"
+        config.write_text(
+            f"""
+[gateway]
+data_dir = "{self.dir / "data"}"
+node = "{name}"
+[acs]
+port = {self.acs_port}
+interface = "127.0.0.1"
+hostname = "localhost"
+[redis]
+url = "{redis.url}"
+prefix = "{prefix}"
+[nbi]
+port = {self.nbi_port}
+token_sha256 = ["{token_sha256(TOKEN)}"]
+[connreq]
+stun = false
+[provision]
+credentials = false
+periodic_inform = false
+"""
+        )
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        self.process = subprocess.Popen(
+            [twistd, "-n", "--pidfile=", "cwmpgw", "--config", str(config)],
+            cwd=self.dir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        deadline = time.monotonic() + 60
+        assert self.process.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if not line:
+                break
+            self.lines.append(line)
+            if "northbound API listening" in line:
+                break
+        assert any("northbound API listening" in x for x in self.lines), "".join(self.lines)
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    @property
+    def acs_url(self) -> str:
+        return f"https://127.0.0.1:{self.acs_port}/"
+
+    @property
+    def cafile(self) -> str:
+        return str(self.dir / "data" / "tls" / "acs-cert.pem")
+
+    def api(self, method: str, path: str, body: Any = None, timeout: float = 30) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.nbi_port}{path}",
+            data=data,
+            method=method,
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as r:
+                raw = r.read()
+                return r.status, json.loads(raw) if raw else None
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            return e.code, json.loads(raw) if raw else None
+
+    def stop(self) -> str:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=30)
+        self._reader.join(timeout=5)
+        return "".join(self.lines)
+
+
+class Cpe:
+    def __init__(self) -> None:
+        self.asked: Counter[str] = Counter()
+
+    def __call__(self, envelope: bytes) -> str:
+        root = etree.fromstring(envelope)
+        method = etree.QName(
+            root.find("{http://schemas.xmlsoap.org/soap/envelope/}Body")[0]
+        ).localname
+        self.asked[method] += 1
+        request_id = root.find(".//{urn:dslforum-org:cwmp-1-2}ID").text
+        return typical_response(method, request_id).decode()
+
+    def session(self, node: Node, event: str = "1 BOOT") -> list[cpe_client.Exchange]:
+        return cpe_client.run_session(
+            node.acs_url, USER, PASSWORD, cafile=node.cafile, answer=self, event=event
+        )
+
+
+def test_two_nodes_share_one_fleet(redis_server: RedisServer, tmp_path: Path) -> None:
+    import redis
+
+    prefix = unique_prefix()
+    result = import_credentials(
+        f"device_id,username,password\n{DEVICE_ID},{USER},{PASSWORD}\n",
+        str(tmp_path),
+        "--redis",
+        redis_server.url,
+        "--prefix",
+        prefix,
+    )
+    assert result.returncode == 0, result.stderr
+    a = Node("a", tmp_path, redis_server, prefix)
+    try:
+        b = Node("b", tmp_path, redis_server, prefix)
+    except BaseException:
+        a.stop()
+        raise
+    logs = ""
+    try:
+        cpe = Cpe()
+        assert cpe.session(a)[-1].status == 204  # the device is known from here on
+        ids = []
+        for node, name in (
+            (a, "Device.DeviceInfo.SoftwareVersion"),
+            (b, "Device.DeviceInfo.UpTime"),
+        ):
+            status, task = node.api(
+                "POST",
+                f"/devices/{DEVICE_ID}/tasks",
+                {"type": "GetParameterValues", "args": {"parameter_names": [name]}},
+            )
+            assert status == 201, task
+            ids.append(task["id"])
+        # Either node's API knows the other's tasks.
+        assert a.api("GET", f"/tasks/{ids[1]}")[1]["status"] == "queued"
+        assert b.api("GET", f"/tasks/{ids[0]}")[1]["status"] == "queued"
+
+        # The command stream: whichever node consumes it stores the task once.
+        r = redis.Redis(redis_server.host, redis_server.port, decode_responses=True)
+        command = {"device_id": DEVICE_ID, "type": "Reboot", "args": {}}
+        r.xadd(prefix + "commands", {"task": json.dumps(command)})
+        for _ in range(200):
+            if any(
+                e["type"] == "Reboot"
+                for e in a.api("GET", f"/devices/{DEVICE_ID}/tasks")[1]["tasks"]
+            ):
+                break
+            time.sleep(0.05)
+        tasks = a.api("GET", f"/devices/{DEVICE_ID}/tasks")[1]["tasks"]
+        assert [t["type"] for t in tasks].count("Reboot") == 1
+        ids.append(next(t["id"] for t in tasks if t["type"] == "Reboot"))
+
+        # A caller waits on node A while the CPE's session runs on node B.
+        waited: dict[str, Any] = {}
+
+        def wait_on_a() -> None:
+            waited["answer"] = a.api(
+                "POST",
+                f"/devices/{DEVICE_ID}/tasks?wait=20",
+                {"type": "GetRPCMethods", "args": {}},
+            )
+
+        waiter = threading.Thread(target=wait_on_a)
+        waiter.start()
+        for _ in range(200):  # until the waiting caller's task is queued
+            if any(
+                t["type"] == "GetRPCMethods"
+                for t in b.api("GET", f"/devices/{DEVICE_ID}/tasks")[1]["tasks"]
+            ):
+                break
+            time.sleep(0.05)
+        assert cpe.session(b)[-1].status == 204
+        waiter.join(timeout=30)
+        status, task = waited["answer"]
+        assert (status, task["status"]) == (200, "done"), task
+        assert task["result"]["methods"]
+
+        for task_id in ids:
+            assert b.api("GET", f"/tasks/{task_id}")[1]["status"] == "done"
+        assert cpe.asked == Counter({"GetParameterValues": 2, "Reboot": 1, "GetRPCMethods": 1})
+        # A CPE that comes back to node A finds nothing left to run.
+        assert cpe.session(a)[-1].status == 204
+        assert sum(cpe.asked.values()) == 4
+        assert r.xpending(prefix + "commands", "cwmpgw")["pending"] == 0
+        r.close()
+    finally:
+        logs = a.stop() + b.stop()
+    assert "Traceback" not in logs, logs
+    assert TOKEN not in logs and PASSWORD not in logs

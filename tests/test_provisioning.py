@@ -1,0 +1,231 @@
+"""Zero-touch credentials over real TLS: enrol, switch safely, rotate; no secret leaks.
+
+The CPE is tests/cpe_client.py. In the ACS's turn it applies what the gateway sets, as a
+router does: the new ManagementServer.Username/Password are used from its next session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+import pytest
+from lxml import etree
+from twisted.internet import reactor
+from twisted.internet.threads import deferToThread
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import TestCase
+
+from cwmpgw.config import parse_config
+from cwmpgw.service import GatewayService, make_service
+from tests import cpe_client
+from tests.cpe_envelopes import cpe_fault, typical_response
+from tests.redis_server import unique_prefix
+from tests.test_integration import import_credentials
+
+DEVICE_ID = "9CA2F4-EC220_G5_V3-22275K2000315"
+BOOTSTRAP_USER, BOOTSTRAP_PASSWORD = "bootstrap", "shared-bootstrap-secret-1"
+
+
+class ApplyingCpe:
+    """Answers the gateway's SetParameterValues by applying them (or with a fault)."""
+
+    def __init__(self, *, fault: int | None = None, drop: bool = False) -> None:
+        self.values: dict[str, str] = {}
+        self.methods: list[str] = []
+        self.fault = fault
+        self.drop = drop
+
+    def __call__(self, envelope: bytes) -> str:
+        root = etree.fromstring(envelope)
+        request = root.find("{http://schemas.xmlsoap.org/soap/envelope/}Body")[0]
+        method = etree.QName(request).localname
+        request_id = root.find(".//{urn:dslforum-org:cwmp-1-2}ID").text
+        self.methods.append(method)
+        if self.drop:
+            raise ConnectionAbortedError("the CPE loses power mid-session")
+        if self.fault is not None and method == "SetParameterValues":
+            return cpe_fault(
+                request_id, self.fault, "Attempt to set a non-writable parameter"
+            ).decode()
+        if method == "SetParameterValues":
+            for pvs in request.iter("ParameterValueStruct"):
+                self.values[pvs.findtext("Name")] = pvs.findtext("Value") or ""
+        return typical_response(method, request_id).decode()
+
+    def credential(self) -> tuple[str, str]:
+        ms = "Device.ManagementServer."
+        return self.values[ms + "Username"], self.values[ms + "Password"]
+
+
+@pytest.mark.usefixtures("redis_for_class")
+class ProvisioningTests(TestCase):
+    redis_server: Any
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        import redis
+
+        self.logged: list[str] = []
+        observer = lambda event: self.logged.append(repr(event))  # noqa: E731
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.dir = tempfile.mkdtemp(prefix="cwmpgw-prov-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.prefix = unique_prefix()
+        config = parse_config(
+            {
+                "gateway": {"data_dir": self.dir},
+                "acs": {"port": 0, "interface": "127.0.0.1", "hostname": "localhost"},
+                "auth": {
+                    "unknown_devices": "enroll",
+                    "bootstrap_username": BOOTSTRAP_USER,
+                    "bootstrap_password": BOOTSTRAP_PASSWORD,
+                },
+                "redis": {"url": self.redis_server.url, "prefix": self.prefix},
+                "connreq": {"stun": False},
+            }
+        )
+        self.service = make_service(config, reactor)
+        assert isinstance(self.service, GatewayService)
+        self.service.startService()
+        await self.service.whenStarted()
+        self.addCleanup(self.service.stopService)
+        assert self.service.acs_port is not None
+        self.url = f"https://127.0.0.1:{self.service.acs_port.getHost().port}/"
+        self.cafile = os.path.join(self.dir, "tls", "acs-cert.pem")
+        self.redis = redis.Redis(
+            self.redis_server.host, self.redis_server.port, decode_responses=True
+        )
+        self.addCleanup(self.redis.close)
+
+    def session(
+        self, user: str, password: str, cpe: ApplyingCpe | None = None, event: str = "1 BOOT"
+    ) -> Any:
+        return deferToThread(
+            cpe_client.run_session,
+            self.url,
+            user,
+            password,
+            cafile=self.cafile,
+            answer=cpe,
+            event=event,
+        )
+
+    def events(self, type_: str) -> list[dict[str, Any]]:
+        out = [json.loads(f["event"]) for _, f in self.redis.xrange(self.prefix + "events")]
+        return [e for e in out if e["type"] == type_]
+
+    def assertNowhere(self, *secrets: str) -> None:
+        """No secret in any log event, event, task or other Redis value of this run."""
+        dump = "\n".join(self.logged) + json.dumps(self.redis.xrange(self.prefix + "events"))
+        for key in self.redis.scan_iter(self.prefix + "*"):
+            kind = self.redis.type(key)
+            if kind == "hash":
+                dump += json.dumps(self.redis.hgetall(key))
+            elif kind == "string":
+                dump += self.redis.get(key) or ""
+        for secret in secrets:
+            self.assertNotIn(secret, dump)
+
+    async def test_enrolment_ends_with_unique_credentials_in_use(self) -> None:
+        cpe = ApplyingCpe()
+        exchanges = await self.session(BOOTSTRAP_USER, BOOTSTRAP_PASSWORD, cpe, "0 BOOTSTRAP")
+        self.assertEqual(exchanges[-1].status, 204)
+        self.assertEqual(cpe.methods, ["SetParameterValues", "SetParameterValues"])
+        username, password = cpe.credential()
+        self.assertEqual(username, DEVICE_ID)
+        self.assertGreaterEqual(len(password), 32)  # 24 random bytes, base64url
+        ms = "Device.ManagementServer."
+        cr_user, cr_password = (
+            cpe.values[ms + "ConnectionRequestUsername"],
+            cpe.values[ms + "ConnectionRequestPassword"],
+        )
+        self.assertEqual(cpe.values[ms + "PeriodicInformEnable"], "true")
+        self.assertIn(ms + "PeriodicInformTime", cpe.values)
+        # The gateway can now answer connection requests with what it set.
+        cr = await self.service.connreq_credentials.get(DEVICE_ID)
+        self.assertEqual((cr.username, cr.password), (cr_user, cr_password))
+
+        again = await self.session(username, password, ApplyingCpe())
+        self.assertEqual([e.status for e in again], [200, 204])  # nothing more to set
+        phases = [e["data"]["phase"] for e in self.events("credentials.changed")]
+        self.assertEqual(phases, ["sent", "confirmed", "active"])
+        # The bootstrap credential no longer speaks for this device.
+        refused = await self.session(BOOTSTRAP_USER, BOOTSTRAP_PASSWORD)
+        self.assertEqual(refused[0].status, 403)
+        self.assertNowhere(password, cr_password, BOOTSTRAP_PASSWORD)
+
+    async def test_refused_switch_leaves_the_device_working(self) -> None:
+        cpe = ApplyingCpe(fault=9008)
+        exchanges = await self.session(BOOTSTRAP_USER, BOOTSTRAP_PASSWORD, cpe, "0 BOOTSTRAP")
+        self.assertEqual(exchanges[-1].status, 204)
+        self.assertEqual(self.events("credentials.changed")[-1]["data"]["phase"], "failed")
+        self.assertEqual(self.redis.hlen(self.prefix + "cred-pending-by-device"), 0)
+        # The old (bootstrap) credential still works, and the gateway tries again.
+        retry = ApplyingCpe()
+        again = await self.session(BOOTSTRAP_USER, BOOTSTRAP_PASSWORD, retry)
+        self.assertEqual(again[-1].status, 204)
+        self.assertTrue(retry.values)
+        done = await self.session(*retry.credential())
+        self.assertEqual([e.status for e in done], [200, 204])
+
+    async def test_session_lost_mid_switch_loses_nothing(self) -> None:
+        with self.assertRaises(ConnectionAbortedError):
+            await self.session(
+                BOOTSTRAP_USER, BOOTSTRAP_PASSWORD, ApplyingCpe(drop=True), "0 BOOTSTRAP"
+            )
+        self.service.engine.registry.end_all(
+            __import__("cwmpgw.cwmp.session", fromlist=["Outcome"]).Outcome.TIMEOUT
+        )
+        cpe = ApplyingCpe()
+        again = await self.session(BOOTSTRAP_USER, BOOTSTRAP_PASSWORD, cpe)
+        self.assertEqual(again[-1].status, 204)
+        self.assertEqual([e.status for e in await self.session(*cpe.credential())], [200, 204])
+
+    async def test_rotation_on_demand(self) -> None:
+        result = await deferToThread(
+            import_credentials,
+            f"device_id,username,password\n{DEVICE_ID},{DEVICE_ID},first-password-123\n",
+            self.dir,
+            "--redis",
+            self.redis_server.url,
+            "--prefix",
+            self.prefix,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        plain = await self.session(DEVICE_ID, "first-password-123", ApplyingCpe())
+        self.assertEqual([e.status for e in plain], [200, 204])  # nothing to set
+        rotate = await deferToThread(
+            subprocess.run,
+            [
+                sys.executable,
+                "-m",
+                "cwmpgw.credentials",
+                "--redis",
+                self.redis_server.url,
+                "--prefix",
+                self.prefix,
+                "rotate",
+                DEVICE_ID,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        self.assertEqual(rotate.returncode, 0, rotate.stderr)
+        cpe = ApplyingCpe()
+        await self.session(DEVICE_ID, "first-password-123", cpe)
+        username, password = cpe.credential()
+        self.assertEqual(username, DEVICE_ID)
+        # Until the CPE uses the new password, the old one still works...
+        self.assertEqual((await self.session(DEVICE_ID, "first-password-123"))[-1].status, 204)
+        # ...then the new one replaces it.
+        self.assertEqual([e.status for e in await self.session(username, password)], [200, 204])
+        self.assertEqual((await self.session(DEVICE_ID, "first-password-123"))[0].status, 401)
+        self.assertNowhere(password)
