@@ -32,6 +32,7 @@ __all__ = [
     "ConnreqConfig",
     "EventsConfig",
     "GatewayConfig",
+    "MetricsConfig",
     "NbiConfig",
     "ProvisionConfig",
     "RedisConfig",
@@ -400,6 +401,13 @@ class ConnreqConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    enabled: bool = _setting(True, _bool)
+    interface: str = _setting("127.0.0.1", _interface)
+    port: int = _setting(9557, _int(0, 65535))
+
+
+@dataclass(frozen=True, slots=True)
 class ProvisionConfig:
     credentials: bool = _setting(True, _bool)
     periodic_inform: bool = _setting(True, _bool)
@@ -419,6 +427,7 @@ class Config:
     nbi: NbiConfig = field(default_factory=NbiConfig)
     connreq: ConnreqConfig = field(default_factory=ConnreqConfig)
     provision: ProvisionConfig = field(default_factory=ProvisionConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: str | None = None  # the file it came from; None = defaults and overrides only
 
 
@@ -432,6 +441,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "nbi": NbiConfig,
     "connreq": ConnreqConfig,
     "provision": ProvisionConfig,
+    "metrics": MetricsConfig,
 }
 
 

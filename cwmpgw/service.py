@@ -34,6 +34,9 @@ __all__ = ["GatewayService", "make_service"]
 # How long the embedded redis-server may take to say it is ready (it restarts on its own
 # meanwhile); past this the gateway stops with an error rather than wait forever.
 _REDIS_START_TIMEOUT = 30.0
+# Redis latency is sampled with a PING this often; a PING that takes longer is "down".
+_REDIS_SAMPLE_INTERVAL = 5.0
+_PING_TIMEOUT = 2.0
 # How often queued tasks past their expiry are marked expired (and say so in an event).
 _EXPIRY_INTERVAL = 10.0
 
@@ -87,6 +90,9 @@ class GatewayService(Service):
         self._http_connreq: Any = None
         self._udp_port: Any = None
         self.nbi_port: IListeningPort | None = None
+        self.metrics_port: IListeningPort | None = None
+        self.metrics: Any = None
+        self._redis_sampler: Any = None
         self.commands: Any = None
         self.directory: Any = None
         self.tasks: Any = None
@@ -131,8 +137,12 @@ class GatewayService(Service):
         from cwmpgw.store.redis import RedisCredentialStore, RedisDeviceStore
 
         prefix = self.config.redis.prefix
-        self.events = RedisEventBus(
-            self.redis, prefix, stream_maxlen=self.config.events.stream_maxlen
+        from cwmpgw.metrics import MeteredEventSink, Metrics
+
+        self.metrics = Metrics()
+        self.events = MeteredEventSink(
+            RedisEventBus(self.redis, prefix, stream_maxlen=self.config.events.stream_maxlen),
+            self.metrics,
         )
         self.devices = RedisDeviceStore(self.redis, prefix)
         self.credentials = RedisCredentialStore(self.redis, prefix)
@@ -143,6 +153,8 @@ class GatewayService(Service):
         await self._start_acs()
         if self.config.nbi.enabled:
             await self._start_nbi()
+        if self.config.metrics.enabled:
+            await self._start_metrics()
 
     # -- Redis -------------------------------------------------------------------------------
 
@@ -320,6 +332,7 @@ class GatewayService(Service):
             claim_interval=state.claim_interval,
             stun_binding=state.binding,
             session_started=session_started,
+            metrics=self.metrics,
         )
 
     # -- tasks -----------------------------------------------------------------------------
@@ -383,6 +396,7 @@ class GatewayService(Service):
             events=self.events,
             node=self.node,
             requests=self.provisioner,
+            metrics=self.metrics,
             session_timeout=acs.session_timeout,
             max_session_timeout=acs.max_session_timeout,
             hold_requests=acs.hold_requests,
@@ -542,6 +556,44 @@ class GatewayService(Service):
         )
         self.commands.startService()
 
+    # -- metrics -------------------------------------------------------------------------
+
+    async def _start_metrics(self) -> None:
+        from twisted.internet.task import LoopingCall
+        from twisted.web.server import Site
+
+        from cwmpgw.metrics import MetricsResource
+
+        cfg = self.config.metrics
+        site = Site(MetricsResource(self.metrics), reactor=self._reactor)
+        site.noisy = False
+        site.log = lambda request: None  # type: ignore[method-assign]
+        if ":" in cfg.interface:
+            endpoint: Any = TCP6ServerEndpoint(self._reactor, cfg.port, interface=cfg.interface)
+        else:
+            endpoint = TCP4ServerEndpoint(self._reactor, cfg.port, interface=cfg.interface)
+        self.metrics_port = await endpoint.listen(site)
+        address: Any = self.metrics_port.getHost()
+        self._log.info(
+            "metrics listening on http://{host}:{port}/metrics",
+            host=address.host,
+            port=address.port,
+        )
+
+        async def sample() -> None:
+            start = self._reactor.seconds()
+            try:
+                await self.redis.ping().addTimeout(_PING_TIMEOUT, self._reactor)
+            except Exception:
+                self.metrics.redis_up.set(0)
+                return
+            self.metrics.redis_up.set(1)
+            self.metrics.redis_latency.observe(self._reactor.seconds() - start)
+
+        self._redis_sampler = LoopingCall(lambda: Deferred.fromCoroutine(sample()))
+        self._redis_sampler.clock = self._reactor
+        self._redis_sampler.start(_REDIS_SAMPLE_INTERVAL, now=True)
+
     # -- stopping ----------------------------------------------------------------------------
 
     def stopService(self) -> Deferred[None]:
@@ -564,6 +616,11 @@ class GatewayService(Service):
             self.engine.shutdown()
         if self._expiry is not None and self._expiry.running:
             self._expiry.stop()
+        if self._redis_sampler is not None and self._redis_sampler.running:
+            self._redis_sampler.stop()
+        if self.metrics_port is not None:
+            await maybeDeferred(self.metrics_port.stopListening)
+            self.metrics_port = None
         for port in (self.stun_port, self._udp_port):
             if port is not None:
                 await maybeDeferred(port.stopListening)

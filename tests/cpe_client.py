@@ -122,27 +122,28 @@ def run_session(
         return Exchange(r.status, data, {k.lower(): v for k, v in r.getheaders()}, challenges)
 
     inform = INFORM.format(serial=serial, event=event, cr_url=cr_url)
-    first = post(inform)
-    if first.status == 401:
-        pick = next(c for c in first.challenges if f"algorithm={algorithm}" in c)
-        nc += 1
-        authorization = _digest(pick, user, password, uri, nc)
+    try:
         first = post(inform)
-    exchanges.append(first)
-    if first.status != 200:
-        conn.close()
-        return exchanges
-    keys = ["fw-42"] if transfer_complete is True else list(transfer_complete or [])
-    for key in keys:
-        exchanges.append(post(TRANSFER_COMPLETE.replace("fw-42", key)))
-    r = post("")
-    exchanges.append(r)
-    while r.status == 200 and answer is not None:
-        reply = answer(r.body)
-        r = post(reply or "")
+        if first.status == 401:
+            pick = next(c for c in first.challenges if f"algorithm={algorithm}" in c)
+            nc += 1
+            authorization = _digest(pick, user, password, uri, nc)
+            first = post(inform)
+        exchanges.append(first)
+        if first.status != 200:
+            return exchanges
+        keys = ["fw-42"] if transfer_complete is True else list(transfer_complete or [])
+        for key in keys:
+            exchanges.append(post(TRANSFER_COMPLETE.replace("fw-42", key)))
+        r = post("")
         exchanges.append(r)
-    conn.close()
-    return exchanges
+        while r.status == 200 and answer is not None:
+            reply = answer(r.body)
+            r = post(reply or "")
+            exchanges.append(r)
+        return exchanges
+    finally:
+        conn.close()  # also when the CPE "loses power" (an answer callback raising)
 
 
 if __name__ == "__main__":

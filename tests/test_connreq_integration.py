@@ -121,6 +121,8 @@ class ConnectionRequestTests(TestCase):
             {
                 "gateway": {"data_dir": self.dir, "node": "cr-node"},
                 "acs": {"port": 0, "interface": "127.0.0.1", "hostname": "localhost"},
+                "nbi": {"port": 0},
+                "metrics": {"port": 0},
                 "redis": {"url": self.redis_server.url, "prefix": self.prefix},
                 "connreq": settings,
             }

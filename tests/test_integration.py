@@ -74,6 +74,8 @@ class GatewayOverTlsTests(TestCase):
             {
                 "gateway": {"data_dir": self.dir, "node": "it-node"},
                 "acs": {"port": 0, "interface": "127.0.0.1", "hostname": "localhost"},
+                "nbi": {"port": 0},
+                "metrics": {"port": 0},
                 "redis": {"url": self.redis_server.url, "prefix": self.prefix},
             }
         )
@@ -145,6 +147,21 @@ class GatewayOverTlsTests(TestCase):
             self.redis.hgetall(self.prefix + "cred:" + USER)
         )
         self.assertNotIn(PASSWORD, dump)
+        # The same two sessions, as an operator's Prometheus sees them.
+        import urllib.request
+
+        port = self.service.metrics_port.getHost().port
+        text = await deferToThread(
+            lambda: (
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10)  # noqa: S310
+                .read()
+                .decode()
+            )
+        )
+        self.assertIn('cwmpgw_sessions_total{outcome="completed"} 2.0', text)
+        self.assertIn('cwmpgw_rpcs_total{method="TransferComplete",result="cpe"} 1.0', text)
+        self.assertIn('cwmpgw_events_published_total{type="inform"} 2.0', text)
+        self.assertIn("cwmpgw_redis_up 1.0", text)
 
     async def test_wrong_password_is_refused_and_published(self) -> None:
         exchanges = await deferToThread(
@@ -166,6 +183,8 @@ class EmbeddedRedisGatewayTests(TestCase):
             {
                 "gateway": {"data_dir": directory},
                 "acs": {"port": 0, "interface": "127.0.0.1", "hostname": "localhost"},
+                "nbi": {"port": 0},
+                "metrics": {"port": 0},
                 "auth": {
                     "unknown_devices": "enroll",
                     "bootstrap_username": "bootstrap",

@@ -62,6 +62,8 @@ prefix = "{prefix}"
 [nbi]
 port = {self.nbi_port}
 token_sha256 = ["{token_sha256(TOKEN)}"]
+[metrics]
+port = 0
 [connreq]
 stun = false
 [provision]

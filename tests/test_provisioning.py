@@ -81,6 +81,8 @@ class ProvisioningTests(TestCase):
             {
                 "gateway": {"data_dir": self.dir},
                 "acs": {"port": 0, "interface": "127.0.0.1", "hostname": "localhost"},
+                "nbi": {"port": 0},
+                "metrics": {"port": 0},
                 "auth": {
                     "unknown_devices": "enroll",
                     "bootstrap_username": BOOTSTRAP_USER,

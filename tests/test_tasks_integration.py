@@ -99,6 +99,8 @@ class TaskTests(TestCase):
             {
                 "gateway": {"data_dir": self.dir, "node": f"node-{os.urandom(2).hex()}"},
                 "acs": {"port": 0, "interface": "127.0.0.1", "hostname": "localhost"},
+                "nbi": {"port": 0},
+                "metrics": {"port": 0},
                 "redis": {"url": self.redis_server.url, "prefix": self.prefix},
                 "connreq": {"stun": False},
             }

@@ -105,6 +105,7 @@ class AcsEngine:
         session_timeout: float = 30.0,
         max_session_timeout: float = 300.0,
         hold_requests: bool = False,
+        metrics: Any = None,
     ) -> None:
         self._clock = clock
         self._devices = devices
@@ -114,6 +115,7 @@ class AcsEngine:
         self._session_timeout = session_timeout
         self._max_session_timeout = max_session_timeout
         self._hold_requests = hold_requests
+        self._metrics = metrics  # cwmpgw.metrics.Metrics, or None
         self.registry = SessionRegistry(clock, self._session_ended)
         self._busy: set[str] = set()
 
@@ -196,6 +198,9 @@ class AcsEngine:
             channel=channel,
         )
         self.registry.add(live)
+        if self._metrics is not None:
+            self._metrics.rpcs.labels("Inform", "cpe").inc()
+            self._metrics.live_sessions.set(len(self.registry))
         self._log.info(
             "session {session_id} opened for {device_id} from {peer} (CWMP {cwmp_version})",
             session_id=live.session_id,
@@ -214,6 +219,10 @@ class AcsEngine:
             self.registry.touch(live)
             step = live.machine.receive(envelope)
             reply = step.reply
+            if self._metrics is not None and envelope is not None:
+                message = envelope.message
+                if not isinstance(message, (RpcResponse, CpeFault)):  # a CPE request
+                    self._metrics.rpcs.labels(type(message).__name__, "cpe").inc()
             failed = await self._apply(live, step.effects)
             if failed is not None:
                 return failed
@@ -244,6 +253,9 @@ class AcsEngine:
                         200, soap.acs_fault(live.machine.namespace, None, 8002, "Internal error")
                     )
             elif isinstance(effect, ResponseReceived):
+                if self._metrics is not None:
+                    result = "fault" if isinstance(effect.response, CpeFault) else "ok"
+                    self._metrics.rpcs.labels(effect.request.method, result).inc()
                 await self._requests.answered(live, effect.request, effect.response)
             elif isinstance(effect, SessionEnded):
                 self.registry.ended(live, effect)
@@ -285,6 +297,10 @@ class AcsEngine:
         m = live.machine
         self._requests.session_ended(live)
         duration = self._clock.seconds() - live.started
+        if self._metrics is not None:
+            self._metrics.sessions.labels(ended.outcome.value).inc()
+            self._metrics.session_duration.observe(duration)
+            self._metrics.live_sessions.set(len(self.registry))
         self._log.info(
             "session {session_id} of {device_id} ended: {outcome}",
             session_id=live.session_id,
@@ -325,6 +341,8 @@ class AcsEngine:
         username: str | None,
         device: DeviceId | None = None,
     ) -> None:
+        if self._metrics is not None:
+            self._metrics.auth_failures.inc()
         self._log.warn(
             "authentication failed from {peer} (user {username!r}): {reason}",
             peer=peer,

@@ -102,6 +102,7 @@ class ConnectionRequestService:
         claim_interval: Callable[[str, float], Deferred[bool]],
         stun_binding: Callable[[str], Deferred[tuple[str, int] | None]],
         session_started: Callable[[str, float], Deferred[bool]] | None,
+        metrics: Any = None,
     ) -> None:
         self._clock = clock
         self._config = config
@@ -115,6 +116,7 @@ class ConnectionRequestService:
         self._claim_interval = claim_interval
         self._stun_binding = stun_binding
         self._session_started = session_started
+        self._metrics = metrics  # cwmpgw.metrics.Metrics, or None
         self._rate = RateLimiter(config.rate, clock)
         self._all = DeferredSemaphore(config.max_concurrent)
         self._per_destination: dict[str, DeferredSemaphore] = {}
@@ -131,6 +133,10 @@ class ConnectionRequestService:
         self._in_flight[device_id] = [d]
 
         def done(result: WakeResult) -> None:
+            if self._metrics is not None:
+                self._metrics.connection_requests.labels(
+                    result.method or "none", result.outcome
+                ).inc()
             for waiter in self._in_flight.pop(device_id, []):
                 waiter.callback(result)
 

@@ -1,0 +1,118 @@
+"""Prometheus metrics: what an operator graphs and alerts on.
+
+One registry per gateway service (not the process-global one), so several services in one
+process — tests, benchmarks — keep separate counts. Labels are bounded sets (outcomes,
+method names, event types), never device ids.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from twisted.internet.defer import Deferred
+from twisted.web.resource import Resource
+from zope.interface import implementer
+
+from cwmpgw.bus.events import Event, IEventSink
+
+__all__ = ["CONTENT_TYPE", "MeteredEventSink", "Metrics", "MetricsResource"]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# Sessions last from a few hundred milliseconds to minutes (a slow CPE, many tasks).
+_SESSION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+_REDIS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.sessions = Counter(
+            "cwmpgw_sessions", "CWMP sessions ended, by outcome.", ["outcome"], registry=r
+        )
+        self.session_duration = Histogram(
+            "cwmpgw_session_duration_seconds",
+            "Duration of CWMP sessions, Inform to end.",
+            buckets=_SESSION_BUCKETS,
+            registry=r,
+        )
+        self.live_sessions = Gauge(
+            "cwmpgw_live_sessions", "CWMP sessions open on this node.", registry=r
+        )
+        self.rpcs = Counter(
+            "cwmpgw_rpcs",
+            "RPCs exchanged, by method and result (ok, fault; cpe = a CPE request).",
+            ["method", "result"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "cwmpgw_auth_failures", "Failed CPE authentications.", registry=r
+        )
+        self.connection_requests = Counter(
+            "cwmpgw_connection_requests",
+            "Connection requests, by method and outcome.",
+            ["method", "outcome"],
+            registry=r,
+        )
+        self.events = Counter(
+            "cwmpgw_events_published", "Events published, by type.", ["type"], registry=r
+        )
+        self.events_failed = Counter(
+            "cwmpgw_events_failed",
+            "Events that could not be published, by type.",
+            ["type"],
+            registry=r,
+        )
+        self.admission_rejections = Counter(
+            "cwmpgw_admission_rejections", "New sessions shed by admission control.", registry=r
+        )
+        self.redis_latency = Histogram(
+            "cwmpgw_redis_latency_seconds",
+            "Round trip of a Redis PING, sampled every few seconds.",
+            buckets=_REDIS_BUCKETS,
+            registry=r,
+        )
+        self.redis_up = Gauge("cwmpgw_redis_up", "1 if Redis answered the last PING.", registry=r)
+
+    def render(self) -> bytes:
+        return bytes(generate_latest(self.registry))
+
+
+@implementer(IEventSink)
+class MeteredEventSink:
+    """Counts what goes through an event sink, published or failed."""
+
+    def __init__(self, inner: IEventSink, metrics: Metrics) -> None:
+        self._inner = inner
+        self._metrics = metrics
+
+    def publish(self, event: Event) -> Deferred[None]:
+        def ok(result: None) -> None:
+            self._metrics.events.labels(event.type).inc()
+            return result
+
+        def failed(failure: Any) -> Any:
+            self._metrics.events_failed.labels(event.type).inc()
+            return failure
+
+        return self._inner.publish(event).addCallbacks(ok, failed)
+
+
+class MetricsResource(Resource):
+    """``GET /metrics`` in the Prometheus text format."""
+
+    isLeaf = True
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._metrics = metrics
+
+    def render_GET(self, request: Any) -> bytes:
+        if request.path not in (b"/metrics", b"/"):
+            request.setResponseCode(404)
+            return b"not found\n"
+        request.setHeader(b"content-type", CONTENT_TYPE.encode())
+        return self._metrics.render()
