@@ -1,4 +1,4 @@
-"""The ACS's server TLS: self-signed bootstrap certificate, loading, and real handshakes."""
+"""The ACS's server TLS: first-run certificate, loading, the policy, reload and SIGHUP."""
 
 from __future__ import annotations
 
@@ -7,11 +7,16 @@ import hashlib
 import ipaddress
 import os
 import shutil
+import signal
 import socket
 import ssl
 import stat
 import tempfile
+import threading
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 from cryptography import x509
@@ -20,12 +25,23 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThread
+from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+from zope.interface import implementer
 
-from cwmpgw.acs.tls import ensure_self_signed, fingerprint_sha256, server_options
+from cwmpgw.acs.certs import peer_certificate
+from cwmpgw.acs.tls import (
+    ReloadableServerTLS,
+    ensure_self_signed,
+    fingerprint_sha256,
+    install_sighup,
+    server_options,
+)
+from tests.certfactory import CertAuthority, pem
 
 
 def make_tempdir(case: SynchronousTestCase) -> str:
@@ -179,32 +195,77 @@ class ServerOptionsErrorTests(SynchronousTestCase):
         self.assertIsNone(e.__cause__)
 
 
-class _Hello(Protocol):
-    """Says hello and closes; reports its end so tests leave a clean reactor."""
+# -- real handshakes: a probe server and blocking stdlib clients (shared with test_mtls) ----
 
-    def __init__(self, lost: Deferred[None]) -> None:
+
+@dataclass(frozen=True)
+class Handshake:
+    """What the server side saw once a handshake completed."""
+
+    peer: x509.Certificate | None  # through cwmpgw.acs.certs.peer_certificate
+    local: x509.Certificate | None  # the certificate this connection's context served
+
+
+@implementer(IHandshakeListener)
+class Probe(Protocol):
+    """Records each completed handshake; answers every line with its own certificate's
+    fingerprint, so a client learns which context its connection was made from."""
+
+    def __init__(self, factory: ProbeFactory, lost: Deferred[None]) -> None:
+        self.factory = factory
         self.lost = lost
+        self.local_fingerprint = b"?"
 
-    def connectionMade(self) -> None:
+    def handshakeCompleted(self) -> None:
         assert self.transport is not None
-        self.transport.write(b"hello")
-        self.transport.loseConnection()
+        connection: SSL.Connection = self.transport.getHandle()  # type: ignore[attr-defined]
+        local = connection.get_certificate(as_cryptography=True)
+        if local is not None:
+            self.local_fingerprint = fingerprint_sha256(pem(local)).encode()
+        self.factory.handshakes.append(Handshake(peer_certificate(self.transport), local))
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.factory.received.append(data)
+        for _ in range(data.count(b"\n")):
+            self.transport.write(self.local_fingerprint + b"\n")
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
         self.lost.callback(None)
 
 
-class _HelloFactory(Factory):
+class ProbeFactory(Factory):
     def __init__(self) -> None:
+        self.handshakes: list[Handshake] = []
+        self.received: list[bytes] = []
         self.lost: list[Deferred[None]] = []
 
-    def buildProtocol(self, addr: Any) -> _Hello:
+    def buildProtocol(self, addr: Any) -> Probe:
         d: Deferred[None] = Deferred()
         self.lost.append(d)
-        return _Hello(d)
+        return Probe(self, d)
 
 
-def _client_context(cafile: str | None, version: ssl.TLSVersion | None = None) -> ssl.SSLContext:
+async def listen(case: TestCase, tls: Any) -> tuple[int, ProbeFactory]:
+    """A probe server on 127.0.0.1:0 with tls (options or a ReloadableServerTLS)."""
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import SSL4ServerEndpoint
+
+    factory = ProbeFactory()
+    port = await SSL4ServerEndpoint(reactor, 0, tls, interface="127.0.0.1").listen(factory)
+    case.addCleanup(port.stopListening)
+    # Cleanups run last-in first-out: clients close first, then every server side is waited for.
+    case.addCleanup(lambda: gatherResults(factory.lost))
+    return port.getHost().port, factory
+
+
+def client_context(
+    cafile: str | None,
+    version: ssl.TLSVersion | None = None,
+    *,
+    cert: tuple[str, str] | None = None,
+    ciphers: str | None = None,
+) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     if cafile is None:
         ctx.check_hostname = False
@@ -214,21 +275,133 @@ def _client_context(cafile: str | None, version: ssl.TLSVersion | None = None) -
     if version is not None:
         ctx.minimum_version = version
         ctx.maximum_version = version
+    if cert is not None:
+        ctx.load_cert_chain(*cert)
+    if ciphers is not None:
+        ctx.set_ciphers(ciphers)
     return ctx
 
 
-def _handshake(
-    port: int, ctx: ssl.SSLContext, server_hostname: str = "localhost"
-) -> dict[str, Any]:
-    """Blocking client, run in a thread: handshake, read until EOF, report what it saw."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
-            der = tls.getpeercert(binary_form=True)
-            version = tls.version()
-            data = b""
-            while chunk := tls.recv(1024):
-                data += chunk
-    return {"version": version, "der": der, "data": data}
+class Client:
+    """A blocking stdlib TLS client; every method runs in a worker thread (deferToThread)."""
+
+    def __init__(self, port: int, ctx: ssl.SSLContext, session: ssl.SSLSession | None = None):
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        try:
+            self.tls = ctx.wrap_socket(raw, server_hostname="localhost", session=session)
+        except BaseException:
+            raw.close()
+            raise
+        self.buffer = b""
+
+    def ask(self) -> str:
+        """One line out, one line back: the server's certificate fingerprint for this link."""
+        self.tls.sendall(b"?\n")
+        while b"\n" not in self.buffer:
+            chunk = self.tls.recv(1024)
+            if not chunk:
+                raise ConnectionError("the server closed the connection")
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line.decode()
+
+    def peer(self) -> x509.Certificate:
+        der = self.tls.getpeercert(binary_form=True)
+        assert der is not None
+        return x509.load_der_x509_certificate(der)
+
+    def close(self) -> None:
+        self.tls.close()
+
+
+def converse(port: int, ctx: ssl.SSLContext) -> dict[str, Any]:
+    """Connect, ask once, close; what the client saw, or why it was refused."""
+    try:
+        client = Client(port, ctx)
+    except (ssl.SSLError, ConnectionError) as e:
+        return {"refused": str(e)}
+    try:
+        answer = client.ask()
+        return {
+            "answer": answer,
+            "version": client.tls.version(),
+            "cipher": (client.tls.cipher() or ("",))[0],
+            "peer": client.peer(),
+        }
+    except (ssl.SSLError, ConnectionError) as e:
+        # TLS 1.3: the client's certificate is judged after the client thinks it is done,
+        # so a refusal arrives as an alert on the first read.
+        return {"refused": str(e)}
+    finally:
+        client.close()
+
+
+async def open_client(
+    case: TestCase, port: int, ctx: ssl.SSLContext, session: ssl.SSLSession | None = None
+) -> Client:
+    client = await deferToThread(Client, port, ctx, session)
+    case.addCleanup(deferToThread, client.close)
+    return client
+
+
+def fingerprint_of(cert: x509.Certificate) -> str:
+    return fingerprint_sha256(pem(cert))
+
+
+# -- the policy ----------------------------------------------------------------------------
+
+
+class PolicyUnitTests(SynchronousTestCase):
+    """What the context is configured with, read back from OpenSSL."""
+
+    def setUp(self) -> None:
+        self.dir = make_tempdir(self)
+        self.ca = CertAuthority()
+        self.cert_path, self.key_path = self.ca.issue_server().write(self.dir, "server")
+
+    def test_context_options(self) -> None:
+        context = server_options(self.cert_path, self.key_path).getContext()
+        options = context.set_options(0)  # adds nothing, returns what is set
+        for flag in (
+            SSL.OP_NO_SSLv3,
+            SSL.OP_NO_TLSv1,
+            SSL.OP_NO_TLSv1_1,
+            SSL.OP_NO_COMPRESSION,
+            SSL.OP_NO_RENEGOTIATION,
+            SSL.OP_CIPHER_SERVER_PREFERENCE,
+        ):
+            self.assertTrue(options & flag, hex(flag))
+        self.assertFalse(options & SSL.OP_NO_TLSv1_2)
+        self.assertFalse(options & SSL.OP_NO_TLSv1_3)
+        self.assertFalse(options & SSL.OP_NO_TICKET)  # tickets on: resumption
+        self.assertEqual(context.get_timeout(), 600)
+        self.assertEqual(context.get_verify_mode(), SSL.VERIFY_NONE)
+
+    def test_cipher_lists(self) -> None:
+        def tls12_suites(legacy: bool) -> list[str]:
+            options = server_options(self.cert_path, self.key_path, legacy_ciphers=legacy)
+            names = SSL.Connection(options.getContext()).get_cipher_list()
+            return [n for n in names if not n.startswith("TLS_")]  # TLS 1.3 suites apart
+
+        modern = tls12_suites(False)
+        self.assertTrue(modern)
+        for name in modern:
+            self.assertTrue(name.startswith("ECDHE-"), name)
+            self.assertTrue("-GCM-" in name or "CHACHA20-POLY1305" in name, name)
+        self.assertIn("ECDHE-ECDSA-AES128-GCM-SHA256", modern)
+        self.assertIn("ECDHE-RSA-CHACHA20-POLY1305", modern)
+        self.assertEqual(tls12_suites(True), [*modern, "AES128-SHA"])
+
+    def test_legacy_with_ecdsa_certificate_warns(self) -> None:
+        with capturedLogs() as events:
+            server_options(self.cert_path, self.key_path, legacy_ciphers=True)
+        warned = [e for e in events if e.get("log_level") == LogLevel.warn]
+        self.assertEqual(len(warned), 1)
+        self.assertEqual(warned[0]["cert_path"], self.cert_path)
+        rsa_cert, rsa_key = self.ca.issue_server(key_type="rsa").write(self.dir, "rsa")
+        with capturedLogs() as events:
+            server_options(rsa_cert, rsa_key, legacy_ciphers=True)
+        self.assertEqual([e for e in events if e.get("log_level") == LogLevel.warn], [])
 
 
 class TLSServerTests(TestCase):
@@ -236,93 +409,123 @@ class TLSServerTests(TestCase):
 
     timeout = 30
 
-    async def listen(self, cert_path: str, key_path: str) -> tuple[int, _HelloFactory]:
-        from twisted.internet import reactor
-        from twisted.internet.endpoints import SSL4ServerEndpoint
+    def setUp(self) -> None:
+        self.dir = make_tempdir(self)
+        self.ca = CertAuthority()
+        self.ca_path = self.ca.write(self.dir)
 
-        factory = _HelloFactory()
-        endpoint = SSL4ServerEndpoint(
-            reactor, 0, server_options(cert_path, key_path), interface="127.0.0.1"
-        )
-        port = await endpoint.listen(factory)
-        self.addCleanup(port.stopListening)
-        # Cleanups run last-in first-out: wait for every server-side connection to close.
-        self.addCleanup(lambda: gatherResults(factory.lost))
-        return port.getHost().port, factory
-
-    async def test_tls12_and_tls13_with_matching_fingerprint(self) -> None:
-        cert_path, key_path, _ = ensure_self_signed(make_tempdir(self))
-        port, _ = await self.listen(cert_path, key_path)
+    async def test_self_signed_tls12_and_tls13_with_matching_fingerprint(self) -> None:
+        cert_path, key_path, _ = ensure_self_signed(self.dir)
+        port, factory = await listen(self, server_options(cert_path, key_path))
         expected = fingerprint_sha256(read(cert_path))
         for version, name in [
             (ssl.TLSVersion.TLSv1_2, "TLSv1.2"),
             (ssl.TLSVersion.TLSv1_3, "TLSv1.3"),
         ]:
-            seen = await deferToThread(_handshake, port, _client_context(cert_path, version))
+            seen = await deferToThread(converse, port, client_context(cert_path, version))
             self.assertEqual(seen["version"], name)
-            self.assertEqual(seen["data"], b"hello")
-            der_pem = ssl.DER_cert_to_PEM_cert(seen["der"]).encode("ascii")
-            self.assertEqual(fingerprint_sha256(der_pem), expected)
+            self.assertEqual(seen["answer"], expected)
+            self.assertEqual(fingerprint_of(seen["peer"]), expected)
+        self.assertEqual(len(factory.handshakes), 2)
 
-    async def test_tls11_client_is_refused(self) -> None:
-        cert_path, key_path, _ = ensure_self_signed(make_tempdir(self))
-        port, _ = await self.listen(cert_path, key_path)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            ctx = _client_context(None)
-            try:
-                ctx.minimum_version = ssl.TLSVersion.TLSv1
-                ctx.maximum_version = ssl.TLSVersion.TLSv1_1
-                ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
-            except (ValueError, ssl.SSLError) as e:
-                raise SkipTest(f"local OpenSSL cannot configure a TLS 1.1 client: {e}") from e
-        try:
-            seen = await deferToThread(_handshake, port, ctx)
-        except ssl.SSLError as e:
-            if "NO_PROTOCOLS_AVAILABLE" in str(e).upper():
-                raise SkipTest(f"local OpenSSL refuses to offer TLS 1.1 at all: {e}") from e
-            return  # the server refused the handshake: expected
-        except ConnectionError:
-            return  # refused with a reset: expected too
-        self.fail(f"a TLS 1.1 client completed a handshake: {seen['version']}")
+    async def test_tls10_and_tls11_clients_are_refused(self) -> None:
+        cert_path, key_path = self.ca.issue_server().write(self.dir, "server")
+        port, factory = await listen(self, server_options(cert_path, key_path))
+        for version in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                try:
+                    ctx = client_context(self.ca_path, version, ciphers="DEFAULT:@SECLEVEL=0")
+                except (ValueError, ssl.SSLError) as e:
+                    raise SkipTest(f"local OpenSSL cannot configure a {version} client") from e
+            seen = await deferToThread(converse, port, ctx)
+            refused = seen.get("refused", "")
+            if "NO_PROTOCOLS_AVAILABLE" in refused.upper():
+                raise SkipTest(f"local OpenSSL refuses to offer {version}: {refused}")
+            # The server's alert, not a client-side failure.
+            self.assertIn("PROTOCOL_VERSION", refused.upper(), seen)
+        self.assertEqual(factory.handshakes, [])
+        self.assertEqual(factory.received, [])
+
+    async def test_modern_tls12_client_gets_ecdhe_aead(self) -> None:
+        cert_path, key_path = self.ca.issue_server().write(self.dir, "server")
+        port, _ = await listen(self, server_options(cert_path, key_path))
+        seen = await deferToThread(
+            converse, port, client_context(self.ca_path, ssl.TLSVersion.TLSv1_2)
+        )
+        self.assertEqual(seen["version"], "TLSv1.2")
+        self.assertRegex(seen["cipher"], r"^ECDHE-ECDSA-(AES\d+-GCM-SHA\d+|CHACHA20-POLY1305)$")
+
+    async def test_cbc_only_client_needs_legacy_ciphers_and_rsa(self) -> None:
+        rsa_cert, rsa_key = self.ca.issue_server(key_type="rsa").write(self.dir, "rsa")
+        ec_cert, ec_key = self.ca.issue_server().write(self.dir, "ec")
+        cbc_only = client_context(
+            self.ca_path,
+            ssl.TLSVersion.TLSv1_2,
+            ciphers="AES128-SHA:AES256-SHA:ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES128-SHA"
+            ":AES128-SHA256:ECDHE-RSA-AES128-SHA256",
+        )
+        modern = client_context(self.ca_path, ssl.TLSVersion.TLSv1_2)
+
+        strict, strict_factory = await listen(self, server_options(rsa_cert, rsa_key))
+        seen = await deferToThread(converse, strict, cbc_only)
+        self.assertIn("HANDSHAKE_FAILURE", seen.get("refused", "").upper(), seen)
+        self.assertEqual(strict_factory.handshakes, [])
+
+        legacy, _ = await listen(self, server_options(rsa_cert, rsa_key, legacy_ciphers=True))
+        seen = await deferToThread(converse, legacy, cbc_only)
+        self.assertEqual(seen.get("cipher"), "AES128-SHA", seen)
+        self.assertEqual(seen["version"], "TLSv1.2")
+        # Clients that can do better still get a forward-secret AEAD suite.
+        seen = await deferToThread(converse, legacy, modern)
+        self.assertRegex(seen["cipher"], r"^ECDHE-RSA-(AES\d+-GCM-SHA\d+|CHACHA20-POLY1305)$")
+
+        with capturedLogs():  # the warning about the ECDSA certificate
+            options = server_options(ec_cert, ec_key, legacy_ciphers=True)
+        ecdsa, _ = await listen(self, options)
+        seen = await deferToThread(converse, ecdsa, cbc_only)
+        self.assertIn("refused", seen)
+
+    async def test_sessions_resume(self) -> None:
+        cert_path, key_path = self.ca.issue_server().write(self.dir, "server")
+        tls = ReloadableServerTLS(cert_path, key_path)
+        port, factory = await listen(self, tls)
+        tls12_ids = client_context(self.ca_path, ssl.TLSVersion.TLSv1_2)
+        tls12_ids.options |= ssl.OP_NO_TICKET  # the server's session cache, not a ticket
+        cases = {
+            "TLS 1.3": client_context(self.ca_path, ssl.TLSVersion.TLSv1_3),
+            "TLS 1.2 ticket": client_context(self.ca_path, ssl.TLSVersion.TLSv1_2),
+            "TLS 1.2 session id": tls12_ids,
+        }
+        for name, ctx in cases.items():
+            first = await open_client(self, port, ctx)
+            await deferToThread(first.ask)  # TLS 1.3 tickets come after the handshake
+            self.assertFalse(first.tls.session_reused, name)
+            session = first.tls.session
+            self.assertIsNotNone(session, name)
+            second = await open_client(self, port, ctx, session)
+            self.assertTrue(second.tls.session_reused, name)
+            self.assertEqual(await deferToThread(second.ask), tls.fingerprint)
+
+            # A reload means a new context: no resumption across it.
+            self.assertTrue(tls.reload())
+            third = await open_client(self, port, ctx, session)
+            self.assertFalse(third.tls.session_reused, name)
+        self.assertEqual(len(factory.handshakes), 9)
 
     async def test_chain_is_sent(self) -> None:
-        data_dir = make_tempdir(self)
-        root_key, root = _ca("Test Root", None, None)
-        inter_key, inter = _ca("Test Intermediate", root_key, root)
-        leaf_key = ec.generate_private_key(ec.SECP256R1())
-        leaf = _signed(
-            x509.CertificateBuilder()
-            .subject_name(_name("localhost"))
-            .public_key(leaf_key.public_key())
-            .add_extension(
-                x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False
-            ),
-            inter_key,
-            inter.subject,
-        )
-        cert_path = os.path.join(data_dir, "chain.pem")
-        key_path = os.path.join(data_dir, "key.pem")
-        root_path = os.path.join(data_dir, "root.pem")
-        write(cert_path, _pem(leaf) + _pem(inter))
-        write(root_path, _pem(root))
-        write(
-            key_path,
-            leaf_key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ),
-        )
-        port, _ = await self.listen(cert_path, key_path)
+        intermediate = CertAuthority("cwmpgw Test Intermediate", parent=self.ca)
+        leaf = intermediate.issue_server()
+        cert_path, key_path = leaf.write(self.dir, "chain")
+        port, _ = await listen(self, server_options(cert_path, key_path))
 
         # Trusting only the root, verification succeeds only if the server sent the intermediate.
-        seen = await deferToThread(_handshake, port, _client_context(root_path))
-        self.assertEqual(seen["data"], b"hello")
-        self.assertEqual(x509.load_der_x509_certificate(seen["der"]), leaf)
+        seen = await deferToThread(converse, port, client_context(self.ca_path))
+        self.assertEqual(seen["peer"], leaf.cert)
+        self.assertEqual(seen["answer"], fingerprint_of(leaf.cert))
 
         chain = await deferToThread(_peer_chain, port)
-        self.assertEqual(chain, [leaf, inter])
+        self.assertEqual(chain, [leaf.cert, intermediate.cert])
 
 
 def _peer_chain(port: int) -> list[x509.Certificate]:
@@ -335,61 +538,181 @@ def _peer_chain(port: int) -> list[x509.Certificate]:
         conn.set_connect_state()
         conn.do_handshake()
         chain = conn.get_peer_cert_chain(as_cryptography=True) or []
-        try:
-            while conn.recv(1024):
-                pass
-        except SSL.ZeroReturnError:
-            pass
         conn.shutdown()
     return list(chain)
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+# -- reload --------------------------------------------------------------------------------
 
 
-def _signed(
-    builder: x509.CertificateBuilder,
-    issuer_key: ec.EllipticCurvePrivateKey,
-    issuer_name: x509.Name,
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    return (
-        builder.issuer_name(issuer_name)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .sign(issuer_key, hashes.SHA256())
-    )
+class ReloadTests(TestCase):
+    timeout = 30
+
+    def setUp(self) -> None:
+        self.dir = make_tempdir(self)
+        self.ca = CertAuthority()
+        self.ca_path = self.ca.write(self.dir)
+        self.first = self.ca.issue_server()
+        self.second = self.ca.issue_server()
+        self.cert_path, self.key_path = self.first.write(self.dir, "acs")
+
+    async def test_live_connection_keeps_its_context(self) -> None:
+        tls = ReloadableServerTLS(self.cert_path, self.key_path)
+        self.assertEqual(tls.fingerprint, fingerprint_of(self.first.cert))
+        port, factory = await listen(self, tls)
+        ctx = client_context(self.ca_path)
+        old = await open_client(self, port, ctx)
+        self.assertEqual(await deferToThread(old.ask), fingerprint_of(self.first.cert))
+
+        self.second.write(self.dir, "acs")
+        with capturedLogs() as events:
+            self.assertTrue(tls.reload())
+        self.assertEqual(tls.fingerprint, fingerprint_of(self.second.cert))
+        self.assertIn(tls.fingerprint, [e.get("fingerprint") for e in events])
+
+        new = await open_client(self, port, ctx)
+        self.assertEqual(new.peer(), self.second.cert)
+        self.assertEqual(await deferToThread(new.ask), fingerprint_of(self.second.cert))
+        # The connection from before the reload still works, on the old context.
+        self.assertEqual(await deferToThread(old.ask), fingerprint_of(self.first.cert))
+        self.assertEqual(old.peer(), self.first.cert)
+        self.assertEqual([h.local for h in factory.handshakes], [self.first.cert, self.second.cert])
+
+    async def test_broken_files_keep_the_old_context(self) -> None:
+        tls = ReloadableServerTLS(self.cert_path, self.key_path)
+        port, _ = await listen(self, tls)
+        before = tls.options
+        garbage_key = b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+        breakages: list[tuple[str, bytes]] = [
+            (self.cert_path, b"not a certificate\n"),  # garbage
+            (self.cert_path, self.second.cert_pem()),  # new certificate, old key (half-copied)
+            (self.key_path, garbage_key),
+        ]
+        for path, data in breakages:
+            self.first.write(self.dir, "acs")
+            write(path, data)
+            with capturedLogs() as events:
+                self.assertFalse(tls.reload())
+            self.assertIs(tls.options, before)
+            self.assertEqual(tls.fingerprint, fingerprint_of(self.first.cert))
+            errors = [e for e in events if e.get("log_level") == LogLevel.error]
+            self.assertEqual(len(errors), 1)
+            self.assertIn(path, errors[0]["why"])
+            self.assertNotIn("AAAA", errors[0]["why"])
+            seen = await deferToThread(converse, port, client_context(self.ca_path))
+            self.assertEqual(seen["peer"], self.first.cert)
+        os.unlink(self.key_path)
+        with capturedLogs():
+            self.assertFalse(tls.reload())
+        self.assertIs(tls.options, before)
+
+    def test_bad_files_at_start_raise(self) -> None:
+        write(self.cert_path, b"nothing\n")
+        e = self.assertRaises(ValueError, ReloadableServerTLS, self.cert_path, self.key_path)
+        self.assertIn(self.cert_path, str(e))
 
 
-def _ca(
-    cn: str, issuer_key: ec.EllipticCurvePrivateKey | None, issuer: x509.Certificate | None
-) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .public_key(key.public_key())
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-    )
-    issuer_name = issuer.subject if issuer is not None else _name(cn)
-    return key, _signed(builder, issuer_key or key, issuer_name)
+# -- SIGHUP --------------------------------------------------------------------------------
 
 
-def _pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
+class _QueueingReactor:
+    """Just callFromThread, queueing: what the signal handler may touch."""
+
+    def __init__(self) -> None:
+        self.queued: list[Callable[[], None]] = []
+
+    def callFromThread(self, f: Callable[[], None]) -> None:
+        self.queued.append(f)
+
+
+class SighupUnitTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        original = signal.getsignal(signal.SIGHUP)
+        self.addCleanup(signal.signal, signal.SIGHUP, original)
+        self.previous: list[int] = []
+        signal.signal(signal.SIGHUP, lambda signum, frame: self.previous.append(signum))
+
+    def test_queues_callback_and_chains(self) -> None:
+        reactor = _QueueingReactor()
+        calls: list[str] = []
+        uninstall = install_sighup(reactor, lambda: calls.append("reload"))
+        os.kill(os.getpid(), signal.SIGHUP)
+        self.assertEqual(self.previous, [signal.SIGHUP])
+        self.assertEqual(calls, [])  # not inside the signal handler
+        self.assertEqual(len(reactor.queued), 1)
+        reactor.queued.pop()()
+        self.assertEqual(calls, ["reload"])
+
+        previous = signal.getsignal(signal.SIGHUP)
+        uninstall()
+        self.assertIsNot(signal.getsignal(signal.SIGHUP), previous)
+        os.kill(os.getpid(), signal.SIGHUP)
+        self.assertEqual(self.previous, [signal.SIGHUP, signal.SIGHUP])
+        self.assertEqual(reactor.queued, [])
+
+    def test_uninstall_under_another_handler_leaves_ours_inert(self) -> None:
+        reactor = _QueueingReactor()
+        uninstall = install_sighup(reactor, lambda: None)
+        ours = signal.getsignal(signal.SIGHUP)
+        assert callable(ours)
+        later: list[int] = []
+
+        def on_top(signum: int, frame: FrameType | None) -> None:
+            later.append(signum)
+            assert callable(ours)
+            ours(signum, frame)
+
+        signal.signal(signal.SIGHUP, on_top)
+        uninstall()
+        self.assertIs(signal.getsignal(signal.SIGHUP), on_top)
+        os.kill(os.getpid(), signal.SIGHUP)
+        self.assertEqual(later, [signal.SIGHUP])
+        self.assertEqual(self.previous, [signal.SIGHUP])  # still chained through ours
+        self.assertEqual(reactor.queued, [])
+
+    def test_failing_callback_is_logged(self) -> None:
+        reactor = _QueueingReactor()
+
+        def boom() -> None:
+            raise RuntimeError("boom")
+
+        uninstall = install_sighup(reactor, boom)
+        self.addCleanup(uninstall)
+        os.kill(os.getpid(), signal.SIGHUP)
+        with capturedLogs() as events:
+            reactor.queued.pop()()  # does not raise: the reactor would only log it, less clearly
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual([e["log_format"] for e in events], ["SIGHUP handler failed"])
+
+
+class SighupReloadTests(TestCase):
+    """The whole path: a real SIGHUP reloads a live listener on the reactor thread."""
+
+    timeout = 30
+
+    async def test_sighup_reloads(self) -> None:
+        from twisted.internet import reactor
+
+        original = signal.getsignal(signal.SIGHUP)
+        self.addCleanup(signal.signal, signal.SIGHUP, original)
+        data_dir = make_tempdir(self)
+        ca = CertAuthority()
+        first, second = ca.issue_server(), ca.issue_server()
+        cert_path, key_path = first.write(data_dir, "acs")
+        tls = ReloadableServerTLS(cert_path, key_path)
+        port, _ = await listen(self, tls)
+
+        reloaded: Deferred[tuple[bool, bool]] = Deferred()
+
+        def on_sighup() -> None:
+            in_reactor_thread = threading.current_thread() is threading.main_thread()
+            with capturedLogs():
+                reloaded.callback((tls.reload(), in_reactor_thread))
+
+        self.addCleanup(install_sighup(reactor, on_sighup))
+        second.write(data_dir, "acs")
+        os.kill(os.getpid(), signal.SIGHUP)
+        self.assertFalse(reloaded.called)  # queued for the reactor, not run in the handler
+        self.assertEqual(await reloaded, (True, True))
+        seen = await deferToThread(converse, port, client_context(ca.write(data_dir)))
+        self.assertEqual(seen["peer"], second.cert)
