@@ -153,7 +153,7 @@ class GatewayOverTlsTests(TestCase):
         port = self.service.metrics_port.getHost().port
         text = await deferToThread(
             lambda: (
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10)  # noqa: S310
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10)
                 .read()
                 .decode()
             )

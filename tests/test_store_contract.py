@@ -126,7 +126,9 @@ class StoreContract:
         await self.crcredentials.set_pending("dev-1", ConnReqCredential("cr-new", "p-new"))
         self.assertEqual((await self.crcredentials.get("dev-1")).username, "cr-old")  # type: ignore[union-attr,attr-defined]
         self.assertTrue(await self.crcredentials.promote("dev-1"))  # type: ignore[attr-defined]
-        self.assertEqual(await self.crcredentials.get("dev-1"), ConnReqCredential("cr-new", "p-new"))  # type: ignore[attr-defined]
+        self.assertEqual(
+            await self.crcredentials.get("dev-1"), ConnReqCredential("cr-new", "p-new")
+        )  # type: ignore[attr-defined]
         self.assertFalse(await self.crcredentials.promote("dev-1"))  # type: ignore[attr-defined]
 
     async def test_connreq_credentials(self) -> None:
