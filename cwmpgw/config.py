@@ -321,6 +321,13 @@ class AcsConfig:
     max_session_timeout: int = _setting(300, _int(5, 86400))
     hold_requests: bool = _setting(False, _bool)
     path: str = _setting("/", _url_path)
+    client_certs: str = _setting("off", _one_of("off", "optional", "required"))
+    client_ca_file: str = _setting("", _optional_file)
+    client_identity: str = _setting(
+        "cn", _one_of("cn", "serial_number", "san_dns", "san_uri", "any")
+    )
+    client_identity_match: str = _setting("device_id", _one_of("device_id", "oui_serial", "serial"))
+    legacy_ciphers: bool = _setting(False, _bool)
 
     @property
     def certificate_hostname(self) -> str:
@@ -644,6 +651,15 @@ def _cross_check(
                 "auth.bootstrap_password: required when auth.unknown_devices = 'enroll' "
                 "(or set auth.bootstrap_password_file)"
             )
+
+    if acs.get("client_certs") in ("optional", "required"):
+        if not raw["acs"].get("client_ca_file"):
+            errors.append(
+                "acs.client_ca_file: required when acs.client_certs is "
+                f"{acs['client_certs']!r} (the CA bundle that signs device certificates)"
+            )
+        if acs.get("tls") is False:
+            errors.append("acs.client_certs: client certificates need acs.tls = true")
 
     nbi = values["nbi"]
     if nbi.get("auth") == "none" and "interface" in nbi:

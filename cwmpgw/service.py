@@ -89,6 +89,8 @@ class GatewayService(Service):
         self.connreq: Any = None
         self._http_connreq: Any = None
         self._udp_port: Any = None
+        self.tls: Any = None
+        self._uninstall_sighup: Any = None
         self.nbi_port: IListeningPort | None = None
         self.metrics_port: IListeningPort | None = None
         self.metrics: Any = None
@@ -448,12 +450,19 @@ class GatewayService(Service):
             if ":" in interface:
                 return TCP6ServerEndpoint(self._reactor, acs.port, interface=interface)
             return TCP4ServerEndpoint(self._reactor, acs.port, interface=interface)
-        from cwmpgw.acs.tls import server_options
+        from cwmpgw.acs.tls import ReloadableServerTLS, install_sighup
 
         cert_file, key_file = self.certificate()
-        return SSL4ServerEndpoint(
-            self._reactor, acs.port, server_options(cert_file, key_file), interface=interface
+        self.tls = ReloadableServerTLS(
+            cert_file,
+            key_file,
+            client_certs=acs.client_certs,
+            ca_file=acs.client_ca_file or None,
+            legacy_ciphers=acs.legacy_ciphers,
         )
+        # SIGHUP: new certificates for new connections; live sessions keep theirs.
+        self._uninstall_sighup = install_sighup(self._reactor, self.tls.reload)
+        return SSL4ServerEndpoint(self._reactor, acs.port, self.tls, interface=interface)
 
     def certificate(self) -> tuple[str, str]:
         """The ACS certificate and key files: configured, else the self-signed pair."""
@@ -612,6 +621,9 @@ class GatewayService(Service):
         if self.acs_port is not None:
             await maybeDeferred(self.acs_port.stopListening)
             self.acs_port = None
+        if self._uninstall_sighup is not None:
+            self._uninstall_sighup()
+            self._uninstall_sighup = None
         if self.engine is not None:
             self.engine.shutdown()
         if self._expiry is not None and self._expiry.running:
