@@ -328,6 +328,8 @@ class AcsConfig:
     )
     client_identity_match: str = _setting("device_id", _one_of("device_id", "oui_serial", "serial"))
     legacy_ciphers: bool = _setting(False, _bool)
+    read_timeout: int = _setting(30, _int(1, 3600))
+    max_requests_per_connection: int = _setting(1000, _int(1, 1000000))
 
     @property
     def certificate_hostname(self) -> str:
@@ -346,6 +348,10 @@ class AuthConfig:
     bootstrap_username: str = _setting("", _text)
     bootstrap_password: str = _setting("", _secret, show=False)
     bootstrap_password_file: str = _setting("", _optional_file)
+    max_failures_per_source: int = _setting(20, _int(0, 1000000))
+    max_failures_per_device: int = _setting(10, _int(0, 1000000))
+    failure_window: int = _setting(300, _int(1, 86400))
+    block_for: int = _setting(900, _int(1, 604800))
 
 
 @dataclass(frozen=True, slots=True)

@@ -389,7 +389,8 @@ class GatewayService(Service):
         from cwmpgw.acs.auth import CpeAuthenticator, DeviceCredentialsChecker
         from cwmpgw.acs.digest import DigestCredentialFactory
         from cwmpgw.acs.engine import AcsEngine
-        from cwmpgw.acs.resource import AcsResource, AcsSite
+        from cwmpgw.acs.resource import AcsResource, AcsSite, ClientCertificates
+        from cwmpgw.acs.throttle import AuthThrottle
 
         acs, auth = self.config.acs, self.config.auth
         self.engine = AcsEngine(
@@ -425,14 +426,38 @@ class GatewayService(Service):
             realm=auth.realm,
             basic_without_tls=auth.allow_basic_without_tls,
         )
+        throttle = None
+        if auth.max_failures_per_source or auth.max_failures_per_device:
+            throttle = AuthThrottle(
+                self.redis,
+                self.config.redis.prefix,
+                clock=self._reactor,
+                max_failures_per_source=auth.max_failures_per_source or 2**31,
+                max_failures_per_device=auth.max_failures_per_device or 2**31,
+                window=auth.failure_window,
+                block_for=auth.block_for,
+            )
+        certificates = (
+            ClientCertificates(acs.client_identity, acs.client_identity_match)
+            if acs.client_certs != "off"
+            else None
+        )
         resource = AcsResource(
             self.engine,
             authenticator,
             self.credentials,
             max_body_bytes=acs.max_body_bytes,
             path=acs.path,
+            throttle=throttle,
+            certificates=certificates,
         )
-        site = AcsSite(resource, reactor=self._reactor, timeout=acs.max_session_timeout)
+        site = AcsSite(
+            resource,
+            reactor=self._reactor,
+            timeout=acs.max_session_timeout,
+            read_timeout=acs.read_timeout,
+            max_requests_per_connection=acs.max_requests_per_connection,
+        )
         self.acs_port = await self._acs_endpoint().listen(site)
         address: Any = self.acs_port.getHost()
         self._log.info(

@@ -92,6 +92,9 @@ def run_session(
     cafile: str | None = None,
     algorithm: str = "MD5",
     cr_url: str = "http://127.0.0.1:7548/cr",
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    source_address: str | None = None,
     answer: Callable[[bytes], str | None] | None = None,
 ) -> list[Exchange]:
     """One session; returns every HTTP exchange after the 401 round trip.
@@ -102,7 +105,15 @@ def run_session(
     parts = urllib.parse.urlsplit(url)
     context = ssl.create_default_context(cafile=cafile)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    conn = http.client.HTTPSConnection(parts.hostname, parts.port, context=context, timeout=10)
+    if certfile:
+        context.load_cert_chain(certfile, keyfile)
+    conn = http.client.HTTPSConnection(
+        parts.hostname,
+        parts.port,
+        context=context,
+        timeout=10,
+        source_address=(source_address, 0) if source_address else None,
+    )
     uri, cookie, authorization, nc = parts.path or "/", "", "", 0
     exchanges: list[Exchange] = []
 

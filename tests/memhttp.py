@@ -7,6 +7,7 @@ Stores and the event bus are the in-memory providers; time is a Clock. Each
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import ISSLTransport
@@ -18,6 +19,7 @@ from cwmpgw.acs.auth import CpeAuthenticator, DeviceCredentialsChecker
 from cwmpgw.acs.digest import DigestCredentialFactory, ha1
 from cwmpgw.acs.engine import AcsEngine, IRequestSource
 from cwmpgw.acs.resource import AcsResource, AcsSite
+from cwmpgw.acs.throttle import IAuthThrottle
 from cwmpgw.bus.memory import MemoryEventBus
 from cwmpgw.store.memory import MemoryCredentialStore, MemoryDeviceStore
 from tests import digest_client
@@ -105,6 +107,17 @@ class Connection:
             self.cookie = set_cookie.split(";")[0]
         return response
 
+    def send(self, raw: bytes) -> bytes:
+        """Feed raw bytes to the connection; returns what it wrote back since the last send."""
+        self.transport.clear()
+        self.protocol.dataReceived(raw)
+        return self.transport.value()
+
+    @property
+    def closing(self) -> bool:
+        """The server closed (or aborted) the connection."""
+        return bool(self.transport.disconnecting)
+
     def close(self) -> None:
         self.protocol.connectionLost(
             __import__("twisted.python.failure").python.failure.Failure(ConnectionError("closed"))
@@ -121,6 +134,8 @@ class MemoryAcs:
     requests: IRequestSource | None = None
     max_body_bytes: int = 262_144
     session_timeout: float = 30.0
+    throttle: IAuthThrottle | None = None
+    site_options: dict[str, Any] = field(default_factory=dict)
     clock: Clock = field(default_factory=Clock)
     devices: MemoryDeviceStore = field(default_factory=MemoryDeviceStore)
     credentials: MemoryCredentialStore = field(default_factory=MemoryCredentialStore)
@@ -154,9 +169,13 @@ class MemoryAcs:
             basic_without_tls=self.basic_without_tls,
         )
         self.resource = AcsResource(
-            self.engine, self.authenticator, self.credentials, max_body_bytes=self.max_body_bytes
+            self.engine,
+            self.authenticator,
+            self.credentials,
+            max_body_bytes=self.max_body_bytes,
+            throttle=self.throttle,
         )
-        self.site = AcsSite(self.resource, reactor=self.clock)
+        self.site = AcsSite(self.resource, reactor=self.clock, **self.site_options)
 
     def add_device(self, device_id: str, username: str, password: str) -> None:
         self.credentials.set(

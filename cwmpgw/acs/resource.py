@@ -2,16 +2,21 @@
 
 HTTP concerns live here (method, size, cookie, authentication, status codes); CWMP
 concerns live in the engine and the sans-IO session machine. Every failure becomes a
-clear HTTP answer: a CWMP fault where the protocol has one, else 400/401/403/405/413/503
-with a one-line text body, never a traceback.
+clear HTTP answer: a CWMP fault where the protocol has one, else 400/401/403/405/413/
+414/429/431/503 with a one-line text body, never a traceback. Connections are bounded
+(:class:`ConnectionLimits`): head size, body size, requests per connection, and an
+absolute read deadline per request that trickled bytes do not extend.
 """
 
 from __future__ import annotations
 
+import math
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
@@ -19,28 +24,238 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from cwmpgw.acs.auth import AuthFailure, CpeAuthenticator, Identity
+from cwmpgw.acs.certs import certificate_identity, matches, peer_certificate
 from cwmpgw.acs.engine import AcsEngine
 from cwmpgw.acs.sessions import LiveSession
+from cwmpgw.acs.throttle import Block, Claims, IAuthThrottle
+from cwmpgw.bus.events import device_ref, format_ts
 from cwmpgw.cwmp import soap
 from cwmpgw.cwmp.deviceid import device_id as make_device_id
-from cwmpgw.cwmp.messages import Envelope, Inform
+from cwmpgw.cwmp.messages import DeviceId, Envelope, Inform
 from cwmpgw.cwmp.session import Reply
 from cwmpgw.store.interfaces import ICredentialStore
 
-__all__ = ["COOKIE_NAME", "AcsChannel", "AcsResource", "AcsSite"]
+__all__ = [
+    "COOKIE_NAME",
+    "AcsChannel",
+    "AcsRequest",
+    "AcsResource",
+    "AcsSite",
+    "ClientCertificates",
+    "ConnectionLimits",
+]
 
 COOKIE_NAME = "cwmpgw_session"
 # Some CPEs separate cookies with "," instead of ";" (PROTOCOL.md §2.3).
 _COOKIE_RE = re.compile(r"(?:^|[;,]\s*)" + COOKIE_NAME + r"=([0-9a-f]{32})(?=$|[;,\s])")
 
 
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """What one TCP connection may send before it is answered 4xx and closed.
+
+    ``read_timeout`` is an absolute deadline per request, from its first byte until
+    its body is complete, that trickled bytes do not extend (Twisted's own timeout, the
+    site's ``timeout``, restarts on every byte: slowloris). Raise it together with
+    ``max_body_bytes``: a slow link needs time for a large body. A TLS handshake sends
+    no application bytes, so it is bounded by the site's ``timeout`` alone.
+    """
+
+    max_request_line: int = 8192
+    max_header_bytes: int = 16384  # request line plus headers, as Twisted counts them
+    max_headers: int = 100
+    max_body_bytes: int = 262_144
+    max_requests: int = 1000
+    read_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_request_line", "max_header_bytes", "max_headers", "max_requests"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.max_body_bytes < 0 or self.read_timeout <= 0:
+            raise ValueError("max_body_bytes must be >= 0 and read_timeout > 0")
+
+
+_REFUSALS = {
+    400: b"Bad Request",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+}
+
+
+class AcsRequest(Request):
+    """A request that stops buffering a body once it passes the channel's limit.
+
+    Twisted buffers the whole body before rendering; a chunked body has no length to
+    refuse up front, so the cap is applied chunk by chunk here.
+    """
+
+    _received = 0
+
+    def handleContentChunk(self, data: bytes) -> None:
+        channel = self.channel
+        if isinstance(channel, AcsChannel):
+            if channel.refused:
+                return
+            self._received += len(data)
+            if self._received > channel.limits.max_body_bytes:
+                channel.refuse(413, "body too large")
+                return
+        super().handleContentChunk(data)  # type: ignore[no-untyped-call]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCertificates:
+    """How a verified client certificate names its device (acs.client_identity[_match])."""
+
+    field: str = "cn"
+    match: str = "device_id"
+
+
 class AcsChannel(HTTPChannel):
-    """An HTTP connection that remembers which session and identity it carries."""
+    """An HTTP connection that remembers its session and enforces the connection limits."""
+
+    _log = Logger()
 
     cwmp_session: LiveSession | None = None
     auth_failures: int = 0
+    limits: ConnectionLimits = ConnectionLimits()
+    refused = False  # a limit was broken: answered, closing, ignoring the rest
+    _requests_seen = 0
+    _head_bytes = 0
+    _head_lines = 0
+    _head_fields = 0
+    _in_request = False  # a complete request is being answered; later bytes are buffered
+    _deadline: IDelayedCall | None = None
+
+    _clock: IReactorTime | None = None
+
+    def configure(self, limits: ConnectionLimits, clock: IReactorTime) -> None:
+        """Apply ``limits``, keeping Twisted's own checks as a second line behind ours."""
+        self.limits = limits
+        self._clock = clock
+        self.MAX_LENGTH = max(limits.max_request_line, limits.max_header_bytes)
+        self.totalHeadersSize = limits.max_header_bytes
+        self.maxHeaders = limits.max_headers
+
+    def _peer(self) -> str:
+        address = self.transport.getPeer() if self.transport is not None else None
+        return str(getattr(address, "host", address))
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.refused:
+            return
+        if data and not self._in_request and self._deadline is None:
+            # The first byte of a request: its head and body must be in within read_timeout.
+            call_later: Any = self._clock.callLater if self._clock else self.callLater
+            self._deadline = call_later(self.limits.read_timeout, self._read_timed_out)
+        super().dataReceived(data)  # type: ignore[no-untyped-call]
+
+    def _read_timed_out(self) -> None:
+        self._deadline = None
+        self._log.warn(
+            "request from {peer} not complete within {read_timeout}s; closing",
+            peer=self._peer(),
+            read_timeout=self.limits.read_timeout,
+        )
+        self.refused = True
+        transport: Any = self.transport
+        if transport is not None:
+            transport.abortConnection()
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
+    def lineReceived(self, line: bytes) -> None:
+        if self.refused:
+            return
+        if self._head_lines == 0:
+            if not line:  # the stray CRLF some clients send after a body; Twisted eats one
+                super().lineReceived(line)  # type: ignore[no-untyped-call]
+                return
+            if len(line) > self.limits.max_request_line:
+                return self.refuse(414, "request line too long")
+        elif line and line[:1] not in b" \t":
+            self._head_fields += 1
+        self._head_lines += 1
+        self._head_bytes += len(line)
+        if self._head_bytes > self.limits.max_header_bytes:
+            return self.refuse(431, "request headers too large")
+        if self._head_fields > self.limits.max_headers:
+            return self.refuse(431, "too many request headers")
+        if not line:
+            self._head_lines = self._head_bytes = self._head_fields = 0
+        super().lineReceived(line)  # type: ignore[no-untyped-call]
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if self._head_lines == 0:
+            self.refuse(414, "request line too long")
+        else:
+            self.refuse(431, "request headers too large")
+
+    def allHeadersReceived(self) -> None:
+        length = self.length
+        if length is not None and length > self.limits.max_body_bytes:
+            # Refused before any of the body is read (and before a 100 Continue).
+            return self.refuse(413, "body too large")
+        super().allHeadersReceived()  # type: ignore[no-untyped-call]
+        self._requests_seen += 1
+        if self._requests_seen >= self.limits.max_requests:
+            self.persistent = False
+            self.requests[-1].responseHeaders.setRawHeaders(b"connection", [b"close"])
+
+    def allContentReceived(self) -> None:
+        if self.refused:
+            return
+        self._cancel_deadline()
+        self._in_request = True
+        super().allContentReceived()  # type: ignore[no-untyped-call]
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self.refused:
+            return
+        super().rawDataReceived(data)
+
+    def requestDone(self, request: Request) -> None:
+        # A response that says "Connection: close" really closes the connection.
+        connection = request.responseHeaders.getRawHeaders(b"connection") or []
+        if any(b"close" in v.lower() for v in connection):
+            self.persistent = False
+        self._in_request = False
+        super().requestDone(request)  # type: ignore[no-untyped-call]
+
+    def refuse(self, status: int, reason: str) -> None:
+        """Answer a broken limit with a short plain response and close the connection."""
+        if self.refused:
+            return
+        self.refused = True
+        self._cancel_deadline()
+        self._log.info(
+            "refused a request from {peer}: {status} {reason}",
+            peer=self._peer(),
+            status=status,
+            reason=reason,
+        )
+        body = reason.encode() + b"\n"
+        if self.transport is not None:
+            self.transport.write(
+                b"HTTP/1.1 %d %s\r\n" % (status, _REFUSALS[status])
+                + b"Connection: close\r\n"
+                + b"Content-Type: text/plain; charset=utf-8\r\n"
+                + b"Content-Length: %d\r\n\r\n" % len(body)
+                + body
+            )
+            self.loseConnection()  # type: ignore[no-untyped-call]
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        self.refuse(400, "bad request")
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self._cancel_deadline()
         super().connectionLost(reason)  # type: ignore[no-untyped-call]
         site = getattr(self, "site", None)
         if isinstance(site, AcsSite):
@@ -49,14 +264,47 @@ class AcsChannel(HTTPChannel):
 
 
 class AcsSite(Site):
-    """The Site for the ACS endpoint: our channel, no form parsing, no HTTP/2."""
+    """The Site for the ACS endpoint: our channel, no form parsing, no HTTP/2.
+
+    ``timeout`` is the idle time allowed between requests on a connection (give it the
+    session timeout); the other limits are :class:`ConnectionLimits`.
+    """
 
     protocol = AcsChannel  # type: ignore[assignment]
+    requestFactory = AcsRequest
 
-    def __init__(self, resource: AcsResource, **kwargs: Any) -> None:
-        super().__init__(resource, parsePOSTFormSubmission=False, **kwargs)  # type: ignore[no-untyped-call]
+    def __init__(
+        self,
+        resource: AcsResource,
+        *,
+        timeout: float = 300.0,
+        max_request_line: int = 8192,
+        max_header_bytes: int = 16384,
+        max_headers: int = 100,
+        max_body_bytes: int | None = None,
+        max_requests_per_connection: int = 1000,
+        read_timeout: float = 30.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(  # type: ignore[no-untyped-call]
+            resource, parsePOSTFormSubmission=False, timeout=timeout, **kwargs
+        )
         self.engine = resource.engine
         self.noisy = False
+        self.limits = ConnectionLimits(
+            max_request_line=max_request_line,
+            max_header_bytes=max_header_bytes,
+            max_headers=max_headers,
+            max_body_bytes=(resource.max_body_bytes if max_body_bytes is None else max_body_bytes),
+            max_requests=max_requests_per_connection,
+            read_timeout=read_timeout,
+        )
+
+    def buildProtocol(self, addr: Any) -> Any:
+        channel = super().buildProtocol(addr)  # type: ignore[no-untyped-call]
+        if isinstance(channel, AcsChannel):
+            channel.configure(self.limits, self.reactor)
+        return channel
 
     def log(self, request: Any) -> None:
         """No access log line per request: at fleet scale it is noise; sessions are logged."""
@@ -71,6 +319,16 @@ def _cookie(request: Request) -> str | None:
 
 
 class AcsResource(Resource):
+    """Answers CPE POSTs; with a ``throttle``, also the brute-force defence.
+
+    The throttle is consulted at three points: a blocked source address is refused
+    with 429 before any credential work; every failed verification is counted (a
+    plain first challenge is not) and may answer 429 when the claimed identity is
+    blocked; a success clears that identity's count. A correct credential is never
+    refused because of another address's failures (see :mod:`cwmpgw.acs.throttle`).
+    Connections already carrying an authenticated session are not checked again.
+    """
+
     isLeaf = True
     _log = Logger()
 
@@ -82,6 +340,8 @@ class AcsResource(Resource):
         *,
         max_body_bytes: int = 262_144,
         path: str = "/",
+        throttle: IAuthThrottle | None = None,
+        certificates: ClientCertificates | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.engine = engine
@@ -89,6 +349,12 @@ class AcsResource(Resource):
         self._credentials = credentials
         self._max_body = max_body_bytes
         self._path = path.encode()
+        self._throttle = throttle
+        self._certificates = certificates
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self._max_body
 
     def render(self, request: Request) -> bytes | int:
         if request.method != b"POST":
@@ -112,6 +378,11 @@ class AcsResource(Resource):
     async def _handle(self, request: Request) -> None:
         peer = _peer(request)
         channel: Any = request.channel
+        if self._throttle is not None and not _authenticated(channel):
+            retry = await self._blocked(peer, None)
+            if retry is not None:
+                self._log.debug("refused {peer}: the address is blocked", peer=peer)
+                return self._too_many(request, retry)
         length = request.getHeader(b"content-length")
         if length is not None and length.isdigit() and int(length) > self._max_body:
             self._log.warn("body of {length} bytes from {peer} refused", length=length, peer=peer)
@@ -159,12 +430,15 @@ class AcsResource(Resource):
             self._log.info("POST without a session from {peer}", peer=peer)
             return self._send(request, Reply(400, reason="no session: start with an Inform"))
         if live.channel is not channel:
-            identity = await self._authenticate(request, peer, live.device)
+            identity = await self._authenticate(request, peer, live.device, live.device_id)
             if identity is None:
                 return None
             refusal = await self._auth.authorize(identity, live.device_id, self._credentials)
             if refusal is not None:
-                return self._refuse(request, peer, identity.username, live.device, refusal)
+                return await self._refuse(
+                    request, peer, identity.username, live.device, live.device_id, refusal
+                )
+            await self._succeeded(peer, (identity.username, live.device_id))
             live.channel = channel
             if isinstance(channel, AcsChannel):
                 channel.cwmp_session = live
@@ -175,13 +449,16 @@ class AcsResource(Resource):
     async def _inform(self, request: Request, envelope: Envelope, peer: str, channel: Any) -> None:
         inform = envelope.message
         assert isinstance(inform, Inform)
-        identity = await self._authenticate(request, peer, inform.device_id)
+        device_id = make_device_id(inform.device_id)
+        identity = await self._authenticate(request, peer, inform.device_id, device_id)
         if identity is None:
             return None
-        device_id = make_device_id(inform.device_id)
         refusal = await self._auth.authorize(identity, device_id, self._credentials)
         if refusal is not None:
-            return self._refuse(request, peer, identity.username, inform.device_id, refusal)
+            return await self._refuse(
+                request, peer, identity.username, inform.device_id, device_id, refusal
+            )
+        await self._succeeded(peer, (identity.username, device_id))
         if isinstance(channel, AcsChannel):
             channel.auth_failures = 0
         try:
@@ -204,32 +481,143 @@ class AcsResource(Resource):
         self._send(request, reply)
         return None
 
-    async def _authenticate(self, request: Request, peer: str, device: Any) -> Identity | None:
-        """The identity the request proves, or None after answering 401 ourselves."""
+    async def _authenticate(
+        self, request: Request, peer: str, device: DeviceId, device_id: str
+    ) -> Identity | None:
+        """The identity the request proves, or None after answering 401/403/429 ourselves."""
+        if self._certificates is not None:
+            cert = peer_certificate(request.transport)
+            if cert is not None:
+                # TLS verified it against our CA; here it must name this very device.
+                names = certificate_identity(cert, self._certificates.field)
+                if matches(names, device, device_id, self._certificates.match):
+                    label = names.values[0] if names.values else ""
+                    return Identity(f"certificate:{label}", device_id, "certificate")
+                await self._refuse(
+                    request,
+                    peer,
+                    "certificate:" + ",".join(names.values)[:128],
+                    device,
+                    device_id,
+                    "the client certificate does not name this device",
+                )
+                return None
         result = await self._auth.authenticate(request)
         if isinstance(result, Identity):
             return result
-        self._challenge(request, peer, result, device)
+        if result.challenge_only or result.stale:
+            self._challenge(request, result)
+            return None
+        self.engine.auth_failed(
+            peer=peer, reason=result.reason, username=result.username, device=device
+        )
+        channel: Any = request.channel
+        if isinstance(channel, AcsChannel):
+            channel.auth_failures += 1
+        claims = [c for c in (result.username, device_id) if c]
+        retry = await self._failed(peer, claims, device, device_id)
+        if retry is not None:
+            self._log.info(
+                "refused {peer} (user {username!r}): too many failed authentications",
+                peer=peer,
+                username=result.username,
+            )
+            self._too_many(request, retry)
+            return None
+        self._challenge(request, result)
         return None
 
-    def _challenge(self, request: Request, peer: str, failure: AuthFailure, device: Any) -> None:
+    def _challenge(self, request: Request, failure: AuthFailure) -> None:
         channel: Any = request.channel
-        if not failure.challenge_only and not failure.stale:
-            self.engine.auth_failed(
-                peer=peer, reason=failure.reason, username=failure.username, device=device
-            )
-            if isinstance(channel, AcsChannel):
-                channel.auth_failures += 1
         for value in self._auth.challenges(request, stale=failure.stale):
             request.responseHeaders.addRawHeader(b"www-authenticate", value)
         if isinstance(channel, AcsChannel) and channel.auth_failures >= 2:
             request.setHeader(b"connection", b"close")
         self._send(request, Reply(401, reason="authentication required"))
 
-    def _refuse(self, request: Request, peer: str, username: str, device: Any, reason: str) -> None:
+    async def _refuse(
+        self,
+        request: Request,
+        peer: str,
+        username: str,
+        device: DeviceId,
+        device_id: str,
+        reason: str,
+    ) -> None:
+        """Valid credentials that may not speak for this device: counted for the device."""
         self.engine.auth_failed(peer=peer, reason=reason, username=username, device=device)
+        await self._failed(peer, [device_id], device, device_id, check=False)
         request.setHeader(b"connection", b"close")
         self._send(request, Reply(403, reason="these credentials may not speak for this device"))
+
+    def _too_many(self, request: Request, retry: float) -> None:
+        request.setHeader(b"retry-after", str(max(1, math.ceil(retry))).encode())
+        request.setHeader(b"connection", b"close")
+        self._send(request, Reply(429, reason="too many failed authentications; retry later"))
+
+    # The throttle is a defence, not a dependency: if it fails, authentication still
+    # decides alone (and the failure is logged).
+    async def _blocked(self, peer: str, claims: Claims) -> float | None:
+        assert self._throttle is not None
+        try:
+            return await self._throttle.blocked(peer, claims)
+        except Exception:
+            self._log.failure("could not check the auth blocks of {peer}", peer=peer)
+            return None
+
+    async def _failed(
+        self,
+        peer: str,
+        claims: list[str],
+        device: DeviceId,
+        device_id: str,
+        *,
+        check: bool = True,
+    ) -> float | None:
+        """Count a failure, report the blocks it starts; the wait if this attempt is blocked."""
+        if self._throttle is None:
+            return None
+        try:
+            blocks = await self._throttle.failed(peer, claims)
+        except Exception:
+            self._log.failure("could not count a failed authentication from {peer}", peer=peer)
+            return None
+        for block in blocks:
+            ref = None
+            if block.kind == "device" and block.key == device_id:
+                ref = device_ref(
+                    device_id,
+                    device.oui,
+                    device.product_class,
+                    device.serial_number,
+                    device.manufacturer,
+                )
+            self._report(block, ref)
+        return await self._blocked(peer, claims) if check else None
+
+    async def _succeeded(self, peer: str, claims: tuple[str, str]) -> None:
+        if self._throttle is None:
+            return
+        try:
+            await self._throttle.succeeded(peer, claims)
+        except Exception:
+            self._log.failure("could not clear the failure count of {peer}", peer=peer)
+
+    def _report(self, block: Block, ref: dict[str, str] | None) -> None:
+        until = format_ts(block.until)
+        self._log.warn(
+            "blocking {kind} {key} until {until} after {failures} failed authentications",
+            kind=block.kind,
+            key=block.key,
+            until=until,
+            failures=block.failures,
+        )
+        d = self.engine.publish(
+            "auth.blocked",
+            {"kind": block.kind, "key": block.key, "until": until, "failures": block.failures},
+            ref,
+        )
+        d.addErrback(lambda f: self._log.failure("could not publish auth.blocked", f))
 
     def _send(self, request: Request, reply: Reply) -> None:
         if request.finished or getattr(request, "_disconnected", False):
@@ -253,6 +641,12 @@ class AcsResource(Resource):
 def _peer(request: Request) -> str:
     address = request.getClientAddress()
     return str(getattr(address, "host", address))
+
+
+def _authenticated(channel: Any) -> bool:
+    """Whether this connection already carries an authenticated, open session."""
+    live = getattr(channel, "cwmp_session", None)
+    return live is not None and not live.machine.closed
 
 
 def _str(value: bytes | None) -> str | None:
