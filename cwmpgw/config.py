@@ -283,6 +283,34 @@ def _sha256_list(value: object) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _preset_values(value: object) -> tuple[tuple[str, str, str], ...]:
+    """``[[provision.values]]`` tables: name, value, optional xsi type (checked like a task's)."""
+    from cwmpgw.cwmp.values import check_value
+
+    if not isinstance(value, list | tuple):
+        raise _Invalid(f"must be an array of tables, not {_describe(value)}")
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, Mapping):
+            raise _Invalid(f"[{i}]: must be a table with name, value and optionally type")
+        unknown = set(item) - {"name", "value", "type"}
+        if unknown:
+            raise _Invalid(f"[{i}]: unknown key {_choices(sorted(unknown))}")
+        name, raw, type_ = item.get("name"), item.get("value"), item.get("type", "xsd:string")
+        if not isinstance(name, str) or not name or name.endswith(".") or len(name) > 256:
+            raise _Invalid(f"[{i}].name: must be a parameter name (not ending in '.')")
+        if not isinstance(type_, str):
+            raise _Invalid(f"[{i}].type: must be a string such as 'xsd:unsignedInt'")
+        if raw is None:
+            raise _Invalid(f"[{i}].value: required")
+        try:
+            text = check_value(type_, raw)
+        except ValueError as e:
+            raise _Invalid(f"[{i}].value: {e}") from None
+        out.append((name, text, type_ if type_.startswith("xsd:") else "xsd:" + type_))
+    return tuple(out)
+
+
 # -- the schema ----------------------------------------------------------------------------
 
 
@@ -427,6 +455,7 @@ class ProvisionConfig:
     periodic_inform_interval: int = _setting(86400, _int(30, 2592000))
     spread_informs: bool = _setting(True, _bool)
     presets_on: str = _setting("bootstrap", _one_of("bootstrap", "boot", "every"))
+    values: tuple[tuple[str, str, str], ...] = _setting((), _preset_values)
 
 
 @dataclass(frozen=True, slots=True)

@@ -559,3 +559,34 @@ def test_example_bootstrap_block_is_a_working_example(tmp_path: Path) -> None:
     c = load_config(str(path))
     assert (c.auth.unknown_devices, c.auth.bootstrap_username) == ("enroll", "bootstrap")
     assert os.path.isabs(c.gateway.data_dir)
+
+
+def test_provision_preset_values() -> None:
+    c = parse_config(
+        {
+            "provision": {
+                "values": [
+                    {"name": "Time.NTPServer1", "value": "ntp"},
+                    {"name": "X.Y", "value": 5, "type": "unsignedInt"},
+                ]
+            }
+        }
+    )
+    assert c.provision.values == (
+        ("Time.NTPServer1", "ntp", "xsd:string"),
+        ("X.Y", "5", "xsd:unsignedInt"),
+    )
+    with pytest.raises(ConfigError) as e:
+        parse_config(
+            {
+                "provision": {
+                    "values": [
+                        {"name": "X.Y", "value": -1, "type": "xsd:unsignedInt"},
+                        {"name": "A.", "value": "x"},
+                        "nope",
+                    ]
+                }
+            }
+        )
+    text = str(e.value)
+    assert "provision.values: [0].value:" in text

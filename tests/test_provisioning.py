@@ -90,6 +90,16 @@ class ProvisioningTests(TestCase):
                 },
                 "redis": {"url": self.redis_server.url, "prefix": self.prefix},
                 "connreq": {"stun": False},
+                "provision": {
+                    "values": [
+                        {"name": "Time.NTPServer1", "value": "pool.ntp.org"},
+                        {
+                            "name": "Device.ManagementServer.CWMPRetryMinimumWaitInterval",
+                            "value": 10,
+                            "type": "xsd:unsignedInt",
+                        },
+                    ]
+                },
             }
         )
         self.service = make_service(config, reactor)
@@ -149,6 +159,8 @@ class ProvisioningTests(TestCase):
         )
         self.assertEqual(cpe.values[ms + "PeriodicInformEnable"], "true")
         self.assertIn(ms + "PeriodicInformTime", cpe.values)
+        self.assertEqual(cpe.values["Device.Time.NTPServer1"], "pool.ntp.org")
+        self.assertEqual(cpe.values[ms + "CWMPRetryMinimumWaitInterval"], "10")
         # The gateway can now answer connection requests with what it set.
         cr = await self.service.connreq_credentials.get(DEVICE_ID)
         self.assertEqual((cr.username, cr.password), (cr_user, cr_password))

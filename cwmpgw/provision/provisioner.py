@@ -180,7 +180,7 @@ class Provisioner:
                 "0 BOOTSTRAP" in codes or not await self._rotations.confirmed(device_id)
             ):
                 steps.append(_Step("credentials"))
-        if self._config.periodic_inform:
+        if self._config.periodic_inform or self._config.values:
             when = self._config.presets_on
             if (
                 when == "every"
@@ -238,15 +238,22 @@ class Provisioner:
     def _presets(self, session: LiveSession) -> list[dict[str, str]]:
         ms = root_object(session) + ".ManagementServer."
         interval = self._config.periodic_inform_interval
-        values = [
-            {"name": ms + "PeriodicInformEnable", "value": "true", "type": "xsd:boolean"},
-            {
-                "name": ms + "PeriodicInformInterval",
-                "value": str(interval),
-                "type": "xsd:unsignedInt",
-            },
-        ]
-        if self._config.spread_informs:
+        values: list[dict[str, str]] = []
+        if self._config.periodic_inform:
+            values += [
+                {"name": ms + "PeriodicInformEnable", "value": "true", "type": "xsd:boolean"},
+                {
+                    "name": ms + "PeriodicInformInterval",
+                    "value": str(interval),
+                    "type": "xsd:unsignedInt",
+                },
+            ]
+        root = root_object(session)
+        for name, value, type_ in self._config.values:
+            if not name.startswith(("Device.", "InternetGatewayDevice.")):
+                name = f"{root}.{name}"
+            values.append({"name": name, "value": value, "type": type_})
+        if self._config.periodic_inform and self._config.spread_informs:
             values.append(
                 {
                     "name": ms + "PeriodicInformTime",
