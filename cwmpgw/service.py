@@ -90,6 +90,7 @@ class GatewayService(Service):
         self._http_connreq: Any = None
         self._udp_port: Any = None
         self.tls: Any = None
+        self.acs_site: Any = None
         self._uninstall_sighup: Any = None
         self.nbi_port: IListeningPort | None = None
         self.metrics_port: IListeningPort | None = None
@@ -386,6 +387,7 @@ class GatewayService(Service):
     # -- the ACS endpoint --------------------------------------------------------------------
 
     async def _start_acs(self) -> None:
+        from cwmpgw.acs.admission import AdmissionControl
         from cwmpgw.acs.auth import CpeAuthenticator, DeviceCredentialsChecker
         from cwmpgw.acs.digest import DigestCredentialFactory
         from cwmpgw.acs.engine import AcsEngine
@@ -450,6 +452,15 @@ class GatewayService(Service):
             path=acs.path,
             throttle=throttle,
             certificates=certificates,
+            admission=(
+                AdmissionControl(
+                    self._reactor,
+                    max_new_per_second=acs.max_new_sessions_per_second,
+                    max_sessions=acs.max_sessions,
+                )
+                if acs.max_new_sessions_per_second
+                else None
+            ),
         )
         site = AcsSite(
             resource,
@@ -457,7 +468,9 @@ class GatewayService(Service):
             timeout=acs.max_session_timeout,
             read_timeout=acs.read_timeout,
             max_requests_per_connection=acs.max_requests_per_connection,
+            max_connections=acs.max_connections,
         )
+        self.acs_site = site
         self.acs_port = await self._acs_endpoint().listen(site)
         address: Any = self.acs_port.getHost()
         self._log.info(
@@ -634,6 +647,32 @@ class GatewayService(Service):
         super().stopService()  # type: ignore[no-untyped-call]
         return Deferred.fromCoroutine(self._stop())
 
+    async def _drain(self) -> None:
+        """Let live sessions finish (up to acs.drain_timeout), then end the rest."""
+        from twisted.internet.task import deferLater
+
+        site, deadline = self.acs_site, self.config.acs.drain_timeout
+        if site is None or self.engine is None:
+            return
+        site.drain()
+        waited = 0.0
+        # Only sessions whose CPE is still connected can finish: the port is closed.
+        while self.engine.live_connections() and waited < deadline:
+            await deferLater(self._reactor, 0.1, lambda: None)
+            waited += 0.1
+        left = len(self.engine.registry)
+        self._log.info(
+            "drained: {left} session(s) still open after {waited:.1f} s are ended",
+            left=left,
+            waited=waited,
+        )
+        self.engine.shutdown()
+        site.abort_all()
+        try:
+            await self.engine.flush().addTimeout(5, self._reactor)
+        except Exception:
+            self._log.warn("some events of the last sessions could not be published")
+
     async def _stop(self) -> None:
         if self._started is not None and not self._started.called:
             self._started.cancel()
@@ -646,6 +685,7 @@ class GatewayService(Service):
         if self.acs_port is not None:
             await maybeDeferred(self.acs_port.stopListening)
             self.acs_port = None
+            await self._drain()
         if self._uninstall_sighup is not None:
             self._uninstall_sighup()
             self._uninstall_sighup = None

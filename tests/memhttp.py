@@ -132,6 +132,7 @@ class MemoryAcs:
     basic_without_tls: bool = False
     hold_requests: bool = False
     requests: IRequestSource | None = None
+    admission: Any = None
     max_body_bytes: int = 262_144
     session_timeout: float = 30.0
     throttle: IAuthThrottle | None = None
@@ -174,6 +175,7 @@ class MemoryAcs:
             self.credentials,
             max_body_bytes=self.max_body_bytes,
             throttle=self.throttle,
+            admission=self.admission,
         )
         self.site = AcsSite(self.resource, reactor=self.clock, **self.site_options)
 

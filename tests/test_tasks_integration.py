@@ -200,3 +200,44 @@ class TaskTests(TestCase):
         sent = [k for m, k in dropping.keys + cpe.keys if m == "AddObject"]
         self.assertEqual(sent, [tasks[1].args["parameter_key"]] * 2)
         self.assertTrue(sent[0])
+
+
+@pytest.mark.usefixtures("redis_for_class")
+class DrainTests(TaskTests):
+    """Stopping the gateway (SIGTERM) lets a live session finish; nothing is cut short."""
+
+    test_every_task_type_runs_once_in_order = None  # type: ignore[assignment]
+    test_restart_mid_queue_loses_nothing_and_repeats_nothing = None  # type: ignore[assignment]
+
+    async def test_stop_drains_a_live_session(self) -> None:
+        args = dict(EVERY_TASK)
+        kinds = ["SetParameterValues", "AddObject", "Reboot"]
+        tasks = [await self.service.tasks.submit(DEVICE_ID, k, args[k]) for k in kinds]
+        stopping: list[Any] = []
+        service = self.service
+
+        class StopsTheGateway(ScriptedCpe):
+            def __call__(self, envelope: bytes) -> str | None:
+                if not stopping:  # the first ACS request: now the operator stops the node
+                    stopping.append(True)
+                    reactor.callFromThread(lambda: stopping.append(service.stopService()))
+                return super().__call__(envelope)
+
+        cpe = StopsTheGateway()
+        exchanges = await self.session(cpe)
+        await stopping[1]
+        self.assertEqual(exchanges[-1].status, 204)
+        self.assertEqual(sum(cpe.asked.values()), 3)
+        for task in tasks:
+            self.assertEqual((await self._task_status(task.id)), "done")
+        closed = [e for e in self._events() if e["type"] == "session.closed"]
+        self.assertEqual(closed[-1]["data"]["outcome"], "completed")
+        with self.assertRaises(OSError):  # nothing listens any more
+            await self.session(None)
+
+    async def _task_status(self, task_id: str) -> str:
+        raw = self.redis.get(f"{self.prefix}task:{task_id}")
+        return str(json.loads(raw)["status"])
+
+    def _events(self) -> list[dict[str, Any]]:
+        return [json.loads(f["event"]) for _, f in self.redis.xrange(self.prefix + "events")]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
@@ -118,6 +118,7 @@ class AcsEngine:
         self._metrics = metrics  # cwmpgw.metrics.Metrics, or None
         self.registry = SessionRegistry(clock, self._session_ended)
         self._busy: set[str] = set()
+        self._in_flight: set[Deferred[Any]] = set()
 
     def _event(self, type_: str, data: dict[str, Any], device: dict[str, str] | None) -> Event:
         return Event(type=type_, ts=self._clock.seconds(), node=self.node, data=data, device=device)
@@ -328,6 +329,30 @@ class AcsEngine:
                 "could not publish session.closed for {device_id}", f, device_id=live.device_id
             )
         )
+        self._track(d)
+
+    def _track(self, d: Deferred[Any]) -> None:
+        """Remember a publish nobody waits for, so shutdown can let it finish."""
+        self._in_flight.add(d)
+
+        def forget(result: object) -> object:
+            self._in_flight.discard(d)
+            return result
+
+        d.addBoth(forget)
+
+    def flush(self) -> Deferred[Any]:
+        """Fires once the events published in the background so far are out."""
+        return DeferredList(list(self._in_flight), consumeErrors=True)
+
+    def live_connections(self) -> int:
+        """Sessions whose CPE is connected now (the ones a drain waits for)."""
+        return sum(1 for live in self.registry.sessions() if live.channel is not None)
+
+    def note_shed(self) -> None:
+        """Admission control refused a new session or connection."""
+        if self._metrics is not None:
+            self._metrics.admission_rejections.inc()
 
     def shutdown(self) -> None:
         self.registry.end_all(Outcome.SHUTDOWN, "the gateway is stopping")
@@ -356,3 +381,4 @@ class AcsEngine:
             ref,
         )
         d.addErrback(lambda f: self._log.failure("could not publish auth.failed", f))
+        self._track(d)

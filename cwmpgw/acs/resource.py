@@ -23,6 +23,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from cwmpgw.acs.admission import AdmissionControl
 from cwmpgw.acs.auth import AuthFailure, CpeAuthenticator, Identity
 from cwmpgw.acs.certs import certificate_identity, matches, peer_certificate
 from cwmpgw.acs.engine import AcsEngine
@@ -259,6 +260,7 @@ class AcsChannel(HTTPChannel):
         super().connectionLost(reason)  # type: ignore[no-untyped-call]
         site = getattr(self, "site", None)
         if isinstance(site, AcsSite):
+            site.open_connections.discard(self)
             site.engine.registry.connection_lost(self)
         self.cwmp_session = None
 
@@ -284,6 +286,7 @@ class AcsSite(Site):
         max_body_bytes: int | None = None,
         max_requests_per_connection: int = 1000,
         read_timeout: float = 30.0,
+        max_connections: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(  # type: ignore[no-untyped-call]
@@ -291,6 +294,8 @@ class AcsSite(Site):
         )
         self.engine = resource.engine
         self.noisy = False
+        self.max_connections = max_connections  # 0 = no limit
+        self.open_connections: set[AcsChannel] = set()
         self.limits = ConnectionLimits(
             max_request_line=max_request_line,
             max_header_bytes=max_header_bytes,
@@ -301,10 +306,29 @@ class AcsSite(Site):
         )
 
     def buildProtocol(self, addr: Any) -> Any:
+        if self.max_connections and len(self.open_connections) >= self.max_connections:
+            # Refused before any TLS work: the cheapest way to shed a crowd. The CPE
+            # retries with its back-off.
+            self.engine.note_shed()
+            return None
         channel = super().buildProtocol(addr)  # type: ignore[no-untyped-call]
         if isinstance(channel, AcsChannel):
             channel.configure(self.limits, self.reactor)
+            self.open_connections.add(channel)
         return channel
+
+    def drain(self) -> None:
+        """Shutting down: connections with no session and no request close now; the others
+        close after the answer that ends their session (see AcsResource._send)."""
+        self.resource.draining = True
+        for channel in list(self.open_connections):
+            live = channel.cwmp_session
+            if not channel.requests and (live is None or live.machine.closed):
+                channel.transport.loseConnection()  # type: ignore[union-attr]
+
+    def abort_all(self) -> None:
+        for channel in list(self.open_connections):
+            channel.transport.abortConnection()  # type: ignore[union-attr]
 
     def log(self, request: Any) -> None:
         """No access log line per request: at fleet scale it is noise; sessions are logged."""
@@ -342,6 +366,7 @@ class AcsResource(Resource):
         path: str = "/",
         throttle: IAuthThrottle | None = None,
         certificates: ClientCertificates | None = None,
+        admission: AdmissionControl | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.engine = engine
@@ -351,6 +376,8 @@ class AcsResource(Resource):
         self._path = path.encode()
         self._throttle = throttle
         self._certificates = certificates
+        self._admission = admission
+        self.draining = False
 
     @property
     def max_body_bytes(self) -> int:
@@ -424,6 +451,11 @@ class AcsResource(Resource):
                 )
 
         if envelope is not None and isinstance(envelope.message, Inform):
+            shed = self._admit(request, envelope.message)
+            if shed is not None:
+                request.setHeader(b"retry-after", str(shed[1]).encode())
+                request.setHeader(b"connection", b"close")
+                return self._send(request, Reply(503, reason=shed[0]))
             return await self._inform(request, envelope, peer, channel)
 
         if live is None:
@@ -445,6 +477,27 @@ class AcsResource(Resource):
         reply = await self.engine.continue_session(live, envelope)
         self._send(request, reply)
         return None
+
+    def _admit(self, request: Request, inform: Inform) -> tuple[str, int] | None:
+        """Why a new session must wait, and for how long; None if it may start.
+
+        Checked right after the (cheap) parse and before any credential or Redis work.
+        An Inform without credentials is not charged: its answer is the 401 challenge,
+        which costs neither, and charging it would make every Digest session pay twice.
+        """
+        if self.draining:
+            return "the gateway is shutting down; retry later", 30
+        if self._admission is None:
+            return None
+        if request.getHeader(b"authorization") is None and (
+            self._certificates is None or peer_certificate(request.transport) is None
+        ):
+            return None
+        retry = self._admission.admit((e.code for e in inform.events), len(self.engine.registry))
+        if retry is None:
+            return None
+        self.engine.note_shed()
+        return "too many new sessions; retry later", retry
 
     async def _inform(self, request: Request, envelope: Envelope, peer: str, channel: Any) -> None:
         inform = envelope.message
@@ -623,6 +676,10 @@ class AcsResource(Resource):
         if request.finished or getattr(request, "_disconnected", False):
             return
         request.setResponseCode(reply.status)
+        if self.draining and reply.status != 200:
+            # A session's envelopes keep their connection (the port is closed: the CPE
+            # could not come back); the 204 that ends it, and everything else, close.
+            request.setHeader(b"connection", b"close")
         # Always a Content-Length, never chunked: embedded CPE HTTP clients vary.
         if reply.status == 200:
             body = reply.body

@@ -107,6 +107,9 @@ class SessionRegistry:
             if live.machine.may_end_quietly:
                 self.end(live, Outcome.COMPLETED, "the CPE closed after its held requests")
 
+    def sessions(self) -> list[LiveSession]:
+        return list(self._by_cookie.values())
+
     def end_all(self, outcome: Outcome, reason: str = "") -> None:
         for live in list(self._by_cookie.values()):
             self.end(live, outcome, reason)
