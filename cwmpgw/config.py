@@ -329,6 +329,7 @@ class RedisTarget:
 class GatewayConfig:
     data_dir: str = _setting("./cwmpgw-data", _directory)
     node: str = _setting("", _text)
+    workers: int = _setting(1, _int(1, 256))
 
     @property
     def node_name(self) -> str:

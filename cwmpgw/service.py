@@ -74,8 +74,11 @@ class GatewayService(Service):
 
     _log = Logger()
 
-    def __init__(self, config: Config, reactor: Any) -> None:
+    def __init__(self, config: Config, reactor: Any, *, reuse_port: bool = False) -> None:
         self.config = config
+        # A worker of a multi-process node (or worker 0 of one): share the ACS port.
+        self._reuse_port = reuse_port or config.gateway.workers > 1
+        self.workers: Any = None
         self._reactor = reactor
         self.node = config.gateway.node_name
         self.data_dir = os.path.abspath(config.gateway.data_dir)
@@ -158,6 +161,8 @@ class GatewayService(Service):
             await self._start_nbi()
         if self.config.metrics.enabled:
             await self._start_metrics()
+        if self.config.gateway.workers > 1:
+            self._start_workers()
 
     # -- Redis -------------------------------------------------------------------------------
 
@@ -471,7 +476,17 @@ class GatewayService(Service):
             max_connections=acs.max_connections,
         )
         self.acs_site = site
-        self.acs_port = await self._acs_endpoint().listen(site)
+        if self._reuse_port:
+            from twisted.protocols.tls import TLSMemoryBIOFactory
+
+            from cwmpgw.workers import listen_reuseport
+
+            endpoint = self._acs_endpoint()  # builds the TLS context (and logs it)
+            factory: Any = TLSMemoryBIOFactory(self.tls, False, site) if acs.tls else site
+            self.acs_port = listen_reuseport(self._reactor, acs.port, acs.interface, factory)
+            del endpoint
+        else:
+            self.acs_port = await self._acs_endpoint().listen(site)
         address: Any = self.acs_port.getHost()
         self._log.info(
             "ACS endpoint listening on {scheme}://{host}:{port}{path}",
@@ -641,6 +656,24 @@ class GatewayService(Service):
         self._redis_sampler.clock = self._reactor
         self._redis_sampler.start(_REDIS_SAMPLE_INTERVAL, now=True)
 
+    # -- worker processes -------------------------------------------------------------------
+
+    def _start_workers(self) -> None:
+        from cwmpgw.workers import WorkerPool, child_config
+
+        assert self.acs_port is not None
+        port = self.acs_port.getHost().port  # type: ignore[attr-defined]
+        redis_url = self.config.redis.url
+        if not redis_url:  # the embedded Redis: the workers use this node's
+            embedded = self.embedded_redis
+            redis_url = f"unix://{embedded.unix_path}" if embedded.unix_path else embedded.url
+        configs = {
+            i: child_config(self.config, index=i, port=port, redis_url=redis_url)
+            for i in range(1, self.config.gateway.workers)
+        }
+        self.workers = WorkerPool(self._reactor, configs)
+        self.workers.startService()
+
     # -- stopping ----------------------------------------------------------------------------
 
     def stopService(self) -> Deferred[None]:
@@ -676,6 +709,9 @@ class GatewayService(Service):
     async def _stop(self) -> None:
         if self._started is not None and not self._started.called:
             self._started.cancel()
+        if self.workers is not None:
+            await self.workers.stopService()  # they use this node's Redis: stop them first
+            self.workers = None
         if self.nbi_port is not None:
             await maybeDeferred(self.nbi_port.stopListening)
             self.nbi_port = None

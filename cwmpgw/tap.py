@@ -51,6 +51,7 @@ key has its default. All configuration errors are reported together."""
         ["interface", None, None, "Address the ACS endpoint listens on [config: acs.interface]."],
         ["redis", None, None, "Redis URL; '' for the embedded Redis [config: redis.url]."],
         ["prefix", None, None, "Prefix of every Redis key [config: redis.prefix]."],
+        ["workers", None, None, "Worker processes on the ACS port [config: gateway.workers]."],
     ]
 
     optFlags: list[list[Any]] = [
@@ -70,6 +71,11 @@ key has its default. All configuration errors are reported together."""
             except ValueError:
                 bad_port = True
                 errors.append(f"acs.port: must be an integer, got {self['port']!r} (--port)")
+        if self["workers"] is not None:
+            try:
+                overrides["gateway.workers"] = int(self["workers"])
+            except ValueError:
+                errors.append(f"gateway.workers: must be an integer, got {self['workers']!r}")
         if self["no-tls"]:
             overrides["acs.tls"] = False
 

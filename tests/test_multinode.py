@@ -41,7 +41,9 @@ def free_port() -> int:
 
 
 class Node:
-    def __init__(self, name: str, root: Path, redis: RedisServer, prefix: str) -> None:
+    def __init__(
+        self, name: str, root: Path, redis: RedisServer, prefix: str, workers: int = 1
+    ) -> None:
         self.name = name
         self.acs_port, self.nbi_port = free_port(), free_port()
         self.dir = root / name
@@ -52,6 +54,7 @@ class Node:
 [gateway]
 data_dir = "{self.dir / "data"}"
 node = "{name}"
+workers = {workers}
 [acs]
 port = {self.acs_port}
 interface = "127.0.0.1"
@@ -239,3 +242,43 @@ def test_two_nodes_share_one_fleet(redis_server: RedisServer, tmp_path: Path) ->
         logs = a.stop() + b.stop()
     assert "Traceback" not in logs, logs
     assert TOKEN not in logs and PASSWORD not in logs
+
+
+def test_workers_share_one_port(redis_server: RedisServer, tmp_path: Path) -> None:
+    """--workers 2: two processes accept on one port; the sessions land on both."""
+    import redis
+
+    prefix = unique_prefix()
+    result = import_credentials(
+        f"device_id,username,password\n{DEVICE_ID},{USER},{PASSWORD}\n",
+        str(tmp_path),
+        "--redis",
+        redis_server.url,
+        "--prefix",
+        prefix,
+    )
+    assert result.returncode == 0, result.stderr
+    node = Node("w", tmp_path, redis_server, prefix, workers=2)
+    try:
+        r = redis.Redis(redis_server.host, redis_server.port, decode_responses=True)
+        for _ in range(200):  # the second worker logs when it listens
+            if any("worker 1:" in line and "ACS endpoint listening" in line for line in node.lines):
+                break
+            time.sleep(0.05)
+        cpe = Cpe()
+        for _ in range(24):
+            assert cpe.session(node)[-1].status == 204
+        closed = [
+            json.loads(f["event"])
+            for _, f in r.xrange(prefix + "events")
+            if f["type"] == "session.closed"
+        ]
+        nodes = Counter(e["node"] for e in closed)
+        assert sum(nodes.values()) == 24
+        # The kernel spreads connections by hash: all 24 on one worker has odds of 2^-23.
+        assert set(nodes) == {"w", "w-w1"}, nodes
+        r.close()
+    finally:
+        logs = node.stop()
+    assert "Traceback" not in logs, logs
+    assert "worker 1" in logs
