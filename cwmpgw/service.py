@@ -396,6 +396,7 @@ class GatewayService(Service):
         from cwmpgw.acs.auth import CpeAuthenticator, DeviceCredentialsChecker
         from cwmpgw.acs.digest import DigestCredentialFactory
         from cwmpgw.acs.engine import AcsEngine
+        from cwmpgw.store.sessionlock import RedisSessionLock
         from cwmpgw.acs.resource import AcsResource, AcsSite, ClientCertificates
         from cwmpgw.acs.throttle import AuthThrottle
 
@@ -407,6 +408,7 @@ class GatewayService(Service):
             node=self.node,
             requests=self.provisioner,
             metrics=self.metrics,
+            lock=RedisSessionLock(self.redis, self.config.redis.prefix),
             session_timeout=acs.session_timeout,
             max_session_timeout=acs.max_session_timeout,
             hold_requests=acs.hold_requests,

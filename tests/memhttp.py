@@ -133,6 +133,8 @@ class MemoryAcs:
     hold_requests: bool = False
     requests: IRequestSource | None = None
     admission: Any = None
+    lock: Any = None
+    node: str = "test-node"
     max_body_bytes: int = 262_144
     session_timeout: float = 30.0
     throttle: IAuthThrottle | None = None
@@ -149,7 +151,8 @@ class MemoryAcs:
             devices=self.devices,
             events=self.bus,
             requests=self.requests,
-            node="test-node",
+            node=self.node,
+            lock=self.lock,
             session_timeout=self.session_timeout,
             hold_requests=self.hold_requests,
         )

@@ -106,6 +106,7 @@ class AcsEngine:
         max_session_timeout: float = 300.0,
         hold_requests: bool = False,
         metrics: Any = None,
+        lock: Any = None,
     ) -> None:
         self._clock = clock
         self._devices = devices
@@ -116,6 +117,7 @@ class AcsEngine:
         self._max_session_timeout = max_session_timeout
         self._hold_requests = hold_requests
         self._metrics = metrics  # cwmpgw.metrics.Metrics, or None
+        self._lock = lock  # cwmpgw.store.sessionlock: one session per device across nodes
         self.registry = SessionRegistry(clock, self._session_ended)
         self._busy: set[str] = set()
         self._in_flight: set[Deferred[Any]] = set()
@@ -157,6 +159,11 @@ class AcsEngine:
             events=inform.events,
             parameters=inform.parameters,
         )
+        if self._lock is not None:
+            # A new Inform starts a new session wherever it lands: take the device over.
+            await self._lock.take(
+                device_id, self._owner(machine.session_id), self._max_session_timeout + 60
+            )
         is_new = await self._devices.record_inform(record)
         dev = _device_ref(device_id, inform.device_id)
         codes = [e.code for e in inform.events]
@@ -227,6 +234,12 @@ class AcsEngine:
             failed = await self._apply(live, step.effects)
             if failed is not None:
                 return failed
+            if reply is None and self._lock is not None:
+                owner = self._owner(live.session_id)
+                if not await self._lock.owns(live.device_id, owner):
+                    # The device started a newer session elsewhere: send it nothing more.
+                    self.registry.end(live, Outcome.SUPERSEDED, "a newer session on another node")
+                    return Reply(204)
             while reply is None:
                 request = await self._requests.next_request(live)
                 if request is not None:
@@ -297,6 +310,14 @@ class AcsEngine:
         """Report a session's end once, whatever ended it."""
         m = live.machine
         self._requests.session_ended(live)
+        if self._lock is not None:
+            released = self._lock.release(live.device_id, self._owner(live.session_id))
+            released.addErrback(
+                lambda f: self._log.failure(
+                    "could not release {device_id}", f, device_id=live.device_id
+                )
+            )
+            self._track(released)
         duration = self._clock.seconds() - live.started
         if self._metrics is not None:
             self._metrics.sessions.labels(ended.outcome.value).inc()
@@ -330,6 +351,9 @@ class AcsEngine:
             )
         )
         self._track(d)
+
+    def _owner(self, session_id: str) -> str:
+        return f"{self.node}:{session_id}"
 
     def _track(self, d: Deferred[Any]) -> None:
         """Remember a publish nobody waits for, so shutdown can let it finish."""

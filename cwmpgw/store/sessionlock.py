@@ -1,0 +1,68 @@
+"""One CWMP session per device across all gateway nodes.
+
+A new Inform always starts a new session (TR-069), wherever it lands: the node that
+receives it takes ownership of the device (``take``). Before the ACS sends anything in its
+turn, a node checks it still owns the device (``owns``); a node that lost ownership ends
+its session as superseded instead of sending requests the CPE is no longer listening to.
+Ownership expires on its own, so a crashed node never blocks a device.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+
+__all__ = ["MemorySessionLock", "RedisSessionLock"]
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class RedisSessionLock:
+    def __init__(self, redis: Any, prefix: str) -> None:
+        self._redis = redis
+        self._prefix = prefix
+
+    def _key(self, device_id: str) -> str:
+        return f"{self._prefix}session-owner:{device_id}"
+
+    def take(self, device_id: str, owner: str, ttl: float) -> Deferred[None]:
+        d: Deferred[Any] = self._redis.execute_command(
+            "SET", self._key(device_id), owner, "PX", int(ttl * 1000)
+        )
+        return d.addCallback(lambda _: None)
+
+    def owns(self, device_id: str, owner: str) -> Deferred[bool]:
+        d: Deferred[Any] = self._redis.get(self._key(device_id))
+        return d.addCallback(lambda value: value == owner)
+
+    def release(self, device_id: str, owner: str) -> Deferred[None]:
+        d: Deferred[Any] = self._redis.eval(_RELEASE, [self._key(device_id)], [owner])
+        return d.addCallback(lambda _: None)
+
+
+class MemorySessionLock:
+    """The same contract on a dict: several engines sharing one act as several nodes."""
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self.owners: dict[str, tuple[str, float]] = {}
+
+    def take(self, device_id: str, owner: str, ttl: float) -> Deferred[None]:
+        self.owners[device_id] = (owner, self._clock.seconds() + ttl)
+        return succeed(None)
+
+    def owns(self, device_id: str, owner: str) -> Deferred[bool]:
+        current = self.owners.get(device_id)
+        return succeed(
+            current is not None and current[0] == owner and current[1] > self._clock.seconds()
+        )
+
+    def release(self, device_id: str, owner: str) -> Deferred[None]:
+        if self.owners.get(device_id, ("",))[0] == owner:
+            del self.owners[device_id]
+        return succeed(None)
