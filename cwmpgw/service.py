@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +40,8 @@ _REDIS_SAMPLE_INTERVAL = 5.0
 _PING_TIMEOUT = 2.0
 # How often queued tasks past their expiry are marked expired (and say so in an event).
 _EXPIRY_INTERVAL = 10.0
+# The event spool (<data_dir>/spool/events.jsonl) refuses events past this size.
+_SPOOL_MAX_BYTES = 256 * 1024 * 1024
 
 
 def make_service(config: Config, reactor: Any = None) -> IService:
@@ -85,7 +88,9 @@ class GatewayService(Service):
         self.acs_port: IListeningPort | None = None
         self.stun_port: Any = None
         self.engine: Any = None
-        self.redis: Any = None
+        self.redis: Any = None  # a GuardedRedis: calls fail fast while Redis is down
+        self.availability: Any = None
+        self.spool: Any = None
         self.redis_target: RedisTarget | None = None
         self.embedded_redis: Any = None
         self.listener: Any = None
@@ -136,20 +141,36 @@ class GatewayService(Service):
 
     async def _start(self) -> None:
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
-        self.redis = await self._connect_redis()
+        from cwmpgw.store.availability import GuardedRedis, RedisAvailability
+
+        pool = await self._connect_redis()
+        # Every Redis call goes through the availability guard: while Redis is down it
+        # fails at once instead of queueing in txredisapi (docs/reliability.md).
+        self.availability = RedisAvailability.for_txredisapi(pool, clock=self._reactor)
+        self.availability.start()
+        self.redis = GuardedRedis(pool, self.availability)
         await self._start_listener()
 
         from cwmpgw.bus.redis import RedisEventBus
+        from cwmpgw.bus.spool import RedisSpoolWriter, SpoolingEventSink
         from cwmpgw.store.redis import RedisCredentialStore, RedisDeviceStore
 
         prefix = self.config.redis.prefix
         from cwmpgw.metrics import MeteredEventSink, Metrics
 
         self.metrics = Metrics()
-        self.events = MeteredEventSink(
-            RedisEventBus(self.redis, prefix, stream_maxlen=self.config.events.stream_maxlen),
-            self.metrics,
+        maxlen = self.config.events.stream_maxlen
+        # Events spool to disk while Redis is down and are replayed, in order, once.
+        self.spool = SpoolingEventSink(
+            RedisEventBus(self.redis, prefix, stream_maxlen=maxlen),
+            RedisSpoolWriter(self.redis, prefix, clock=self._reactor, stream_maxlen=maxlen),
+            self._spool_path(),
+            availability=self.availability,
+            clock=self._reactor,
+            max_bytes=_SPOOL_MAX_BYTES,
         )
+        self.spool.start()
+        self.events = MeteredEventSink(self.spool, self.metrics)
         self.devices = RedisDeviceStore(self.redis, prefix)
         self.credentials = RedisCredentialStore(self.redis, prefix)
         self.connreq_credentials = self._connreq_credential_store()
@@ -163,6 +184,14 @@ class GatewayService(Service):
             await self._start_metrics()
         if self.config.gateway.workers > 1:
             self._start_workers()
+
+    def _spool_path(self) -> str:
+        """``<data_dir>/spool/events.jsonl``; one file per process, as the worker processes
+        of a node (cwmpgw.workers: reuse_port, one worker each) share the data directory."""
+        name = "events.jsonl"
+        if self._reuse_port and self.config.gateway.workers == 1:
+            name = "events-" + re.sub(r"[^A-Za-z0-9._-]", "_", self.node) + ".jsonl"
+        return os.path.join(self.data_dir, "spool", name)
 
     # -- Redis -------------------------------------------------------------------------------
 
@@ -382,6 +411,8 @@ class GatewayService(Service):
         )
 
         def expire() -> Deferred[Any]:
+            if not self.availability.available:
+                return succeed(None)  # nothing to do until Redis is back
             d: Deferred[Any] = self.tasks.expire_due()
             return d.addErrback(lambda f: self._log.failure("could not expire tasks", f))
 
@@ -396,9 +427,10 @@ class GatewayService(Service):
         from cwmpgw.acs.auth import CpeAuthenticator, DeviceCredentialsChecker
         from cwmpgw.acs.digest import DigestCredentialFactory
         from cwmpgw.acs.engine import AcsEngine
-        from cwmpgw.store.sessionlock import RedisSessionLock
         from cwmpgw.acs.resource import AcsResource, AcsSite, ClientCertificates
         from cwmpgw.acs.throttle import AuthThrottle
+        from cwmpgw.store.availability import AdmitWhileAvailable
+        from cwmpgw.store.sessionlock import RedisSessionLock
 
         acs, auth = self.config.acs, self.config.auth
         self.engine = AcsEngine(
@@ -409,6 +441,7 @@ class GatewayService(Service):
             requests=self.provisioner,
             metrics=self.metrics,
             lock=RedisSessionLock(self.redis, self.config.redis.prefix),
+            availability=self.availability,
             session_timeout=acs.session_timeout,
             max_session_timeout=acs.max_session_timeout,
             hold_requests=acs.hold_requests,
@@ -451,6 +484,17 @@ class GatewayService(Service):
             if acs.client_certs != "off"
             else None
         )
+        rate_limits = (
+            AdmissionControl(
+                self._reactor,
+                max_new_per_second=acs.max_new_sessions_per_second,
+                max_sessions=acs.max_sessions,
+            )
+            if acs.max_new_sessions_per_second
+            else None
+        )
+        # While Redis is down a new session is answered 503 before any Redis work.
+        admission: Any = AdmitWhileAvailable(self.availability, rate_limits)
         resource = AcsResource(
             self.engine,
             authenticator,
@@ -459,15 +503,7 @@ class GatewayService(Service):
             path=acs.path,
             throttle=throttle,
             certificates=certificates,
-            admission=(
-                AdmissionControl(
-                    self._reactor,
-                    max_new_per_second=acs.max_new_sessions_per_second,
-                    max_sessions=acs.max_sessions,
-                )
-                if acs.max_new_sessions_per_second
-                else None
-            ),
+            admission=admission,
         )
         site = AcsSite(
             resource,
@@ -557,7 +593,12 @@ class GatewayService(Service):
             devices=self.directory,
             waker=self.connreq,
             health=GatewayHealth(
-                self.redis, clock=self._reactor, node=self.node, listener=self.listener
+                self.redis,
+                clock=self._reactor,
+                node=self.node,
+                listener=self.listener,
+                availability=self.availability,
+                spool=self.spool,
             ),
             authorizer=make_authorizer(cfg, self.data_dir),
             clock=self._reactor,
@@ -607,6 +648,10 @@ class GatewayService(Service):
                     password=target.password,
                     convertNumbers=False,
                 )
+            # Closed before its handshake is over (a stop just after a start or a Redis
+            # outage), a lazy connection fails its "connected" Deferred, which nobody
+            # holds: txredisapi would report an unhandled error. Nobody needs it.
+            conn._connected.addErrback(lambda _: None)
             return succeed(conn)
 
         self.commands = CommandConsumer(
@@ -746,13 +791,15 @@ class GatewayService(Service):
         if self.listener is not None:
             await self.listener.stopService()
             self.listener = None
+        if self.spool is not None:
+            # Live publishes under way end (or are spooled); a replay batch finishes.
+            await self.spool.stop()
+            self.spool = None
+        if self.availability is not None:
+            self.availability.stop()
         if self.redis is not None:
-            # Let the last events (session.closed of the sessions just ended) go out,
-            # but do not wait forever for a Redis that is gone.
-            try:
-                await self.redis.ping().addTimeout(5, self._reactor)
-            except Exception:
-                self._log.warn("redis did not answer at shutdown; last events may be lost")
+            # The last events (session.closed of the sessions just ended) are out or in
+            # the spool: stopping it above waited for them.
             await self.redis.disconnect()
             self.redis = None
         if self.embedded_redis is not None:

@@ -41,6 +41,7 @@ from cwmpgw.cwmp.session import (
     TransferReceived,
 )
 from cwmpgw.cwmp.versions import VersionMismatch, negotiate
+from cwmpgw.store.availability import RedisAvailability, RedisTimeout, Unavailable
 from cwmpgw.store.interfaces import IDeviceStore, InformRecord
 
 __all__ = ["AcsEngine", "IRequestSource", "NoRequests"]
@@ -107,8 +108,11 @@ class AcsEngine:
         hold_requests: bool = False,
         metrics: Any = None,
         lock: Any = None,
+        availability: RedisAvailability | None = None,
     ) -> None:
         self._clock = clock
+        # Redis reachability (docs/reliability.md); None where the stores are not Redis.
+        self._availability = availability
         self._devices = devices
         self._events = events
         self._requests: IRequestSource = requests or NoRequests()
@@ -140,6 +144,10 @@ class AcsEngine:
         """
         inform = envelope.message
         assert isinstance(inform, Inform)
+        if self._availability is not None:
+            # Redis is down: refuse at once (the caller answers 503) rather than queue
+            # the device write behind a dead connection.
+            self._availability.check()
         device_id = make_device_id(inform.device_id)
         try:
             negotiated = negotiate(envelope)
@@ -234,23 +242,42 @@ class AcsEngine:
             failed = await self._apply(live, step.effects)
             if failed is not None:
                 return failed
-            if reply is None and self._lock is not None:
-                owner = self._owner(live.session_id)
-                if not await self._lock.owns(live.device_id, owner):
-                    # The device started a newer session elsewhere: send it nothing more.
-                    self.registry.end(live, Outcome.SUPERSEDED, "a newer session on another node")
-                    return Reply(204)
-            while reply is None:
-                request = await self._requests.next_request(live)
-                if request is not None:
-                    reply = live.machine.send_request(request)
-                    break
-                step = live.machine.finish()
-                await self._apply(live, step.effects)
-                reply = step.reply
+            if reply is None:
+                try:
+                    return await self._acs_turn(live)
+                except (Unavailable, RedisTimeout):
+                    # Redis is down: queued work stays queued for a later session; this
+                    # one ends cleanly (204) rather than failing the CPE's request.
+                    self._log.warn(
+                        "session {session_id} of {device_id}: redis unreachable; ending it",
+                        session_id=live.session_id,
+                        device_id=live.device_id,
+                    )
+                    step = live.machine.finish()
+                    await self._apply(live, step.effects)
+                    assert step.reply is not None
+                    return step.reply
             return reply
         finally:
             self._busy.discard(live.session_id)
+
+    async def _acs_turn(self, live: LiveSession) -> Reply:
+        """The ACS's turn: its next request, or the end of the session."""
+        if self._lock is not None:
+            owner = self._owner(live.session_id)
+            if not await self._lock.owns(live.device_id, owner):
+                # The device started a newer session elsewhere: send it nothing more.
+                self.registry.end(live, Outcome.SUPERSEDED, "a newer session on another node")
+                return Reply(204)
+        reply: Reply | None = None
+        while reply is None:
+            request = await self._requests.next_request(live)
+            if request is not None:
+                return live.machine.send_request(request)
+            step = live.machine.finish()
+            await self._apply(live, step.effects)
+            reply = step.reply
+        return reply
 
     async def _apply(self, live: LiveSession, effects: tuple[Effect, ...]) -> Reply | None:
         """Carry out effects; a reply is returned only when one must replace the normal one."""

@@ -18,27 +18,46 @@ _PING_TIMEOUT = 2.0
 
 @implementer(IHealth)
 class GatewayHealth:
-    def __init__(self, redis: Any, *, clock: IReactorTime, node: str, listener: Any = None) -> None:
+    """``availability`` (a RedisAvailability) answers "Redis is down" without a round trip;
+    ``spool`` (the SpoolingEventSink) tells how many events wait on disk for Redis."""
+
+    def __init__(
+        self,
+        redis: Any,
+        *,
+        clock: IReactorTime,
+        node: str,
+        listener: Any = None,
+        availability: Any = None,
+        spool: Any = None,
+    ) -> None:
         self._redis = redis
         self._clock = clock
         self._node = node
         self._listener = listener
+        self._availability = availability
+        self._spool = spool
 
     def check(self) -> Deferred[dict[str, Any]]:
         async def check() -> dict[str, Any]:
             start = self._clock.seconds()
-            try:
-                await self._redis.ping().addTimeout(_PING_TIMEOUT, self._clock)
-                redis_ok = True
-            except Exception:
-                redis_ok = False
+            redis_ok = False
+            if self._availability is None or self._availability.available:
+                try:
+                    await self._redis.ping().addTimeout(_PING_TIMEOUT, self._clock)
+                    redis_ok = True
+                except Exception:
+                    redis_ok = False
             subscribed = bool(getattr(self._listener, "subscribed", True))
-            return {
+            report = {
                 "ok": redis_ok and subscribed,
                 "node": self._node,
                 "redis": redis_ok,
                 "redis_latency_ms": round((self._clock.seconds() - start) * 1000, 2),
                 "events_subscribed": subscribed,
             }
+            if self._spool is not None:
+                report["events_spooled"] = self._spool.pending
+            return report
 
         return Deferred.fromCoroutine(check())

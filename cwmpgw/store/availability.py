@@ -1,0 +1,295 @@
+"""Whether Redis answers now, known cheaply, and Redis calls that fail fast instead of queueing.
+
+txredisapi queues a command without bound while its pool has no connection, and a command
+sent to a Redis that hangs waits for ever. A gateway that let its CPEs' requests pile up
+behind a dead Redis would hold every socket and all its memory until Redis came back, and
+then answer CPEs that gave up long ago. Instead:
+
+- :class:`RedisAvailability` knows, on the hot path and without a round trip, whether Redis
+  is reachable: the pool's count of live connections (zero as soon as Redis closes them)
+  and, while down or when a call went wrong, a PING with a short timeout every second.
+- :meth:`RedisAvailability.guard` refuses a call at once with :class:`Unavailable` while
+  Redis is down (nothing is sent) and puts a timeout on it while up (:class:`RedisTimeout`:
+  sent, outcome unknown). :class:`GuardedRedis` routes every command of a client through it.
+- :class:`AdmitWhileAvailable` makes the ACS answer a new session 503 + Retry-After
+  before any Redis work.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+__all__ = [
+    "AdmitWhileAvailable",
+    "GuardedRedis",
+    "RedisAvailability",
+    "RedisTimeout",
+    "Unavailable",
+]
+
+T = TypeVar("T")
+
+
+class Unavailable(ConnectionError):
+    """Redis is unreachable now: the call was refused before anything was sent.
+
+    A ``ConnectionError`` (an ``OSError``), so code that treats those as "the backend is
+    down, answer 503" treats this one alike (``cwmpgw.nbi.api.is_backend_failure``).
+    """
+
+
+class RedisTimeout(TimeoutError):
+    """A call was sent and not answered in time: it may or may not have been applied."""
+
+
+class RedisAvailability:
+    """Up or down, from the pool's connections and a PING; ``guard`` for fail-fast calls.
+
+    ``connections`` counts the pool's usable connections (read on every check: an int, no
+    I/O). ``ping`` must bypass the guard. Start with :meth:`start` once the pool is
+    connected (it is assumed up then); :meth:`stop` cancels the timers.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        ping: Callable[[], Deferred[Any]],
+        connections: Callable[[], int],
+        *,
+        clock: IReactorTime,
+        interval: float = 1.0,
+        ping_timeout: float = 1.0,
+        call_timeout: float = 5.0,
+    ) -> None:
+        self._ping = ping
+        self._connections = connections
+        self._clock = clock
+        self.interval = interval
+        self.ping_timeout = ping_timeout
+        self.call_timeout = call_timeout
+        self._up = True
+        self._suspect = False  # a call failed while up: confirm with a PING
+        self._pinging: Deferred[Any] | None = None
+        self._tick_call: IDelayedCall | None = None
+        self._running = False
+        self._subscribers: dict[object, Callable[[bool], None]] = {}
+        self._waiting: list[Deferred[None]] = []
+
+    @classmethod
+    def for_txredisapi(cls, pool: Any, **kwargs: Any) -> RedisAvailability:
+        """For what ``txredisapi.ConnectionPool`` fires with (a ``ConnectionHandler``).
+
+        ``_factory.size`` is the number of connections in the pool that are connected and
+        ready (authenticated, database selected); txredisapi 1.6.0 keeps it up to date as
+        connections are made and lost.
+        """
+        factory = pool._factory
+        return cls(pool.ping, lambda: int(factory.size), **kwargs)
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        """Whether a call made now would be sent: cheap enough for every request."""
+        return self._up and self._connections() > 0
+
+    def check(self) -> None:
+        """Raise :class:`Unavailable` unless Redis is available now."""
+        if not self._observe():
+            raise Unavailable("redis is unreachable")
+
+    def whenAvailable(self) -> Deferred[None]:
+        """Fires once Redis is available (at once if it is now); cancellable."""
+        if self._observe():
+            return succeed(None)
+        d: Deferred[None] = Deferred(self._waiting.remove)
+        self._waiting.append(d)
+        return d
+
+    def subscribe(self, callback: Callable[[bool], None]) -> Callable[[], None]:
+        """Call ``callback(available)`` on every change; returns the unsubscribe function."""
+        token = object()
+        self._subscribers[token] = callback
+
+        def unsubscribe() -> None:
+            self._subscribers.pop(token, None)
+
+        return unsubscribe
+
+    # -- calls -------------------------------------------------------------------------------
+
+    def guard(
+        self, call: Callable[[], Deferred[T]], *, timeout: float | None = None
+    ) -> Deferred[T]:
+        """``call()`` if Redis is available, with a timeout; else fail at once, sending nothing.
+
+        Fails with :class:`Unavailable` (not sent) or :class:`RedisTimeout` (sent, no
+        answer within ``timeout``, default ``call_timeout``), else as the call failed.
+        Cancelling the returned Deferred cancels the call; txredisapi keeps its replies
+        in step with its commands when one is cancelled.
+        """
+        if not self._observe():
+            return fail(Unavailable("redis is unreachable"))
+        seconds = self.call_timeout if timeout is None else timeout
+        d: Deferred[T] = maybeDeferred(call)
+        d.addTimeout(seconds, self._clock)
+
+        def failed(failure: Failure) -> Failure:
+            if failure.check(CancelledError):
+                return failure  # the caller gave up: says nothing about Redis
+            self._suspect_now()
+            if failure.check(DeferredTimeout):
+                return Failure(RedisTimeout(f"redis did not answer within {seconds}s"))
+            return failure
+
+        return d.addErrback(failed)
+
+    # -- service ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._running:
+            return
+        self._running = True
+        self._tick_call = self._clock.callLater(self.interval, self._tick)
+
+    def stop(self) -> None:
+        self._running = False
+        if self._tick_call is not None and self._tick_call.active():
+            self._tick_call.cancel()
+        self._tick_call = None
+        if self._pinging is not None:
+            self._pinging.cancel()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _observe(self) -> bool:
+        """``available``, and notice a lost pool now rather than at the next tick."""
+        if self._up and self._connections() == 0:
+            self._set(False, "no connection to redis")
+        return self.available
+
+    def _suspect_now(self) -> None:
+        if self._up and not self._suspect:
+            self._suspect = True
+            if self._tick_call is not None and self._tick_call.active():
+                self._tick_call.reset(0)  # confirm with a PING now, not at the next tick
+
+    def _tick(self) -> None:
+        self._tick_call = None
+        self._check()
+        if self._running:
+            self._tick_call = self._clock.callLater(self.interval, self._tick)
+
+    def _check(self) -> None:
+        if not self._running:
+            return
+        if self._connections() == 0:
+            # Nothing to PING over: a PING would only join txredisapi's queue.
+            self._set(False, "no connection to redis")
+            return
+        if (self._up and not self._suspect) or self._pinging is not None:
+            return
+        d = maybeDeferred(self._ping)
+        d.addTimeout(self.ping_timeout, self._clock)
+        self._pinging = d
+
+        def answered(_: object) -> None:
+            self._pinging = None
+            self._suspect = False
+            self._set(True, "redis answers again")
+
+        def silent(failure: Failure) -> None:
+            self._pinging = None
+            self._suspect = False
+            if self._running:  # else stop() cancelled it
+                self._set(False, f"redis did not answer a PING ({failure.getErrorMessage()})")
+
+        d.addCallbacks(answered, silent)
+
+    def _set(self, up: bool, reason: str) -> None:
+        if up == self._up:
+            return
+        self._up = up
+        if up:
+            self._log.info("redis is available: {reason}", reason=reason)
+        else:
+            self._log.warn("redis is unavailable: {reason}", reason=reason)
+        for callback in list(self._subscribers.values()):
+            try:
+                callback(up)
+            except Exception:
+                self._log.failure("a redis availability subscriber failed")
+        if up:
+            waiting, self._waiting = self._waiting, []
+            for d in waiting:
+                d.callback(None)
+
+
+class GuardedRedis:
+    """A txredisapi client whose every command goes through :meth:`RedisAvailability.guard`.
+
+    Stores and buses take it in place of the pool: their calls fail fast with
+    :class:`Unavailable` while Redis is down instead of queueing. ``disconnect`` and
+    private attributes pass straight through.
+    """
+
+    _UNGUARDED = frozenset({"disconnect"})
+
+    def __init__(self, redis: Any, availability: RedisAvailability) -> None:
+        self.unguarded = redis
+        self.availability = availability
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self.unguarded, name)
+        if name.startswith("_") or name in self._UNGUARDED or not callable(target):
+            return target
+        guard = self.availability.guard
+
+        def guarded(*args: Any, **kwargs: Any) -> Deferred[Any]:
+            return guard(lambda: target(*args, **kwargs))
+
+        return guarded
+
+
+class AdmitWhileAvailable:
+    """Admission control's first question: is Redis there to take a new session at all?
+
+    The same ``admit`` as :class:`cwmpgw.acs.admission.AdmissionControl` (None: admit;
+    else the Retry-After for a 503), asked by the ACS resource after the cheap parse and
+    before any credential or Redis work. While Redis is down a new session is refused
+    there, without touching Redis; the Retry-After is jittered so that the CPEs refused
+    during an outage do not all come back in the same second. Otherwise ``inner`` (the
+    rate limits, or None) decides.
+    """
+
+    def __init__(
+        self,
+        availability: RedisAvailability,
+        inner: Any = None,
+        *,
+        retry_after: tuple[float, float] = (30.0, 90.0),
+        rng: random.Random | None = None,
+    ) -> None:
+        self._availability = availability
+        self._inner = inner
+        self._retry_after = retry_after
+        self._rng = rng or random.Random()
+        self.refused = 0
+
+    def admit(self, event_codes: Iterable[str], live_sessions: int) -> int | None:
+        if not self._availability.available:
+            self.refused += 1
+            return round(self._rng.uniform(*self._retry_after))
+        if self._inner is None:
+            return None
+        retry: int | None = self._inner.admit(event_codes, live_sessions)
+        return retry
