@@ -5,14 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from cwmpgw.bus.memory import MemoryEventBus
 from cwmpgw.store.memory import MemoryCredentialStore, MemoryDeviceStore
 from cwmpgw.store.sessionlock import MemorySessionLock
-
 from tests import cpe_envelopes as cpe
 from tests.memhttp import MemoryAcs, digest_post
 from tests.redis_server import unique_prefix
