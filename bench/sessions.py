@@ -1,0 +1,185 @@
+"""Full CWMP sessions per gateway core-second, against the stack's own limit.
+
+    python bench/sessions.py [--devices 200] [--rounds 5] [--concurrency 50] [--workers 1]
+
+Each session is what a CPE does: a new TLS connection, the Digest 401 round trip, Inform,
+one GetParameterValues task, 204 — with the device write and the events in Redis. The
+same simulated CPEs (cwmpgw.sim, in this process) then run the same exchanges against a
+bare Twisted TLS server answering canned bytes (bench/baseline_server.py), in the same run.
+
+The figure that matters is CPU-seconds of the gateway processes per session (user+sys,
+workers included, Redis excluded): the simulator shares the machine and may cap the wall
+rate, but it cannot hide what a session costs the gateway. Targets (issue): >= 0.7 of the
+baseline, and >= 450 sessions per gateway core-second with the default certificate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from common import ROOT, Gateway, cpu_seconds, free_port, report
+
+from twisted.internet import defer, task
+
+DEV_PARAM = "Device.DeviceInfo.SoftwareVersion"
+
+
+def queue_tasks(gateway: Gateway, device_ids: list[str], per_device: int) -> int:
+    """One GetParameterValues task per session to come, through the API."""
+    queued = 0
+    for device_id in device_ids:
+        for _ in range(per_device):
+            body = json.dumps(
+                {"type": "GetParameterValues", "args": {"parameter_names": [DEV_PARAM]}}
+            ).encode()
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{gateway.nbi_port}/devices/{device_id}/tasks",
+                data=body,
+                method="POST",
+                headers={"Authorization": f"Bearer {gateway.token}", "Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(request, timeout=30) as r:  # noqa: S310 - loopback
+                assert r.status == 201, r.status
+            queued += 1
+    return queued
+
+
+async def run_fleet(reactor: Any, fleet: Any, count: int) -> Any:
+    from cwmpgw.sim.fleet import Rate
+
+    return await fleet.run_sessions(count=count, arrival=Rate(None))
+
+
+async def main(reactor: Any, args: argparse.Namespace) -> None:
+    from cwmpgw.sim.device import credential_templates
+    from cwmpgw.sim.fleet import Fleet
+    from tests.redis_server import RedisServer
+
+    work = Path(tempfile.mkdtemp(prefix="bench-sessions-"))
+    redis = RedisServer().start()
+    gateway = Gateway(work / "gw", redis.url, workers=args.workers).start()
+    baseline: subprocess.Popen[str] | None = None
+    try:
+        creds = credential_templates("{device_id}", "pw-{serial}-bench")
+
+        def fleet_for(url: str) -> Fleet:
+            return Fleet(
+                reactor,
+                url,
+                devices=args.devices,
+                credentials=creds,
+                cafile=gateway.cafile,
+                concurrency=args.concurrency,
+                bootstrap=False,
+                seed=1,
+            )
+
+        fleet = fleet_for(gateway.url)
+        csv_file = work / "creds.csv"
+        csv_file.write_text(fleet.credentials_csv())
+        subprocess.run(
+            [sys.executable, "-m", "cwmpgw.credentials", "--redis", redis.url, "--prefix", gateway.prefix,
+             "import", str(csv_file)],
+            check=True, capture_output=True, cwd=ROOT,
+        )
+        await fleet.start()
+        warm = await run_fleet(reactor, fleet, args.devices)  # every device known, TLS warm
+        assert warm.completed == args.devices, warm.summary(reactor.seconds())
+        device_ids = [d.device_id for d in fleet.devices]
+        sessions = args.devices * args.rounds
+        cpu = wall = 0.0
+        stats = None
+        for _ in range(args.rounds):
+            # One task per device per round, queued outside the measured window: a session
+            # runs everything queued for its device, and each must run exactly one.
+            queue_tasks(gateway, device_ids, 1)
+            cpu0, wall0 = cpu_seconds(gateway.pid), time.monotonic()
+            round_stats = await run_fleet(reactor, fleet, args.devices)
+            wall += time.monotonic() - wall0
+            cpu += cpu_seconds(gateway.pid) - cpu0
+            if stats is None:
+                stats = round_stats
+            else:
+                stats.completed += round_stats.completed
+                stats.sessions += round_stats.sessions
+                stats.failures.update(round_stats.failures)
+                stats.latencies += round_stats.latencies
+                stats.rpcs.update(round_stats.rpcs)
+        assert stats is not None
+        await fleet.stop()
+        gpv = stats.rpcs.get("GetParameterValues", 0)
+
+        # The baseline: the same CPEs, the same exchanges, canned answers.
+        port = free_port()
+        key = str(Path(gateway.cafile).with_name("acs-key.pem"))
+        baseline = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "baseline_server.py"), str(port), gateway.cafile, key],
+            stdout=subprocess.PIPE, text=True,
+        )
+        assert baseline.stdout is not None and baseline.stdout.readline().startswith("listening")
+        base_fleet = fleet_for(f"https://127.0.0.1:{port}/")
+        await base_fleet.start()
+        await run_fleet(reactor, base_fleet, args.devices)
+        bcpu0, bwall0 = cpu_seconds(baseline.pid), time.monotonic()
+        base = await run_fleet(reactor, base_fleet, sessions)
+        bwall, bcpu = time.monotonic() - bwall0, cpu_seconds(baseline.pid) - bcpu0
+        await base_fleet.stop()
+
+        per_core = stats.completed / cpu if cpu else 0.0
+        base_per_core = base.completed / bcpu if bcpu else 0.0
+        ratio = per_core / base_per_core if base_per_core else 0.0
+        ms = lambda s: f"{s * 1000:.1f} ms"  # noqa: E731
+        report(
+            "sessions",
+            [
+                ("sessions (devices x rounds)", f"{stats.completed}/{sessions} ok ({args.devices} x {args.rounds}), failures {dict(stats.failures)}"),
+                ("GetParameterValues answered", gpv),
+                ("gateway workers", args.workers),
+                ("gateway CPU per session", f"{cpu / max(stats.completed, 1) * 1000:.2f} ms"),
+                ("gateway sessions per core-second", f"{per_core:.0f} (target >= 450)"),
+                ("baseline sessions per core-second", f"{base_per_core:.0f}"),
+                ("gateway / baseline", f"{ratio:.2f} (target >= 0.7)"),
+                ("wall rate gateway / baseline", f"{stats.completed / wall:.0f}/s / {base.completed / bwall:.0f}/s (capped by the simulator's core)"),
+                ("latency gateway p50 / p99", f"{ms(stats.percentile(50))} / {ms(stats.percentile(99))}"),
+                ("latency baseline p50 / p99", f"{ms(base.percentile(50))} / {ms(base.percentile(99))}"),
+            ],
+            {
+                "devices": args.devices, "rounds": args.rounds, "concurrency": args.concurrency,
+                "workers": args.workers, "sessions": stats.completed, "failures": dict(stats.failures),
+                "gateway_cpu_s": round(cpu, 3), "gateway_sessions_per_core_s": round(per_core, 1),
+                "baseline_cpu_s": round(bcpu, 3), "baseline_sessions_per_core_s": round(base_per_core, 1),
+                "ratio": round(ratio, 3),
+                "gateway_p50_ms": round(stats.percentile(50) * 1000, 2),
+                "gateway_p99_ms": round(stats.percentile(99) * 1000, 2),
+                "baseline_p50_ms": round(base.percentile(50) * 1000, 2),
+                "baseline_p99_ms": round(base.percentile(99) * 1000, 2),
+            },
+        )
+        errors = gateway.errors()
+        if errors:
+            print("gateway errors:", *errors[:5], sep="\n  ")
+    finally:
+        if baseline is not None:
+            baseline.terminate()
+            baseline.wait(timeout=10)
+        gateway.stop()
+        redis.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--workers", type=int, default=1)
+    task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor, parser.parse_args())))
