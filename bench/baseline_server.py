@@ -19,8 +19,8 @@ from twisted.web.server import Site
 
 sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
 
-from cwmpgw.acs.tls import server_options  # noqa: E402
-from cwmpgw.cwmp import soap  # noqa: E402
+from cwmpgw.acs.tls import server_options
+from cwmpgw.cwmp import soap
 
 NS = "urn:dslforum-org:cwmp-1-2"
 CHALLENGE = b'Digest realm="cwmpgw", qop="auth", algorithm=MD5, nonce="0123456789abcdef0123456789abcdef", opaque="00"'

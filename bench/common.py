@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 def machine() -> dict[str, Any]:
     import lxml.etree
     import OpenSSL
+
     import twisted
 
     return {
@@ -65,13 +66,6 @@ def cpu_seconds(pid: int) -> float:
 
 def rss(pid: int) -> int:
     return int(psutil.Process(pid).memory_info().rss)
-
-
-def percentile(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
 @dataclass
@@ -131,7 +125,7 @@ periodic_inform = false
 """
         )
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-        log = open(self.directory / "gateway.log", "w")  # noqa: SIM115 - lives with the process
+        log = open(self.directory / "gateway.log", "w")
         self.process = subprocess.Popen(
             [twistd, "-n", "--pidfile=", "cwmpgw", "--config", str(config)],
             cwd=self.directory,
@@ -148,7 +142,9 @@ periodic_inform = false
             if self.process.poll() is not None:
                 raise RuntimeError(text)
             time.sleep(0.1)
-        raise RuntimeError("the gateway did not start:\n" + (self.directory / "gateway.log").read_text())
+        raise RuntimeError(
+            "the gateway did not start:\n" + (self.directory / "gateway.log").read_text()
+        )
 
     @property
     def url(self) -> str:
@@ -171,7 +167,9 @@ periodic_inform = false
 
     def errors(self) -> list[str]:
         text = (self.directory / "gateway.log").read_text()
-        return [line for line in text.splitlines() if re.search(r"Traceback|#critical|#error", line)]
+        return [
+            line for line in text.splitlines() if re.search(r"Traceback|#critical|#error", line)
+        ]
 
 
 def report(name: str, rows: list[tuple[str, Any]], data: dict[str, Any]) -> None:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from common import Gateway, report, rss
-
 from twisted.internet import defer, ssl, task
 from twisted.internet.endpoints import SSL4ClientEndpoint
 from twisted.internet.interfaces import IHandshakeListener
@@ -58,7 +57,11 @@ async def main(reactor: Any, connections: int, batch: int) -> None:
             for _ in range(min(batch, connections - start)):
                 p = Idle()
                 protocols.append(p)
-                opened.append(endpoint.connect(Factory.forProtocol(lambda p=p: p)).addCallback(lambda _p: _p.ready))
+                opened.append(
+                    endpoint.connect(Factory.forProtocol(lambda p=p: p)).addCallback(
+                        lambda _p: _p.ready
+                    )
+                )
             await defer.gatherResults(opened)
         await task.deferLater(reactor, 2.0, lambda: None)
         after = rss(gateway.pid)
@@ -71,7 +74,12 @@ async def main(reactor: Any, connections: int, batch: int) -> None:
                 ("gateway RSS after", f"{after / 2**20:.1f} MiB"),
                 ("per idle session", f"{per / 1024:.1f} KB (target <= 50 KB)"),
             ],
-            {"connections": connections, "rss_before": before, "rss_after": after, "bytes_per_session": round(per)},
+            {
+                "connections": connections,
+                "rss_before": before,
+                "rss_after": after,
+                "bytes_per_session": round(per),
+            },
         )
     finally:
         for p in protocols:
@@ -87,4 +95,6 @@ if __name__ == "__main__":
     parser.add_argument("--connections", type=int, default=10_000)
     parser.add_argument("--batch", type=int, default=200)
     args = parser.parse_args()
-    task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor, args.connections, args.batch)))
+    task.react(
+        lambda reactor: defer.Deferred.fromCoroutine(main(reactor, args.connections, args.batch))
+    )

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from common import ROOT, Gateway, cpu_seconds, free_port, report
-
 from twisted.internet import defer, task
 
 DEV_PARAM = "Device.DeviceInfo.SoftwareVersion"
@@ -45,9 +44,12 @@ def queue_tasks(gateway: Gateway, device_ids: list[str], per_device: int) -> int
                 f"http://127.0.0.1:{gateway.nbi_port}/devices/{device_id}/tasks",
                 data=body,
                 method="POST",
-                headers={"Authorization": f"Bearer {gateway.token}", "Content-Type": "application/json"},
+                headers={
+                    "Authorization": f"Bearer {gateway.token}",
+                    "Content-Type": "application/json",
+                },
             )
-            with urllib.request.urlopen(request, timeout=30) as r:  # noqa: S310 - loopback
+            with urllib.request.urlopen(request, timeout=30) as r:
                 assert r.status == 201, r.status
             queued += 1
     return queued
@@ -87,9 +89,20 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
         csv_file = work / "creds.csv"
         csv_file.write_text(fleet.credentials_csv())
         subprocess.run(
-            [sys.executable, "-m", "cwmpgw.credentials", "--redis", redis.url, "--prefix", gateway.prefix,
-             "import", str(csv_file)],
-            check=True, capture_output=True, cwd=ROOT,
+            [
+                sys.executable,
+                "-m",
+                "cwmpgw.credentials",
+                "--redis",
+                redis.url,
+                "--prefix",
+                gateway.prefix,
+                "import",
+                str(csv_file),
+            ],
+            check=True,
+            capture_output=True,
+            cwd=ROOT,
         )
         await fleet.start()
         warm = await run_fleet(reactor, fleet, args.devices)  # every device known, TLS warm
@@ -122,8 +135,15 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
         port = free_port()
         key = str(Path(gateway.cafile).with_name("acs-key.pem"))
         baseline = subprocess.Popen(
-            [sys.executable, str(ROOT / "bench" / "baseline_server.py"), str(port), gateway.cafile, key],
-            stdout=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                str(ROOT / "bench" / "baseline_server.py"),
+                str(port),
+                gateway.cafile,
+                key,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert baseline.stdout is not None and baseline.stdout.readline().startswith("listening")
         base_fleet = fleet_for(f"https://127.0.0.1:{port}/")
@@ -141,22 +161,40 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
         report(
             "sessions",
             [
-                ("sessions (devices x rounds)", f"{stats.completed}/{sessions} ok ({args.devices} x {args.rounds}), failures {dict(stats.failures)}"),
+                (
+                    "sessions (devices x rounds)",
+                    f"{stats.completed}/{sessions} ok ({args.devices} x {args.rounds}), failures {dict(stats.failures)}",
+                ),
                 ("GetParameterValues answered", gpv),
                 ("gateway workers", args.workers),
                 ("gateway CPU per session", f"{cpu / max(stats.completed, 1) * 1000:.2f} ms"),
                 ("gateway sessions per core-second", f"{per_core:.0f} (target >= 450)"),
                 ("baseline sessions per core-second", f"{base_per_core:.0f}"),
                 ("gateway / baseline", f"{ratio:.2f} (target >= 0.7)"),
-                ("wall rate gateway / baseline", f"{stats.completed / wall:.0f}/s / {base.completed / bwall:.0f}/s (capped by the simulator's core)"),
-                ("latency gateway p50 / p99", f"{ms(stats.percentile(50))} / {ms(stats.percentile(99))}"),
-                ("latency baseline p50 / p99", f"{ms(base.percentile(50))} / {ms(base.percentile(99))}"),
+                (
+                    "wall rate gateway / baseline",
+                    f"{stats.completed / wall:.0f}/s / {base.completed / bwall:.0f}/s (capped by the simulator's core)",
+                ),
+                (
+                    "latency gateway p50 / p99",
+                    f"{ms(stats.percentile(50))} / {ms(stats.percentile(99))}",
+                ),
+                (
+                    "latency baseline p50 / p99",
+                    f"{ms(base.percentile(50))} / {ms(base.percentile(99))}",
+                ),
             ],
             {
-                "devices": args.devices, "rounds": args.rounds, "concurrency": args.concurrency,
-                "workers": args.workers, "sessions": stats.completed, "failures": dict(stats.failures),
-                "gateway_cpu_s": round(cpu, 3), "gateway_sessions_per_core_s": round(per_core, 1),
-                "baseline_cpu_s": round(bcpu, 3), "baseline_sessions_per_core_s": round(base_per_core, 1),
+                "devices": args.devices,
+                "rounds": args.rounds,
+                "concurrency": args.concurrency,
+                "workers": args.workers,
+                "sessions": stats.completed,
+                "failures": dict(stats.failures),
+                "gateway_cpu_s": round(cpu, 3),
+                "gateway_sessions_per_core_s": round(per_core, 1),
+                "baseline_cpu_s": round(bcpu, 3),
+                "baseline_sessions_per_core_s": round(base_per_core, 1),
                 "ratio": round(ratio, 3),
                 "gateway_p50_ms": round(stats.percentile(50) * 1000, 2),
                 "gateway_p99_ms": round(stats.percentile(99) * 1000, 2),
