@@ -679,20 +679,11 @@ def validate(method: str, args: Mapping[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------
 # Envelopes
 
-_ARRAY_TYPE: Final = f"{{{soap.SOAP_ENC}}}arrayType"
 _XSI_TYPE: Final = f"{{{soap.XSI}}}type"
 
 
-def _leaf(parent: etree._Element, name: str, text: str) -> etree._Element:
-    el = etree.SubElement(parent, name)
-    el.text = text
-    return el
-
-
-def _array(parent: etree._Element, name: str, item_type: str, count: int) -> etree._Element:
-    el = etree.SubElement(parent, name)
-    el.set(_ARRAY_TYPE, f"{item_type}[{count}]")
-    return el
+_leaf = soap.leaf
+_array = soap.array
 
 
 def _flag(value: bool) -> str:

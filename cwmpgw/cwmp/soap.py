@@ -47,6 +47,7 @@ __all__ = [
     "CWMP_1_2",
     "CWMP_1_3",
     "CWMP_NAMESPACES",
+    "PARSER",
     "SOAP_ENC",
     "SOAP_ENV",
     "XSD",
@@ -56,11 +57,13 @@ __all__ = [
     "InvalidMessage",
     "SoapError",
     "acs_fault",
+    "array",
     "autonomous_transfer_complete_response",
     "envelope",
     "get_parameter_values",
     "get_rpc_methods_response",
     "inform_response",
+    "leaf",
     "parse_envelope",
     "rpc_element",
     "transfer_complete_response",
@@ -120,7 +123,7 @@ class InvalidMessage(Exception):
 # One parser for the whole process: building one costs more than parsing a small
 # envelope, and the reactor is single-threaded. Entities are never substituted, no DTD is
 # loaded, nothing is fetched; libxml2's own limits (huge_tree=False) stay on.
-_PARSER: Final = etree.XMLParser(
+PARSER: Final = etree.XMLParser(
     resolve_entities=False,
     no_network=True,
     huge_tree=False,
@@ -219,7 +222,7 @@ def _parse_xml(body: bytes, content_type: str | None) -> etree._Element:
         except (UnicodeError, LookupError):  # LookupError: a codec that is not for text
             raise SoapError(400, "malformed XML") from None
     try:
-        return etree.fromstring(data, _PARSER)
+        return etree.fromstring(data, PARSER)
     except (etree.LxmlError, ValueError):
         raise SoapError(400, "malformed XML") from None
 
@@ -727,6 +730,20 @@ def envelope(
 def rpc_element(namespace: str, method: str) -> etree._Element:
     """An empty ``cwmp:<method>`` element; add unqualified children, then :func:`envelope`."""
     return etree.Element(f"{{{namespace}}}{method}", nsmap=_nsmap(namespace))
+
+
+def leaf(parent: etree._Element, name: str, text: str) -> etree._Element:
+    """An unqualified child with text: how every CWMP argument is written."""
+    el = etree.SubElement(parent, name)
+    el.text = text
+    return el
+
+
+def array(parent: etree._Element, name: str, item_type: str, count: int) -> etree._Element:
+    """A SOAP-encoded array container with its ``soap-enc:arrayType``."""
+    el = etree.SubElement(parent, name)
+    el.set(_ARRAY_TYPE, f"{item_type}[{count}]")
+    return el
 
 
 def _string_array(parent: etree._Element, name: str, items: Sequence[str]) -> None:

@@ -17,7 +17,7 @@ from typing import Final
 
 from lxml import etree  # type: ignore[import-untyped,unused-ignore]
 
-from cwmpgw.cwmp import values
+from cwmpgw.cwmp import soap, values
 from cwmpgw.cwmp.faults import cpe_fault_string
 from cwmpgw.cwmp.messages import DeviceId
 from cwmpgw.cwmp.soap import CWMP_NAMESPACES, SOAP_ENC, SOAP_ENV, XSD, XSI
@@ -45,21 +45,13 @@ __all__ = [
     "transfer_response",
 ]
 
-_PARSER: Final = etree.XMLParser(
-    resolve_entities=False,
-    no_network=True,
-    huge_tree=False,
-    load_dtd=False,
-    dtd_validation=False,
-    remove_comments=True,
-    remove_pis=True,
-)
+# The one hardened parser of cwmpgw.cwmp.soap: the ACS's envelopes are input too.
+_PARSER: Final = soap.PARSER
 _ENVELOPE: Final = f"{{{SOAP_ENV}}}Envelope"
 _HEADER: Final = f"{{{SOAP_ENV}}}Header"
 _BODY: Final = f"{{{SOAP_ENV}}}Body"
 _FAULT: Final = f"{{{SOAP_ENV}}}Fault"
 _MUST_UNDERSTAND: Final = f"{{{SOAP_ENV}}}mustUnderstand"
-_ARRAY_TYPE: Final = f"{{{SOAP_ENC}}}arrayType"
 _XSI_TYPE: Final = f"{{{XSI}}}type"
 _DECLARATION: Final = b'<?xml version="1.0" encoding="UTF-8"?>\n'
 
@@ -223,16 +215,8 @@ def _rpc(namespace: str, name: str) -> etree._Element:
     return etree.Element(f"{{{namespace}}}{name}", nsmap=_nsmap(namespace))
 
 
-def _leaf(parent: etree._Element, name: str, text: str) -> etree._Element:
-    el = etree.SubElement(parent, name)
-    el.text = text
-    return el
-
-
-def _array(parent: etree._Element, name: str, item_type: str, count: int) -> etree._Element:
-    el = etree.SubElement(parent, name)
-    el.set(_ARRAY_TYPE, f"{item_type}[{count}]")
-    return el
+_leaf = soap.leaf
+_array = soap.array
 
 
 def _xsi_type(type_: str) -> str:
