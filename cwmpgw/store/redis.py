@@ -223,6 +223,13 @@ class RedisDeviceStore:
         return d.addCallback(lambda n: bool(n))
 
 
+def _owner_error(failure: Any, username: str) -> None:
+    """The Lua scripts refuse a username another device owns: say so as a ValueError."""
+    if "belongs to another device" in str(failure.value):
+        raise ValueError(f"username {username!r} belongs to another device")
+    failure.raiseException()
+
+
 def _credential(username: str, fields: dict[str, str]) -> StoredCredential | None:
     if not fields or "device_id" not in fields:
         return None
@@ -253,12 +260,7 @@ class RedisCredentialStore:
             _SET_CREDENTIAL, [f"{self._prefix}cred:{username}", self._by_device], args
         )
 
-        def translate(failure: Any) -> None:
-            if "belongs to another device" in str(failure.value):
-                raise ValueError(f"username {username!r} belongs to another device")
-            failure.raiseException()
-
-        return d.addCallbacks(lambda _: None, translate)
+        return d.addCallbacks(lambda _: None, _owner_error, errbackArgs=(username,))
 
     def delete(self, device_id: str) -> Deferred[bool]:
         d: Deferred[Any] = self._redis.eval(
@@ -280,12 +282,7 @@ class RedisCredentialStore:
             args,
         )
 
-        def translate(failure: Any) -> None:
-            if "belongs to another device" in str(failure.value):
-                raise ValueError(f"username {username!r} belongs to another device")
-            failure.raiseException()
-
-        return d.addCallbacks(lambda _: None, translate)
+        return d.addCallbacks(lambda _: None, _owner_error, errbackArgs=(username,))
 
     def get_pending(self, username: str) -> Deferred[StoredCredential | None]:
         d: Deferred[Any] = self._redis.hgetall(f"{self._prefix}cred-pending:{username}")
