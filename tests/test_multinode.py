@@ -282,3 +282,69 @@ def test_workers_share_one_port(redis_server: RedisServer, tmp_path: Path) -> No
         logs = node.stop()
     assert "Traceback" not in logs, logs
     assert "worker 1" in logs
+
+
+def test_gateway_killed_mid_request_completes_the_task_once(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """SIGKILL after the gateway sent SetParameterValues, before the CPE's answer: after a
+    restart the same request (same ParameterKey) is sent again and the task is done once."""
+    prefix = unique_prefix()
+    result = import_credentials(
+        f"device_id,username,password\n{DEVICE_ID},{USER},{PASSWORD}\n",
+        str(tmp_path),
+        "--redis",
+        redis_server.url,
+        "--prefix",
+        prefix,
+    )
+    assert result.returncode == 0, result.stderr
+    node = Node("k", tmp_path, redis_server, prefix)
+    keys: list[str] = []
+    try:
+        assert Cpe().session(node)[-1].status == 204
+        status, task = node.api(
+            "POST",
+            f"/devices/{DEVICE_ID}/tasks",
+            {
+                "type": "SetParameterValues",
+                "args": {"parameters": [{"name": "Device.WiFi.SSID.1.SSID", "value": "home"}]},
+            },
+        )
+        assert status == 201, task
+
+        class Crash(Cpe):
+            def __call__(self, envelope: bytes) -> str:
+                keys.append(etree.fromstring(envelope).findtext(".//ParameterKey") or "")
+                node.process.kill()  # the gateway dies holding the request
+                node.process.wait(timeout=30)
+                raise ConnectionAbortedError("the gateway is gone")
+
+        try:
+            Crash().session(node)
+        except (ConnectionAbortedError, OSError):
+            pass
+        assert node.process.returncode == -signal.SIGKILL
+    finally:
+        node.stop()
+    restarted = Node("k2", tmp_path, redis_server, prefix)
+    try:
+
+        class Applies(Cpe):
+            def __call__(self, envelope: bytes) -> str:
+                keys.append(etree.fromstring(envelope).findtext(".//ParameterKey") or "")
+                return super().__call__(envelope)
+
+        cpe = Applies()
+        assert cpe.session(restarted)[-1].status == 204
+        assert cpe.asked == Counter({"SetParameterValues": 1})
+        assert len(keys) == 2 and keys[0] == keys[1] != ""  # the same request, resent once
+        final = restarted.api("GET", f"/tasks/{task['id']}")[1]
+        assert (final["status"], final["attempts"]) == ("done", 2), final
+        # Nothing more runs in later sessions.
+        again = Cpe()
+        assert again.session(restarted)[-1].status == 204
+        assert not again.asked
+    finally:
+        logs = restarted.stop()
+    assert "Traceback" not in logs, logs

@@ -12,6 +12,7 @@ import os
 import shutil
 import ssl
 import tempfile
+import warnings
 from typing import Any
 
 import pytest
@@ -170,7 +171,9 @@ class SecurityTests(TestCase):
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-            context.minimum_version = context.maximum_version = version
+            with warnings.catch_warnings():  # offering TLS 1.0/1.1 is the point here
+                warnings.simplefilter("ignore", DeprecationWarning)
+                context.minimum_version = context.maximum_version = version
             context.set_ciphers("ALL:@SECLEVEL=0")
             import socket
 
