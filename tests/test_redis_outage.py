@@ -130,6 +130,7 @@ class InMemoryOutageTests(SynchronousTestCase):
         retry = r.header("retry-after")
         assert retry is not None
         self.assertTrue(30 <= int(retry) <= 90)
+        self.assertEqual(r.body, b"storage unavailable; retry later\n")
         self.assertEqual(credentials.lookups, 0)  # no credential read, no device write
         self.assertEqual(acs.devices.devices, {})
         self.assertEqual(acs.bus.events, [])

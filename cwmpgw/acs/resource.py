@@ -497,7 +497,8 @@ class AcsResource(Resource):
         if retry is None:
             return None
         self.engine.note_shed()
-        return "too many new sessions; retry later", retry
+        reason = getattr(self._admission, "last_reason", "") or "too many new sessions; retry later"
+        return reason, retry
 
     async def _inform(self, request: Request, envelope: Envelope, peer: str, channel: Any) -> None:
         inform = envelope.message

@@ -280,13 +280,16 @@ class AdmitWhileAvailable:
         rng: random.Random | None = None,
     ) -> None:
         self._availability = availability
+        self.last_reason = ""  # why the last refusal happened, for the answer's text
         self._inner = inner
         self._retry_after = retry_after
         self._rng = rng or random.Random()
         self.refused = 0
 
     def admit(self, event_codes: Iterable[str], live_sessions: int) -> int | None:
+        self.last_reason = "too many new sessions; retry later"
         if not self._availability.available:
+            self.last_reason = "storage unavailable; retry later"
             self.refused += 1
             return round(self._rng.uniform(*self._retry_after))
         if self._inner is None:
