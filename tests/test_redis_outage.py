@@ -112,8 +112,13 @@ class InMemoryOutageTests(SynchronousTestCase):
         class Lazy:
             """The admission asks the availability made below, on the same clock."""
 
+            last_reason = ""
+
             def admit(self, codes: Any, live: int) -> int | None:
-                return AdmitWhileAvailable(holder["a"]).admit(codes, live)
+                admission = AdmitWhileAvailable(holder["a"])
+                retry = admission.admit(codes, live)
+                self.last_reason = admission.last_reason
+                return retry
 
         acs = MemoryAcs(clock=clock, admission=Lazy(), **kwargs)
         holder["a"] = self.switch.availability(clock)
