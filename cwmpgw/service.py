@@ -512,6 +512,8 @@ class GatewayService(Service):
             read_timeout=acs.read_timeout,
             max_requests_per_connection=acs.max_requests_per_connection,
             max_connections=acs.max_connections,
+            max_connections_per_source=acs.max_connections_per_source,
+            first_byte_timeout=acs.first_byte_timeout,
         )
         self.acs_site = site
         if self._reuse_port:

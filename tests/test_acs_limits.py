@@ -378,3 +378,33 @@ class LimitValidationTests(SynchronousTestCase):
             AcsSite(acs.resource, reactor=acs.clock, max_headers=0)
         with self.assertRaises(ValueError):
             AcsSite(acs.resource, reactor=acs.clock, read_timeout=0)
+
+
+class ConnectionStartTests(SynchronousTestCase):
+    """The start of a connection is bounded too: per source, and until its first byte."""
+
+    def setUp(self) -> None:
+        self.acs = MemoryAcs()
+        self.acs.add_device("9CA2F4-EC220_G5_V3-22275K2000315", "u", "p")
+
+    def test_silent_connection_is_closed_at_first_byte_timeout(self) -> None:
+        silent = self.acs.connect()
+        talking = self.acs.connect()
+        talking.post(b"")  # a request began: only read_timeout applies to it now
+        self.acs.clock.advance(9.9)
+        self.assertFalse(silent.transport.disconnecting)
+        self.acs.clock.advance(0.2)
+        self.assertTrue(silent.transport.disconnecting)
+        self.assertFalse(talking.transport.disconnecting)
+
+    def test_connections_per_source_address(self) -> None:
+        from twisted.internet.address import IPv4Address
+
+        site = self.acs.site
+        site.max_connections_per_source = 2
+        first, second = self.acs.connect(peer="198.51.100.1"), self.acs.connect(peer="198.51.100.1")
+        self.assertIsNone(site.buildProtocol(IPv4Address("TCP", "198.51.100.1", 1)))
+        self.assertIsNotNone(site.buildProtocol(IPv4Address("TCP", "198.51.100.2", 1)))
+        first.protocol.connectionLost(None)  # type: ignore[arg-type]
+        self.assertIsNotNone(site.buildProtocol(IPv4Address("TCP", "198.51.100.1", 1)))
+        del second

@@ -185,3 +185,19 @@ class SecurityTests(TestCase):
             with self.assertRaises((ssl.SSLError, ConnectionError, OSError)):
                 await deferToThread(handshake, version)
         self.assertEqual(await deferToThread(handshake, ssl.TLSVersion.TLSv1_2), "TLSv1.2")
+
+    async def test_stalled_handshake_is_cut(self) -> None:
+        await self.start(acs={"first_byte_timeout": 1})
+        port = int(self.url.rsplit(":", 1)[1].strip("/"))
+
+        def stall() -> bytes:
+            import socket
+
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+                raw.sendall(b"\x16\x03\x01")  # the first bytes of a ClientHello, then silence
+                try:
+                    return raw.recv(100)  # b"" once the gateway closes the connection
+                except ConnectionResetError:
+                    return b""  # or aborts it
+
+        self.assertEqual(await deferToThread(stall), b"")

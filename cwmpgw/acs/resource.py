@@ -58,8 +58,10 @@ class ConnectionLimits:
     ``read_timeout`` is an absolute deadline per request, from its first byte until
     its body is complete, that trickled bytes do not extend (Twisted's own timeout, the
     site's ``timeout``, restarts on every byte: slowloris). Raise it together with
-    ``max_body_bytes``: a slow link needs time for a large body. A TLS handshake sends
-    no application bytes, so it is bounded by the site's ``timeout`` alone.
+    ``max_body_bytes``: a slow link needs time for a large body. ``first_byte_timeout``
+    bounds the start of a connection the same way: its TLS handshake and its first
+    request byte must come within it (a stalled handshake, or a client that connects and
+    says nothing, is closed), however slowly handshake bytes trickle in.
     """
 
     max_request_line: int = 8192
@@ -68,6 +70,7 @@ class ConnectionLimits:
     max_body_bytes: int = 262_144
     max_requests: int = 1000
     read_timeout: float = 30.0
+    first_byte_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         for name in ("max_request_line", "max_header_bytes", "max_headers", "max_requests"):
@@ -129,6 +132,7 @@ class AcsChannel(HTTPChannel):
     _head_fields = 0
     _in_request = False  # a complete request is being answered; later bytes are buffered
     _deadline: IDelayedCall | None = None
+    _first_byte: IDelayedCall | None = None
 
     _clock: IReactorTime | None = None
 
@@ -136,6 +140,7 @@ class AcsChannel(HTTPChannel):
         """Apply ``limits``, keeping Twisted's own checks as a second line behind ours."""
         self.limits = limits
         self._clock = clock
+        self._first_byte = clock.callLater(limits.first_byte_timeout, self._silent)
         self.MAX_LENGTH = max(limits.max_request_line, limits.max_header_bytes)
         self.totalHeadersSize = limits.max_header_bytes
         self.maxHeaders = limits.max_headers
@@ -144,7 +149,21 @@ class AcsChannel(HTTPChannel):
         address = self.transport.getPeer() if self.transport is not None else None
         return str(getattr(address, "host", address))
 
+    def _silent(self) -> None:
+        self._first_byte = None
+        self._log.info(
+            "{peer} sent no request within {first_byte_timeout}s of connecting; closing",
+            peer=self._peer(),
+            first_byte_timeout=self.limits.first_byte_timeout,
+        )
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
     def dataReceived(self, data: bytes) -> None:
+        if self._first_byte is not None and data:
+            # TLS done (we only see decrypted bytes) and a request begun: read_timeout now.
+            self._first_byte.cancel()
+            self._first_byte = None
         if self.refused:
             return
         if data and not self._in_request and self._deadline is None:
@@ -257,10 +276,13 @@ class AcsChannel(HTTPChannel):
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self._cancel_deadline()
+        if self._first_byte is not None and self._first_byte.active():
+            self._first_byte.cancel()
+        self._first_byte = None
         super().connectionLost(reason)  # type: ignore[no-untyped-call]
         site = getattr(self, "site", None)
         if isinstance(site, AcsSite):
-            site.open_connections.discard(self)
+            site.forget(self)
             site.engine.registry.connection_lost(self)
         self.cwmp_session = None
 
@@ -287,6 +309,8 @@ class AcsSite(Site):
         max_requests_per_connection: int = 1000,
         read_timeout: float = 30.0,
         max_connections: int = 0,
+        max_connections_per_source: int = 0,
+        first_byte_timeout: float = 10.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(  # type: ignore[no-untyped-call]
@@ -296,6 +320,10 @@ class AcsSite(Site):
         self.noisy = False
         self.max_connections = max_connections  # 0 = no limit
         self.open_connections: set[AcsChannel] = set()
+        # Per source address: many CPEs can share one (CGNAT), so the default is generous.
+        self.max_connections_per_source = max_connections_per_source  # 0 = no limit
+        self._per_source: dict[str, int] = {}
+        self._sources: dict[AcsChannel, str] = {}
         self.limits = ConnectionLimits(
             max_request_line=max_request_line,
             max_header_bytes=max_header_bytes,
@@ -303,6 +331,7 @@ class AcsSite(Site):
             max_body_bytes=(resource.max_body_bytes if max_body_bytes is None else max_body_bytes),
             max_requests=max_requests_per_connection,
             read_timeout=read_timeout,
+            first_byte_timeout=first_byte_timeout,
         )
 
     def buildProtocol(self, addr: Any) -> Any:
@@ -311,11 +340,30 @@ class AcsSite(Site):
             # retries with its back-off.
             self.engine.note_shed()
             return None
+        source = str(getattr(addr, "host", ""))
+        if self.max_connections_per_source and (
+            self._per_source.get(source, 0) >= self.max_connections_per_source
+        ):
+            self.engine.note_shed()
+            return None
         channel = super().buildProtocol(addr)  # type: ignore[no-untyped-call]
         if isinstance(channel, AcsChannel):
             channel.configure(self.limits, self.reactor)
             self.open_connections.add(channel)
+            self._sources[channel] = source
+            self._per_source[source] = self._per_source.get(source, 0) + 1
         return channel
+
+    def forget(self, channel: AcsChannel) -> None:
+        """A connection closed: it no longer counts against the limits."""
+        self.open_connections.discard(channel)
+        source = self._sources.pop(channel, None)
+        if source is not None:
+            left = self._per_source.get(source, 1) - 1
+            if left > 0:
+                self._per_source[source] = left
+            else:
+                self._per_source.pop(source, None)
 
     def drain(self) -> None:
         """Shutting down: connections with no session and no request close now; the others
