@@ -77,6 +77,7 @@ class Gateway:
     prefix: str = "bench:"
     workers: int = 1
     extra: str = ""
+    acs_extra: str = "max_new_sessions_per_second = 0"
     acs_port: int = field(default_factory=free_port)
     nbi_port: int = field(default_factory=free_port)
     process: subprocess.Popen[str] | None = None
@@ -97,7 +98,7 @@ workers = {self.workers}
 port = {self.acs_port}
 interface = "127.0.0.1"
 hostname = "localhost"
-max_new_sessions_per_second = 0
+{self.acs_extra}
 max_connections = 0
 max_sessions = 10000000
 [auth]

@@ -359,6 +359,8 @@ class AcsConfig:
     legacy_ciphers: bool = _setting(False, _bool)
     max_new_sessions_per_second: int = _setting(300, _int(0, 1000000))
     max_sessions: int = _setting(10000, _int(1, 10000000))
+    retry_after_min: int = _setting(30, _int(1, 86400))
+    retry_after_max: int = _setting(120, _int(1, 86400))
     max_connections: int = _setting(20000, _int(0, 10000000))
     max_connections_per_source: int = _setting(1000, _int(0, 10000000))
     first_byte_timeout: int = _setting(10, _int(1, 3600))
@@ -693,6 +695,9 @@ def _cross_check(
                 "auth.bootstrap_password: required when auth.unknown_devices = 'enroll' "
                 "(or set auth.bootstrap_password_file)"
             )
+
+    if acs.get("retry_after_max", 0) < acs.get("retry_after_min", 0):
+        errors.append("acs.retry_after_max: must be at least acs.retry_after_min")
 
     if acs.get("client_certs") in ("optional", "required"):
         if not raw["acs"].get("client_ca_file"):

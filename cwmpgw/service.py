@@ -489,6 +489,7 @@ class GatewayService(Service):
                 self._reactor,
                 max_new_per_second=acs.max_new_sessions_per_second,
                 max_sessions=acs.max_sessions,
+                retry_after=(acs.retry_after_min, acs.retry_after_max),
             )
             if acs.max_new_sessions_per_second
             else None
