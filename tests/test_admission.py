@@ -49,6 +49,21 @@ class BucketTests(SynchronousTestCase):
         self.assertGreater(len(waits), 10)
         self.assertTrue(all(w is not None and 30 <= w <= 120 for w in waits))
 
+    def test_shed_cpes_are_scheduled_back_at_the_admitted_rate(self) -> None:
+        clock = Clock()
+        ac = control(clock, max_new_per_second=4.0, retry_after=(5.0, 60.0))
+        while ac.admit(PERIODIC, 0) is None:
+            pass
+        waits = [ac.admit(PERIODIC, 0) for _ in range(12)]
+        assert all(w is not None for w in waits)
+        # One slot every 1/4 s (the admitted rate), from 5 s on, plus under a second of jitter.
+        self.assertTrue(all(5 <= w <= 6 for w in waits[:3]), waits)  # type: ignore[operator]
+        self.assertTrue(all(7 <= w <= 9 for w in waits[-3:]), waits)  # type: ignore[operator]
+        self.assertLess(max(waits[:4]), min(waits[-4:]))  # type: ignore[type-var]
+        # The window's maximum caps a backlog longer than the window.
+        many = [ac.admit(PERIODIC, 0) for _ in range(400)]
+        self.assertEqual(max(many), 60)  # type: ignore[type-var]
+
     def test_open_sessions_cap_with_priority_reserve(self) -> None:
         ac = control(Clock(), max_new_per_second=1000.0, max_sessions=8)
         self.assertIsNone(ac.admit(PERIODIC, 5))

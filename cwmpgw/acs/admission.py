@@ -51,6 +51,7 @@ class AdmissionControl:
         self._retry_after = retry_after
         self._rng = rng or random.Random()
         self.rejected = 0
+        self._next_slot = 0.0  # when the next shed CPE should come back
 
     def _refill(self) -> None:
         now = self._clock.seconds()
@@ -60,8 +61,10 @@ class AdmissionControl:
     def admit(self, event_codes: Iterable[str], live_sessions: int) -> int | None:
         """None if a new session may start; else the Retry-After to answer 503 with.
 
-        The jitter spreads the retries of a shed crowd over the window instead of
-        bringing it back all at once.
+        Each shed CPE is given the next free slot at the admitted rate (never sooner than
+        the window's minimum, never later than its maximum, with up to a second of
+        jitter): a shed crowd comes back exactly as fast as the node can take it, instead
+        of all at once or long after capacity was free again.
         """
         priority = any(code in PRIORITY_EVENTS for code in event_codes)
         self._refill()
@@ -72,4 +75,8 @@ class AdmissionControl:
             return None
         self.rejected += 1
         low, high = self._retry_after
-        return round(self._rng.uniform(low, high))
+        now = self._clock.seconds()
+        slot = max(now + low, self._next_slot)
+        self._next_slot = slot + 1.0 / self._rate
+        wait = min(slot - now, high) + self._rng.uniform(0.0, 1.0)
+        return max(round(low), min(round(wait), round(high)))
