@@ -166,6 +166,46 @@ periodic_inform = false
             self.process.wait(timeout=60)
         return (self.directory / "gateway.log").read_text()
 
+    def fleet(
+        self, reactor: Any, *, devices: int, concurrency: int, seed: int, url: str = ""
+    ) -> Any:
+        """Simulated CPEs for this gateway (or another ``url`` with its certificate), each
+        with its own password, booting without BOOTSTRAP."""
+        from cwmpgw.sim.device import credential_templates
+        from cwmpgw.sim.fleet import Fleet
+
+        return Fleet(
+            reactor,
+            url or self.url,
+            devices=devices,
+            credentials=credential_templates("{device_id}", "pw-{serial}-bench"),
+            cafile=self.cafile,
+            concurrency=concurrency,
+            bootstrap=False,
+            seed=seed,
+        )
+
+    def import_credentials(self, fleet: Any) -> None:
+        """Give the gateway the fleet's credentials, with the operator's command."""
+        csv_file = self.directory / "creds.csv"
+        csv_file.write_text(fleet.credentials_csv())
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cwmpgw.credentials",
+                "--redis",
+                self.redis_url,
+                "--prefix",
+                self.prefix,
+                "import",
+                str(csv_file),
+            ],
+            check=True,
+            capture_output=True,
+            cwd=ROOT,
+        )
+
     def errors(self) -> list[str]:
         text = (self.directory / "gateway.log").read_text()
         return [

@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -22,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, Gateway, report
+from common import Gateway, report
 from twisted.internet import defer, task
 
 
@@ -52,8 +50,7 @@ def subscribe(
 
 
 async def main(reactor: Any, args: argparse.Namespace) -> None:
-    from cwmpgw.sim.device import credential_templates
-    from cwmpgw.sim.fleet import Fleet, Rate
+    from cwmpgw.sim.fleet import Rate
     from tests.redis_server import RedisServer
 
     work = Path(tempfile.mkdtemp(prefix="bench-events-"))
@@ -65,34 +62,8 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
         target=subscribe, args=(redis.url, gateway.prefix, latencies, stop, ready)
     )
     try:
-        fleet = Fleet(
-            reactor,
-            gateway.url,
-            devices=args.devices,
-            credentials=credential_templates("{device_id}", "pw-{serial}-bench"),
-            cafile=gateway.cafile,
-            concurrency=100,
-            bootstrap=False,
-            seed=2,
-        )
-        csv_file = work / "creds.csv"
-        csv_file.write_text(fleet.credentials_csv())
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "cwmpgw.credentials",
-                "--redis",
-                redis.url,
-                "--prefix",
-                gateway.prefix,
-                "import",
-                str(csv_file),
-            ],
-            check=True,
-            capture_output=True,
-            cwd=ROOT,
-        )
+        fleet = gateway.fleet(reactor, devices=args.devices, concurrency=100, seed=2)
+        gateway.import_credentials(fleet)
         await fleet.start()
         await fleet.run_sessions(count=args.devices, arrival=Rate(None))  # warm-up
         thread.start()

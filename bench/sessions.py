@@ -62,8 +62,6 @@ async def run_fleet(reactor: Any, fleet: Any, count: int) -> Any:
 
 
 async def main(reactor: Any, args: argparse.Namespace) -> None:
-    from cwmpgw.sim.device import credential_templates
-    from cwmpgw.sim.fleet import Fleet
     from tests.redis_server import RedisServer
 
     work = Path(tempfile.mkdtemp(prefix="bench-sessions-"))
@@ -71,39 +69,14 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
     gateway = Gateway(work / "gw", redis.url, workers=args.workers).start()
     baseline: subprocess.Popen[str] | None = None
     try:
-        creds = credential_templates("{device_id}", "pw-{serial}-bench")
 
-        def fleet_for(url: str) -> Fleet:
-            return Fleet(
-                reactor,
-                url,
-                devices=args.devices,
-                credentials=creds,
-                cafile=gateway.cafile,
-                concurrency=args.concurrency,
-                bootstrap=False,
-                seed=1,
+        def fleet_for(url: str) -> Any:
+            return gateway.fleet(
+                reactor, devices=args.devices, concurrency=args.concurrency, seed=1, url=url
             )
 
         fleet = fleet_for(gateway.url)
-        csv_file = work / "creds.csv"
-        csv_file.write_text(fleet.credentials_csv())
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "cwmpgw.credentials",
-                "--redis",
-                redis.url,
-                "--prefix",
-                gateway.prefix,
-                "import",
-                str(csv_file),
-            ],
-            check=True,
-            capture_output=True,
-            cwd=ROOT,
-        )
+        gateway.import_credentials(fleet)
         await fleet.start()
         warm = await run_fleet(reactor, fleet, args.devices)  # every device known, TLS warm
         assert warm.completed == args.devices, warm.summary(reactor.seconds())

@@ -16,23 +16,20 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, Gateway, report
+from common import Gateway, report
 from twisted.internet import defer, task
 
 
 async def main(reactor: Any, args: argparse.Namespace) -> None:
     import redis as redis_py
 
-    from cwmpgw.sim.device import credential_templates
-    from cwmpgw.sim.fleet import Fleet, Storm
+    from cwmpgw.sim.fleet import Storm
     from tests.redis_server import RedisServer
 
     work = Path(tempfile.mkdtemp(prefix="bench-storm-"))
@@ -44,34 +41,8 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
     ).start()
     r = redis_py.Redis.from_url(redis.url, decode_responses=True)
     try:
-        fleet = Fleet(
-            reactor,
-            gateway.url,
-            devices=args.devices,
-            credentials=credential_templates("{device_id}", "pw-{serial}-bench"),
-            cafile=gateway.cafile,
-            concurrency=200,
-            bootstrap=False,
-            seed=3,
-        )
-        csv_file = work / "creds.csv"
-        csv_file.write_text(fleet.credentials_csv())
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "cwmpgw.credentials",
-                "--redis",
-                redis.url,
-                "--prefix",
-                gateway.prefix,
-                "import",
-                str(csv_file),
-            ],
-            check=True,
-            capture_output=True,
-            cwd=ROOT,
-        )
+        fleet = gateway.fleet(reactor, devices=args.devices, concurrency=200, seed=3)
+        gateway.import_credentials(fleet)
         await fleet.start()
         start = time.monotonic()
         # One run for the whole storm: a run that ends drops the boots it had not started.
