@@ -151,9 +151,8 @@ class Cpe:
         )
 
 
-def test_two_nodes_share_one_fleet(redis_server: RedisServer, tmp_path: Path) -> None:
-    import redis
-
+def fleet_with_one_device(redis_server: RedisServer, tmp_path: Path) -> str:
+    """A fresh key prefix holding the test CPE's credential (as the operator imports it)."""
     prefix = unique_prefix()
     result = import_credentials(
         f"device_id,username,password\n{DEVICE_ID},{USER},{PASSWORD}\n",
@@ -164,6 +163,13 @@ def test_two_nodes_share_one_fleet(redis_server: RedisServer, tmp_path: Path) ->
         prefix,
     )
     assert result.returncode == 0, result.stderr
+    return prefix
+
+
+def test_two_nodes_share_one_fleet(redis_server: RedisServer, tmp_path: Path) -> None:
+    import redis
+
+    prefix = fleet_with_one_device(redis_server, tmp_path)
     a = Node("a", tmp_path, redis_server, prefix)
     try:
         b = Node("b", tmp_path, redis_server, prefix)
@@ -248,16 +254,7 @@ def test_workers_share_one_port(redis_server: RedisServer, tmp_path: Path) -> No
     """--workers 2: two processes accept on one port; the sessions land on both."""
     import redis
 
-    prefix = unique_prefix()
-    result = import_credentials(
-        f"device_id,username,password\n{DEVICE_ID},{USER},{PASSWORD}\n",
-        str(tmp_path),
-        "--redis",
-        redis_server.url,
-        "--prefix",
-        prefix,
-    )
-    assert result.returncode == 0, result.stderr
+    prefix = fleet_with_one_device(redis_server, tmp_path)
     node = Node("w", tmp_path, redis_server, prefix, workers=2)
     try:
         r = redis.Redis(redis_server.host, redis_server.port, decode_responses=True)
@@ -289,16 +286,7 @@ def test_gateway_killed_mid_request_completes_the_task_once(
 ) -> None:
     """SIGKILL after the gateway sent SetParameterValues, before the CPE's answer: after a
     restart the same request (same ParameterKey) is sent again and the task is done once."""
-    prefix = unique_prefix()
-    result = import_credentials(
-        f"device_id,username,password\n{DEVICE_ID},{USER},{PASSWORD}\n",
-        str(tmp_path),
-        "--redis",
-        redis_server.url,
-        "--prefix",
-        prefix,
-    )
-    assert result.returncode == 0, result.stderr
+    prefix = fleet_with_one_device(redis_server, tmp_path)
     node = Node("k", tmp_path, redis_server, prefix)
     keys: list[str] = []
     try:
