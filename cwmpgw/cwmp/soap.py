@@ -143,7 +143,10 @@ _XSI_1999_TYPE: Final = f"{{{XSI_1999}}}type"
 _DECL_WITH_ENCODING: Final = re.compile(rb"<\?xml[^>]*?\sencoding\s*=", re.ASCII)
 _BOMS: Final = (codecs.BOM_UTF8, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 _CHARSET_RE: Final = re.compile(r"""charset\s*=\s*["']?([A-Za-z0-9._:+-]+)""", re.IGNORECASE)
-_UINT_RE: Final = re.compile(r"\+?[0-9]+", re.ASCII)
+# At most 20 significant digits (xsd:unsignedLong): a longer number is invalid anyway, and
+# int() of a huge digit string raises ValueError (CPython's 4300-digit limit) or costs
+# quadratic time.
+_UINT_RE: Final = re.compile(r"\+?0*([0-9]{1,20})", re.ASCII)
 _UTF8_NAMES: Final = frozenset({"utf-8", "utf-8-sig"})
 
 
@@ -282,8 +285,7 @@ def parse_envelope(
                 request_id = "" if item.text is None else str(item.text)
                 id_namespace = _cwmp_namespace(_namespace(item.tag))
             elif name == "SessionTimeout":
-                text = _text(item)
-                session_timeout = int(text) if _UINT_RE.fullmatch(text) else None
+                session_timeout = _parse_uint(_text(item))
             elif name == "SupportedCWMPVersions":
                 versions = tuple(v.strip() for v in _text(item).split(",") if v.strip())
                 supported_versions = versions or None
@@ -322,10 +324,16 @@ def _uint(el: etree._Element | None, what: str, default: int | None = None) -> i
         if default is None:
             raise _Invalid(f"missing {what}")
         return default
-    text = _text(el)
-    if not _UINT_RE.fullmatch(text):
+    number = _parse_uint(_text(el))
+    if number is None:
         raise _Invalid(f"{what} is not an unsigned integer")
-    return int(text)
+    return number
+
+
+def _parse_uint(text: str) -> int | None:
+    """An unsigned integer of at most 20 digits (leading zeros aside), else None."""
+    match = _UINT_RE.fullmatch(text)
+    return int(match.group(1)) if match is not None else None
 
 
 def _boolean(el: etree._Element | None, what: str) -> bool:
