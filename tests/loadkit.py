@@ -204,9 +204,9 @@ def import_csv(csv_text: str, directory: Path, redis_url: str, prefix: str) -> N
     """``python -m cwmpgw.credentials import`` (blocking), as the operator runs it."""
     path = directory / "creds.csv"
     path.write_text(csv_text)
+    args = ["--redis", redis_url, "--prefix", prefix, "import", str(path)]
     result = subprocess.run(
-        [sys.executable, "-m", "cwmpgw.credentials"]
-        + ["--redis", redis_url, "--prefix", prefix, "import", str(path)],
+        [sys.executable, "-m", "cwmpgw.credentials", *args],
         capture_output=True,
         text=True,
         timeout=60,
