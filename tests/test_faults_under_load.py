@@ -13,25 +13,32 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
+from lxml import etree
 from twisted.internet import defer, reactor
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from cwmpgw.sim import Fleet, Storm, credential_templates
+from cwmpgw.sim import Fleet, Rate, Storm, credential_templates
 from cwmpgw.store.availability import RedisTimeout, Unavailable
+from tests import cpe_client
 from tests import cpe_envelopes as cpe
+from tests.cpe_envelopes import typical_response
 from tests.loadkit import (
+    GatewayProcess,
     Ledger,
     acs_url,
     give_credentials,
+    import_csv,
     start_gateway,
     stream_events,
     until,
@@ -43,6 +50,7 @@ SHED = "too many new sessions; retry later"
 UNAVAILABLE = "storage unavailable; retry later"
 STORE_FAILED = "temporarily unable to store; retry later"
 INTERNAL = "internal error"
+SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 MEMORY_DEVICE = "9CA2F4-EC220_G5_V3-22275K2000315"  # the device of tests/cpe_envelopes.py
 
 
@@ -366,3 +374,171 @@ class CredentialLookupFailureTests(SynchronousTestCase):
         self.flushLoggedErrors(txredisapi.ConnectionError)
         self.assertEqual(answer.status, 503)
         self.assertTrue((answer.header("retry-after") or "").isdigit())
+
+
+@pytest.mark.usefixtures("redis_for_class")
+class SigtermUnderLoadTests(TestCase):
+    """A real gateway process (twistd) gets SIGTERM while a fleet runs its tasks: it
+    exits within acs.drain_timeout + 5 s, the sessions under way finish, and no task is
+    done without the CPE's answer; what was cut off runs later, once."""
+
+    redis_server: Any
+
+    async def test_sigterm_drains_and_marks_nothing_done_without_an_answer(self) -> None:
+        from tests.test_redis_outage import PASSWORD, OpenSession
+
+        devices, per_device, drain = 60, 5, 4
+        root = Path(tempfile.mkdtemp(prefix="cwmpgw-sigterm-"))
+        self.addCleanup(shutil.rmtree, root, True)
+        prefix = unique_prefix()
+        gateway = GatewayProcess(
+            "term",
+            root,
+            self.redis_server.url,
+            prefix,
+            acs=f"drain_timeout = {drain}\nmax_new_sessions_per_second = 0",
+        )
+        self.addCleanup(gateway.kill)
+        ledger = Ledger()
+        fleet = Fleet(
+            reactor,
+            gateway.url,
+            devices=devices,
+            credentials=credential_templates("{device_id}", "pw-{serial}-term"),
+            cafile=gateway.cafile,
+            concurrency=20,
+            bootstrap=False,
+            seed=5,
+            trace=ledger.trace,
+        )
+        stall_serial = "SIGTERM0001"
+        stall_id = f"9CA2F4-EC220_G5_V3-{stall_serial}"
+        csv = fleet.credentials_csv() + f"{stall_id},stall-cpe,{PASSWORD},stall-cpe,{PASSWORD}\n"
+        await deferToThread(import_csv, csv, root, self.redis_server.url, prefix)
+        await deferToThread(gateway.start)
+        await fleet.start()
+        self.addCleanup(fleet.stop)
+
+        # Every device known, then five tasks queued for each.
+        first = await fleet.run_sessions(count=devices, arrival=Rate(None))
+        self.assertEqual((first.completed, dict(first.failures)), (devices, {}))
+
+        def stall_session() -> list[int]:
+            return [
+                e.status
+                for e in cpe_client.run_session(
+                    gateway.url, "stall-cpe", PASSWORD, cafile=gateway.cafile, serial=stall_serial
+                )
+            ]
+
+        self.assertEqual(await deferToThread(stall_session), [200, 204])
+
+        def queue(device_id: str, n: int) -> list[str]:
+            ids = []
+            for i in range(n):
+                status, task = gateway.api(
+                    "POST",
+                    f"/devices/{device_id}/tasks",
+                    {"type": "GetParameterValues", "args": {"parameter_names": [UPTIME]}},
+                )
+                assert status == 201, (status, task)
+                ids.append(task["id"])
+            return ids
+
+        def queue_all() -> list[str]:
+            return [t for d in fleet.devices for t in queue(d.device_id, per_device)]
+
+        task_ids = await deferToThread(queue_all)
+        stall_task = (await deferToThread(queue, stall_id, 1))[0]
+
+        # A CPE that stops answering mid-session: it holds the task's request.
+        stalled = OpenSession(gateway.url, "stall-cpe", gateway.cafile, stall_serial)
+        self.addCleanup(stalled.close)
+        self.assertEqual((await deferToThread(stalled.inform)).status, 200)
+        held = await deferToThread(stalled.post, "")
+        self.assertEqual(held.status, 200)
+        self.assertIn(stall_task[-12:].encode(), held.body)
+
+        # The fleet runs its tasks; SIGTERM arrives when a fifth of them are answered.
+        run = defer.Deferred.fromCoroutine(fleet.run_sessions(arrival=Rate(None)))
+        await until(
+            reactor, lambda: len(ledger.answered) >= len(task_ids) // 5, "the load under way"
+        )
+        took = await deferToThread(gateway.terminate)
+        fleet.interrupt()
+        await run
+        await fleet.stop()
+        log = gateway.log
+        self.assertLessEqual(took, drain + 5, log[-3000:])
+        # twistd stops its reactor, then exits by the signal it got: a clean stop.
+        self.assertIn("Server Shut Down", log)
+        self.assertEqual(gateway.process.returncode, -signal.SIGTERM)  # type: ignore[union-attr]
+        # Only the stalled session was still open at the deadline: every session of the
+        # fleet that was under way finished (each got its 204).
+        self.assertRegex(log, r"drained: 1 session\(s\) still open after")
+        self.assertEqual([d for d, open_ in ledger.in_session.items() if open_], [])
+        self.assertNotIn("Traceback", log)
+
+        # Restarted (same port, same Redis): what each task became at the stop.
+        await deferToThread(gateway.start)
+
+        def statuses(ids: list[str]) -> dict[str, dict[str, Any]]:
+            return {t: gateway.api("GET", f"/tasks/{t}")[1] for t in ids}
+
+        at_stop = await deferToThread(statuses, [*task_ids, stall_task])
+        counts = Counter(t["status"] for t in at_stop.values())
+        # Pending: queued again, or still marked running (an interrupted task, restarted
+        # by the next session); either way sent again, never done without an answer.
+        pending = counts["queued"] + counts["running"]
+        self.assertEqual(counts["done"] + pending, len(task_ids) + 1, counts)
+        self.assertGreaterEqual(pending, 1)  # the stalled one at least
+        self.assertGreaterEqual(counts["done"], len(task_ids) // 5)
+        for task_id, task in at_stop.items():
+            answered = ledger.answered_for_task(task_id)
+            if task["status"] == "done":  # never without the CPE's answer
+                self.assertEqual(len(answered), 1, task)
+                self.assertEqual(task["result"]["parameters"][0]["name"], UPTIME)
+        self.assertIn(at_stop[stall_task]["status"], ("queued", "running"))
+        # A session under way at SIGTERM ran all its device's tasks before it ended (the
+        # drain): per device, all five done or none started.
+        by_device: dict[str, set[tuple[str, int]]] = {}
+        for task_id in task_ids:
+            task = at_stop[task_id]
+            by_device.setdefault(task["device_id"], set()).add((task["status"], task["attempts"]))
+        self.assertLessEqual(
+            set(map(frozenset, by_device.values())),
+            {frozenset({("done", 1)}), frozenset({("queued", 0)})},
+        )
+
+        # What was cut off runs in the next sessions, once; nothing done runs again.
+        await fleet.start()
+        pending = {at_stop[t]["device_id"] for t in task_ids if at_stop[t]["status"] != "done"}
+        results = [await fleet.inform(fleet.device(d)) for d in sorted(pending)]
+        self.assertEqual([r.ok for r in results], [True] * len(pending))
+
+        def answer(envelope: bytes) -> str:
+            root_ = etree.fromstring(envelope)
+            method = etree.QName(root_.find(f"{{{SOAP_ENV}}}Body")[0]).localname
+            return typical_response(method, root_.findtext(".//{*}ID")).decode()
+
+        def finish_stalled() -> list[int]:
+            exchanges = cpe_client.run_session(
+                gateway.url,
+                "stall-cpe",
+                PASSWORD,
+                cafile=gateway.cafile,
+                serial=stall_serial,
+                answer=answer,
+            )
+            return [e.status for e in exchanges]
+
+        self.assertEqual(await deferToThread(finish_stalled), [200, 200, 204])
+        final = await deferToThread(statuses, [*task_ids, stall_task])
+        self.assertEqual(Counter(t["status"] for t in final.values()), {"done": len(task_ids) + 1})
+        for task_id in task_ids:
+            self.assertEqual(len(ledger.answered_for_task(task_id)), 1, final[task_id])
+            if at_stop[task_id]["status"] == "done":
+                self.assertEqual(final[task_id]["attempts"], at_stop[task_id]["attempts"])
+        self.assertEqual(final[stall_task]["attempts"], 2)  # sent to the staller, then again
+        await deferToThread(gateway.terminate)
+        self.assertNotIn("Traceback", gateway.log)
