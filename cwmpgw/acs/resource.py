@@ -3,7 +3,7 @@
 HTTP concerns live here (method, size, cookie, authentication, status codes); CWMP
 concerns live in the engine and the sans-IO session machine. Every failure becomes a
 clear HTTP answer: a CWMP fault where the protocol has one, else 400/401/403/405/413/
-414/429/431/503 with a one-line text body, never a traceback. Connections are bounded
+414/415/429/431/503 with a one-line text body, never a traceback. Connections are bounded
 (:class:`ConnectionLimits`): head size, body size, requests per connection, and an
 absolute read deadline per request that trickled bytes do not extend.
 """
@@ -462,6 +462,17 @@ class AcsResource(Resource):
         if length is not None and length.isdigit() and int(length) > self._max_body:
             self._log.warn("body of {length} bytes from {peer} refused", length=length, peer=peer)
             return self._send(request, Reply(413, reason="body too large"))
+        encoding = (request.getHeader(b"content-encoding") or b"").strip().lower()
+        if encoding not in (b"", b"identity"):
+            # Never decompressed (no gzip bomb can grow past the body cap): say so clearly
+            # rather than answer "malformed XML" (RFC 7694: 415 with Accept-Encoding).
+            self._log.info(
+                "compressed body from {peer} refused ({encoding})",
+                peer=peer,
+                encoding=encoding[:32].decode("latin-1"),
+            )
+            request.setHeader(b"accept-encoding", b"identity")
+            return self._send(request, Reply(415, reason="Content-Encoding not supported"))
         assert request.content is not None
         body = request.content.read(self._max_body + 1)
         if len(body) > self._max_body:
