@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,15 @@ from common import ROOT, Gateway, cpu_seconds, free_port, report
 from twisted.internet import defer, task
 
 DEV_PARAM = "Device.DeviceInfo.SoftwareVersion"
+
+
+def redis_commands(redis_url: str) -> dict[str, int]:
+    """Commands Redis has run so far, by name (INFO commandstats): a round's delta divided
+    by its sessions is what one session costs in round trips."""
+    import redis as redis_py
+
+    stats = redis_py.Redis.from_url(redis_url).info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
 
 
 def queue_tasks(gateway: Gateway, device_ids: list[str], per_device: int) -> int:
@@ -82,16 +92,32 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
         assert warm.completed == args.devices, warm.summary(reactor.seconds())
         device_ids = [d.device_id for d in fleet.devices]
         sessions = args.devices * args.rounds
+        spy: subprocess.Popen[bytes] | None = None
+        if args.py_spy:
+            # Sampled while the measured rounds run; collapsed stacks, for flame graphs.
+            spy = subprocess.Popen(
+                [
+                    str(Path(sys.executable).with_name("py-spy")),
+                    *("record", "-p", str(gateway.pid), "-o", args.py_spy),
+                    *("--format", "raw", "--rate", "250", "--nonblocking"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         cpu = wall = 0.0
         stats = None
+        commands: dict[str, int] = {}
         for _ in range(args.rounds):
             # One task per device per round, queued outside the measured window: a session
             # runs everything queued for its device, and each must run exactly one.
             queue_tasks(gateway, device_ids, 1)
+            before = redis_commands(redis.url)
             cpu0, wall0 = cpu_seconds(gateway.pid), time.monotonic()
             round_stats = await run_fleet(reactor, fleet, args.devices)
             wall += time.monotonic() - wall0
             cpu += cpu_seconds(gateway.pid) - cpu0
+            for name, calls in redis_commands(redis.url).items():
+                commands[name] = commands.get(name, 0) + calls - before.get(name, 0)
             if stats is None:
                 stats = round_stats
             else:
@@ -101,6 +127,9 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                 stats.latencies += round_stats.latencies
                 stats.rpcs.update(round_stats.rpcs)
         assert stats is not None
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=30)
         await fleet.stop()
         gpv = stats.rpcs.get("GetParameterValues", 0)
 
@@ -131,6 +160,12 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
         base_per_core = base.completed / bcpu if bcpu else 0.0
         ratio = per_core / base_per_core if base_per_core else 0.0
         ms = lambda s: f"{s * 1000:.1f} ms"  # noqa: E731
+        commands.pop("info", None)  # the bench's own
+        per_session = {
+            name: round(calls / max(stats.completed, 1), 2)
+            for name, calls in sorted(commands.items(), key=lambda kv: -kv[1])
+            if calls
+        }
         report(
             "sessions",
             [
@@ -139,6 +174,11 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                     f"{stats.completed}/{sessions} ok ({args.devices} x {args.rounds}), failures {dict(stats.failures)}",
                 ),
                 ("GetParameterValues answered", gpv),
+                (
+                    "redis commands per session",
+                    f"{sum(per_session.values()):.1f}: "
+                    + ", ".join(f"{n} {c:g}" for n, c in per_session.items()),
+                ),
                 ("gateway workers", args.workers),
                 ("gateway CPU per session", f"{cpu / max(stats.completed, 1) * 1000:.2f} ms"),
                 ("gateway sessions per core-second", f"{per_core:.0f} (target >= 450)"),
@@ -164,6 +204,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                 "workers": args.workers,
                 "sessions": stats.completed,
                 "failures": dict(stats.failures),
+                "redis_commands_per_session": per_session,
                 "gateway_cpu_s": round(cpu, 3),
                 "gateway_sessions_per_core_s": round(per_core, 1),
                 "baseline_cpu_s": round(bcpu, 3),
@@ -193,4 +234,7 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--py-spy", metavar="FILE", help="profile the gateway during the measured rounds"
+    )
     task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor, parser.parse_args())))
