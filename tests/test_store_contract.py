@@ -245,6 +245,26 @@ class RedisStoreTests(StoreContract, TestCase):
         self.prefix = prefix
         self.crcredentials = RedisConnReqCredentialStore(self.redis, prefix, SecretBox(b"k" * 32))
 
+    async def test_inform_takes_the_session_lock_in_the_same_step(self) -> None:
+        from cwmpgw.store.sessionlock import RedisSessionLock
+
+        lock = RedisSessionLock(self.redis, self.prefix)
+        self.assertTrue(self.devices.takes_session)
+        await self.devices.record_inform(record(session_owner="n1:s1", session_ttl=60))
+        self.assertTrue(await lock.owns(DEVICE_ID, "n1:s1"))
+        ttl_ms = await self.redis.execute_command(
+            "PTTL", self.prefix + "session-owner:" + DEVICE_ID
+        )
+        self.assertTrue(59_000 < int(ttl_ms) <= 60_000, ttl_ms)
+        await self.devices.record_inform(record(ts=1001.0))  # no owner: the lock is left alone
+        self.assertTrue(await lock.owns(DEVICE_ID, "n1:s1"))
+        device = await self.devices.get_device(DEVICE_ID)
+        self.assertEqual(int(device["inform_count"]), 2)
+        self.assertEqual(  # the parameters still come after the owner's arguments
+            device["parameters"]["Device.ManagementServer.ConnectionRequestURL"]["value"],
+            "http://192.0.2.1:7547/cr",
+        )
+
     async def test_connreq_password_encrypted_at_rest(self) -> None:
         await self.crcredentials.set("dev-1", ConnReqCredential("cr-user", "cr-pass"))
         raw = await self.redis.hgetall(self.prefix + "crcred:dev-1")

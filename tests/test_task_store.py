@@ -449,6 +449,23 @@ class RedisTaskTests(TaskContract, TestCase):
         self.assertIsNone(await r.get(f"{p}device:{DEV}:transfer:{task.command_key}"))
         self.assertEqual(await r.lrange(f"{p}device:{DEV}:finished", 0, -1), [task.id])
 
+    async def test_queue_read_checks_the_session_owner(self) -> None:
+        from cwmpgw.store.sessionlock import RedisSessionLock, Superseded
+
+        lock = RedisSessionLock(self.redis, self.prefix)
+        task = await self.service.submit(DEV, "GetParameterValues", GPV)
+        await lock.take(DEV, "n2:newer", 60)  # the device started a session elsewhere
+        with self.assertRaises(Superseded):
+            await self.service.next_for_device(DEV, "n1:older")
+        stored = await self.service.get(task.id)
+        self.assertEqual((stored.status, stored.attempts), ("queued", 0))  # nothing started
+        with self.assertRaises(Superseded):  # the queue being empty changes nothing
+            await self.service.next_for_device(OTHER, "n1:older")
+        running = await self.service.next_for_device(DEV, "n2:newer")
+        self.assertEqual((running.id, running.status, running.attempts), (task.id, "running", 1))
+        await lock.take(OTHER, "n2:newer", 60)
+        self.assertIsNone(await self.service.next_for_device(OTHER))  # no owner given: no check
+
     async def test_requeue_puts_back_into_expiry_index(self) -> None:
         task = await self.service.submit(DEV, "GetParameterValues", GPV, expires_in=10)
         await self.service.requeue(await self.service.next_for_device(DEV))

@@ -9,7 +9,7 @@ could not be stored keeps its events and retries, as TR-069 makes it do.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -43,6 +43,7 @@ from cwmpgw.cwmp.session import (
 from cwmpgw.cwmp.versions import VersionMismatch, negotiate
 from cwmpgw.store.availability import RedisAvailability, RedisTimeout, Unavailable
 from cwmpgw.store.interfaces import IDeviceStore, InformRecord
+from cwmpgw.store.sessionlock import Superseded
 
 __all__ = ["AcsEngine", "IRequestSource", "NoRequests"]
 
@@ -51,7 +52,12 @@ class IRequestSource(Interface):
     """What the ACS sends in its turn: the seam the task queue plugs into."""
 
     def next_request(session: LiveSession) -> Deferred[AcsRequest | None]:
-        """The next request for this session's device, or None when there is none."""
+        """The next request for this session's device, or None when there is none.
+
+        May fail with :class:`~cwmpgw.store.sessionlock.Superseded` when it found that
+        ``session.owner`` no longer owns the device; a request it returns with
+        ``owner_checked`` set was checked in the same step, else the engine checks.
+        """
 
     def answered(
         session: LiveSession, request: AcsRequest, response: RpcResponse | CpeFault
@@ -168,10 +174,12 @@ class AcsEngine:
             parameters=inform.parameters,
         )
         if self._lock is not None:
-            # A new Inform starts a new session wherever it lands: take the device over.
-            await self._lock.take(
-                device_id, self._owner(machine.session_id), self._max_session_timeout + 60
-            )
+            # A new Inform starts a new session wherever it lands: take the device over,
+            # in the device write when the store can (one round trip less).
+            owner, ttl = self._owner(machine.session_id), self._max_session_timeout + 60
+            record = replace(record, session_owner=owner, session_ttl=ttl)
+            if not self._devices.takes_session:
+                await self._lock.take(device_id, owner, ttl)
         is_new = await self._devices.record_inform(record)
         dev = _device_ref(device_id, inform.device_id)
         codes = [e.code for e in inform.events]
@@ -212,6 +220,7 @@ class AcsEngine:
             started=now,
             timeout=min(timeout, self._max_session_timeout),
             channel=channel,
+            owner=record.session_owner,
         )
         self.registry.add(live)
         if self._metrics is not None:
@@ -262,22 +271,33 @@ class AcsEngine:
             self._busy.discard(live.session_id)
 
     async def _acs_turn(self, live: LiveSession) -> Reply:
-        """The ACS's turn: its next request, or the end of the session."""
-        if self._lock is not None:
-            owner = self._owner(live.session_id)
-            if not await self._lock.owns(live.device_id, owner):
-                # The device started a newer session elsewhere: send it nothing more.
-                self.registry.end(live, Outcome.SUPERSEDED, "a newer session on another node")
-                return Reply(204)
+        """The ACS's turn: its next request, or the end of the session.
+
+        A request goes out only while this session owns the device: a device that started
+        a newer session elsewhere gets nothing more from this one. Ending needs no check.
+        """
         reply: Reply | None = None
         while reply is None:
-            request = await self._requests.next_request(live)
+            try:
+                request = await self._requests.next_request(live)
+            except Superseded:
+                return self._superseded(live)
             if request is not None:
+                if (
+                    self._lock is not None
+                    and not request.owner_checked
+                    and not await self._lock.owns(live.device_id, live.owner)
+                ):
+                    return self._superseded(live)  # the source requeues what it took
                 return live.machine.send_request(request)
             step = live.machine.finish()
             await self._apply(live, step.effects)
             reply = step.reply
         return reply
+
+    def _superseded(self, live: LiveSession) -> Reply:
+        self.registry.end(live, Outcome.SUPERSEDED, "a newer session on another node")
+        return Reply(204)
 
     async def _apply(self, live: LiveSession, effects: tuple[Effect, ...]) -> Reply | None:
         """Carry out effects; a reply is returned only when one must replace the normal one."""
@@ -338,7 +358,7 @@ class AcsEngine:
         m = live.machine
         self._requests.session_ended(live)
         if self._lock is not None:
-            released = self._lock.release(live.device_id, self._owner(live.session_id))
+            released = self._lock.release(live.device_id, live.owner)
             released.addErrback(
                 lambda f: self._log.failure(
                     "could not release {device_id}", f, device_id=live.device_id

@@ -28,6 +28,7 @@ class LiveSession:
     started: float
     timeout: float
     channel: object | None = None  # the connection authenticated for this session
+    owner: str | None = None  # its name in the session lock, when there is one
     timer: IDelayedCall | None = field(default=None, repr=False)
 
     @property

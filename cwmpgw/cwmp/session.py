@@ -82,6 +82,9 @@ class AcsRequest:
     request_id: str
     body: bytes  # the envelope, built by the sender in the session's namespace
     ref: object = None
+    # The sender already checked that this session still owns its device (the engine
+    # need not ask the session lock again): see cwmpgw.store.sessionlock.
+    owner_checked: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
 
 from cwmpgw.cwmp.messages import DeviceId, EventStruct, ParameterValue
 
@@ -35,6 +35,10 @@ class InformRecord:
     namespace: str
     events: tuple[EventStruct, ...]
     parameters: tuple[ParameterValue, ...]
+    # The session taking the device over (cwmpgw.store.sessionlock) and for how long: a
+    # store whose ``takes_session`` is true takes the lock in the same step as the write.
+    session_owner: str | None = None
+    session_ttl: float = 0.0
 
     @property
     def connection_request_url(self) -> str:
@@ -54,6 +58,11 @@ class StoredCredential:
 
 
 class IDeviceStore(Interface):
+    takes_session = Attribute(
+        "True if record_inform also takes the session lock named by the record's"
+        " session_owner (one round trip instead of two); else the engine takes it."
+    )
+
     def record_inform(record: InformRecord) -> Deferred[bool]:
         """Create or update the device; fires True if the device was not known before."""
 

@@ -44,6 +44,8 @@ class MemoryDeviceStore:
         self.devices: dict[str, dict[str, Any]] = {}
         self.transfers: dict[tuple[str, str], dict[str, Any]] = {}
 
+    takes_session = False  # the engine takes its own lock
+
     def record_inform(self, record: InformRecord) -> Deferred[bool]:
         new = record.device_id not in self.devices
         dev = self.devices.setdefault(

@@ -34,9 +34,12 @@ from cwmpgw.store.interfaces import (
 )
 from cwmpgw.store.memory import device_fields
 from cwmpgw.store.secretbox import SecretBox
+from cwmpgw.store.sessionlock import owner_key
 
 __all__ = ["RedisConnReqCredentialStore", "RedisCredentialStore", "RedisDeviceStore"]
 
+# KEYS: device hash, params hash, devices zset[, session owner]
+# ARGV: ts, device id, fields JSON, owner, owner TTL (ms), then parameter name/value pairs
 _RECORD_INFORM = """
 local new = redis.call('HSETNX', KEYS[1], 'first_seen', ARGV[1])
 local fields = cjson.decode(ARGV[3])
@@ -44,13 +47,14 @@ local flat = {}
 for k, v in pairs(fields) do flat[#flat + 1] = k; flat[#flat + 1] = v end
 redis.call('HSET', KEYS[1], unpack(flat))
 redis.call('HINCRBY', KEYS[1], 'inform_count', 1)
-local i = 4
+local i = 6
 while i <= #ARGV do
   local last = math.min(i + 399, #ARGV)
   redis.call('HSET', KEYS[2], unpack(ARGV, i, last))
   i = last + 1
 end
 redis.call('ZADD', KEYS[3], ARGV[1], ARGV[2])
+if KEYS[4] then redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[5]) end
 return new
 """
 
@@ -149,14 +153,23 @@ class RedisDeviceStore:
     def _key(self, device_id: str) -> str:
         return f"{self._prefix}device:{device_id}"
 
+    takes_session = True
+
     def record_inform(self, record: InformRecord) -> Deferred[bool]:
         key = self._key(record.device_id)
-        args: list[str] = [repr(record.ts), record.device_id, json.dumps(device_fields(record))]
+        keys = [key, key + ":params", self._prefix + "devices"]
+        if record.session_owner is not None:
+            keys.append(owner_key(self._prefix, record.device_id))
+        args: list[str] = [
+            repr(record.ts),
+            record.device_id,
+            json.dumps(device_fields(record)),
+            record.session_owner or "",
+            str(int(record.session_ttl * 1000)),
+        ]
         for p in record.parameters:
             args += [p.name, json.dumps([p.value, p.type])]
-        d: Deferred[Any] = self._redis.eval(
-            _RECORD_INFORM, [key, key + ":params", self._prefix + "devices"], args
-        )
+        d: Deferred[Any] = self._redis.eval(_RECORD_INFORM, keys, args)
         return d.addCallback(lambda new: bool(new))
 
     def record_transfer(self, device_id: str, key: str, data: dict[str, Any]) -> Deferred[bool]:

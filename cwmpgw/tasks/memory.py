@@ -284,8 +284,13 @@ class MemoryTaskService:
 
     # -- the session engine's side -----------------------------------------------------
 
-    def next_for_device(self, device_id: str) -> Deferred[Task | None]:
-        """The first task that may run now, marked running; drops expired and worn-out ones."""
+    checks_owner = False  # a single process: no session lock to consult
+
+    def next_for_device(self, device_id: str, owner: str | None = None) -> Deferred[Task | None]:
+        """The first task that may run now, marked running; drops expired and worn-out ones.
+
+        ``owner`` is not checked (``checks_owner``): the engine asks its lock instead.
+        """
 
         async def run() -> Task | None:
             queue = self._queues.get(device_id, [])

@@ -60,10 +60,14 @@ class TaskRunner:
         return Deferred.fromCoroutine(self._next(session))
 
     async def _next(self, session: LiveSession) -> AcsRequest | None:
+        # Whether the session's ownership of the device was checked in this turn (by the
+        # task store, with the queue read: then the engine need not ask the lock again).
+        owner_checked = False
         while True:
             state = self._running.get(session.session_id)
             if state is None:
-                task = await self._tasks.next_for_device(session.device_id)
+                task = await self._tasks.next_for_device(session.device_id, session.owner)
+                owner_checked = session.owner is not None and self._tasks.checks_owner
                 if task is None:
                     return None
                 try:
@@ -98,7 +102,7 @@ class TaskRunner:
                 task_id=state.task.id,
                 device_id=session.device_id,
             )
-            return AcsRequest(call.method, request_id, body, ref=state)
+            return AcsRequest(call.method, request_id, body, ref=state, owner_checked=owner_checked)
 
     def answered(
         self, session: LiveSession, request: AcsRequest, response: RpcResponse | CpeFault

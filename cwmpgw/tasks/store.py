@@ -28,6 +28,7 @@ from zope.interface import implementer
 
 from cwmpgw.bus.events import IEventSink
 from cwmpgw.bus.listener import EventListener
+from cwmpgw.store.sessionlock import Superseded, owner_key
 from cwmpgw.tasks.memory import (
     build_task,
     ignore_cancel,
@@ -87,6 +88,18 @@ elseif ARGV[11] == 'remove' and redis.call('GET', KEYS[5]) == ARGV[4] then
   redis.call('DEL', KEYS[5])
 end
 return 1
+"""
+
+# KEYS: queue[, session owner]; ARGV: owner, task key prefix. 0 when the owner key names
+# another session; else the queue as id, task JSON (nil when gone), id, JSON...
+_QUEUE = """
+if KEYS[2] and redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+local out = {}
+for _, id in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  out[#out + 1] = id
+  out[#out + 1] = redis.call('GET', ARGV[2] .. id)
+end
+return out
 """
 
 # A bound on how often one call re-reads after losing a race; each loss means another
@@ -253,17 +266,33 @@ class RedisTaskService:
 
     # -- the session engine's side -----------------------------------------------------
 
-    def next_for_device(self, device_id: str) -> Deferred[Task | None]:
+    # next_for_device checks ``owner`` against the session lock (cwmpgw.store.sessionlock)
+    # in the same script that reads the queue.
+    checks_owner = True
+
+    def next_for_device(self, device_id: str, owner: str | None = None) -> Deferred[Task | None]:
         """The first task that may run now, marked running; drops expired and worn-out ones.
 
-        No event for ``running``: only final states and ``queued`` are announced.
+        With ``owner``, fails with :class:`Superseded` (starting nothing) unless that session
+        owns the device. No event for ``running``: only final states and ``queued`` are
+        announced.
         """
 
         async def run() -> Task | None:
             queue_key = self._device_key(device_id, ":queue")
+            keys = [queue_key]
+            if owner is not None:
+                keys.append(owner_key(self._prefix, device_id))
             for _ in range(_MAX_RACES):
                 raced = False
-                for task_id, task in await self._load(await self._ids(queue_key)):
+                reply = await self._redis.eval(_QUEUE, keys, [owner or "", self._task_key("")])
+                if reply == 0:
+                    raise Superseded(device_id)
+                queued = [
+                    (str(reply[i]), None if reply[i + 1] is None else task_from_json(reply[i + 1]))
+                    for i in range(0, len(reply), 2)
+                ]
+                for task_id, task in queued:
                     if task is None or task.final:
                         # Not ours to run: a task key that got lost, or a stray final id.
                         await self._redis.execute_command("LREM", queue_key, 0, task_id)
