@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -40,6 +41,18 @@ def redis_commands(redis_url: str) -> dict[str, int]:
 
     stats = redis_py.Redis.from_url(redis_url).info("commandstats")
     return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+def count_round_trips(redis_url: str, stop: threading.Event, counts: dict[str, int]) -> None:
+    """MONITOR Redis until ``stop``: commands the gateway sent (not those its scripts ran)."""
+    import redis as redis_py
+
+    with redis_py.Redis.from_url(redis_url).monitor() as monitor:
+        while not stop.is_set():
+            command = monitor.next_command()
+            if command.get("client_type") != "lua":
+                name = command["command"].split(" ", 1)[0].lower()
+                counts[name] = counts.get(name, 0) + 1
 
 
 def queue_tasks(gateway: Gateway, device_ids: list[str], per_device: int) -> int:
@@ -127,6 +140,27 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                 stats.latencies += round_stats.latencies
                 stats.rpcs.update(round_stats.rpcs)
         assert stats is not None
+        round_trips: dict[str, int] = {}
+        if args.round_trips:
+            # One more round, not measured, with MONITOR on: what one session sends to Redis.
+            queue_tasks(gateway, device_ids, 1)
+            stop = threading.Event()
+            monitor = threading.Thread(
+                target=count_round_trips, args=(redis.url, stop, round_trips), daemon=True
+            )
+            monitor.start()
+            await task.deferLater(reactor, 0.5, lambda: None)
+            extra = await run_fleet(reactor, fleet, args.devices)
+            await task.deferLater(reactor, 1.0, lambda: None)
+            stop.set()
+            redis_commands(redis.url)  # wakes the monitor up to see ``stop``
+            monitor.join(timeout=10)
+            for name in ("ping", "info", "xreadgroup", "monitor"):
+                round_trips.pop(name, None)
+            round_trips = {
+                name: round(n / max(extra.completed, 1), 2)
+                for name, n in sorted(round_trips.items(), key=lambda kv: -kv[1])
+            }
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(timeout=30)
@@ -175,7 +209,14 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                 ),
                 ("GetParameterValues answered", gpv),
                 (
-                    "redis commands per session",
+                    "redis round trips per session",
+                    f"{sum(round_trips.values()):.1f}: "
+                    + ", ".join(f"{n} {c:g}" for n, c in round_trips.items())
+                    if round_trips
+                    else "(--round-trips)",
+                ),
+                (
+                    "redis commands per session (incl. in scripts)",
                     f"{sum(per_session.values()):.1f}: "
                     + ", ".join(f"{n} {c:g}" for n, c in per_session.items()),
                 ),
@@ -205,6 +246,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                 "sessions": stats.completed,
                 "failures": dict(stats.failures),
                 "redis_commands_per_session": per_session,
+                "redis_round_trips_per_session": round_trips,
                 "gateway_cpu_s": round(cpu, 3),
                 "gateway_sessions_per_core_s": round(per_core, 1),
                 "baseline_cpu_s": round(bcpu, 3),
@@ -234,6 +276,11 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--round-trips",
+        action="store_true",
+        help="count what a session sends to Redis (one more round, with MONITOR)",
+    )
     parser.add_argument(
         "--py-spy", metavar="FILE", help="profile the gateway during the measured rounds"
     )
