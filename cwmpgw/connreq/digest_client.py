@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from cwmpgw.acs.digest import ha1, hash_hex
 
@@ -41,6 +43,21 @@ _WHITESPACE = " \t"
 # Unquoted values are accepted a little more widely than a token (some CPEs send
 # unquoted base64 nonces with "=" padding): visible ASCII except the delimiters.
 _BARE_VALUE_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F)) - frozenset('",\\')
+# The same sets as regular expressions: the cursor below matches runs with them rather
+# than looking at one character at a time (the gateway parses thousands of challenges a
+# second).
+_WS_RE = re.compile(r"[ \t]*")
+_SEPARATORS_RE = re.compile(r"[ \t]*(?:,[ \t]*)*")
+_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TOKEN68_RE = re.compile(r"([\-._~+/0-9A-Za-z]+=*)[ \t]*(?=,|\Z)")
+_PARAM_START_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+[ \t]*=")
+_BARE_VALUE_RE = re.compile(r"[!#-+\--\[\]-~]+")
+# A quoted-string without control characters (tab allowed), escapes kept; its closing
+# quote is the first one not escaped.
+_QUOTED_RE = re.compile(r'"((?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[^\x00-\x08\x0a-\x1f\x7f])*)"')
+_ESCAPE_RE = re.compile(r"\\(.)", re.DOTALL)
+_QUOTED_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 # Digest algorithm name (upper case) -> (hash for hash_hex, is a -sess variant, preference).
 _ALGORITHMS: dict[str, tuple[str, bool, int]] = {
@@ -75,7 +92,7 @@ class Challenge:
         """The Digest algorithm as sent, upper case; MD5 when absent (RFC 7616 section 3.3)."""
         return self.params.get("algorithm", "MD5").upper()
 
-    @property
+    @cached_property
     def qop_options(self) -> frozenset[str]:
         """The qop values offered; empty for an RFC 2069 challenge without qop."""
         raw = self.params.get("qop")
@@ -102,15 +119,11 @@ class _Parser:
         self.end = len(text)
 
     def skip_ws(self) -> None:
-        while self.i < self.end and self.text[self.i] in _WHITESPACE:
-            self.i += 1
+        self.i = _WS_RE.match(self.text, self.i).end()  # type: ignore[union-attr]
 
     def skip_list_separators(self) -> None:
         """Skip OWS and empty list elements (", ,"), as RFC 9110 section 5.6.1 allows."""
-        self.skip_ws()
-        while self.i < self.end and self.text[self.i] == ",":
-            self.i += 1
-            self.skip_ws()
+        self.i = _SEPARATORS_RE.match(self.text, self.i).end()  # type: ignore[union-attr]
 
     def at_end(self) -> bool:
         return self.i == self.end
@@ -119,70 +132,54 @@ class _Parser:
         return self.text[self.i] if self.i < self.end else ""
 
     def token(self) -> str:
-        start = self.i
-        while self.i < self.end and self.text[self.i] in _TOKEN_CHARS:
-            self.i += 1
-        if self.i == start:
-            raise ChallengeError(f"expected a token at offset {start}")
-        return self.text[start : self.i]
+        m = _TOKEN_RE.match(self.text, self.i)
+        if m is None:
+            raise ChallengeError(f"expected a token at offset {self.i}")
+        self.i = m.end()
+        return m.group()
 
     def token68(self) -> str | None:
         """A token68 if one stands alone here (followed by a list end), else None."""
-        j = self.i
-        while j < self.end and self.text[j] in _TOKEN68_CHARS:
-            j += 1
-        if j == self.i:
+        m = _TOKEN68_RE.match(self.text, self.i)
+        if m is None:
             return None
-        while j < self.end and self.text[j] == "=":
-            j += 1
-        k = j
-        while k < self.end and self.text[k] in _WHITESPACE:
-            k += 1
-        if k < self.end and self.text[k] != ",":
-            return None
-        value = self.text[self.i : j]
-        self.i = k
-        return value
+        self.i = m.end()
+        return m.group(1)
 
     def starts_param(self) -> bool:
         """At ``name OWS =``: a parameter of the current challenge, not a new challenge."""
-        j = self.i
-        while j < self.end and self.text[j] in _TOKEN_CHARS:
-            j += 1
-        if j == self.i:
-            return False
-        while j < self.end and self.text[j] in _WHITESPACE:
-            j += 1
-        return j < self.end and self.text[j] == "="
+        return _PARAM_START_RE.match(self.text, self.i) is not None
 
     def value(self) -> str:
         if self.peek() == '"':
             return self.quoted_string()
-        start = self.i
-        while self.i < self.end and self.text[self.i] in _BARE_VALUE_CHARS:
-            self.i += 1
-        if self.i == start:
-            raise ChallengeError(f"expected a value at offset {start}")
-        return self.text[start : self.i]
+        m = _BARE_VALUE_RE.match(self.text, self.i)
+        if m is None:
+            raise ChallengeError(f"expected a value at offset {self.i}")
+        self.i = m.end()
+        return m.group()
 
     def quoted_string(self) -> str:
-        self.i += 1
-        chars: list[str] = []
-        while True:
-            if self.i >= self.end:
-                raise ChallengeError("unterminated quoted string")
-            c = self.text[self.i]
-            self.i += 1
+        m = _QUOTED_RE.match(self.text, self.i)
+        if m is None:
+            raise ChallengeError(
+                "control character in quoted string"
+                if _QUOTED_CONTROL_RE.search(self.text, self.i + 1, self._quoted_end())
+                else "unterminated quoted string"
+            )
+        self.i = m.end()
+        value = m.group(1)
+        return _ESCAPE_RE.sub(r"\1", value) if "\\" in value else value
+
+    def _quoted_end(self) -> int:
+        """Where the quoted string starting here would end (its closing quote), or the end."""
+        j = self.i + 1
+        while j < self.end:
+            c = self.text[j]
             if c == '"':
-                return "".join(chars)
-            if c == "\\":
-                if self.i >= self.end:
-                    raise ChallengeError("unterminated quoted string")
-                c = self.text[self.i]
-                self.i += 1
-            if (c < " " and c != "\t") or c == "\x7f":
-                raise ChallengeError("control character in quoted string")
-            chars.append(c)
+                return j
+            j += 2 if c == "\\" else 1
+        return self.end
 
 
 def _parse_value(raw: bytes) -> list[Challenge]:
@@ -289,7 +286,7 @@ def _quote(value: str) -> str:
 
 
 def _check_field(name: str, value: str) -> None:
-    if any(c < " " or c == "\x7f" for c in value):
+    if _CONTROL_RE.search(value):
         raise ChallengeError(f"control character in {name}")
 
 
