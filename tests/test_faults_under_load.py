@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from lxml import etree
 from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -542,3 +543,164 @@ class SigtermUnderLoadTests(TestCase):
         self.assertEqual(final[stall_task]["attempts"], 2)  # sent to the staller, then again
         await deferToThread(gateway.terminate)
         self.assertNotIn("Traceback", gateway.log)
+
+
+@pytest.mark.usefixtures("redis_for_class")
+class TwoNodesUnderLoadTests(TestCase):
+    """Two twistd gateways on one Redis under load; CPEs move from one node to the other
+    in the middle of a session. Every task is done once, by the session that owns the
+    device; the session left behind is superseded and cannot record anything."""
+
+    redis_server: Any
+
+    async def test_cpes_moving_between_nodes_mid_session_run_each_task_once(self) -> None:
+        import redis
+
+        from tests.test_redis_outage import PASSWORD, OpenSession
+
+        devices, per_device, movers = 30, 3, 2
+        root = Path(tempfile.mkdtemp(prefix="cwmpgw-two-nodes-"))
+        self.addCleanup(shutil.rmtree, root, True)
+        prefix = unique_prefix()
+        a = GatewayProcess("a", root, self.redis_server.url, prefix)
+        b = GatewayProcess("b", root, self.redis_server.url, prefix)
+        self.addCleanup(a.kill)
+        self.addCleanup(b.kill)
+        ledger = Ledger()
+
+        def fleet_on(node: GatewayProcess) -> Fleet:
+            # The same devices, through either node: a CPE's sessions may land on both.
+            return Fleet(
+                reactor,
+                node.url,
+                devices=devices,
+                credentials=credential_templates("{device_id}", "pw-{serial}-nodes"),
+                cafile=node.cafile,
+                concurrency=10,
+                bootstrap=False,
+                seed=len(node.name),
+                trace=ledger.trace,
+            )
+
+        mover_serials = [f"MOVER{i:04d}" for i in range(movers)]
+        mover_ids = [f"9CA2F4-EC220_G5_V3-{s}" for s in mover_serials]
+        csv = fleet_on(a).credentials_csv() + "".join(
+            f"{d},mover-{i},{PASSWORD},mover-{i},{PASSWORD}\n" for i, d in enumerate(mover_ids)
+        )
+        await deferToThread(import_csv, csv, root, self.redis_server.url, prefix)
+        await defer.gatherResults([deferToThread(a.start), deferToThread(b.start)])
+        fleet_a, fleet_b = fleet_on(a), fleet_on(b)
+        for fleet in (fleet_a, fleet_b):
+            await fleet.start()
+            self.addCleanup(fleet.stop)
+
+        # Every device known (through node a), then tasks queued through both APIs.
+        first = await fleet_a.run_sessions(count=devices, arrival=Rate(None))
+        self.assertEqual(first.completed, devices)
+        for i, serial in enumerate(mover_serials):
+            statuses = await deferToThread(
+                lambda i=i, serial=serial: [
+                    e.status
+                    for e in cpe_client.run_session(
+                        a.url, f"mover-{i}", PASSWORD, cafile=a.cafile, serial=serial
+                    )
+                ]
+            )
+            self.assertEqual(statuses, [200, 204])
+
+        def queue(device_ids: list[str], n: int) -> list[str]:
+            ids = []
+            for k, device_id in enumerate(device_ids):
+                for _ in range(n):
+                    node = (a, b)[k % 2]
+                    status, task = node.api(
+                        "POST",
+                        f"/devices/{device_id}/tasks",
+                        {"type": "GetParameterValues", "args": {"parameter_names": [UPTIME]}},
+                    )
+                    assert status == 201, (status, task)
+                    ids.append(task["id"])
+            return ids
+
+        task_ids = await deferToThread(queue, [d.device_id for d in fleet_a.devices], per_device)
+        mover_tasks = await deferToThread(queue, mover_ids, 1)
+
+        # Load on both nodes at once; the same devices' sessions overlap across nodes.
+        runs = [
+            defer.Deferred.fromCoroutine(fleet.run_sessions(arrival=Rate(None)))
+            for fleet in (fleet_a, fleet_b)
+        ]
+
+        def answer(envelope: bytes) -> str:
+            root_ = etree.fromstring(envelope)
+            method = etree.QName(root_.find(f"{{{SOAP_ENV}}}Body")[0]).localname
+            return typical_response(method, root_.findtext(".//{*}ID")).decode()
+
+        def move(i: int) -> tuple[str, list[int], int]:
+            """Mid-session on node a (holding the task's request), the CPE starts over on
+            node b; later its answer reaches node a. Blocking."""
+            on_a = OpenSession(a.url, f"mover-{i}", a.cafile, mover_serials[i])
+            try:
+                assert on_a.inform().status == 200
+                held = on_a.post("")
+                assert held.status == 200, held
+                on_b = cpe_client.run_session(
+                    b.url,
+                    f"mover-{i}",
+                    PASSWORD,
+                    cafile=b.cafile,
+                    serial=mover_serials[i],
+                    answer=answer,
+                )
+                late = on_a.post(answer(held.body))
+                return held.body.decode(), [e.status for e in on_b], late.status
+            finally:
+                on_a.close()
+
+        moved = await defer.gatherResults([deferToThread(move, i) for i in range(movers)])
+        for (held, on_b, late), task_id in zip(moved, mover_tasks, strict=True):
+            self.assertIn(task_id[-12:] + ".", held)  # node a had sent the task's request
+            self.assertEqual(on_b, [200, 200, 204])  # node b sent it again, got the answer
+            self.assertEqual(late, 204)  # node a's session, superseded, ends at once
+
+        def all_done() -> bool:
+            done = 0
+            for task_id in [*task_ids, *mover_tasks]:
+                if a.api("GET", f"/tasks/{task_id}")[1]["status"] == "done":
+                    done += 1
+            return done == len(task_ids) + len(mover_tasks)
+
+        async def wait_done() -> None:
+            for _ in range(120):
+                if await deferToThread(all_done):
+                    return
+                await deferLater(reactor, 0.5, lambda: None)
+            self.fail("tasks still not done")
+
+        await wait_done()
+        for fleet in (fleet_a, fleet_b):
+            fleet.interrupt()
+        stats = await defer.gatherResults(runs)
+        self.assertEqual([dict(s.failures) for s in stats], [{}, {}])
+
+        client = redis.Redis(self.redis_server.host, self.redis_server.port, decode_responses=True)
+        self.addCleanup(client.close)
+        events = stream_events(client, prefix)
+        # Each task done once: one task.done event each, every one answered by a CPE.
+        done = Counter(e["data"]["id"] for e in events if e["type"] == "task.done")
+        self.assertEqual(done, Counter({t: 1 for t in [*task_ids, *mover_tasks]}))
+        for task_id in task_ids:
+            self.assertGreaterEqual(len(ledger.answered_for_task(task_id)), 1)
+        for task_id in mover_tasks:
+            task = b.api("GET", f"/tasks/{task_id}")[1]
+            self.assertEqual((task["status"], task["attempts"]), ("done", 2), task)
+        closed = [e for e in events if e["type"] == "session.closed"]
+        superseded = Counter(
+            e["device"]["id"] for e in closed if e["data"]["outcome"] == "superseded"
+        )
+        for device_id in mover_ids:
+            self.assertEqual(superseded[device_id], 1)
+        # Both nodes served the fleet.
+        self.assertEqual({e["node"] for e in closed}, {"a", "b"})
+        await deferToThread(lambda: (a.terminate(), b.terminate()))
+        self.assertNotIn("Traceback", a.log + b.log)
