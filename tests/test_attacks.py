@@ -1517,3 +1517,197 @@ class SlowClientGatewayTests(GatewayBase):
         self.assertLessEqual(open_fds(), baseline)
         self.assertEqual(self.service.acs_site.open_connections, set())
         self.assertEqual(self.service.acs_site._per_source, {})
+
+
+# ---------------------------------------------------------------------------------------
+# Connection-request guard
+
+
+class ConnreqGuardGatewayTests(GatewayBase):
+    """Item 11 against the whole gateway (test_connreq_guard.py checks the guard's table;
+    test_connreq_integration.py one loopback URL). Adds: URLs a CPE may report that point
+    at loopback in several spellings, at 0.0.0.0, at link-local and cloud-metadata
+    addresses, at the gateway's own NBI port, or at a name — each refused with no
+    ``connreq.sent``, a canary listener that sees no connection and an NBI that sees none;
+    and a CPE address the operator allowed that answers with a redirect to an internal
+    address: the redirect is not followed (the canary sees nothing)."""
+
+    async def boot_with(self, cr_url: str) -> None:
+        exchanges = await self.session("guard-cpe", "guard-pw", serial="GUARD1", cr_url=cr_url)
+        self.assertEqual([e.status for e in exchanges], [200, 204])
+
+    def event_types(self) -> list[str]:
+        return [
+            json.loads(f[b"event"])["type"] for _, f in self.redis.xrange(self.prefix + "events")
+        ]
+
+    async def start_guarded(self, **connreq: Any) -> str:
+        from cwmpgw.store.interfaces import ConnReqCredential
+
+        settings = {"stun": False, "min_interval": 0.0, "retries": 0, "session_wait": 1.0}
+        await self.start(connreq=settings | connreq)
+        device_id = await self.add_device("GUARD1", "guard-cpe", "guard-pw")
+        await self.service.connreq_credentials.set(device_id, ConnReqCredential("cr", "cr-pw"))
+        return device_id
+
+    async def test_internal_targets_are_refused_and_nothing_is_sent(self) -> None:
+        device_id = await self.start_guarded()
+        canary = TcpCanary()
+        self.addCleanup(canary.close)
+        assert self.service.nbi_port is not None
+        nbi_port = self.service.nbi_port.getHost().port
+        nbi_connections: list[object] = []
+        factory: Any = self.service.nbi_port.factory  # type: ignore[attr-defined]
+        real_build = factory.buildProtocol
+
+        def counting_build(addr: Any) -> Any:
+            nbi_connections.append(addr)
+            return real_build(addr)
+
+        factory.buildProtocol = counting_build
+        self.addCleanup(setattr, factory, "buildProtocol", real_build)
+        c = canary.port
+        targets = {
+            f"http://127.0.0.1:{c}/cr": "loopback address not allowed",
+            f"http://127.9.9.9:{c}/cr": "loopback address not allowed",
+            f"http://[::ffff:127.0.0.1]:{c}/cr": "loopback address not allowed",
+            f"http://[::1]:{c}/cr": "loopback address not allowed",
+            f"http://0.0.0.0:{c}/cr": "unspecified address not allowed",
+            f"http://127.1:{c}/cr": "hostname not allowed",
+            f"http://localhost:{c}/cr": "hostname not allowed",
+            f"http://user@127.0.0.1:{c}/cr": "userinfo not allowed",
+            f"http://127.0.0.1:{nbi_port}/devices": "loopback address not allowed",
+            "http://169.254.169.254/latest/meta-data/": "link-local address not allowed",
+            f"http://[fe80::1]:{c}/cr": "link-local address not allowed",
+            f"http://224.0.0.1:{c}/cr": "multicast address not allowed",
+        }
+        for url, reason in targets.items():
+            await self.boot_with(url)
+            result = await self.service.connreq.wake(device_id)
+            self.assertEqual((result.outcome, result.detail), ("refused", reason), url)
+        self.assertEqual(canary.connections(), 0)
+        self.assertEqual(nbi_connections, [])
+        types = self.event_types()
+        self.assertEqual(types.count("connreq.refused"), len(targets))
+        self.assertNotIn("connreq.sent", types)
+
+    async def test_a_redirect_to_an_internal_address_is_not_followed(self) -> None:
+        from twisted.web.resource import Resource
+        from twisted.web.server import Site
+
+        canary = TcpCanary()
+        self.addCleanup(canary.close)
+        hits: list[str] = []
+
+        class Redirecting(Resource):
+            isLeaf = True
+
+            def render_GET(self, request: Any) -> bytes:
+                code = int(request.path.rsplit(b"/", 1)[-1])
+                hits.append(request.path.decode())
+                request.setResponseCode(code)
+                request.setHeader(b"location", f"http://127.0.0.1:{canary.port}/internal".encode())
+                return b""
+
+        listener = reactor.listenTCP(0, Site(Redirecting()), interface="127.0.0.2")
+        self.addCleanup(listener.stopListening)
+        # The operator allowed the CPE's network (here 127.0.0.2 only), not the rest.
+        device_id = await self.start_guarded(allowed_networks=["127.0.0.2/32"])
+        port = listener.getHost().port
+        for code in (301, 302, 303, 307, 308):
+            await self.boot_with(f"http://127.0.0.2:{port}/cr/{code}")
+            result = await self.service.connreq.wake(device_id)
+            self.assertNotEqual(result.outcome, "ok", code)
+        self.assertEqual(hits, [f"/cr/{code}" for code in (301, 302, 303, 307, 308)])
+        self.assertEqual(canary.connections(), 0)
+
+
+class UdpGuardTests(TestCase):
+    """Item 11, UDP: a CPE's UDPConnectionRequestAddress that is loopback, link-local or a
+    third party (not its source address or STUN binding) gets no datagram — the real UDP
+    requester on a real socket, a canary that receives nothing — while an allowed address
+    does (the control that shows the canary would see one)."""
+
+    async def wake(self, address: str, *, allowed: tuple[str, ...] = ()) -> tuple[Any, int, int]:
+        import ipaddress
+        from dataclasses import replace
+
+        from twisted.internet.protocol import DatagramProtocol
+
+        from cwmpgw.bus.memory import MemoryEventBus
+        from cwmpgw.config import default_config
+        from cwmpgw.connreq.guard import GuardPolicy
+        from cwmpgw.connreq.state import MemoryConnreqState
+        from cwmpgw.connreq.udp import UdpConnectionRequester
+        from cwmpgw.connreq.waker import ConnectionRequestService
+        from cwmpgw.cwmp.messages import EventStruct, ParameterValue
+        from cwmpgw.store.interfaces import ConnReqCredential, InformRecord
+        from cwmpgw.store.memory import MemoryConnReqCredentialStore, MemoryDeviceStore
+
+        canary = UdpCanary()
+        self.addCleanup(canary.close)
+        port = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        sent: list[tuple[str, int]] = []
+
+        def send(data: bytes, target: tuple[str, int]) -> None:
+            sent.append(target)
+            port.write(data, target)
+
+        devices, credentials = MemoryDeviceStore(), MemoryConnReqCredentialStore()
+        devices.record_inform(
+            InformRecord(
+                OTHER_ID,
+                OTHER,
+                reactor.seconds(),
+                "198.51.100.7",  # where the CPE connects from
+                "1.4",
+                soap.CWMP_1_2,
+                (EventStruct("1 BOOT"),),
+                (
+                    ParameterValue(
+                        "Device.ManagementServer.UDPConnectionRequestAddress",
+                        address.replace("CANARY", str(canary.port)),
+                    ),
+                ),
+            )
+        )
+        credentials.set(OTHER_ID, ConnReqCredential("cr", "cr-pw"))
+        state = MemoryConnreqState(reactor)
+        service = ConnectionRequestService(
+            clock=reactor,
+            config=replace(default_config().connreq, min_interval=0.0, session_wait=0.0),
+            devices=devices,
+            credentials=credentials,
+            http=None,
+            udp=UdpConnectionRequester(send, clock=reactor, copies=1),
+            events=MemoryEventBus(),
+            node="n1",
+            policy=GuardPolicy(allowed_networks=tuple(ipaddress.ip_network(n) for n in allowed)),
+            claim_interval=state.claim_interval,
+            stun_binding=state.binding,
+            session_started=None,
+        )
+        result = await service.wake(OTHER_ID)
+        received = 0
+        for _ in range(20):  # a datagram on loopback arrives within a few reactor turns
+            received += canary.datagrams()
+            if received:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        return result, len(sent), received
+
+    async def test_udp_requests_only_where_allowed(self) -> None:
+        for address, reason in (
+            ("127.0.0.1:CANARY", "loopback address not allowed"),
+            ("169.254.10.1:7547", "link-local address not allowed"),
+            ("203.0.113.9:7547", "address does not match the device's source address"),
+            ("[::1]:CANARY", "loopback address not allowed"),
+            ("0.0.0.0:CANARY", "unspecified address not allowed"),
+        ):
+            result, sent, received = await self.wake(address)
+            self.assertEqual((result.outcome, result.detail), ("refused", reason), address)
+            self.assertEqual((sent, received), (0, 0), address)
+        # The control: the operator allowed 127.0.0.1, so the canary gets the datagram.
+        result, sent, received = await self.wake("127.0.0.1:CANARY", allowed=("127.0.0.1/32",))
+        self.assertEqual((result.outcome, sent, received), ("ok", 1, 1))
