@@ -15,6 +15,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from cwmpgw.acs.sessions import LiveSession, SessionRegistry, new_session_id
@@ -41,7 +42,12 @@ from cwmpgw.cwmp.session import (
     TransferReceived,
 )
 from cwmpgw.cwmp.versions import VersionMismatch, negotiate
-from cwmpgw.store.availability import RedisAvailability, RedisTimeout, Unavailable
+from cwmpgw.store.availability import (
+    RedisAvailability,
+    RedisTimeout,
+    Unavailable,
+    log_call_failure,
+)
 from cwmpgw.store.interfaces import IDeviceStore, InformRecord
 from cwmpgw.store.sessionlock import Superseded
 
@@ -248,24 +254,26 @@ class AcsEngine:
                 message = envelope.message
                 if not isinstance(message, (RpcResponse, CpeFault)):  # a CPE request
                     self._metrics.rpcs.labels(type(message).__name__, "cpe").inc()
-            failed = await self._apply(live, step.effects)
-            if failed is not None:
-                return failed
-            if reply is None:
-                try:
+            try:
+                failed = await self._apply(live, step.effects)
+                if failed is not None:
+                    return failed
+                if reply is None:
                     return await self._acs_turn(live)
-                except (Unavailable, RedisTimeout):
-                    # Redis is down: queued work stays queued for a later session; this
-                    # one ends cleanly (204) rather than failing the CPE's request.
-                    self._log.warn(
-                        "session {session_id} of {device_id}: redis unreachable; ending it",
-                        session_id=live.session_id,
-                        device_id=live.device_id,
-                    )
-                    step = live.machine.finish()
-                    await self._apply(live, step.effects)
-                    assert step.reply is not None
-                    return step.reply
+            except (Unavailable, RedisTimeout):
+                # Redis is down: an answer that could not be recorded leaves its task
+                # running (it is sent again, with the same keys, in a later session) and
+                # queued work stays queued; this session ends cleanly with 204 rather than
+                # failing the CPE's request.
+                self._log.warn(
+                    "session {session_id} of {device_id}: redis unreachable; ending it",
+                    session_id=live.session_id,
+                    device_id=live.device_id,
+                )
+                step = live.machine.finish()
+                await self._apply(live, step.effects)
+                assert step.reply is not None
+                return step.reply
             return reply
         finally:
             self._busy.discard(live.session_id)
@@ -306,7 +314,9 @@ class AcsEngine:
                 try:
                     await self._record_transfer(live, effect.message)
                 except Exception:
-                    self._log.failure(
+                    log_call_failure(
+                        self._log,
+                        Failure(),
                         "could not record a transfer of {device_id}; not acknowledging it",
                         device_id=live.device_id,
                     )
@@ -360,8 +370,8 @@ class AcsEngine:
         if self._lock is not None:
             released = self._lock.release(live.device_id, live.owner)
             released.addErrback(
-                lambda f: self._log.failure(
-                    "could not release {device_id}", f, device_id=live.device_id
+                lambda f: log_call_failure(
+                    self._log, f, "could not release {device_id}", device_id=live.device_id
                 )
             )
             self._track(released)

@@ -33,6 +33,7 @@ __all__ = [
     "RedisAvailability",
     "RedisTimeout",
     "Unavailable",
+    "log_call_failure",
 ]
 
 T = TypeVar("T")
@@ -48,6 +49,15 @@ class Unavailable(ConnectionError):
 
 class RedisTimeout(TimeoutError):
     """A call was sent and not answered in time: it may or may not have been applied."""
+
+
+def log_call_failure(log: Logger, failure: Failure, message: str, **fields: Any) -> None:
+    """Log a call that failed: one warning line when Redis is unreachable (expected during
+    an outage, which the availability reports once), a traceback for anything else."""
+    if failure.check(Unavailable, RedisTimeout):
+        log.warn(message + ": redis unreachable", **fields)
+    else:
+        log.failure(message, failure, **fields)
 
 
 class RedisAvailability:

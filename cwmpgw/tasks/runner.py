@@ -31,6 +31,7 @@ from cwmpgw.cwmp.messages import (
     TransferComplete,
 )
 from cwmpgw.cwmp.session import AcsRequest
+from cwmpgw.store.availability import log_call_failure
 from cwmpgw.store.interfaces import IDeviceStore
 from cwmpgw.tasks.model import Task
 from cwmpgw.tasks.plans import Plan, plan_for
@@ -164,8 +165,8 @@ class TaskRunner:
         # the same keys, so the CPE applies it once.
         d: Deferred[Any] = self._tasks.requeue(state.task)
         d.addErrback(
-            lambda f: self._log.failure(
-                "could not requeue task {task_id}", f, task_id=state.task.id
+            lambda f: log_call_failure(
+                self._log, f, "could not requeue task {task_id}", task_id=state.task.id
             )
         )
 
