@@ -34,6 +34,12 @@ class EnvelopeTests(SynchronousTestCase):
 
     def test_format_ts_milliseconds(self) -> None:
         self.assertEqual(format_ts(0.007), "1970-01-01T00:00:00.007Z")
+        # Seconds and fraction from the same truncated count: never rounded up a second.
+        self.assertEqual(format_ts(1.9999996), "1970-01-01T00:00:01.999Z")
+        # The per-second cache follows the clock both ways.
+        self.assertEqual(format_ts(1795626617.8777), "2026-11-25T17:10:17.877Z")
+        self.assertEqual(format_ts(1795626618.0), "2026-11-25T17:10:18.000Z")
+        self.assertEqual(format_ts(1795626617.5), "2026-11-25T17:10:17.500Z")
 
 
 @pytest.mark.usefixtures("redis_for_class")

@@ -59,11 +59,21 @@ def new_event_id(now: float) -> str:
     return f"{int(now * 1000):012x}{os.urandom(8).hex()}"
 
 
+_second: list[Any] = [None, ""]  # the last second formatted, and its text
+
+
 def format_ts(now: float) -> str:
-    """RFC 3339 UTC with milliseconds, the form every event carries in ``ts``."""
-    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + (
-        f"{int(now * 1000) % 1000:03d}Z"
-    )
+    """RFC 3339 UTC with milliseconds, the form every event carries in ``ts``.
+
+    The seconds come from the same truncated millisecond count as the fraction (never
+    ``…:01.999`` rounded up to ``…:02.999``), and are formatted once per second.
+    """
+    millis = int(now * 1000)
+    second, fraction = divmod(millis, 1000)
+    if _second[0] != second:
+        _second[0] = second
+        _second[1] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+    return f"{_second[1]}{fraction:03d}Z"
 
 
 def device_ref(

@@ -181,6 +181,8 @@ class EventListener(Service):
             self._subscribed = False
 
     def _message(self, channel: Any, message: Any) -> None:
+        if not self._callbacks:
+            return  # nobody waits: every event of the fleet comes here, most unread
         try:
             envelope = json.loads(message)
         except (TypeError, ValueError):
