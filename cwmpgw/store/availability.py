@@ -147,10 +147,13 @@ class RedisAvailability:
         Cancelling the returned Deferred cancels the call; txredisapi keeps its replies
         in step with its commands when one is cancelled.
         """
-        if not self._observe():
+        if not (self._up and self._connections() > 0) and not self._observe():
             return fail(Unavailable("redis is unreachable"))
         seconds = self.call_timeout if timeout is None else timeout
-        d: Deferred[T] = maybeDeferred(call)
+        try:
+            d: Deferred[T] = call()
+        except BaseException:
+            return fail()
         d.addTimeout(seconds, self._clock)
 
         def failed(failure: Failure) -> Failure:
@@ -267,6 +270,8 @@ class GuardedRedis:
         def guarded(*args: Any, **kwargs: Any) -> Deferred[Any]:
             return guard(lambda: target(*args, **kwargs))
 
+        # Made once per name: this runs for every command of every session.
+        self.__dict__[name] = guarded
         return guarded
 
 
