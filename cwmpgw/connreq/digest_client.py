@@ -56,6 +56,14 @@ _BARE_VALUE_RE = re.compile(r"[!#-+\--\[\]-~]+")
 # quote is the first one not escaped.
 _QUOTED_RE = re.compile(r'"((?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[^\x00-\x08\x0a-\x1f\x7f])*)"')
 _ESCAPE_RE = re.compile(r"\\(.)", re.DOTALL)
+# The usual value, one challenge with parameters (``Digest realm="r", nonce="n", ...``),
+# is read by _parse_simple in one pass; anything else by the full parser below.
+_SCHEME_SP_RE = re.compile(r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+)[ \t]+")
+_PARAM_RE = re.compile(
+    r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+)[ \t]*=[ \t]*"
+    r'(?:"((?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[^\x00-\x08\x0a-\x1f\x7f])*)"|([!#-+\--\[\]-~]+))'
+    r"[ \t]*"
+)
 _QUOTED_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -182,6 +190,38 @@ class _Parser:
         return self.end
 
 
+def _parse_simple(text: str) -> list[Challenge] | None:
+    """One challenge with parameters, each once, one comma apart; else None.
+
+    What it accepts, it reads exactly as the full parser does (which then runs on the
+    rest, and alone raises errors).
+    """
+    scheme = _SCHEME_SP_RE.match(text)
+    if scheme is None or _TOKEN68_RE.match(text, scheme.end()) is not None:
+        return None
+    params: dict[str, str] = {}
+    pos, end = scheme.end(), len(text)
+    while True:
+        m = _PARAM_RE.match(text, pos)
+        if m is None:
+            return None
+        name, quoted = m.group(1).lower(), m.group(2)
+        if name in params or len(params) == _MAX_PARAMS:
+            return None
+        if quoted is None:
+            params[name] = m.group(3)
+        else:
+            params[name] = _ESCAPE_RE.sub(r"\1", quoted) if "\\" in quoted else quoted
+        pos = m.end()
+        if pos == end:
+            return [Challenge(scheme.group(1).lower(), params)]
+        if text[pos] != ",":
+            return None
+        pos = _WS_RE.match(text, pos + 1).end()  # type: ignore[union-attr]
+        if pos == end:
+            return None
+
+
 def _parse_value(raw: bytes) -> list[Challenge]:
     if len(raw) > _MAX_HEADER_BYTES:
         raise ChallengeError("WWW-Authenticate value too long")
@@ -189,6 +229,9 @@ def _parse_value(raw: bytes) -> list[Challenge]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ChallengeError("WWW-Authenticate value is not UTF-8") from None
+    simple = _parse_simple(text)
+    if simple is not None:
+        return simple
     p = _Parser(text)
     challenges: list[Challenge] = []
     p.skip_list_separators()
