@@ -19,13 +19,14 @@ Two paths are measured, each sending one connection request to every device:
   redis-server: device record and sealed credential read from Redis, STUN binding lookup,
   per-device interval claim, the guard, rate and concurrency limits, the HTTP exchange,
   and the ``connreq.sent`` and ``connreq.succeeded`` events (XADD + PUBLISH, and received
-  back by the gateway's own event listener), with the gateway's log observer writing to
-  a file as under twistd.
+  back by the gateway's own event listener). ``connreq.session_wait`` is 0: the simulated
+  CPEs open no session to wait for.
 
 The bench keeps ``--concurrency`` requests (or wake-ups) in flight. The figure is CPU
 seconds (user+sys) of this process, the sender, per request; Redis and the simulated
-CPEs run in other processes and are not counted. Target (issue): >= 800 connection
-requests per core-second.
+CPEs run in other processes and are not counted. Log events, debug included, are written
+to a file as twistd does (twistd filters no level: the client's one debug line per
+request is part of its cost). Target (issue): >= 800 connection requests per core-second.
 """
 
 from __future__ import annotations
