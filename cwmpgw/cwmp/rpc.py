@@ -798,7 +798,9 @@ def build(
 # ---------------------------------------------------------------------------------------
 # Results
 
-_INT_RE: Final = re.compile(r"\s*[+-]?[0-9]+\s*", re.ASCII)
+# Sign, then at most 20 significant digits (an unsignedLong has 20): Python's int() refuses
+# strings of more than 4300 digits with a ValueError that is not a ResponseError.
+_INT_RE: Final = re.compile(r"\s*([+-]?)0*([0-9]{1,20})\s*", re.ASCII)
 
 
 def _body(response: RpcResponse, method: str) -> dict[str, Any]:
@@ -831,9 +833,10 @@ def _text(value: Any, where: str) -> str:
 
 def _number(value: Any, where: str, allowed: Sequence[int] | None = None, low: int = 0) -> int:
     text = _text(value, where)
-    if not _INT_RE.fullmatch(text):
+    match = _INT_RE.fullmatch(text)
+    if match is None:
         raise ResponseError(f"{where} is not a number: {text[:40]!r}")
-    number = int(text)
+    number = int(match.group(1) + match.group(2))
     if allowed is not None and number not in allowed:
         raise ResponseError(f"{where} is {number}, not one of {list(allowed)}")
     if allowed is None and number < low:
