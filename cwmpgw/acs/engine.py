@@ -9,6 +9,7 @@ could not be stored keeps its events and retries, as TR-069 makes it do.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -136,6 +137,7 @@ class AcsEngine:
         self._lock = lock  # cwmpgw.store.sessionlock: one session per device across nodes
         self.registry = SessionRegistry(clock, self._session_ended)
         self._busy: set[str] = set()
+        self._arrivals = itertools.count(1)
         self._in_flight: set[Deferred[Any]] = set()
 
     def _event(self, type_: str, data: dict[str, Any], device: dict[str, str] | None) -> Event:
@@ -166,6 +168,7 @@ class AcsEngine:
         except VersionMismatch:
             return None, Reply(200, soap.acs_fault(envelope.namespace, envelope.request_id, 8006))
         now = self._clock.seconds()
+        seq = next(self._arrivals)  # before any wait: the order Informs came in
         machine = CwmpSession(
             new_session_id(), envelope, negotiated, hold_requests=self._hold_requests
         )
@@ -227,6 +230,7 @@ class AcsEngine:
             timeout=min(timeout, self._max_session_timeout),
             channel=channel,
             owner=record.session_owner,
+            seq=seq,
         )
         self.registry.add(live)
         if self._metrics is not None:
@@ -367,14 +371,9 @@ class AcsEngine:
         """Report a session's end once, whatever ended it."""
         m = live.machine
         self._requests.session_ended(live)
-        if self._lock is not None:
-            released = self._lock.release(live.device_id, live.owner)
-            released.addErrback(
-                lambda f: log_call_failure(
-                    self._log, f, "could not release {device_id}", device_id=live.device_id
-                )
-            )
-            self._track(released)
+        # The session lock is not released: a newer session overwrites it and it expires
+        # on its own (cwmpgw.store.sessionlock), so a release would be a round trip for
+        # nothing.
         duration = self._clock.seconds() - live.started
         if self._metrics is not None:
             self._metrics.sessions.labels(ended.outcome.value).inc()

@@ -29,6 +29,7 @@ class LiveSession:
     timeout: float
     channel: object | None = None  # the connection authenticated for this session
     owner: str | None = None  # its name in the session lock, when there is one
+    seq: int = 0  # arrival order of its Inform on this node: the later Inform wins
     timer: IDelayedCall | None = field(default=None, repr=False)
 
     @property
@@ -56,8 +57,16 @@ class SessionRegistry:
         return len(self._by_cookie)
 
     def add(self, live: LiveSession) -> None:
-        """Register a new session; an older session of the same device is superseded."""
+        """Register a new session; an older session of the same device is superseded.
+
+        Older means its Inform arrived first (``seq``), not that it was stored first: two
+        Informs of one device in flight at once are registered in the order their stores
+        answer, and the one that arrived last is the one holding the session lock.
+        """
         old = self._by_device.get(live.device_id)
+        if old is not None and old.seq > live.seq:
+            self.end(live, Outcome.SUPERSEDED, "the device started a newer session")
+            return
         if old is not None:
             self.end(old, Outcome.SUPERSEDED, "the device started a new session")
         self._by_cookie[live.cookie] = live

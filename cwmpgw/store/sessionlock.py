@@ -6,7 +6,9 @@ turn, a node checks it still owns the device; a node that lost ownership ends it
 as superseded instead of sending requests the CPE is no longer listening to. The check is
 ``owns``, or — on the hot path — part of the task store's queue read (one round trip
 instead of two; the store raises :class:`Superseded`). Ownership expires on its own, so a
-crashed node never blocks a device.
+crashed node never blocks a device; it is not released when a session ends, because
+nothing ever waits for it to be free: taking it always overwrites (a release was one
+Redis round trip per session for nothing).
 """
 
 from __future__ import annotations
@@ -28,12 +30,6 @@ def owner_key(prefix: str, device_id: str) -> str:
     return f"{prefix}session-owner:{device_id}"
 
 
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
 class RedisSessionLock:
     def __init__(self, redis: Any, prefix: str) -> None:
         self._redis = redis
@@ -52,10 +48,6 @@ class RedisSessionLock:
         d: Deferred[Any] = self._redis.get(self._key(device_id))
         return d.addCallback(lambda value: value == owner)
 
-    def release(self, device_id: str, owner: str) -> Deferred[None]:
-        d: Deferred[Any] = self._redis.eval(_RELEASE, [self._key(device_id)], [owner])
-        return d.addCallback(lambda _: None)
-
 
 class MemorySessionLock:
     """The same contract on a dict: several engines sharing one act as several nodes."""
@@ -73,8 +65,3 @@ class MemorySessionLock:
         return succeed(
             current is not None and current[0] == owner and current[1] > self._clock.seconds()
         )
-
-    def release(self, device_id: str, owner: str) -> Deferred[None]:
-        if self.owners.get(device_id, ("",))[0] == owner:
-            del self.owners[device_id]
-        return succeed(None)
