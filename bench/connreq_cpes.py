@@ -22,7 +22,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -81,6 +81,10 @@ def main() -> None:
     )
     listener = ConnectionRequestListener(reactor, lambda device: None)
     port = listener.listen(args.interface, args.port)
+    # Twisted listens with a backlog of 50: with 100 requests in flight the kernel would
+    # drop SYNs and the client would wait for their retransmission (1 s), which measures
+    # this process's accept loop, not the sender. Listening again raises the backlog.
+    cast(Any, port).socket.listen(1024)
     lines = ["device_id,url,cr_username,cr_password"]
     for device in fleet.devices:
         url = listener.register(device)
