@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+from txredisapi import ConnectionError as RedisConnectionError
 
 from cwmpgw.acs.admission import AdmissionControl
 from cwmpgw.acs.auth import AuthFailure, CpeAuthenticator, Identity
@@ -34,6 +35,7 @@ from cwmpgw.cwmp import soap
 from cwmpgw.cwmp.deviceid import device_id as make_device_id
 from cwmpgw.cwmp.messages import DeviceId, Envelope, Inform
 from cwmpgw.cwmp.session import Reply
+from cwmpgw.store.availability import RedisTimeout, Unavailable
 from cwmpgw.store.interfaces import ICredentialStore
 
 __all__ = [
@@ -446,8 +448,21 @@ class AcsResource(Resource):
         return NOT_DONE_YET
 
     def _internal_error(self, failure: Failure, request: Request) -> None:
+        answerable = not request.finished and not getattr(request, "_disconnected", False)
+        if failure.check(Unavailable, RedisTimeout, RedisConnectionError):
+            # Redis went away under this request (e.g. during the credential lookup):
+            # "retry later", like an Inform that cannot be stored, not an internal error.
+            self._log.warn(
+                "redis unreachable answering {peer}: {error}",
+                peer=_peer(request),
+                error=failure.getErrorMessage(),
+            )
+            if answerable:
+                request.setHeader(b"retry-after", b"60")
+                self._send(request, Reply(503, reason="storage unavailable; retry later"))
+            return
         self._log.failure("unhandled error answering {peer}", failure, peer=_peer(request))
-        if not request.finished and not getattr(request, "_disconnected", False):
+        if answerable:
             self._send(request, Reply(500, reason="internal error"))
 
     async def _handle(self, request: Request) -> None:
