@@ -447,6 +447,17 @@ class AcsTurnTests(Base):
         self.acs_options = {"requests": self.source}
         super().setUp()
 
+    def test_stopping_waits_for_the_source_to_record_the_end(self) -> None:
+        recording: Deferred[None] = Deferred()
+        self.source.session_ended = lambda session: recording  # type: ignore[method-assign]
+        conn, _ = self.open_session()
+        self.assertEqual(conn.post(b"").status, 200)  # a request is out, unanswered
+        self.acs.engine.shutdown()
+        flushed = self.acs.engine.flush()
+        self.assertNoResult(flushed)  # e.g. the task going back to the queue, in Redis
+        recording.callback(None)
+        self.successResultOf(flushed)
+
     def test_request_sent_after_empty_post_then_204(self) -> None:
         conn, _ = self.open_session()
         request = conn.post(b"")

@@ -76,8 +76,11 @@ class IRequestSource(Interface):
     ) -> Deferred[None]:
         """The CPE reported a transfer (a Download of an earlier task may be finished)."""
 
-    def session_ended(session: LiveSession) -> None:
-        """The session is over: a request sent but not answered must run again later."""
+    def session_ended(session: LiveSession) -> Deferred[None] | None:
+        """The session is over: a request sent but not answered must run again later.
+
+        A Deferred returned fires once that is recorded: stopping the gateway waits for it.
+        """
 
 
 @implementer(IRequestSource)
@@ -97,8 +100,8 @@ class NoRequests:
     ) -> Deferred[None]:
         return succeed(None)
 
-    def session_ended(self, session: LiveSession) -> None:
-        pass
+    def session_ended(self, session: LiveSession) -> Deferred[None] | None:
+        return None
 
 
 def _device_ref(device_id: str, d: DeviceId) -> dict[str, str]:
@@ -370,7 +373,9 @@ class AcsEngine:
     def _session_ended(self, live: LiveSession, ended: SessionEnded) -> None:
         """Report a session's end once, whatever ended it."""
         m = live.machine
-        self._requests.session_ended(live)
+        recorded = self._requests.session_ended(live)
+        if recorded is not None:
+            self._track(recorded)
         # The session lock is not released: a newer session overwrites it and it expires
         # on its own (cwmpgw.store.sessionlock), so a release would be a round trip for
         # nothing.

@@ -331,9 +331,9 @@ class Provisioner:
     ) -> Deferred[None]:
         return self._inner.transfer_completed(session, message)
 
-    def session_ended(self, session: LiveSession) -> None:
+    def session_ended(self, session: LiveSession) -> Deferred[None] | None:
         self._sessions.pop(session.session_id, None)
-        self._inner.session_ended(session)
+        return self._inner.session_ended(session)
 
     async def _publish(self, session: LiveSession, data: dict[str, Any]) -> None:
         d = session.device

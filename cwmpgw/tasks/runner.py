@@ -157,18 +157,20 @@ class TaskRunner:
         )
         return d.addCallback(lambda _: None)
 
-    def session_ended(self, session: LiveSession) -> None:
+    def session_ended(self, session: LiveSession) -> Deferred[None] | None:
         state = self._running.pop(session.session_id, None)
         if state is None:
-            return
+            return None
         # Sent but not answered (or not sent yet): the next session runs it again, with
         # the same keys, so the CPE applies it once.
         d: Deferred[Any] = self._tasks.requeue(state.task)
-        d.addErrback(
+        d.addCallbacks(
+            lambda _: None,
             lambda f: log_call_failure(
                 self._log, f, "could not requeue task {task_id}", task_id=state.task.id
-            )
+            ),
         )
+        return d
 
 
 async def _nothing() -> None:
