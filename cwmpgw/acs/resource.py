@@ -35,7 +35,7 @@ from cwmpgw.cwmp import soap
 from cwmpgw.cwmp.deviceid import device_id as make_device_id
 from cwmpgw.cwmp.messages import DeviceId, Envelope, Inform
 from cwmpgw.cwmp.session import Reply
-from cwmpgw.store.availability import RedisTimeout, Unavailable
+from cwmpgw.store.availability import RedisTimeout, Unavailable, log_call_failure
 from cwmpgw.store.interfaces import ICredentialStore
 
 __all__ = [
@@ -594,7 +594,12 @@ class AcsResource(Resource):
                 envelope, peer=peer, channel=channel, authenticated_as=identity.username
             )
         except Exception:
-            self._log.failure("could not store the Inform of {device_id}", device_id=device_id)
+            log_call_failure(
+                self._log,
+                Failure(),
+                "could not store the Inform of {device_id}",
+                device_id=device_id,
+            )
             request.setHeader(b"retry-after", b"60")
             return self._send(
                 request, Reply(503, reason="temporarily unable to store; retry later")
@@ -690,7 +695,9 @@ class AcsResource(Resource):
         try:
             return await self._throttle.blocked(peer, claims)
         except Exception:
-            self._log.failure("could not check the auth blocks of {peer}", peer=peer)
+            log_call_failure(
+                self._log, Failure(), "could not check the auth blocks of {peer}", peer=peer
+            )
             return None
 
     async def _failed(
@@ -708,7 +715,12 @@ class AcsResource(Resource):
         try:
             blocks = await self._throttle.failed(peer, claims)
         except Exception:
-            self._log.failure("could not count a failed authentication from {peer}", peer=peer)
+            log_call_failure(
+                self._log,
+                Failure(),
+                "could not count a failed authentication from {peer}",
+                peer=peer,
+            )
             return None
         for block in blocks:
             ref = None
@@ -729,7 +741,9 @@ class AcsResource(Resource):
         try:
             await self._throttle.succeeded(peer, claims)
         except Exception:
-            self._log.failure("could not clear the failure count of {peer}", peer=peer)
+            log_call_failure(
+                self._log, Failure(), "could not clear the failure count of {peer}", peer=peer
+            )
 
     def _report(self, block: Block, ref: dict[str, str] | None) -> None:
         until = format_ts(block.until)
