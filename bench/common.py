@@ -78,6 +78,7 @@ class Gateway:
     workers: int = 1
     extra: str = ""
     acs_extra: str = "max_new_sessions_per_second = 0"
+    redis_extra: str = ""
     acs_port: int = field(default_factory=free_port)
     nbi_port: int = field(default_factory=free_port)
     process: subprocess.Popen[str] | None = None
@@ -107,6 +108,7 @@ max_failures_per_device = 0
 [redis]
 url = "{self.redis_url}"
 prefix = "{self.prefix}"
+{self.redis_extra}
 [nbi]
 port = {self.nbi_port}
 token_sha256 = ["{token_sha256(self.token)}"]

@@ -89,7 +89,12 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-sessions-"))
     redis = RedisServer().start()
-    gateway = Gateway(work / "gw", redis.url, workers=args.workers).start()
+    gateway = Gateway(
+        work / "gw",
+        redis.url,
+        workers=args.workers,
+        redis_extra=f"connections = {args.redis_connections}" if args.redis_connections else "",
+    ).start()
     baseline: subprocess.Popen[str] | None = None
     try:
 
@@ -221,6 +226,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                     + ", ".join(f"{n} {c:g}" for n, c in per_session.items()),
                 ),
                 ("gateway workers", args.workers),
+                ("redis connections", args.redis_connections or "default"),
                 ("gateway CPU per session", f"{cpu / max(stats.completed, 1) * 1000:.2f} ms"),
                 ("gateway sessions per core-second", f"{per_core:.0f} (target >= 450)"),
                 ("baseline sessions per core-second", f"{base_per_core:.0f}"),
@@ -243,6 +249,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                 "rounds": args.rounds,
                 "concurrency": args.concurrency,
                 "workers": args.workers,
+                "redis_connections": args.redis_connections or None,
                 "sessions": stats.completed,
                 "failures": dict(stats.failures),
                 "redis_commands_per_session": per_session,
@@ -276,6 +283,9 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--redis-connections", type=int, default=0, help="redis.connections (default: its own)"
+    )
     parser.add_argument(
         "--round-trips",
         action="store_true",

@@ -396,6 +396,7 @@ class RedisConfig:
     # The URL may hold a password: it stays out of repr (target shows where, not how).
     url: str = _setting("", _redis_url, show=False)
     prefix: str = _setting("cwmpgw:", _word)
+    connections: int = _setting(1, _int(1, 64))
     target: RedisTarget | None = None  # parsed from url; None = the embedded Redis
 
 

@@ -227,7 +227,7 @@ class GatewayService(Service):
                 dbid=target.db,
                 password=target.password,
                 convertNumbers=False,
-                poolsize=4,
+                poolsize=self.config.redis.connections,
             )
         else:
             redis = await txredisapi.ConnectionPool(
@@ -236,7 +236,7 @@ class GatewayService(Service):
                 dbid=target.db,
                 password=target.password,
                 convertNumbers=False,
-                poolsize=4,
+                poolsize=self.config.redis.connections,
             )
         self._log.info("events and devices in {where}", where=where)
         return redis
