@@ -93,7 +93,7 @@ class FakeDirectory:
         more = start + limit < len(rows)
         return succeed((page, str(start + limit) if more else ""))
 
-    def get_device(self, device_id: str) -> Deferred[dict[str, Any] | None]:
+    def get_device(self, device_id: str, parameters: Any = None) -> Deferred[dict[str, Any] | None]:
         if self.fail_with is not None:
             return fail(self.fail_with)
         return succeed(self.devices.get(device_id))

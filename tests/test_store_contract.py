@@ -175,6 +175,18 @@ class StoreContract:
 
     async def test_unknown_device(self) -> None:
         self.assertIsNone(await self.devices.get_device("nope"))  # type: ignore[attr-defined]
+        self.assertIsNone(await self.devices.get_device("nope", ["Device.X.1"]))  # type: ignore[attr-defined]
+
+    async def test_named_parameters_only(self) -> None:
+        params = tuple(ParameterValue(f"Device.X.{i}", str(i)) for i in range(1500))
+        await self.devices.record_inform(record(params=params))
+        dev = await self.devices.get_device(DEVICE_ID, ["Device.X.7", "Device.Y.missing"])
+        assert dev is not None
+        self.assertEqual(dev["parameters"], {"Device.X.7": {"value": "7", "type": "xsd:string"}})  # type: ignore[attr-defined]
+        self.assertEqual(dev["id"], DEVICE_ID)  # type: ignore[attr-defined]
+        bare = await self.devices.get_device(DEVICE_ID, ())
+        assert bare is not None
+        self.assertEqual((bare["parameters"], bare["oui"]), ({}, DEVICE.oui))  # type: ignore[attr-defined]
 
     async def test_transfer_recorded_once(self) -> None:
         self.assertTrue(await self.devices.record_transfer(DEVICE_ID, "tc:k", {"a": 1}))  # type: ignore[attr-defined]

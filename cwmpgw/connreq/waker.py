@@ -19,7 +19,13 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredSemaphore, succeed
+from twisted.internet.defer import (
+    Deferred,
+    DeferredSemaphore,
+    FirstError,
+    gatherResults,
+    succeed,
+)
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -55,6 +61,13 @@ class RateLimiter:
         if start <= now:
             return succeed(None)
         return deferLater(self._clock, start - now, lambda: None)
+
+
+_WAKE_PARAMETERS: tuple[str, ...] = tuple(
+    f"{root}.ManagementServer.{leaf}"
+    for root in ("Device", "InternetGatewayDevice")
+    for leaf in ("STUNUsername", "UDPConnectionRequestAddress", "NATDetected")
+)
 
 
 def _param(params: dict[str, Any], suffix: str) -> str:
@@ -150,7 +163,16 @@ class ConnectionRequestService:
     # -- the work ------------------------------------------------------------------------
 
     async def _wake(self, device_id: str) -> WakeResult:
-        device = await self._devices.get_device(device_id)
+        # Both reads go out together (one write on a pipelined connection); only the few
+        # parameters a wake-up needs are read, not the device's whole parameter cache.
+        reads: list[Deferred[Any]] = [
+            self._devices.get_device(device_id, _WAKE_PARAMETERS),
+            self._credentials.get(device_id),
+        ]
+        try:
+            device, credential = await gatherResults(reads, consumeErrors=True)
+        except FirstError as e:
+            e.subFailure.raiseException()
         if device is None:
             return WakeResult("refused", detail="unknown device")
         ref = device_ref(
@@ -160,7 +182,6 @@ class ConnectionRequestService:
             device.get("serial_number", ""),
             device.get("manufacturer", ""),
         )
-        credential = await self._credentials.get(device_id)
         if credential is None:
             return await self._refuse(
                 ref, None, "no connection-request credentials for this device"

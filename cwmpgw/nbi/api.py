@@ -515,7 +515,7 @@ class NbiResource(Resource):
 
     async def _op_rotate_credentials(self, call: _Call) -> _Answer:
         device_id = _path_device(call)
-        if await self._devices.get_device(device_id) is None:
+        if await self._devices.get_device(device_id, ()) is None:
             raise _no_device(device_id)
         await self._devices.rotate_credentials(device_id)
         self._log.info(
@@ -528,7 +528,7 @@ class NbiResource(Resource):
     async def _op_list_tasks(self, call: _Call) -> _Answer:
         device_id = _path_device(call)
         tasks = await self._tasks.list_for_device(device_id)
-        if not tasks and await self._devices.get_device(device_id) is None:
+        if not tasks and await self._devices.get_device(device_id, ()) is None:
             raise _no_device(device_id)
         return _Answer(200, {"tasks": [t.to_dict() for t in tasks]})
 

@@ -7,6 +7,7 @@ is the position in that index.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -76,8 +77,10 @@ class DeviceDirectory:
                         break
         return found, str(offset)
 
-    def get_device(self, device_id: str) -> Deferred[dict[str, Any] | None]:
-        return self._devices.get_device(device_id)
+    def get_device(
+        self, device_id: str, parameters: Sequence[str] | None = None
+    ) -> Deferred[dict[str, Any] | None]:
+        return self._devices.get_device(device_id, parameters)
 
     def delete_device(self, device_id: str) -> Deferred[bool]:
         async def delete() -> bool:

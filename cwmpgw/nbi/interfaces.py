@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,8 +27,10 @@ class IDeviceDirectory(Interface):
     ) -> Deferred[tuple[list[dict[str, Any]], str]]:
         """A page of device records (without parameters) and the next cursor ("" = end)."""
 
-    def get_device(device_id: str) -> Deferred[dict[str, Any] | None]:
-        """The record with its cached ``parameters``, or None."""
+    def get_device(
+        device_id: str, parameters: Sequence[str] | None = None
+    ) -> Deferred[dict[str, Any] | None]:
+        """The record with its cached ``parameters`` (only those named, if named), or None."""
 
     def delete_device(device_id: str) -> Deferred[bool]:
         """Forget the device (record, parameters, credentials, tasks); True if it existed."""

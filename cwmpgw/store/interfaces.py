@@ -5,6 +5,7 @@ Both providers run through one contract test (tests/test_store_contract.py).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,8 +70,14 @@ class IDeviceStore(Interface):
     def record_transfer(device_id: str, key: str, data: dict[str, Any]) -> Deferred[bool]:
         """Record a (possibly re-delivered) transfer result; True the first time for ``key``."""
 
-    def get_device(device_id: str) -> Deferred[dict[str, Any] | None]:
-        """The device record with its ``parameters`` ({name: {"value", "type"}}), or None."""
+    def get_device(
+        device_id: str, parameters: Sequence[str] | None = None
+    ) -> Deferred[dict[str, Any] | None]:
+        """The device record with its ``parameters`` ({name: {"value", "type"}}), or None.
+
+        ``parameters`` names the cached parameters wanted (those not cached are left out);
+        None means all of them, which may be thousands.
+        """
 
     def update_parameters(device_id: str, values: list[tuple[str, str, str]]) -> Deferred[None]:
         """Write (name, value, xsi type) into the device's parameter cache."""

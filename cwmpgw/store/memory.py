@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -63,13 +64,17 @@ class MemoryDeviceStore:
         self.transfers[(device_id, key)] = data
         return succeed(first)
 
-    def get_device(self, device_id: str) -> Deferred[dict[str, Any] | None]:
+    def get_device(
+        self, device_id: str, parameters: Sequence[str] | None = None
+    ) -> Deferred[dict[str, Any] | None]:
         dev = self.devices.get(device_id)
         if dev is None:
             return succeed(None)
         out = dict(dev)
         out["inform_count"] = str(dev["inform_count"])
-        out["parameters"] = {k: dict(v) for k, v in dev["parameters"].items()}
+        cached = dev["parameters"]
+        names = cached if parameters is None else [n for n in parameters if n in cached]
+        out["parameters"] = {k: dict(cached[k]) for k in names}
         return succeed(out)
 
     def update_parameters(

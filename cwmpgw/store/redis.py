@@ -19,6 +19,7 @@ Each multi-key update is one Lua script: atomic, and one round trip on the hot p
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -56,6 +57,14 @@ end
 redis.call('ZADD', KEYS[3], ARGV[1], ARGV[2])
 if KEYS[4] then redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[5]) end
 return new
+"""
+
+# KEYS: device hash, params hash; ARGV: parameter names. One round trip, and a device
+# with thousands of cached parameters is not read whole to get three of them.
+_GET_DEVICE = """
+local out = {redis.call('HGETALL', KEYS[1])}
+for _, name in ipairs(ARGV) do out[#out + 1] = redis.call('HGET', KEYS[2], name) end
+return out
 """
 
 _RECORD_TRANSFER = """
@@ -178,14 +187,21 @@ class RedisDeviceStore:
         )
         return d.addCallback(lambda first: bool(first))
 
-    def get_device(self, device_id: str) -> Deferred[dict[str, Any] | None]:
+    def get_device(
+        self, device_id: str, parameters: Sequence[str] | None = None
+    ) -> Deferred[dict[str, Any] | None]:
         key = self._key(device_id)
 
         async def get() -> dict[str, Any] | None:
-            fields = await self._redis.hgetall(key)
+            if parameters is None:
+                fields = await self._redis.hgetall(key)
+                params = await self._redis.hgetall(key + ":params") if fields else {}
+            else:
+                reply = await self._redis.eval(_GET_DEVICE, [key, key + ":params"], parameters)
+                fields = dict(zip(reply[0][0::2], reply[0][1::2], strict=True))
+                params = {n: raw for n, raw in zip(parameters, reply[1:], strict=True) if raw}
             if not fields:
                 return None
-            params = await self._redis.hgetall(key + ":params")
             out: dict[str, Any] = dict(fields)
             out["parameters"] = {
                 name: dict(zip(("value", "type"), json.loads(raw), strict=True))
