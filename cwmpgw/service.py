@@ -353,7 +353,7 @@ class GatewayService(Service):
                     )
                 )
 
-            d: Deferred[Any] = self.listener.wait_for(matches, timeout)
+            d: Deferred[Any] = self.listener.wait_for(matches, timeout, device=device_id)
             return d.addCallback(lambda event: event is not None)
 
         self.connreq = ConnectionRequestService(

@@ -93,6 +93,30 @@ class CallbackTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(self.listener._callbacks, {})
 
+    def test_wait_for_one_device_sees_only_its_events(self) -> None:
+        asked: list[str] = []
+
+        def predicate(e: dict[str, Any]) -> bool:
+            asked.append(e["device"]["id"])
+            return e["type"] == "inform"
+
+        d = self.listener.wait_for(predicate, 10, device="dev-b")
+
+        def of(device: str, x: int) -> str:
+            return Event(
+                type="inform", ts=1.0, node="n", data={"x": x}, device={"id": device}
+            ).to_json()
+
+        for device in ("dev-a", "dev-c", "dev-a"):
+            self.listener._message("c", of(device, 1))
+        self.listener._message("c", envelope(x=1))  # no device at all
+        self.assertEqual(asked, [])  # other devices' events never meet this waiter
+        self.assertNoResult(d)
+        self.listener._message("c", of("dev-b", 2))
+        self.assertEqual(self.successResultOf(d)["data"], {"x": 2})
+        self.assertEqual(asked, ["dev-b"])
+        self.assertEqual((self.listener._by_device, self.clock.getDelayedCalls()), ({}, []))
+
     def test_predicate_raising_is_contained(self) -> None:
         d = self.listener.wait_for(lambda e: e["data"]["missing"], 10)
         self.listener._message("c", envelope(x=1))

@@ -55,6 +55,7 @@ class EventListener(Service):
         self._clock = clock
         self._password = password
         self._callbacks: dict[object, Callable[[Envelope], None]] = {}
+        self._by_device: dict[str, dict[object, Callable[[Envelope], None]]] = {}
         self._factory: Any = None
         self._protocol: Any = None
         self._subscribed = False
@@ -62,20 +63,32 @@ class EventListener(Service):
 
     # -- API -----------------------------------------------------------------------------
 
-    def subscribe(self, callback: Callable[[Envelope], None]) -> Callable[[], None]:
-        """Call ``callback`` with every event envelope; returns the unsubscribe function."""
+    def subscribe(
+        self, callback: Callable[[Envelope], None], *, device: str | None = None
+    ) -> Callable[[], None]:
+        """Call ``callback`` with every event envelope (only those of ``device``, if
+        given: a mass wake-up waits on thousands of devices at once, and each event then
+        meets only its own device's waiters); returns the unsubscribe function."""
         token = object()
-        self._callbacks[token] = callback
+        callbacks = self._callbacks if device is None else self._by_device.setdefault(device, {})
+        callbacks[token] = callback
 
         def unsubscribe() -> None:
-            self._callbacks.pop(token, None)
+            callbacks.pop(token, None)
+            if device is not None and not callbacks:
+                self._by_device.pop(device, None)
 
         return unsubscribe
 
     def wait_for(
-        self, predicate: Callable[[Envelope], bool], timeout: float
+        self,
+        predicate: Callable[[Envelope], bool],
+        timeout: float,
+        *,
+        device: str | None = None,
     ) -> Deferred[Envelope | None]:
-        """The first event ``predicate`` accepts, or None after ``timeout`` seconds.
+        """The first event (of ``device``, if given) ``predicate`` accepts, or None after
+        ``timeout`` seconds.
 
         Cancelling the Deferred (or it firing) removes both the callback and the timer.
         """
@@ -100,7 +113,7 @@ class EventListener(Service):
 
         d: Deferred[Envelope | None] = Deferred(cancel)
         call = self._clock.callLater(max(timeout, 0), timed_out)
-        unsubscribe = self.subscribe(check)
+        unsubscribe = self.subscribe(check, device=device)
         return d
 
     def whenSubscribed(self) -> Deferred[None]:
@@ -181,7 +194,7 @@ class EventListener(Service):
             self._subscribed = False
 
     def _message(self, channel: Any, message: Any) -> None:
-        if not self._callbacks:
+        if not self._callbacks and not self._by_device:
             return  # nobody waits: every event of the fleet comes here, most unread
         try:
             envelope = json.loads(message)
@@ -191,7 +204,12 @@ class EventListener(Service):
         if not isinstance(envelope, dict):
             self._log.warn("ignoring an event that is not an object on {channel}", channel=channel)
             return
-        for callback in list(self._callbacks.values()):
+        device = envelope.get("device")
+        keyed = self._by_device.get(device.get("id", "")) if isinstance(device, dict) else None
+        callbacks = list(self._callbacks.values())
+        if keyed:
+            callbacks += keyed.values()
+        for callback in callbacks:
             try:
                 callback(envelope)
             except Exception:
