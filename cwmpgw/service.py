@@ -12,7 +12,7 @@ import os
 import re
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import IService, Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -29,6 +29,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from cwmpgw.config import Config, RedisTarget
+
+if TYPE_CHECKING:
+    from cwmpgw.connreq.guard import GuardPolicy
 
 __all__ = ["GatewayService", "make_service"]
 
@@ -50,6 +53,26 @@ def make_service(config: Config, reactor: Any = None) -> IService:
 
         reactor = global_reactor
     return GatewayService(config, reactor)
+
+
+def guard_policy(config: Config) -> GuardPolicy:
+    """Where connection requests may go (cwmpgw.connreq.guard): the device's own address,
+    the operator's allowed networks, and never this host's addresses nor — even where a lab
+    allows loopback — the gateway's own listeners (configured ports; 0 = chosen later)."""
+    from cwmpgw.connreq.guard import GuardPolicy
+
+    cfg, metrics = config.connreq, config.metrics
+    return GuardPolicy(
+        allowed_networks=tuple(ipaddress.ip_network(n) for n in cfg.allowed_networks),
+        own_addresses=_own_addresses(
+            config.acs.interface, config.nbi.interface, cfg.stun_interface
+        ),
+        own_ports=frozenset(
+            p
+            for p in (config.acs.port, config.nbi.port, metrics.port if metrics.enabled else 0)
+            if p
+        ),
+    )
 
 
 def _own_addresses(*configured: str) -> frozenset[str]:
@@ -291,7 +314,6 @@ class GatewayService(Service):
         )
 
     async def _start_connreq(self) -> None:
-        from cwmpgw.connreq.guard import GuardPolicy
         from cwmpgw.connreq.http import HttpConnectionRequester
         from cwmpgw.connreq.state import RedisConnreqState
         from cwmpgw.connreq.stun import StunServer
@@ -336,11 +358,7 @@ class GatewayService(Service):
             if cfg.udp and send is not None
             else None
         )
-        acs_interface, nbi = self.config.acs.interface, self.config.nbi
-        policy = GuardPolicy(
-            allowed_networks=tuple(ipaddress.ip_network(n) for n in cfg.allowed_networks),
-            own_addresses=_own_addresses(acs_interface, nbi.interface, cfg.stun_interface),
-        )
+        policy = guard_policy(self.config)
 
         def session_started(device_id: str, timeout: float) -> Deferred[bool]:
             def matches(event: dict[str, Any]) -> bool:

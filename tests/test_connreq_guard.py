@@ -19,6 +19,7 @@ from cwmpgw.connreq.guard import (
 
 DEFAULT = GuardPolicy()
 LAB = GuardPolicy(allowed_networks=(ip_network("127.0.0.0/8"), ip_network("::1/128")))
+LAB_OWN = GuardPolicy(allowed_networks=LAB.allowed_networks, own_ports=frozenset({7557, 9557}))
 OFFICE = GuardPolicy(
     allowed_networks=(ip_network("10.20.0.0/16"), ip_network("2001:db8:aa::/48")),
     own_addresses=frozenset({"198.51.100.1", "2001:db8::ac5"}),
@@ -123,6 +124,11 @@ HTTP_CASES: list[tuple[str, str | None, tuple[str, int] | None, GuardPolicy, Tar
         GuardPolicy(allowed_networks=OFFICE.allowed_networks, allowed_ports=frozenset({7547})),
         "port not allowed",
     ),
+    # The gateway's own listeners, even where a lab allows loopback.
+    ("http://127.0.0.1:7557/", SRC, None, LAB_OWN, "the gateway's own service not allowed"),
+    ("http://[::1]:9557/", SRC, None, LAB_OWN, "the gateway's own service not allowed"),
+    ("http://0.0.0.0:7557/", SRC, None, LAB_OWN, "the gateway's own service not allowed"),
+    ("http://127.0.0.1:7548/", SRC, None, LAB_OWN, Target("http", "127.0.0.1", 7548, "/")),
     # Special addresses, refused even when they are the device's own source.
     ("http://127.0.0.1:7547/", "127.0.0.1", None, DEFAULT, "loopback address not allowed"),
     ("http://[::1]:7547/", "::1", None, DEFAULT, "loopback address not allowed"),
@@ -285,3 +291,31 @@ class PolicyTests(SynchronousTestCase):
             ),
             Refusal("gateway's own address not allowed"),
         )
+
+    def test_the_gateways_policy_keeps_its_own_listeners_out_of_reach(self) -> None:
+        from cwmpgw.config import parse_config
+        from cwmpgw.service import guard_policy
+
+        config = parse_config(
+            {
+                "acs": {"port": 7547},
+                "nbi": {"port": 7557},
+                "metrics": {"port": 9557},
+                "connreq": {"allowed_networks": ["127.0.0.0/8"]},
+            }
+        )
+        policy = guard_policy(config)
+        self.assertEqual(policy.own_ports, frozenset({7547, 7557, 9557}))
+        for port in (7547, 7557, 9557):
+            self.assertEqual(
+                check_http_target(
+                    f"http://127.0.0.1:{port}/", last_source=None, stun_binding=None, policy=policy
+                ),
+                Refusal("the gateway's own service not allowed"),
+            )
+        allowed = check_http_target(
+            "http://127.0.0.1:8080/cr", last_source=None, stun_binding=None, policy=policy
+        )
+        self.assertEqual(allowed, Target("http", "127.0.0.1", 8080, "/cr"))  # the lab's CPE
+        off = parse_config({"metrics": {"enabled": False, "port": 9557}, "nbi": {"port": 0}})
+        self.assertEqual(guard_policy(off).own_ports, frozenset({7547}))

@@ -47,12 +47,14 @@ class GuardPolicy:
     ``allowed_ports`` empty means any port 1..65535.  An address inside
     ``allowed_networks`` is accepted even if the device never came from it, and even
     if it is loopback, link-local or one of ``own_addresses`` (so a lab can allow
-    127.0.0.0/8 explicitly).
+    127.0.0.0/8 explicitly) — except ``own_ports`` (the gateway's own listeners: ACS,
+    API, metrics) on a loopback, unspecified or own address, which nothing allows.
     """
 
     allowed_networks: tuple[IPv4Network | IPv6Network, ...] = ()
     own_addresses: frozenset[str] = frozenset()
     allowed_ports: frozenset[int] = frozenset()
+    own_ports: frozenset[int] = frozenset()
     schemes: frozenset[str] = frozenset({"http", "https"})
     _own: frozenset[IPAddress] = field(init=False, repr=False, compare=False)
 
@@ -212,6 +214,13 @@ def _address_refusal(
     """The address policy shared by HTTP and UDP targets; None when allowed."""
     if policy.allowed_ports and port not in policy.allowed_ports:
         return Refusal("port not allowed")
+    if port in policy.own_ports and (
+        address.is_loopback
+        or address.is_unspecified
+        or address in _THIS_NETWORK
+        or address in policy._own
+    ):
+        return Refusal("the gateway's own service not allowed")
     if any(address in network for network in policy.allowed_networks):
         return None
     if address.is_unspecified or address in _THIS_NETWORK:
