@@ -43,7 +43,15 @@ async def main(reactor: Any, connections: int, batch: int) -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-idle-"))
     redis = RedisServer().start()
-    gateway = Gateway(work, redis.url).start()
+    # Idle connections must outlive the opening of all of them: the gateway's defences
+    # (a first request within acs.first_byte_timeout, at most 1000 connections per
+    # address) would close or refuse them and the figure would count fewer sessions.
+    gateway = Gateway(
+        work,
+        redis.url,
+        acs_extra="max_new_sessions_per_second = 0\nfirst_byte_timeout = 3600\n"
+        "max_connections_per_source = 0",
+    ).start()
     protocols: list[Idle] = []
     try:
         options = ssl.optionsForClientTLS(
@@ -65,6 +73,8 @@ async def main(reactor: Any, connections: int, batch: int) -> None:
             await defer.gatherResults(opened)
         await task.deferLater(reactor, 2.0, lambda: None)
         after = rss(gateway.pid)
+        still_open = sum(1 for p in protocols if p.connected)
+        assert still_open == connections, f"only {still_open} of {connections} still open"
         per = (after - before) / connections
         report(
             "idle",
@@ -83,7 +93,7 @@ async def main(reactor: Any, connections: int, batch: int) -> None:
         )
     finally:
         for p in protocols:
-            if p.transport is not None:
+            if p.connected and p.transport is not None:
                 p.transport.abortConnection()
         gateway.stop()
         redis.stop()
