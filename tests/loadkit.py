@@ -22,8 +22,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -33,8 +31,9 @@ from lxml import etree
 from twisted.internet.task import deferLater
 
 from cwmpgw.acs.digest import ha1
-from cwmpgw.config import parse_config
-from cwmpgw.service import GatewayService, make_service
+from cwmpgw.service import GatewayService
+from tests import gateway
+from tests.gateway import nbi_call
 
 __all__ = [
     "GatewayProcess",
@@ -155,35 +154,20 @@ class Ledger:
 async def start_gateway(
     testcase: Any, reactor: Any, directory: str, redis_url: str, prefix: str, **sections: Any
 ) -> GatewayService:
-    """A whole gateway in this reactor, every listener on a free loopback port; stopped
-    at the test's cleanup. ``sections`` are merged over the defaults, key by key."""
-    config: dict[str, Any] = {
-        "gateway": {"data_dir": directory, "node": "load"},
-        "acs": {"port": 0, "interface": "127.0.0.1", "hostname": "localhost"},
-        "nbi": {"port": 0, "interface": "127.0.0.1", "auth": "none"},
-        "metrics": {"enabled": False, "port": 0},
-        "connreq": {"enabled": False, "stun": False, "stun_port": 0},
-        "provision": {"credentials": False, "periodic_inform": False},
-        "redis": {"url": redis_url, "prefix": prefix},
+    """A whole gateway in this reactor (tests/gateway.py), with the API open and metrics
+    and connection requests off unless ``sections`` turn them on."""
+    quiet = {
+        "gateway": {"node": "load"},
+        "nbi": {"interface": "127.0.0.1", "auth": "none"},
+        "metrics": {"enabled": False},
+        "connreq": {"enabled": False},
     }
-    for name, values in sections.items():
-        config[name] = {**config.get(name, {}), **values}
-    service = make_service(parse_config(config), reactor)
-    assert isinstance(service, GatewayService)
-    service.startService()
-    await service.whenStarted()
-
-    async def stop() -> None:
-        if service.running:
-            await service.stopService()
-
-    testcase.addCleanup(stop)
-    return service
+    return await gateway.start_gateway(
+        testcase, directory, redis_url, prefix, **gateway.merge(quiet, sections)
+    )
 
 
-def acs_url(service: GatewayService) -> str:
-    assert service.acs_port is not None
-    return f"https://127.0.0.1:{service.acs_port.getHost().port}/"  # type: ignore[attr-defined]
+acs_url = gateway.acs_url
 
 
 async def give_credentials(service: GatewayService, fleet: Any) -> None:
@@ -311,20 +295,7 @@ periodic_inform = false
         return "".join(self.lines)
 
     def api(self, method: str, path: str, body: Any = None, timeout: float = 30) -> tuple[int, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.nbi_port}{path}",
-            data=data,
-            method=method,
-            headers={"Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as r:
-                raw = r.read()
-                return r.status, json.loads(raw) if raw else None
-        except urllib.error.HTTPError as e:
-            raw = e.read()
-            return e.code, json.loads(raw) if raw else None
+        return nbi_call(self.nbi_port, method, path, body, timeout=timeout)
 
     def terminate(self, timeout: float = 60) -> float:
         """SIGTERM; wait for the exit; the seconds it took."""

@@ -47,14 +47,15 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from cwmpgw.acs import auth as auth_module
 from cwmpgw.acs import digest as digest_module
 from cwmpgw.acs.digest import ha1
-from cwmpgw.config import parse_config
 from cwmpgw.cwmp import soap
 from cwmpgw.cwmp.messages import DeviceId
-from cwmpgw.service import GatewayService, make_service
+from cwmpgw.service import GatewayService
 from cwmpgw.tasks.memory import MemoryTaskService
 from cwmpgw.tasks.runner import TaskRunner
 from tests import cpe_client, digest_client
 from tests import cpe_envelopes as cpe
+from tests.fuzz import mutate_bytes
+from tests.gateway import cafile, start_gateway
 from tests.memhttp import Connection, MemoryAcs, Response, digest_post, parse_responses
 from tests.redis_server import unique_prefix
 
@@ -468,23 +469,6 @@ class BodyAttackTests(SynchronousTestCase):
 # Fuzzing the endpoint
 
 
-def _mutate_bytes(draw: st.DrawFn, data: bytes) -> bytes:
-    out = bytearray(data)
-    for _ in range(draw(st.integers(1, 4))):
-        at = draw(st.integers(0, len(out)))
-        op = draw(st.sampled_from(["delete", "insert", "replace", "duplicate"]))
-        size = draw(st.integers(1, 40))
-        if op == "delete":
-            del out[at : at + size]
-        elif op == "insert":
-            out[at:at] = draw(st.binary(min_size=1, max_size=size))
-        elif op == "replace" and at < len(out):
-            out[at] = draw(st.integers(0, 255))
-        else:
-            out[at:at] = out[at : at + size]
-    return bytes(out)
-
-
 _ODD_TEXT = st.one_of(
     st.text(
         alphabet=st.characters(codec="utf-8", exclude_categories=["Cs", "Cc", "Cn"]), max_size=12
@@ -602,7 +586,7 @@ def _mutated(draw: st.DrawFn, seeds: list[bytes]) -> bytes:
     seed = draw(st.sampled_from(seeds))
     if draw(st.booleans()):
         return _mutate_tree(draw, seed)
-    return _mutate_bytes(draw, seed)
+    return mutate_bytes(draw, seed)
 
 
 _INFORM_SEEDS = [
@@ -986,27 +970,14 @@ class GatewayBase(TestCase):
         self.dir = tempfile.mkdtemp(prefix="cwmpgw-attack-")
         self.addCleanup(shutil.rmtree, self.dir, True)
         self.prefix = unique_prefix()
-        data: dict[str, dict[str, Any]] = {
-            "gateway": {"data_dir": self.dir},
-            "acs": {"port": 0, "interface": "127.0.0.1", "hostname": "localhost"},
-            "nbi": {"port": 0},
-            "metrics": {"port": 0},
-            "redis": {"url": self.redis_server.url, "prefix": self.prefix},
-            "connreq": {"stun": False},
-            "provision": {"credentials": False, "periodic_inform": False},
-        }
-        for name, values in sections.items():
-            data.setdefault(name, {}).update(values)
-        service = make_service(parse_config(data), reactor)
-        assert isinstance(service, GatewayService)
-        service.startService()
-        await service.whenStarted()
-        self.addCleanup(service.stopService)
+        service = await start_gateway(
+            self, self.dir, self.redis_server.url, self.prefix, **sections
+        )
         self.service = service
         assert service.acs_port is not None
         self.port = service.acs_port.getHost().port
         self.url = f"https://127.0.0.1:{self.port}/"
-        self.cafile = os.path.join(self.dir, "tls", "acs-cert.pem")
+        self.cafile = cafile(self.dir)
         self.redis = redis.Redis(self.redis_server.host, self.redis_server.port)
         self.addCleanup(self.redis.close)
         return service

@@ -15,8 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from lxml import etree
 from cwmpgw.nbi.tokens import token_sha256
 from tests import cpe_client
 from tests.cpe_envelopes import typical_response
+from tests.gateway import nbi_call
 from tests.redis_server import RedisServer, unique_prefix
 from tests.test_integration import import_credentials
 
@@ -110,20 +109,7 @@ periodic_inform = false
         return str(self.dir / "data" / "tls" / "acs-cert.pem")
 
     def api(self, method: str, path: str, body: Any = None, timeout: float = 30) -> tuple[int, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.nbi_port}{path}",
-            data=data,
-            method=method,
-            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as r:
-                raw = r.read()
-                return r.status, json.loads(raw) if raw else None
-        except urllib.error.HTTPError as e:
-            raw = e.read()
-            return e.code, json.loads(raw) if raw else None
+        return nbi_call(self.nbi_port, method, path, body, token=TOKEN, timeout=timeout)
 
     def stop(self) -> str:
         self.process.send_signal(signal.SIGTERM)

@@ -8,7 +8,6 @@ password still admitted), and TLS 1.0/1.1 refused.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import ssl
 import tempfile
@@ -16,14 +15,13 @@ import warnings
 from typing import Any
 
 import pytest
-from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from cwmpgw.config import parse_config
-from cwmpgw.service import GatewayService, make_service
+from cwmpgw.service import GatewayService
 from tests import cpe_client
 from tests.certfactory import CertAuthority
+from tests.gateway import acs_url, cafile, start_gateway
 from tests.redis_server import unique_prefix
 from tests.test_integration import import_credentials
 
@@ -42,25 +40,12 @@ class SecurityTests(TestCase):
         self.dir = tempfile.mkdtemp(prefix="cwmpgw-sec-")
         self.addCleanup(shutil.rmtree, self.dir, True)
         self.prefix = unique_prefix()
-        data: dict[str, dict[str, Any]] = {
-            "gateway": {"data_dir": self.dir},
-            "acs": {"port": 0, "interface": "127.0.0.1", "hostname": "localhost"},
-            "nbi": {"port": 0},
-            "metrics": {"port": 0},
-            "redis": {"url": self.redis_server.url, "prefix": self.prefix},
-            "connreq": {"stun": False},
-            "provision": {"credentials": False, "periodic_inform": False},
-        }
-        for name, values in sections.items():
-            data.setdefault(name, {}).update(values)
-        service = make_service(parse_config(data), reactor)
-        assert isinstance(service, GatewayService)
-        service.startService()
-        await service.whenStarted()
-        self.addCleanup(service.stopService)
+        service = await start_gateway(
+            self, self.dir, self.redis_server.url, self.prefix, **sections
+        )
         assert service.acs_port is not None
-        self.url = f"https://127.0.0.1:{service.acs_port.getHost().port}/"
-        self.cafile = os.path.join(self.dir, "tls", "acs-cert.pem")
+        self.url = acs_url(service)
+        self.cafile = cafile(self.dir)
         self.redis = redis.Redis(
             self.redis_server.host, self.redis_server.port, decode_responses=True
         )

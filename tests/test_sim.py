@@ -24,10 +24,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from cwmpgw.config import parse_config
 from cwmpgw.cwmp import rpc, soap
 from cwmpgw.cwmp.messages import CpeFault, DeviceId, RpcResponse
-from cwmpgw.service import GatewayService, make_service
+from cwmpgw.service import GatewayService
 from cwmpgw.sim import __main__ as cli
 from cwmpgw.sim.datamodel import builtin_template, load_csv, parse_csv
 from cwmpgw.sim.device import (
@@ -39,6 +38,7 @@ from cwmpgw.sim.device import (
     retry_wait_range,
 )
 from cwmpgw.sim.fleet import Fleet, Rate, Storm
+from tests.gateway import acs_url, cafile, merge, start_gateway
 from tests.redis_server import unique_prefix
 from tests.schema import assert_valid, validate_envelope
 from tests.test_integration import import_credentials
@@ -576,29 +576,30 @@ class FleetAgainstGatewayTests(TestCase):
         self.dir = tempfile.mkdtemp(prefix="cwmpgw-sim-")
         self.addCleanup(shutil.rmtree, self.dir, True)
         self.prefix = unique_prefix()
-        config: dict[str, Any] = {
-            "gateway": {"data_dir": self.dir, "node": "sim-node"},
-            "acs": {"port": 0, "interface": "127.0.0.1", "hostname": "localhost"},
-            "nbi": {"port": 0},
-            "metrics": {"port": 0},
-            "redis": {"url": self.redis_server.url, "prefix": self.prefix},
-            "connreq": {
-                "stun": False,
-                "allowed_networks": ["127.0.0.0/8"],
-                "min_interval": 0.0,
-                "retries": 0,
-                "session_wait": 10.0,
-            },
+        connreq = {
+            "allowed_networks": ["127.0.0.0/8"],
+            "min_interval": 0.0,
+            "retries": 0,
+            "session_wait": 10.0,
         }
-        config.update(sections)
-        service = make_service(parse_config(config), reactor)
-        assert isinstance(service, GatewayService)
-        service.startService()
-        await service.whenStarted()
-        self.addCleanup(service.stopService)
+        service = await start_gateway(
+            self,
+            self.dir,
+            self.redis_server.url,
+            self.prefix,
+            # Provisioning as shipped (periodic-inform presets): the fleet applies them.
+            **merge(
+                {
+                    "gateway": {"node": "sim-node"},
+                    "connreq": connreq,
+                    "provision": {"credentials": True, "periodic_inform": True},
+                },
+                sections,
+            ),
+        )
         assert service.acs_port is not None
-        self.url = f"https://127.0.0.1:{service.acs_port.getHost().port}/"
-        self.cafile = os.path.join(self.dir, "tls", "acs-cert.pem")
+        self.url = acs_url(service)
+        self.cafile = cafile(self.dir)
         self.redis = redis.Redis(
             self.redis_server.host, self.redis_server.port, decode_responses=True
         )

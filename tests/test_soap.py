@@ -31,6 +31,7 @@ from cwmpgw.cwmp.messages import (
 )
 from cwmpgw.cwmp.soap import InvalidMessage, SoapError, parse_envelope
 from tests import cpe_envelopes
+from tests.fuzz import mutate_bytes
 from tests.schema import assert_valid, validate_envelope
 
 NS_1_0 = "urn:dslforum-org:cwmp-1-0"
@@ -1036,20 +1037,7 @@ def _only_our_errors(call: Callable[[], object]) -> None:
 
 @st.composite
 def _byte_mutations(draw: st.DrawFn) -> bytes:
-    data = bytearray(draw(st.sampled_from(_SEEDS)))
-    for _ in range(draw(st.integers(1, 4))):
-        at = draw(st.integers(0, len(data)))
-        op = draw(st.sampled_from(["delete", "insert", "replace", "duplicate"]))
-        size = draw(st.integers(1, 40))
-        if op == "delete":
-            del data[at : at + size]
-        elif op == "insert":
-            data[at:at] = draw(st.binary(min_size=1, max_size=size))
-        elif op == "replace" and at < len(data):
-            data[at] = draw(st.integers(0, 255))
-        else:
-            data[at:at] = data[at : at + size]
-    return bytes(data)
+    return mutate_bytes(draw, draw(st.sampled_from(_SEEDS)))
 
 
 @st.composite
