@@ -13,9 +13,10 @@ import os
 import sys
 
 from twisted.application import service
-from twisted.logger import ILogObserver, textFileLogObserver
+from twisted.logger import ILogObserver
 from twisted.python.logfile import LogFile
 
+from cwmpgw import logs
 from cwmpgw.config import ConfigError, load_config
 
 config_path = os.environ.get("CWMPGW_CONFIG") or None
@@ -38,5 +39,5 @@ log_file = (
 )
 
 application = service.Application("cwmpgw")
-application.setComponent(ILogObserver, textFileLogObserver(log_file))
+application.setComponent(ILogObserver, logs.text(log_file))  # info and above
 make_service(config).setServiceParent(application)
