@@ -441,6 +441,34 @@ class OneRequest(NoRequests):
         return succeed(None)
 
 
+class DrainTests(Base):
+    """SIGTERM's drain at the HTTP level: idle connections close at once, a session under
+    way keeps its connection until the answer that ends it (Connection: close), and a
+    new session is refused with 503 + Retry-After and close."""
+
+    def setUp(self) -> None:
+        self.source = OneRequest()
+        self.acs_options = {"requests": self.source}
+        super().setUp()
+
+    def test_drain_closes_idle_connections_and_ends_sessions_with_close(self) -> None:
+        idle = self.acs.connect(peer="192.0.2.77")
+        conn, _ = self.open_session()
+        self.acs.site.drain()
+        self.assertTrue(idle.closing)  # no session, no request: closed now
+        self.assertFalse(conn.closing)  # a session under way keeps its connection
+        request = conn.post(b"")
+        self.assertEqual(request.status, 200)
+        self.assertIsNone(request.header("connection"))  # its envelopes keep it too
+        done = conn.post(cpe.rpc_response("GetParameterValues", "acs-1"))
+        self.assertEqual(done.status, 204)
+        self.assertEqual(done.header("connection"), "close")  # the answer that ends it
+        self.assertEqual(len(self.source.answers), 1)  # the CPE's answer was recorded
+        late = self.acs.connect(peer="192.0.2.78").post(cpe.inform())  # before any challenge
+        self.assertEqual((late.status, late.header("retry-after")), (503, "30"))
+        self.assertEqual(late.header("connection"), "close")
+
+
 class AcsTurnTests(Base):
     def setUp(self) -> None:
         self.source = OneRequest()
