@@ -27,10 +27,10 @@ from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from cwmpgw.config import parse_config
 from cwmpgw.connreq import stun
-from cwmpgw.service import GatewayService, make_service
+from cwmpgw.service import GatewayService
 from tests import cpe_client
+from tests.gateway import acs_url, cafile, start_gateway
 from tests.redis_server import unique_prefix
 from tests.test_integration import import_credentials
 
@@ -115,26 +115,18 @@ class ConnectionRequestTests(TestCase):
         self.dir = tempfile.mkdtemp(prefix="cwmpgw-cr-")
         self.addCleanup(shutil.rmtree, self.dir, True)
         self.prefix = unique_prefix()
-        settings = {"stun_port": 0, "session_wait": 10.0, "min_interval": 0.0, "retries": 0}
-        settings.update(connreq)
-        config = parse_config(
-            {
-                "gateway": {"data_dir": self.dir, "node": "cr-node"},
-                "acs": {"port": 0, "interface": "127.0.0.1", "hostname": "localhost"},
-                "nbi": {"port": 0},
-                "metrics": {"port": 0},
-                "redis": {"url": self.redis_server.url, "prefix": self.prefix},
-                "connreq": settings,
-            }
+        settings = {"stun": True, "session_wait": 10.0, "min_interval": 0.0, "retries": 0}
+        service = await start_gateway(
+            self,
+            self.dir,
+            self.redis_server.url,
+            self.prefix,
+            gateway={"node": "cr-node"},
+            connreq=settings | connreq,
+            provision={"credentials": True, "periodic_inform": True},  # as shipped
         )
-        service = make_service(config, reactor)
-        assert isinstance(service, GatewayService)
-        service.startService()
-        await service.whenStarted()
-        self.addCleanup(service.stopService)
-        assert service.acs_port is not None
-        self.url = f"https://127.0.0.1:{service.acs_port.getHost().port}/"
-        self.cafile = os.path.join(self.dir, "tls", "acs-cert.pem")
+        self.url = acs_url(service)
+        self.cafile = cafile(self.dir)
         self.redis = redis.Redis(
             self.redis_server.host, self.redis_server.port, decode_responses=True
         )

@@ -26,6 +26,7 @@ from twisted.trial.unittest import TestCase
 from cwmpgw.config import parse_config
 from cwmpgw.service import GatewayService, make_service
 from tests import cpe_client
+from tests.gateway import acs_url, cafile, start_gateway
 from tests.redis_server import unique_prefix
 
 DEVICE_ID = "9CA2F4-EC220_G5_V3-22275K2000315"
@@ -70,23 +71,18 @@ class GatewayOverTlsTests(TestCase):
         self.dir = tempfile.mkdtemp(prefix="cwmpgw-it-")
         self.addCleanup(shutil.rmtree, self.dir, True)
         self.prefix = unique_prefix()
-        config = parse_config(
-            {
-                "gateway": {"data_dir": self.dir, "node": "it-node"},
-                "acs": {"port": 0, "interface": "127.0.0.1", "hostname": "localhost"},
-                "nbi": {"port": 0},
-                "metrics": {"port": 0},
-                "redis": {"url": self.redis_server.url, "prefix": self.prefix},
-            }
+        # Provisioning and STUN as shipped (tests/gateway.py turns them off by default).
+        self.service = await start_gateway(
+            self,
+            self.dir,
+            self.redis_server.url,
+            self.prefix,
+            gateway={"node": "it-node"},
+            connreq={"stun": True},
+            provision={"credentials": True, "periodic_inform": True},
         )
-        self.service = make_service(config, reactor)
-        assert isinstance(self.service, GatewayService)
-        self.service.startService()
-        await self.service.whenStarted()
-        self.addCleanup(self.service.stopService)
-        assert self.service.acs_port is not None
-        self.url = f"https://127.0.0.1:{self.service.acs_port.getHost().port}/"
-        self.cafile = os.path.join(self.dir, "tls", "acs-cert.pem")
+        self.url = acs_url(self.service)
+        self.cafile = cafile(self.dir)
         self.redis = redis.Redis(
             self.redis_server.host, self.redis_server.port, decode_responses=True
         )

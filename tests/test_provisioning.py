@@ -7,7 +7,6 @@ router does: the new ManagementServer.Username/Password are used from its next s
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,15 +15,13 @@ from typing import Any
 
 import pytest
 from lxml import etree
-from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from cwmpgw.config import parse_config
-from cwmpgw.service import GatewayService, make_service
 from tests import cpe_client
 from tests.cpe_envelopes import cpe_fault, typical_response
+from tests.gateway import acs_url, cafile, start_gateway
 from tests.redis_server import unique_prefix
 from tests.test_integration import import_credentials
 
@@ -77,39 +74,32 @@ class ProvisioningTests(TestCase):
         self.dir = tempfile.mkdtemp(prefix="cwmpgw-prov-")
         self.addCleanup(shutil.rmtree, self.dir, True)
         self.prefix = unique_prefix()
-        config = parse_config(
-            {
-                "gateway": {"data_dir": self.dir},
-                "acs": {"port": 0, "interface": "127.0.0.1", "hostname": "localhost"},
-                "nbi": {"port": 0},
-                "metrics": {"port": 0},
-                "auth": {
-                    "unknown_devices": "enroll",
-                    "bootstrap_username": BOOTSTRAP_USER,
-                    "bootstrap_password": BOOTSTRAP_PASSWORD,
-                },
-                "redis": {"url": self.redis_server.url, "prefix": self.prefix},
-                "connreq": {"stun": False},
-                "provision": {
-                    "values": [
-                        {"name": "Time.NTPServer1", "value": "pool.ntp.org"},
-                        {
-                            "name": "Device.ManagementServer.CWMPRetryMinimumWaitInterval",
-                            "value": 10,
-                            "type": "xsd:unsignedInt",
-                        },
-                    ]
-                },
-            }
+        self.service = await start_gateway(
+            self,
+            self.dir,
+            self.redis_server.url,
+            self.prefix,
+            auth={
+                "unknown_devices": "enroll",
+                "bootstrap_username": BOOTSTRAP_USER,
+                "bootstrap_password": BOOTSTRAP_PASSWORD,
+            },
+            # Zero-touch provisioning as shipped, plus presets.
+            provision={
+                "credentials": True,
+                "periodic_inform": True,
+                "values": [
+                    {"name": "Time.NTPServer1", "value": "pool.ntp.org"},
+                    {
+                        "name": "Device.ManagementServer.CWMPRetryMinimumWaitInterval",
+                        "value": 10,
+                        "type": "xsd:unsignedInt",
+                    },
+                ],
+            },
         )
-        self.service = make_service(config, reactor)
-        assert isinstance(self.service, GatewayService)
-        self.service.startService()
-        await self.service.whenStarted()
-        self.addCleanup(self.service.stopService)
-        assert self.service.acs_port is not None
-        self.url = f"https://127.0.0.1:{self.service.acs_port.getHost().port}/"
-        self.cafile = os.path.join(self.dir, "tls", "acs-cert.pem")
+        self.url = acs_url(self.service)
+        self.cafile = cafile(self.dir)
         self.redis = redis.Redis(
             self.redis_server.host, self.redis_server.port, decode_responses=True
         )

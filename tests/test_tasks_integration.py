@@ -19,10 +19,10 @@ from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from cwmpgw.config import parse_config
-from cwmpgw.service import GatewayService, make_service
+from cwmpgw.service import GatewayService
 from tests import cpe_client
 from tests.cpe_envelopes import typical_response
+from tests.gateway import acs_url, cafile, start_gateway
 from tests.redis_server import unique_prefix
 from tests.test_integration import import_credentials
 
@@ -95,22 +95,15 @@ class TaskTests(TestCase):
     redis_server: Any
 
     async def start(self) -> GatewayService:
-        config = parse_config(
-            {
-                "gateway": {"data_dir": self.dir, "node": f"node-{os.urandom(2).hex()}"},
-                "acs": {"port": 0, "interface": "127.0.0.1", "hostname": "localhost"},
-                "nbi": {"port": 0},
-                "metrics": {"port": 0},
-                "redis": {"url": self.redis_server.url, "prefix": self.prefix},
-                "connreq": {"stun": False},
-            }
+        service = await start_gateway(
+            self,
+            self.dir,
+            self.redis_server.url,
+            self.prefix,
+            gateway={"node": f"node-{os.urandom(2).hex()}"},
+            provision={"credentials": True, "periodic_inform": True},  # as shipped
         )
-        service = make_service(config, reactor)
-        assert isinstance(service, GatewayService)
-        service.startService()
-        await service.whenStarted()
-        assert service.acs_port is not None
-        self.url = f"https://127.0.0.1:{service.acs_port.getHost().port}/"
+        self.url = acs_url(service)
         return service
 
     async def setUp(self) -> None:  # type: ignore[override]
@@ -120,8 +113,7 @@ class TaskTests(TestCase):
         self.addCleanup(shutil.rmtree, self.dir, True)
         self.prefix = unique_prefix()
         self.service = await self.start()
-        self.addCleanup(lambda: self.service.stopService())
-        self.cafile = os.path.join(self.dir, "tls", "acs-cert.pem")
+        self.cafile = cafile(self.dir)
         self.redis = redis.Redis(
             self.redis_server.host, self.redis_server.port, decode_responses=True
         )
