@@ -2,7 +2,8 @@
 
 ``python -m cwmpgw.nbi.tokens new`` prints a new token and the ``token_sha256`` line to put
 under ``[nbi]`` in the configuration; ``python -m cwmpgw.nbi.tokens hash TOKEN`` (or ``-``
-to read it from stdin, out of the shell history) prints the digest of an existing one.
+to read it from stdin, out of the shell history; ``hash -- TOKEN`` for a token of someone
+else's making that starts with ``-``) prints the digest of an existing one.
 
 When no digest is configured the service calls :func:`ensure_token_file`, which keeps one
 token in ``<data_dir>/nbi-token`` (mode 0600), so a first start is usable and still
@@ -40,8 +41,15 @@ _log = Logger()
 
 
 def new_token() -> str:
-    """32 random bytes, URL-safe base64 (43 characters, no padding)."""
-    return secrets.token_urlsafe(32)
+    """32 random bytes, URL-safe base64 (43 characters, no padding), never starting with ``-``.
+
+    A token starting with ``-`` reads as an option to ``hash`` and to most other command
+    lines it is pasted into; drawing again when that happens costs under 0.03 bits.
+    """
+    while True:
+        token = secrets.token_urlsafe(32)
+        if not token.startswith("-"):
+            return token
 
 
 def token_sha256(token: str) -> str:
