@@ -7,6 +7,7 @@ import shutil
 import signal
 import socket
 import stat
+import sys
 import tempfile
 from typing import Any
 
@@ -119,9 +120,21 @@ class EmbeddedRedisUnitTests(SynchronousTestCase):
         self.reactor = FakeReactor()
 
     def service(self, data_dir: str | None = None, **kw: Any) -> EmbeddedRedisService:
+        kw.setdefault("die_with_parent", False)
         return EmbeddedRedisService(
             data_dir or self.data_dir, reactor=self.reactor, binary="/opt/redis-server", **kw
         )
+
+    def test_die_with_parent_runs_redis_through_the_launcher(self) -> None:
+        self.service(die_with_parent=True).startService()
+        [spawned] = self.reactor.spawned
+        self.assertEqual(spawned.executable, sys.executable)
+        self.assertEqual(spawned.args[:3], [sys.executable, "-I", "-S"])
+        self.assertEqual(spawned.args[3], "-c")
+        self.assertIn("prctl(1, signal.SIGTERM", spawned.args[4])
+        self.assertEqual(spawned.args[5], str(os.getpid()))  # the parent it must outlive not
+        self.assertEqual(spawned.args[6], "/opt/redis-server")
+        self.assertEqual(option(spawned.args, "--dir"), self.data_dir)
 
     def test_constructor_does_no_io(self) -> None:
         self.service()
@@ -437,6 +450,79 @@ class EmbeddedRedisIntegrationTests(TestCase):
         finally:
             await anonymous.disconnect()
         await svc.stopService().addTimeout(30, reactor)
+
+
+_RUN_SERVICE = """
+import sys
+from twisted.internet import reactor
+from cwmpgw.store.embedded import EmbeddedRedisService
+svc = EmbeddedRedisService(sys.argv[1], reactor=reactor)
+svc.startService()
+svc.whenReady().addCallback(lambda _: print(svc.pid, flush=True))
+reactor.run()
+"""
+
+
+class _FirstLine(ProcessProtocol):
+    def __init__(self) -> None:
+        self.line: Deferred[bytes] = Deferred()
+        self.ended: Deferred[None] = Deferred()
+        self._buffer = b""
+
+    def outReceived(self, data: bytes) -> None:
+        self._buffer += data
+        if b"\n" in self._buffer and not self.line.called:
+            self.line.callback(self._buffer.split(b"\n", 1)[0])
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(None)
+
+
+def _alive(pid: int) -> bool:
+    """Running, as opposed to gone or a zombie nobody has reaped yet (a container's init)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+class OrphanTests(TestCase):
+    """A gateway killed with SIGKILL takes its redis-server with it."""
+
+    timeout = 60
+
+    async def test_redis_server_stops_when_its_gateway_is_killed(self) -> None:
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+
+        import cwmpgw
+
+        base = tempfile.mkdtemp(prefix="cwr")
+        self.addCleanup(shutil.rmtree, base, True)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(cwmpgw.__file__)))
+        env = dict(os.environ, PYTHONPATH=root)
+        proto = _FirstLine()
+        gateway = reactor.spawnProcess(
+            proto,
+            sys.executable,
+            [sys.executable, "-c", _RUN_SERVICE, os.path.join(base, "data")],
+            env=env,
+        )
+        redis_pid = int(await proto.line.addTimeout(30, reactor))
+        self.addCleanup(lambda: _alive(redis_pid) and os.kill(redis_pid, signal.SIGKILL))
+        self.assertTrue(_alive(redis_pid))
+        with open(f"/proc/{redis_pid}/cmdline", "rb") as f:
+            self.assertIn(b"redis-server", f.read().split(b"\0")[0])  # exec'd, same pid
+
+        gateway.signalProcess("KILL")
+        await proto.ended
+        for _ in range(300):  # SIGTERM makes it fsync and exit; allow 30 s on a slow machine
+            if not _alive(redis_pid):
+                break
+            await deferLater(reactor, 0.1, lambda: None)
+        self.assertFalse(_alive(redis_pid), "redis-server outlived its gateway")
 
 
 @pytest.mark.usefixtures("redis_for_class")

