@@ -10,6 +10,13 @@ later session on any node.
 A task is marked done only on the CPE's answer. If the session ends while a request is
 outstanding, the task goes back to the queue and the next session sends it again with
 the same CommandKey/ParameterKey, so its effect happens once.
+
+Some commands a CPE does not deduplicate by key: a second Reboot reboots again, a second
+Download downloads again. When the CPE answered but the answer was lost (the gateway died,
+Redis could not record it), the CPE still reports the command it carried out in its next
+session: "M Reboot" or "M ScheduleInform" with the CommandKey in the Inform, a
+TransferComplete with the CommandKey for a transfer. A task already started in an earlier
+session whose CommandKey is reported so is ended by that report instead of being sent again.
 """
 
 from __future__ import annotations
@@ -33,10 +40,16 @@ from cwmpgw.cwmp.messages import (
 from cwmpgw.cwmp.session import AcsRequest
 from cwmpgw.store.availability import log_call_failure
 from cwmpgw.store.interfaces import IDeviceStore
+from cwmpgw.tasks.memory import transfer_outcome
 from cwmpgw.tasks.model import Task
 from cwmpgw.tasks.plans import Plan, plan_for
 
 __all__ = ["TaskRunner"]
+
+# The Inform event by which a CPE reports having carried out a command with a CommandKey.
+_DONE_EVENTS = {"Reboot": "M Reboot", "ScheduleInform": "M ScheduleInform"}
+# Transfers report their end with a TransferComplete carrying the CommandKey.
+_TRANSFERS = frozenset({"Download", "ScheduleDownload", "Upload"})
 
 
 @dataclass(eq=False)
@@ -56,6 +69,8 @@ class TaskRunner:
         self._devices = devices
         self._gpv_batch = gpv_batch
         self._running: dict[str, _Running] = {}  # session id → the task it runs now
+        # session id → CommandKey → a TransferComplete of that session no waiting task took
+        self._unclaimed: dict[str, dict[str, TransferComplete]] = {}
 
     def next_request(self, session: LiveSession) -> Deferred[AcsRequest | None]:
         return Deferred.fromCoroutine(self._next(session))
@@ -71,6 +86,8 @@ class TaskRunner:
                 owner_checked = session.owner is not None and self._tasks.checks_owner
                 if task is None:
                     return None
+                if task.attempts > 1 and task.command_key and await self._reported(session, task):
+                    continue
                 try:
                     plan = plan_for(task.type, task.args, gpv_batch=self._gpv_batch)
                 except rpc.ArgumentError as e:
@@ -142,6 +159,41 @@ class TaskRunner:
                 task, plan.fault or {"reason": "the plan ended without a result"}
             )
 
+    async def _reported(self, session: LiveSession, task: Task) -> bool:
+        """End ``task`` (started before, now again) if the CPE reported it carried it out."""
+        if task.type in _TRANSFERS:
+            message = self._unclaimed.get(session.session_id, {}).pop(task.command_key, None)
+            if message is None:
+                return False
+            outcome = transfer_outcome(
+                task,
+                message.fault_code,
+                message.fault_string,
+                message.start_time,
+                message.complete_time,
+                task.updated,
+            )
+            if outcome.status == "done":
+                await self._tasks.complete(task, outcome.result or {})
+            else:
+                await self._tasks.fail(task, outcome.fault or {})
+        else:
+            code = _DONE_EVENTS.get(task.type)
+            events = session.machine.inform.events
+            if code is None or not any(
+                e.code == code and e.command_key == task.command_key for e in events
+            ):
+                return False
+            await self._tasks.complete(task, {"confirmed_by": code})
+        self._log.info(
+            "task {task_id} ({task_type}) of {device_id}: its answer was lost, but the CPE "
+            "reported it carried it out; not sent again",
+            task_id=task.id,
+            task_type=task.type,
+            device_id=session.device_id,
+        )
+        return True
+
     def transfer_completed(
         self, session: LiveSession, message: TransferComplete | AutonomousTransferComplete
     ) -> Deferred[None]:
@@ -155,9 +207,17 @@ class TaskRunner:
             message.start_time,
             message.complete_time,
         )
-        return d.addCallback(lambda _: None)
+
+        def claimed(task: Task | None) -> None:
+            if task is None:
+                # No task waits for it: perhaps one whose answer was lost, queued to be
+                # sent again. Kept for this session's ACS turn, which may end it instead.
+                self._unclaimed.setdefault(session.session_id, {})[message.command_key] = message
+
+        return d.addCallback(claimed)
 
     def session_ended(self, session: LiveSession) -> Deferred[None] | None:
+        self._unclaimed.pop(session.session_id, None)
         state = self._running.pop(session.session_id, None)
         if state is None:
             return None
