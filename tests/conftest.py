@@ -5,8 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from tests.redis_server import RedisServer
+
+# Speed is measured in bench/, never asserted in a test: no per-example deadline, which
+# fails at random on a slow or shared CI machine whatever the code does.
+settings.register_profile("cwmpgw", deadline=None)
+settings.load_profile("cwmpgw")
 
 
 @pytest.fixture(scope="session")
