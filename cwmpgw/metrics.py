@@ -60,6 +60,11 @@ class Metrics:
         self.events = Counter(
             "cwmpgw_events_published", "Events published, by type.", ["type"], registry=r
         )
+        self.events_spooled = Gauge(
+            "cwmpgw_events_spooled",
+            "Events kept in this node's local spool, not yet stored in Redis.",
+            registry=r,
+        )
         self.events_failed = Counter(
             "cwmpgw_events_failed",
             "Events that could not be published, by type.",
@@ -75,7 +80,9 @@ class Metrics:
             buckets=_REDIS_BUCKETS,
             registry=r,
         )
-        self.redis_up = Gauge("cwmpgw_redis_up", "1 if Redis answered the last PING.", registry=r)
+        self.redis_up = Gauge(
+            "cwmpgw_redis_up", "1 if Redis is reachable now, as /healthz says.", registry=r
+        )
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

@@ -193,6 +193,8 @@ class GatewayService(Service):
             max_bytes=_SPOOL_MAX_BYTES,
         )
         self.spool.start()
+        spool = self.spool
+        self.metrics.events_spooled.set_function(lambda: spool.pending)
         self.events = MeteredEventSink(self.spool, self.metrics)
         self.devices = RedisDeviceStore(self.redis, prefix)
         self.credentials = RedisCredentialStore(self.redis, prefix)
@@ -710,14 +712,17 @@ class GatewayService(Service):
             port=address.port,
         )
 
+        # Up or down as /healthz says it at the moment of the scrape (no round trip), not
+        # as a PING a few seconds ago found it; the PING samples only measure latency.
+        availability = self.availability
+        self.metrics.redis_up.set_function(lambda: 1.0 if availability.available else 0.0)
+
         async def sample() -> None:
             start = self._reactor.seconds()
             try:
                 await self.redis.ping().addTimeout(_PING_TIMEOUT, self._reactor)
             except Exception:
-                self.metrics.redis_up.set(0)
                 return
-            self.metrics.redis_up.set(1)
             self.metrics.redis_latency.observe(self._reactor.seconds() - start)
 
         self._redis_sampler = LoopingCall(lambda: Deferred.fromCoroutine(sample()))

@@ -388,7 +388,7 @@ class GatewayRedisOutageTests(TestCase):
                 "gateway": {"data_dir": self.dir, "node": "outage"},
                 "acs": {"port": 0, "interface": "127.0.0.1", "hostname": "localhost"},
                 "nbi": {"port": 0, "interface": "127.0.0.1", "auth": "none"},
-                "metrics": {"enabled": False},
+                "metrics": {"port": 0, "interface": "127.0.0.1"},
                 "connreq": {"enabled": False},
                 "provision": {"credentials": False, "periodic_inform": False},
                 "redis": {"url": self.redis.url, "prefix": self.prefix},
@@ -426,6 +426,15 @@ class GatewayRedisOutageTests(TestCase):
 
     def health(self) -> Deferred[tuple[int, dict[str, Any]]]:
         return self.nbi_get("/healthz")
+
+    def metric_lines(self) -> Deferred[list[str]]:
+        port = self.service.metrics_port.getHost().port  # type: ignore[union-attr]
+
+        def get() -> list[str]:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                return [line for line in r.read().decode().splitlines() if line[:1] != "#"]
+
+        return deferToThread(get)
 
     def nbi_get(self, path: str) -> Deferred[tuple[int, dict[str, Any]]]:
         port = self.service.nbi_port.getHost().port  # type: ignore[union-attr]
@@ -487,6 +496,9 @@ class GatewayRedisOutageTests(TestCase):
         status, body = await self.nbi_get(f"/devices/{DEVICE_A}")
         self.assertEqual((status, body["error"]["code"]), (503, "unavailable"))
         self.assertGreaterEqual(report["events_spooled"], 1)
+        metrics = await self.metric_lines()
+        self.assertIn("cwmpgw_redis_up 0.0", metrics)
+        self.assertIn(f"cwmpgw_events_spooled {float(report['events_spooled'])}", metrics)
         spooled = self.spool_lines()
         self.assertIn(
             ("session.closed", b.session_id),
@@ -533,6 +545,7 @@ class GatewayRedisOutageTests(TestCase):
         self.assertNotIn(event["data"]["session_id"], (session_a, b.session_id))
         status, report = await self.health()
         self.assertEqual((status, report["ok"], report["events_spooled"]), (200, True, 0))
+        self.assertIn("cwmpgw_events_spooled 0.0", await self.metric_lines())
         self.flush_outage_errors()
 
     async def test_spool_survives_a_gateway_restart_during_the_outage(self) -> None:
