@@ -257,8 +257,9 @@ class KillableRedis:
 
     host = "127.0.0.1"
 
-    def __init__(self) -> None:
+    def __init__(self, *, password: str | None = None) -> None:
         self.dir = tempfile.mkdtemp(prefix="cwmpgw-aof-")
+        self.password = password
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
@@ -276,6 +277,8 @@ class KillableRedis:
             "--save", "", "--appendonly", "yes", "--appendfsync", "always",
             "--dir", self.dir, "--daemonize", "no", "--logfile", "",
         ]
+        if self.password is not None:
+            args += ["--requirepass", self.password]
         # fmt: on
         process = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT

@@ -13,9 +13,11 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 from zope.interface import implementer
+
+from cwmpgw.store.availability import revive_stopped_factory
 
 __all__ = ["EventListener"]
 
@@ -38,6 +40,8 @@ class EventListener(Service):
 
     txredisapi does not subscribe again after a reconnect, so every new connection
     subscribes in ``connectionMade``; the factory reconnects with exponential backoff.
+    While unsubscribed, a check every ``revive_interval`` seconds restarts a factory that
+    txredisapi stopped for good after a failed AUTH (:func:`revive_stopped_factory`).
     """
 
     _log = Logger()
@@ -49,8 +53,11 @@ class EventListener(Service):
         *,
         clock: IReactorTime,
         password: str | None = None,
+        revive_interval: float = 5.0,
     ) -> None:
         self._connect = connect
+        self._revive_interval = revive_interval
+        self._revive_call: IDelayedCall | None = None
         self.pattern = prefix + "events:*"
         self._clock = clock
         self._password = password
@@ -156,6 +163,9 @@ class EventListener(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
+        if self._revive_call is not None and self._revive_call.active():
+            self._revive_call.cancel()
+        self._revive_call = None
         factory, self._factory = self._factory, None
         self._subscribed = False
         if factory is None:
@@ -192,6 +202,21 @@ class EventListener(Service):
             if self._subscribed:
                 self._log.warn("event subscription lost; reconnecting")
             self._subscribed = False
+        self._watch()
+
+    def _watch(self) -> None:
+        """Until subscribed again, check now and then that the factory still reconnects."""
+        if self._factory is None or (self._revive_call is not None and self._revive_call.active()):
+            return  # stopped, or already watching
+
+        def check() -> None:
+            self._revive_call = None
+            if self._factory is None or self._subscribed:
+                return
+            revive_stopped_factory(self._factory, self._log)
+            self._watch()
+
+        self._revive_call = self._clock.callLater(self._revive_interval, check)
 
     def _message(self, channel: Any, message: Any) -> None:
         if not self._callbacks and not self._by_device:

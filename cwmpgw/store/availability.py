@@ -34,6 +34,7 @@ __all__ = [
     "RedisTimeout",
     "Unavailable",
     "log_call_failure",
+    "revive_stopped_factory",
 ]
 
 T = TypeVar("T")
@@ -60,6 +61,29 @@ def log_call_failure(log: Logger, failure: Failure, message: str, **fields: Any)
         log.failure(message, failure, **fields)
 
 
+def revive_stopped_factory(factory: Any, log: Logger) -> bool:
+    """Make a txredisapi factory reconnect again after it gave up on its own.
+
+    txredisapi 1.6.0 stops reconnecting every connection of a factory for good when the
+    AUTH or SELECT of one reconnecting connection fails, which happens whenever a
+    connection is accepted and then dropped during that handshake: a Redis that dies
+    again as it comes back, or a TCP proxy in front of a Redis that is down. The gateway
+    would stay unavailable until restarted. A factory stopped that way (not by
+    ``disconnect``) gets its connections restarted; they back off as before. Returns
+    whether it did anything.
+    """
+    if not getattr(factory, "stopped", False) or getattr(factory, "disconnectCalled", True):
+        return False
+    factory.stopped = False
+    for slot in getattr(factory, "slots", ()):
+        if not slot.reconnect:
+            slot.reconnect = True
+            if not slot.service.running:
+                slot.service.startService()
+    log.warn("redis connections had stopped reconnecting (a handshake failed); reconnecting")
+    return True
+
+
 class RedisAvailability:
     """Up or down, from the pool's connections and a PING; ``guard`` for fail-fast calls.
 
@@ -79,9 +103,11 @@ class RedisAvailability:
         interval: float = 1.0,
         ping_timeout: float = 1.0,
         call_timeout: float = 5.0,
+        revive: Callable[[], object] | None = None,
     ) -> None:
         self._ping = ping
         self._connections = connections
+        self._revive = revive  # called each tick without a connection
         self._clock = clock
         self.interval = interval
         self.ping_timeout = ping_timeout
@@ -103,6 +129,7 @@ class RedisAvailability:
         connections are made and lost.
         """
         factory = pool._factory
+        kwargs.setdefault("revive", lambda: revive_stopped_factory(factory, cls._log))
         return cls(pool.ping, lambda: int(factory.size), **kwargs)
 
     # -- state -------------------------------------------------------------------------------
@@ -208,6 +235,8 @@ class RedisAvailability:
         if self._connections() == 0:
             # Nothing to PING over: a PING would only join txredisapi's queue.
             self._set(False, "no connection to redis")
+            if self._revive is not None:
+                self._revive()
             return
         if (self._up and not self._suspect) or self._pinging is not None:
             return
