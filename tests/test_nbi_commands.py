@@ -256,8 +256,16 @@ class CommandStreamTests(TestCase):
         await self.redis.execute_command(
             "XCLAIM", self.key, GROUP, "dead", "0", gone, "IDLE", "3600000"
         )
-        clock.advance(60)  # the next claim pass is due
-        await self.wait_for_pending(0)
+        # The next claim pass is due. A minute on this clock is also past the deadline of
+        # the read under way, which is given up and made again after a back-off: let the
+        # clock run on, a second at a time, until the claim happened.
+        clock.advance(60)
+        for _ in range(30):
+            if await self.pending() == 0:
+                break
+            clock.advance(1)
+            await deferLater(reactor, 0.02, lambda: None)
+        self.assertEqual(await self.pending(), 0)
         await c.stopService()
         self.assertEqual(self.tasks.submitted, [])
         self.assertEqual(self.bus.events, [])
@@ -320,6 +328,41 @@ class CommandStreamTests(TestCase):
         self.assertEqual(self.tasks.submitted[0].args, {"n": 1})
         await c.stopService()
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+
+    async def test_a_read_never_answered_gets_a_new_connection(self) -> None:
+        # The first dedicated connection never answers (a hung Redis, or one txredisapi
+        # stopped reconnecting): past its deadline it is closed and replaced.
+        clock = Clock()
+        hung: list[Any] = []
+
+        class Hung:
+            closed = False
+
+            def execute_command(self, *args: Any) -> Deferred[Any]:
+                # Nothing pending to recover; the blocking read then hangs.
+                return Deferred() if "BLOCK" in args else succeed(None)
+
+            def disconnect(self) -> Deferred[None]:
+                self.closed = True
+                return succeed(None)
+
+        def connect() -> Deferred[Any]:
+            if not hung:
+                hung.append(Hung())
+                return succeed(hung[0])
+            return self.connect()
+
+        await self.xadd(task=command(device_id=DEV, type="Reboot"))
+        c = self.consumer(clock=clock, connect=connect)
+        await until(lambda: c._interruptible is not None and c._conn is hung[0], "the read")
+        clock.advance(10.2)  # _READ_MARGIN (10 s) past the BLOCK time: given up
+        await until(lambda: bool(clock.getDelayedCalls()), "the back-off")
+        self.assertTrue(hung[0].closed)
+        self.assertEqual(self.tasks.submitted, [])
+        clock.advance(1)
+        await until(lambda: len(self.tasks.submitted) == 1, "the entry, on a new connection")
+        await self.wait_for_pending(0)
+        await c.stopService()
 
     async def test_stop_interrupts_a_blocking_read(self) -> None:
         c = self.consumer(block_ms=60000)

@@ -42,6 +42,10 @@ __all__ = ["MAX_COMMAND_BYTES", "CommandConsumer"]
 MAX_COMMAND_BYTES: Final = 1_048_576
 _MAX_BACKOFF: Final = 30.0
 _FIRST_BACKOFF: Final = 0.5
+# A read on the dedicated connection that is not answered this long after its BLOCK time
+# is given up and the connection replaced: a hung Redis, or a connection txredisapi will
+# never make (it stops reconnecting for good after a failed AUTH/SELECT).
+_READ_MARGIN: Final = 10.0
 
 
 class _Rejected(Exception):
@@ -246,7 +250,7 @@ class CommandConsumer(Service):
                 "STREAMS",
                 self.key,
                 ">",
-            )
+            ).addTimeout(self._block_ms / 1000 + _READ_MARGIN, self._clock)
         )
         await self._process_all(_stream_entries(reply))
 
@@ -278,7 +282,7 @@ class CommandConsumer(Service):
                     "STREAMS",
                     self.key,
                     cursor,
-                )
+                ).addTimeout(_READ_MARGIN, self._clock)
             )
             entries = _stream_entries(reply)
             if not entries:
