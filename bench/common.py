@@ -83,6 +83,10 @@ class Gateway:
     nbi_port: int = field(default_factory=free_port)
     process: subprocess.Popen[str] | None = None
     token: str = "bench-token-" + os.urandom(6).hex()
+    # As the README tells operators to run it: the shipped observer, info and above (twistd's
+    # default observer would also format and write every debug event).
+    # (Measured against the default observer: no difference beyond the noise.)
+    twistd_args: tuple[str, ...] = ("--logger=cwmpgw.logs.text",)
 
     def start(self) -> Gateway:
         from cwmpgw.nbi.tokens import token_sha256
@@ -130,7 +134,7 @@ periodic_inform = false
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
         log = open(self.directory / "gateway.log", "w")
         self.process = subprocess.Popen(
-            [twistd, "-n", "--pidfile=", "cwmpgw", "--config", str(config)],
+            [twistd, "-n", "--pidfile=", *self.twistd_args, "cwmpgw", "--config", str(config)],
             cwd=self.directory,
             stdout=log,
             stderr=subprocess.STDOUT,
