@@ -447,6 +447,7 @@ class GatewayService(Service):
         from cwmpgw.acs.auth import CpeAuthenticator, DeviceCredentialsChecker
         from cwmpgw.acs.digest import DigestCredentialFactory
         from cwmpgw.acs.engine import AcsEngine
+        from cwmpgw.acs.nonceclaims import RedisNonceClaims
         from cwmpgw.acs.resource import AcsResource, AcsSite, ClientCertificates
         from cwmpgw.acs.throttle import AuthThrottle
         from cwmpgw.store.availability import AdmitWhileAvailable
@@ -487,6 +488,7 @@ class GatewayService(Service):
             schemes=auth.schemes,
             realm=auth.realm,
             basic_without_tls=auth.allow_basic_without_tls,
+            nonce_claims=RedisNonceClaims(self.redis, self.config.redis.prefix),
         )
         throttle = None
         if auth.max_failures_per_source or auth.max_failures_per_device:

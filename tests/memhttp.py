@@ -138,6 +138,7 @@ class MemoryAcs:
     max_body_bytes: int = 262_144
     session_timeout: float = 30.0
     throttle: IAuthThrottle | None = None
+    nonce_claims: Any = None  # INonceClaims shared by "processes" of one fleet
     site_options: dict[str, Any] = field(default_factory=dict)
     clock: Clock = field(default_factory=Clock)
     devices: MemoryDeviceStore = field(default_factory=MemoryDeviceStore)
@@ -171,6 +172,7 @@ class MemoryAcs:
             schemes=self.schemes,
             realm=REALM,
             basic_without_tls=self.basic_without_tls,
+            nonce_claims=self.nonce_claims,
         )
         self.resource = AcsResource(
             self.engine,

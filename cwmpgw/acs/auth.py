@@ -10,6 +10,7 @@ Inform is decided by :meth:`CpeAuthenticator.authorize`.
 from __future__ import annotations
 
 import hmac
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,8 @@ from twisted.web.guard import BasicCredentialFactory
 from twisted.web.iweb import IRequest
 from zope.interface import Interface, implementer
 
-from cwmpgw.acs.digest import DigestCredentialFactory, StaleNonce, ha1
+from cwmpgw.acs.digest import DigestCredentialFactory, DigestCredentials, StaleNonce, ha1
+from cwmpgw.acs.nonceclaims import INonceClaims
 from cwmpgw.store.interfaces import ICredentialStore
 
 __all__ = [
@@ -160,8 +162,12 @@ class CpeAuthenticator:
         schemes: Sequence[str] = ("digest",),
         realm: str = "cwmpgw",
         basic_without_tls: bool = False,
+        nonce_claims: INonceClaims | None = None,
     ) -> None:
         self._portal = Portal(DeviceRealm(), [checker])
+        # Several processes share one fleet: a nonce is good in the first that accepts it.
+        self._claims = nonce_claims
+        self._claimant = os.urandom(12).hex()  # this process (its nonce-count table)
         self._digest = digest if "digest" in schemes else None
         self._basic = BasicCredentialFactory(realm) if "basic" in schemes else None
         self._schemes = tuple(schemes)
@@ -205,10 +211,30 @@ class CpeAuthenticator:
         username = credentials.username
         if isinstance(username, bytes):
             username = username.decode("utf-8", "replace")
+        claim: Deferred[bool] | None = None
+        if (
+            self._claims is not None
+            and self._digest is not None
+            and isinstance(credentials, DigestCredentials)
+            and credentials.first_use_here
+        ):
+            # Sent now, beside the credential lookup, and awaited after it.
+            ttl = credentials.claim_ttl_ms(self._digest.lifetime_ms)
+            claim = self._claims.claim(credentials.nonce, self._claimant, ttl)
         try:
             _, identity, _ = await self._portal.login(credentials, None, IDeviceIdentity)
         except UnauthorizedLogin as e:
+            if claim is not None:
+                claim.addErrback(lambda _: None)  # its outcome no longer matters
             return AuthFailure(str(e) or "unauthorized", username=username)
+        except BaseException:
+            if claim is not None:
+                claim.addErrback(lambda _: None)  # the lookup's failure is the one to report
+            raise
+        if claim is not None and not await claim:
+            # Accepted first by another process, whose nonce-count table is not ours: a
+            # replay, or a CPE that moved; either way a fresh nonce of ours settles it.
+            return AuthFailure("nonce in use by another gateway process", stale=True)
         assert isinstance(identity, Identity)
         return identity
 

@@ -9,8 +9,8 @@ Nonces are stateless (issue time, randomness and an HMAC under a secret), so a
 CPE that reconnects after the 401 can answer the earlier challenge, and several
 gateway processes sharing the secret accept each other's nonces.  Replay
 protection is per process: the highest accepted ``nc`` of each nonce is kept in
-a bounded table.  Across processes the nonce lifetime bounds the replay window
-for a response captured on one process and replayed to another.
+a bounded table; across processes, the first process to accept a nonce claims
+it (:mod:`cwmpgw.acs.nonceclaims`) and the others answer ``stale=true``.
 """
 
 from __future__ import annotations
@@ -214,6 +214,10 @@ class _NonceTracker:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def seen(self, nonce: str) -> bool:
+        """Whether a response with this nonce was accepted here (and is still tracked)."""
+        return nonce in self._entries
+
     def may_be_used(self, nonce: str, issued_ms: int) -> bool:
         """False if this nonce's replay state was dropped while it could still be in use."""
         return nonce in self._entries or issued_ms > self._watermark_ms
@@ -295,6 +299,16 @@ class DigestCredentials:
         self._clock = clock
         self._issued_ms = issued_ms
         self._committed = False
+
+    @property
+    def first_use_here(self) -> bool:
+        """No response with this nonce was accepted by this process yet."""
+        return not self._tracker.seen(self.nonce)
+
+    def claim_ttl_ms(self, lifetime_ms: int) -> int:
+        """How long a claim on this nonce must last: until it expires, plus a minute for
+        clocks that differ between processes."""
+        return max(1, self._issued_ms + lifetime_ms - _to_ms(self._clock.seconds())) + 60_000
 
     def __repr__(self) -> str:
         return (
@@ -399,6 +413,10 @@ class DigestCredentialFactory:
         self._lifetime_ms = int(nonce_lifetime * 1000)
         self._secret = secret if secret is not None else os.urandom(32)
         self._tracker = _NonceTracker(self._lifetime_ms, max_tracked_nonces)
+
+    @property
+    def lifetime_ms(self) -> int:
+        return self._lifetime_ms
 
     # -- nonces -------------------------------------------------------------------
 
