@@ -129,10 +129,18 @@ class FakeTasks:
         self.waiters: dict[str, list[Deferred[Task | None]]] = {}
         self.cancelled_waits = 0
         self.fail_with: Exception | None = None
+        self.idempotency_keys: list[str | None] = []
 
     def submit(
-        self, device_id: str, type: str, args: dict[str, Any], *, expires_in: float | None = None
+        self,
+        device_id: str,
+        type: str,
+        args: dict[str, Any],
+        *,
+        expires_in: float | None = None,
+        idempotency_key: str | None = None,
     ) -> Deferred[Task]:
+        self.idempotency_keys.append(idempotency_key)
         if self.fail_with is not None:
             return fail(self.fail_with)
         if type not in KNOWN_TYPES:
@@ -301,10 +309,19 @@ class Api:
     )
     max_body_bytes: int = 4096
     max_wait: float = 60
+    real_tasks: bool = False  # the in-memory task service instead of FakeTasks
 
     def __post_init__(self) -> None:
         self.clock.advance(NOW)
-        self.tasks = FakeTasks(self.clock, self.directory)
+        self.tasks: Any = FakeTasks(self.clock, self.directory)
+        if self.real_tasks:
+            from cwmpgw.bus.memory import MemoryEventBus
+            from cwmpgw.tasks.memory import MemoryTaskService
+
+            self.bus = MemoryEventBus()
+            self.tasks = MemoryTaskService(
+                events=self.bus, clock=self.clock, devices=self.directory.devices
+            )
         self.directory.add(DEV, oui="9CA2F4", product_class="EC220_G5_V3", last_inform=NOW - 100)
         self.directory.add(DEV2, oui="00259E", product_class="HG8245", last_inform=NOW - 50)
         self.directory.add(ODD, oui="00259E", product_class="HG%20X", last_inform=NOW - 10)
@@ -902,6 +919,58 @@ class TaskTests(SynchronousTestCase):
         self.api.tasks.fail_with = TimeoutError("redis")
         r = self.api.call("POST", dev_path(DEV, "/tasks"), GPV)
         self.assertEqual(r.status, 503)
+
+
+class IdempotencyTests(SynchronousTestCase):
+    """A back office that retries a POST whose answer it lost queues the task once."""
+
+    def setUp(self) -> None:
+        self.api = Api(real_tasks=True)
+        self.path = dev_path(DEV, "/tasks")
+
+    def post(self, body: Any, key: str | None = None) -> Response:
+        headers = {"Idempotency-Key": key} if key is not None else None
+        return self.api.call("POST", self.path, body, headers=headers)
+
+    def queued(self) -> list[str]:
+        return [e.data["id"] for e in self.api.bus.events if e.type == "task.queued"]
+
+    def test_a_retry_with_the_same_key_answers_with_the_first_task(self) -> None:
+        first = self.post({"type": "Reboot"}, "bo-7f3a")
+        self.assertEqual((first.status, first.header("idempotent-replayed")), (201, None))
+        again = self.post({"type": "Reboot"}, "bo-7f3a")
+        self.assertEqual((again.status, again.header("idempotent-replayed")), (200, "true"))
+        self.assertEqual(again.json(), first.json())
+        self.assertEqual(again.header("location"), first.header("location"))
+        self.assertEqual(self.queued(), [first.json()["id"]])
+        # The key in the body is the same key.
+        body = self.post({"type": "Reboot", "idempotency_key": "bo-7f3a"})
+        self.assertEqual((body.status, body.json()["id"]), (200, first.json()["id"]))
+        self.assertEqual(len(self.queued()), 1)
+
+    def test_the_key_used_for_another_request_is_422(self) -> None:
+        self.assertEqual(self.post({"type": "Reboot"}, "k1").status, 201)
+        r = self.post({"type": "FactoryReset"}, "k1")
+        self.assertEqual((r.status, r.error_code), (422, "idempotency_conflict"))
+        self.assertEqual(
+            r.json()["error"]["message"], "idempotency_key: already used for another request"
+        )
+        other = self.api.call(
+            "POST", dev_path(DEV2, "/tasks"), {"type": "Reboot"}, headers={"Idempotency-Key": "k1"}
+        )
+        self.assertEqual((other.status, other.error_code), (422, "idempotency_conflict"))
+        self.assertEqual(len(self.queued()), 1)
+
+    def test_unusable_keys_are_400(self) -> None:
+        for key in ("has space", "x" * 129):
+            r = self.post({"type": "Reboot"}, key)
+            self.assertEqual((r.status, r.error_code), (400, "invalid_task"), key)
+            self.assertTrue(r.json()["error"]["message"].startswith("idempotency_key: "))
+        r = self.post({"type": "Reboot", "idempotency_key": "a"}, "b")
+        self.assertEqual((r.status, r.error_code), (400, "invalid_request"))
+        r = self.post({"type": "Reboot", "idempotency_key": 5})
+        self.assertEqual((r.status, r.error_code), (400, "invalid_request"))
+        self.assertEqual(self.queued(), [])
 
 
 class WaitTests(SynchronousTestCase):

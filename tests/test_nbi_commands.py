@@ -31,10 +31,18 @@ class FakeTasks:
         self.devices = set(devices)
         self.submitted: list[Task] = []
         self.failures: list[Exception] = []  # raised by the next submits, in order
+        self.idempotency_keys: list[str | None] = []
 
     def submit(
-        self, device_id: str, type: str, args: dict[str, Any], *, expires_in: float | None = None
+        self,
+        device_id: str,
+        type: str,
+        args: dict[str, Any],
+        *,
+        expires_in: float | None = None,
+        idempotency_key: str | None = None,
     ) -> Deferred[Task]:
+        self.idempotency_keys.append(idempotency_key)
         if self.failures:
             return fail(self.failures.pop(0))
         if type not in ("Reboot", "GetParameterValues"):
@@ -178,6 +186,29 @@ class CommandStreamTests(TestCase):
                 return
             await deferLater(reactor, 0.02, lambda: None)
         self.assertEqual(await self.pending(), count)
+
+    async def test_an_entry_added_twice_with_one_idempotency_key_queues_one_task(self) -> None:
+        # A back office whose XADD answer was lost adds the entry again: with a key, the
+        # second entry is acknowledged without queueing anything.
+        from cwmpgw.tasks.memory import MemoryTaskService
+
+        tasks = MemoryTaskService(events=self.bus, clock=reactor)  # type: ignore[arg-type]
+        tasks.add_device(DEV)
+        entry = command(device_id=DEV, type="Reboot", idempotency_key="bo-1")
+        await self.xadd(task=entry)
+        await self.xadd(task=entry)
+        await self.xadd(task=command(device_id=DEV, type="FactoryReset", idempotency_key="bo-1"))
+        c = self.consumer(tasks=tasks)  # type: ignore[arg-type]
+        await until(lambda: bool(self.bus.of_type("command.rejected")), "the third entry")
+        await self.wait_for_pending(0)
+        await c.stopService()
+        [queued] = [e.data for e in self.bus.of_type("task.queued")]
+        self.assertEqual(queued["type"], "Reboot")
+        self.assertEqual(len(tasks.tasks), 1)
+        [rejected] = self.bus.of_type("command.rejected")
+        self.assertEqual(
+            rejected.data["reason"], "idempotency_key: already used for another request"
+        )
 
     async def test_malformed_commands_are_rejected_and_acked(self) -> None:
         bad = [

@@ -19,7 +19,15 @@ from zope.interface.verify import verifyObject
 from cwmpgw.bus.events import Event, IEventSink
 from cwmpgw.bus.memory import MemoryEventBus
 from cwmpgw.tasks.memory import MemoryTaskService
-from cwmpgw.tasks.model import ITaskService, Task, TaskError, UnknownDevice
+from cwmpgw.tasks.model import (
+    IDEMPOTENCY_TTL,
+    IdempotencyConflict,
+    ITaskService,
+    Task,
+    TaskError,
+    UnknownDevice,
+    replayed,
+)
 from tests.redis_server import unique_prefix
 
 DEV = "9CA2F4-EC220_G5_V3-22275K2000315"
@@ -89,6 +97,50 @@ class TaskContract:
         self.assertEqual(
             (event.type, event.data, event.device["id"]), ("task.queued", task.to_dict(), DEV)
         )  # type: ignore[attr-defined,index]
+
+    async def test_idempotency_key_queues_once(self) -> None:
+        first = await self.service.submit(DEV, "Reboot", {}, idempotency_key="bo-42")
+        self.assertFalse(replayed(first))  # type: ignore[attr-defined]
+        again = await self.service.submit(DEV, "Reboot", {}, idempotency_key="bo-42")
+        self.assertTrue(replayed(again))  # type: ignore[attr-defined]
+        self.assertEqual(again.id, first.id)  # type: ignore[attr-defined]
+        self.assertEqual(again.to_dict(), first.to_dict())  # type: ignore[attr-defined]
+        queued = [t.id for t in await self.service.list_for_device(DEV)]
+        self.assertEqual(queued, [first.id])  # type: ignore[attr-defined]
+        self.assertEqual(self.bus.of(first.id), ["task.queued"])  # type: ignore[attr-defined]
+        # Another key, or none, is another task.
+        other = await self.service.submit(DEV, "Reboot", {}, idempotency_key="bo-43")
+        plain = await self.service.submit(DEV, "Reboot", {})
+        self.assertEqual(len({first.id, other.id, plain.id}), 3)  # type: ignore[attr-defined]
+
+    async def test_idempotency_key_answers_with_the_task_as_it_is_now(self) -> None:
+        first = await self.service.submit(DEV, "Reboot", {}, idempotency_key="k")
+        await self.service.cancel(first.id)
+        again = await self.service.submit(DEV, "Reboot", {}, idempotency_key="k")
+        self.assertEqual((again.id, again.status), (first.id, "cancelled"))  # type: ignore[attr-defined]
+
+    async def test_idempotency_key_of_another_request_is_a_conflict(self) -> None:
+        await self.service.submit(DEV, "Reboot", {}, idempotency_key="k")
+        for device, type_, args, expires in (
+            (OTHER, "Reboot", {}, None),
+            (DEV, "FactoryReset", {}, None),
+            (DEV, "Reboot", {"command_key": "x"}, None),
+            (DEV, "Reboot", {}, 60.0),
+        ):
+            with self.assertRaises(IdempotencyConflict) as cm:  # type: ignore[attr-defined]
+                await self.service.submit(
+                    device, type_, args, expires_in=expires, idempotency_key="k"
+                )
+            self.assertEqual(cm.exception.path, "idempotency_key")  # type: ignore[attr-defined]
+        self.assertEqual(len(await self.service.list_for_device(OTHER)), 0)  # type: ignore[attr-defined]
+        self.assertEqual(len(await self.service.list_for_device(DEV)), 1)  # type: ignore[attr-defined]
+
+    async def test_unusable_idempotency_keys(self) -> None:
+        for key in ("", "has space", "x" * 129, "é"):
+            with self.assertRaises(TaskError) as cm:  # type: ignore[attr-defined]
+                await self.service.submit(DEV, "Reboot", {}, idempotency_key=key)
+            self.assertEqual(cm.exception.path, "idempotency_key")  # type: ignore[attr-defined]
+        self.assertEqual(self.bus.events, [])  # type: ignore[attr-defined]
 
     async def test_ids_time_ordered_and_unique(self) -> None:
         ids = []
@@ -395,6 +447,13 @@ class MemoryTaskTests(TaskContract, TestCase):
         service.add_device(OTHER)
         return service
 
+    def test_idempotency_key_forgotten_after_a_day(self) -> None:
+        first = self.successResultOf(self.service.submit(DEV, "Reboot", {}, idempotency_key="k"))
+        self.clock.advance(IDEMPOTENCY_TTL + 1)
+        later = self.successResultOf(self.service.submit(DEV, "Reboot", {}, idempotency_key="k"))
+        self.assertFalse(replayed(later))
+        self.assertNotEqual(later.id, first.id)
+
     def test_devices_container(self) -> None:
         service = MemoryTaskService(events=self.bus, clock=self.clock, devices={"d1": {}})
         task = self.successResultOf(service.submit("d1", "GetParameterValues", GPV))
@@ -433,6 +492,14 @@ class RedisTaskTests(TaskContract, TestCase):
     async def settle(self) -> None:
         # Replies come in order: once PING is answered, every earlier command has been.
         await self.redis.ping()
+
+    async def test_idempotency_key_kept_a_day(self) -> None:
+        task = await self.service.submit(DEV, "Reboot", {}, idempotency_key="bo-1")
+        key = f"{self.prefix}idempotency:bo-1"
+        stored = await self.redis.get(key)
+        self.assertEqual(stored.split(" ")[0], task.id)
+        ttl = int(await self.redis.execute_command("TTL", key))
+        self.assertTrue(IDEMPOTENCY_TTL - 5 < ttl <= IDEMPOTENCY_TTL, ttl)
 
     async def test_key_layout(self) -> None:
         r, p = self.redis, self.prefix

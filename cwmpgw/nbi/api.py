@@ -34,7 +34,14 @@ from cwmpgw.connreq.interfaces import IConnectionRequester, WakeResult
 from cwmpgw.nbi.auth import CHALLENGE, IAuthorizer
 from cwmpgw.nbi.interfaces import DeviceFilter, IDeviceDirectory, IHealth
 from cwmpgw.nbi.openapi import ROUTES, Route, build_document
-from cwmpgw.tasks.model import ITaskService, Task, TaskError, UnknownDevice
+from cwmpgw.tasks.model import (
+    IdempotencyConflict,
+    ITaskService,
+    Task,
+    TaskError,
+    UnknownDevice,
+    replayed,
+)
 
 __all__ = [
     "ApiError",
@@ -86,6 +93,7 @@ class TaskRequest:
     type: str
     args: dict[str, Any]
     expires_in: float | None
+    idempotency_key: str | None = None
 
 
 def _has_control(text: str) -> bool:
@@ -118,7 +126,7 @@ def parse_task_request(obj: Any, *, device_id: str | None = None) -> TaskRequest
     """
     if not isinstance(obj, dict):
         _bad("the body must be a JSON object")
-    allowed: tuple[str, ...] = ("type", "args", "expires_in")
+    allowed: tuple[str, ...] = ("type", "args", "expires_in", "idempotency_key")
     if device_id is None:
         allowed = ("device_id", *allowed)
         if "device_id" not in obj:
@@ -140,7 +148,10 @@ def parse_task_request(obj: Any, *, device_id: str | None = None) -> TaskRequest
         if not math.isfinite(expires_in) or expires_in <= 0:
             _bad("expires_in: must be a positive number of seconds")
         expires_in = float(expires_in)
-    return TaskRequest(device_id, task_type, args, expires_in)
+    key = obj.get("idempotency_key")
+    if key is not None:
+        key = _text(key, "idempotency_key", max_length=128)
+    return TaskRequest(device_id, task_type, args, expires_in, key)
 
 
 def _device_id(value: Any, where: str) -> str:
@@ -544,16 +555,27 @@ class NbiResource(Resource):
             if wait > self.max_wait:
                 _bad(f"wait: at most {self.max_wait:g} seconds")
         req = parse_task_request(call.body, device_id=device_id)
+        key = req.idempotency_key
+        header = call.request.getHeader(b"idempotency-key")
+        if header is not None:
+            header_key = header.decode("latin-1").strip()
+            if key is not None and key != header_key:
+                _bad("idempotency_key: differs from the Idempotency-Key header")
+            key = header_key
         try:
             task = await self._tasks.submit(
-                device_id, req.type, req.args, expires_in=req.expires_in
+                device_id, req.type, req.args, expires_in=req.expires_in, idempotency_key=key
             )
+        except IdempotencyConflict as e:
+            raise ApiError(422, "idempotency_conflict", task_error_message(e)) from None
         except TaskError as e:
             raise ApiError(400, "invalid_task", task_error_message(e)) from None
         except UnknownDevice:
             raise _no_device(device_id) from None
+        again = replayed(task)
         self._log.info(
-            "{principal} queued task {task_id} ({task_type}) for {device_id}",
+            "{principal} queued task {task_id} ({task_type}) for {device_id}"
+            + (" (again: same idempotency key)" if again else ""),
             principal=call.principal,
             task_id=task.id,
             task_type=task.type,
@@ -574,8 +596,10 @@ class NbiResource(Resource):
         if result is not None:
             body["connection_request"] = result.to_dict()
         headers = {"Location": "/tasks/" + quote(task.id, safe="")}
+        if again:
+            headers["Idempotent-Replayed"] = "true"
         if wait is None:
-            return _Answer(201, body, headers)
+            return _Answer(200 if again else 201, body, headers)
         return _Answer(200 if current.final else 202, body, headers)
 
     def _wake(self, device_id: str) -> Deferred[WakeResult]:

@@ -35,7 +35,7 @@ from cwmpgw.nbi.api import (
     parse_task_request,
     task_error_message,
 )
-from cwmpgw.tasks.model import ITaskService, TaskError, UnknownDevice
+from cwmpgw.tasks.model import ITaskService, TaskError, UnknownDevice, replayed
 
 __all__ = ["MAX_COMMAND_BYTES", "CommandConsumer"]
 
@@ -347,7 +347,11 @@ class CommandConsumer(Service):
         try:
             device_id, req = _parse(fields)
             task = await self._tasks.submit(
-                req.device_id, req.type, req.args, expires_in=req.expires_in
+                req.device_id,
+                req.type,
+                req.args,
+                expires_in=req.expires_in,
+                idempotency_key=req.idempotency_key,
             )
         except _Rejected as r:
             await self._reject(entry_id, r.reason, r.device_id)
@@ -371,7 +375,8 @@ class CommandConsumer(Service):
             await self._reject(entry_id, "internal error while queueing the task", device_id)
         else:
             self._log.info(
-                "command {entry_id} queued task {task_id} ({task_type}) for {device_id}",
+                "command {entry_id} queued task {task_id} ({task_type}) for {device_id}"
+                + (" earlier (same idempotency key): nothing new queued" if replayed(task) else ""),
                 entry_id=entry_id,
                 task_id=task.id,
                 task_type=task.type,

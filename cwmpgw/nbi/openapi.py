@@ -19,6 +19,7 @@ from cwmpgw.tasks.model import STATUSES
 __all__ = [
     "ROUTES",
     "SCHEMAS",
+    "HeaderParam",
     "QueryParam",
     "Reply",
     "Route",
@@ -32,6 +33,12 @@ _PARAM_RE: Final = re.compile(r"\{([a-z_]+)\}")
 class QueryParam:
     name: str
     schema: Mapping[str, Any]
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderParam:
+    name: str
     description: str
 
 
@@ -54,6 +61,7 @@ class Route:
     description: str = ""
     public: bool = False  # no token needed
     query: tuple[QueryParam, ...] = ()
+    headers: tuple[HeaderParam, ...] = ()  # optional request headers
     body: str | None = None  # request body schema name (JSON, required)
 
     @property
@@ -236,19 +244,32 @@ ROUTES: Final[tuple[Route, ...]] = (
         "create_task",
         "Queue a task for the device's next session.",
         {
-            200: Reply("With `wait`: the task became final in time.", "TaskCreated", _TASK_HEADERS),
+            200: Reply(
+                "With `wait`: the task became final in time. Without: the task an earlier "
+                "request with the same idempotency key queued, as it is now "
+                "(`Idempotent-Replayed: true`); nothing new was queued.",
+                "TaskCreated",
+                {**_TASK_HEADERS, "Idempotent-Replayed": "`true` when answered by a key."},
+            ),
             201: Reply("Queued (no `wait`).", "TaskCreated", _TASK_HEADERS),
             202: Reply(
                 "With `wait`: not final yet; the task as it is now.", "TaskCreated", _TASK_HEADERS
             ),
             404: _DEVICE_NOT_FOUND,
+            422: Reply(
+                "`idempotency_conflict`: the idempotency key was used in the last 24 hours "
+                "for another request (device, type, args or expires_in).",
+                "Error",
+            ),
         },
         description=(
             "The arguments are checked before the task is stored: a 400 names the culprit "
             "(`args.parameters[0].value: ...`). With `connection_request=true` the gateway "
             "asks the CPE to connect now and reports how that went in `connection_request`; "
             "a failed connection request does not undo the task. With `wait=SECONDS` the "
-            "answer comes when the task is final or when the time is up."
+            "answer comes when the task is final or when the time is up. An idempotency key "
+            "(the `Idempotency-Key` header or `idempotency_key`) makes a retried request "
+            "safe: for 24 hours the same key and request answer with the same task."
         ),
         query=(
             QueryParam(
@@ -260,6 +281,12 @@ ROUTES: Final[tuple[Route, ...]] = (
                 "wait",
                 {"type": "number", "minimum": 0},
                 "Wait up to this many seconds (at most nbi.max_wait) for the task to end.",
+            ),
+        ),
+        headers=(
+            HeaderParam(
+                "Idempotency-Key",
+                "1 to 128 printable ASCII characters: the same as `idempotency_key`.",
             ),
         ),
         body="TaskRequest",
@@ -418,6 +445,17 @@ SCHEMAS: Final[Mapping[str, Mapping[str, Any]]] = {
                 "type": "object",
                 "description": "The method's arguments: schema element names in snake_case.",
             },
+            "idempotency_key": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 128,
+                "pattern": "^[!-~]+$",
+                "description": (
+                    "Chosen by the caller: a request repeated with the same key within 24 "
+                    "hours (a retry after a lost answer) queues nothing new and answers with "
+                    "the first request's task; used for another request, it is a 422."
+                ),
+            },
             "expires_in": {
                 "type": "number",
                 "exclusiveMinimum": 0,
@@ -515,6 +553,15 @@ def _operation(route: Route, max_wait: float) -> dict[str, Any]:
             schema["maximum"] = max_wait
         parameters.append(
             {"name": q.name, "in": "query", "description": q.description, "schema": schema}
+        )
+    for h in route.headers:
+        parameters.append(
+            {
+                "name": h.name,
+                "in": "header",
+                "description": h.description,
+                "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+            }
         )
     if parameters:
         op["parameters"] = parameters

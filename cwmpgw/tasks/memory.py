@@ -6,9 +6,11 @@ that the Redis provider only adds storage and the two cannot drift apart.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Container, Mapping
 from dataclasses import fields
 from typing import Any
@@ -20,7 +22,14 @@ from zope.interface import implementer
 
 from cwmpgw.bus.events import Event, IEventSink, device_ref
 from cwmpgw.cwmp.rpc import ArgumentError
-from cwmpgw.tasks.model import ITaskService, Task, TaskError, UnknownDevice
+from cwmpgw.tasks.model import (
+    IDEMPOTENCY_TTL,
+    IdempotencyConflict,
+    ITaskService,
+    Task,
+    TaskError,
+    UnknownDevice,
+)
 from cwmpgw.tasks.plans import plan_for
 
 __all__ = [
@@ -29,7 +38,9 @@ __all__ = [
     "PARAMETER_KEY_TYPES",
     "MemoryTaskService",
     "build_task",
+    "idempotency_fingerprint",
     "new_task_id",
+    "replay_of",
     "start_decision",
     "task_event",
     "task_from_dict",
@@ -126,6 +137,33 @@ def build_task(
     )
 
 
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
+
+
+def idempotency_fingerprint(
+    idempotency_key: str,
+    device_id: str,
+    type: str,
+    args: Mapping[str, Any],
+    expires_in: float | None,
+) -> str:
+    """What an idempotency key is remembered with: the request it was first used for.
+
+    Raises TaskError for a key that is not 1 to 128 printable ASCII characters.
+    """
+    if not isinstance(idempotency_key, str) or not _IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+        raise TaskError(
+            "expected 1 to 128 printable ASCII characters, no spaces", path="idempotency_key"
+        )
+    request = json.dumps([device_id, type, args, expires_in], sort_keys=True, default=str)
+    return hashlib.sha256(request.encode("utf-8")).hexdigest()
+
+
+def replay_of(task: Task) -> Task:
+    """``task`` as ``submit`` returns it for a repeated idempotency key."""
+    return task.evolve(extra={**task.extra, "replayed": True})
+
+
 def start_decision(task: Task, now: float, max_attempts: int) -> Task:
     """What a queued (or interrupted running) task becomes when a session reaches it."""
     if now >= task.expires:
@@ -207,6 +245,8 @@ class MemoryTaskService:
         self._gpv_batch = gpv_batch
         self.tasks: dict[str, Task] = {}
         self._queues: dict[str, list[str]] = {}
+        # idempotency key -> (task id, request fingerprint, remembered until)
+        self._idempotency: dict[str, tuple[str, str, float]] = {}
         self._finished: dict[str, list[str]] = {}
         self._transfers: dict[tuple[str, str], str] = {}
         self._waiters: dict[str, list[tuple[Deferred[Task | None], IDelayedCall]]] = {}
@@ -222,22 +262,45 @@ class MemoryTaskService:
     # -- ITaskService ----------------------------------------------------------------
 
     def submit(
-        self, device_id: str, type: str, args: dict[str, Any], *, expires_in: float | None = None
+        self,
+        device_id: str,
+        type: str,
+        args: dict[str, Any],
+        *,
+        expires_in: float | None = None,
+        idempotency_key: str | None = None,
     ) -> Deferred[Task]:
+        now = self._clock.seconds()
         try:
             task = build_task(
                 device_id,
                 type,
                 args,
-                now=self._clock.seconds(),
+                now=now,
                 expires_in=expires_in,
                 default_expiry=self._default_expiry,
                 gpv_batch=self._gpv_batch,
+            )
+            fingerprint = (
+                idempotency_fingerprint(idempotency_key, device_id, type, args, expires_in)
+                if idempotency_key is not None
+                else None
             )
         except TaskError as e:
             return fail(e)
         if not self._exists(device_id):
             return fail(UnknownDevice(device_id))
+        if idempotency_key is not None:
+            prior = self._idempotency.get(idempotency_key)
+            if prior is not None and prior[2] > now:
+                earlier = self.tasks.get(prior[0])
+                if prior[1] != fingerprint:
+                    return fail(IdempotencyConflict("already used for another request"))
+                if earlier is None:
+                    return fail(IdempotencyConflict("its task is no longer kept"))
+                return succeed(replay_of(earlier))
+            assert fingerprint is not None
+            self._idempotency[idempotency_key] = (task.id, fingerprint, now + IDEMPOTENCY_TTL)
         self.tasks[task.id] = task
         self._queues.setdefault(device_id, []).append(task.id)
         return self._published(task)

@@ -14,11 +14,14 @@ from zope.interface import Interface
 
 __all__ = [
     "FINAL_STATUSES",
+    "IDEMPOTENCY_TTL",
     "STATUSES",
     "ITaskService",
+    "IdempotencyConflict",
     "Task",
     "TaskError",
     "UnknownDevice",
+    "replayed",
 ]
 
 STATUSES = ("queued", "running", "done", "failed", "expired", "cancelled")
@@ -67,6 +70,22 @@ class TaskError(ValueError):
         self.path = path
 
 
+class IdempotencyConflict(TaskError):
+    """The idempotency key was used for a different request (422)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, path="idempotency_key")
+
+
+#: How long an idempotency key keeps answering with its task.
+IDEMPOTENCY_TTL = 86400
+
+
+def replayed(task: Task) -> bool:
+    """Whether ``submit`` answered with an earlier task of the same idempotency key."""
+    return bool(task.extra.get("replayed"))
+
+
 class UnknownDevice(LookupError):
     """No such device in the registry (404)."""
 
@@ -75,11 +94,20 @@ class ITaskService(Interface):
     """The task queue as the API, the command stream and the session engine see it."""
 
     def submit(
-        device_id: str, type: str, args: dict[str, Any], *, expires_in: float | None = None
+        device_id: str,
+        type: str,
+        args: dict[str, Any],
+        *,
+        expires_in: float | None = None,
+        idempotency_key: str | None = None,
     ) -> Deferred[Task]:
         """Validate, store and queue a task; fires with it (status ``queued``).
 
-        Raises TaskError for bad input and UnknownDevice for a device never seen.
+        With an ``idempotency_key`` already used for the same request in the last
+        ``IDEMPOTENCY_TTL`` seconds, nothing is queued: it fires with that earlier task as
+        it is now, marked :func:`replayed`. Raises TaskError for bad input (and
+        IdempotencyConflict for a key used for another request) and UnknownDevice for a
+        device never seen.
         """
 
     def get(task_id: str) -> Deferred[Task | None]:

@@ -31,21 +31,38 @@ from cwmpgw.bus.listener import EventListener
 from cwmpgw.store.sessionlock import Superseded, owner_key
 from cwmpgw.tasks.memory import (
     build_task,
+    idempotency_fingerprint,
     ignore_cancel,
     publish_task_event,
+    replay_of,
     start_decision,
     task_from_dict,
     task_from_json,
     task_to_json,
     transfer_outcome,
 )
-from cwmpgw.tasks.model import FINAL_STATUSES, ITaskService, Task, UnknownDevice
+from cwmpgw.tasks.model import (
+    FINAL_STATUSES,
+    IDEMPOTENCY_TTL,
+    IdempotencyConflict,
+    ITaskService,
+    Task,
+    UnknownDevice,
+)
 
 __all__ = ["RedisTaskService"]
 
-# KEYS: device hash, task, queue, expiry zset; ARGV: task JSON, id, expires
+# KEYS: device hash, task, queue, expiry zset[, idempotency key]
+# ARGV: task JSON, id, expires, request fingerprint ('' without a key), key's lifetime (s)
+# Returns 0 for an unknown device, 1 when queued, else "<task id> <fingerprint>" of the
+# request that used the idempotency key first.
 _SUBMIT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[4] ~= '' then
+  local prior = redis.call('GET', KEYS[5])
+  if prior then return prior end
+  redis.call('SET', KEYS[5], ARGV[2] .. ' ' .. ARGV[4], 'EX', ARGV[5])
+end
 redis.call('SET', KEYS[2], ARGV[1])
 redis.call('RPUSH', KEYS[3], ARGV[2])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
@@ -162,7 +179,13 @@ class RedisTaskService:
     # -- ITaskService ----------------------------------------------------------------
 
     def submit(
-        self, device_id: str, type: str, args: dict[str, Any], *, expires_in: float | None = None
+        self,
+        device_id: str,
+        type: str,
+        args: dict[str, Any],
+        *,
+        expires_in: float | None = None,
+        idempotency_key: str | None = None,
     ) -> Deferred[Task]:
         async def run() -> Task:
             task = build_task(
@@ -180,12 +203,34 @@ class RedisTaskService:
                 self._device_key(device_id, ":queue"),
                 self._expiry_key,
             ]
+            fingerprint = ""
+            if idempotency_key is not None:
+                fingerprint = idempotency_fingerprint(
+                    idempotency_key, device_id, type, args, expires_in
+                )
+                keys.append(f"{self._prefix}idempotency:{idempotency_key}")
             stored = await self._redis.eval(
-                _SUBMIT, keys, [task_to_json(task), task.id, repr(task.expires)]
+                _SUBMIT,
+                keys,
+                [
+                    task_to_json(task),
+                    task.id,
+                    repr(task.expires),
+                    fingerprint,
+                    str(IDEMPOTENCY_TTL),
+                ],
             )
-            if not stored:
+            if stored in (0, "0"):
                 raise UnknownDevice(device_id)
-            return await self._publish(task)
+            if stored in (1, "1"):
+                return await self._publish(task)
+            prior_id, _, prior_fingerprint = str(stored).partition(" ")
+            if prior_fingerprint != fingerprint:
+                raise IdempotencyConflict("already used for another request")
+            earlier = await self._get(prior_id)
+            if earlier is None:
+                raise IdempotencyConflict("its task is no longer kept")
+            return replay_of(earlier)
 
         return Deferred.fromCoroutine(run())
 
