@@ -397,12 +397,14 @@ class RedisConfig:
     url: str = _setting("", _redis_url, show=False)
     prefix: str = _setting("cwmpgw:", _word)
     connections: int = _setting(1, _int(1, 64))
+    call_timeout: float = _setting(5.0, _number(0.5, 120))
     target: RedisTarget | None = None  # parsed from url; None = the embedded Redis
 
 
 @dataclass(frozen=True, slots=True)
 class EventsConfig:
     stream_maxlen: int = _setting(100000, _int(100, 100000000))
+    spool_max_mb: int = _setting(256, _int(1, 1048576))
 
 
 @dataclass(frozen=True, slots=True)

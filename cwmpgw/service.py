@@ -43,8 +43,6 @@ _REDIS_SAMPLE_INTERVAL = 5.0
 _PING_TIMEOUT = 2.0
 # How often queued tasks past their expiry are marked expired (and say so in an event).
 _EXPIRY_INTERVAL = 10.0
-# The event spool (<data_dir>/spool/events.jsonl) refuses events past this size.
-_SPOOL_MAX_BYTES = 256 * 1024 * 1024
 
 
 def make_service(config: Config, reactor: Any = None) -> IService:
@@ -169,7 +167,9 @@ class GatewayService(Service):
         pool = await self._connect_redis()
         # Every Redis call goes through the availability guard: while Redis is down it
         # fails at once instead of queueing in txredisapi (docs/reliability.md).
-        self.availability = RedisAvailability.for_txredisapi(pool, clock=self._reactor)
+        self.availability = RedisAvailability.for_txredisapi(
+            pool, clock=self._reactor, call_timeout=self.config.redis.call_timeout
+        )
         self.availability.start()
         self.redis = GuardedRedis(pool, self.availability)
         await self._start_listener()
@@ -190,7 +190,7 @@ class GatewayService(Service):
             self._spool_path(),
             availability=self.availability,
             clock=self._reactor,
-            max_bytes=_SPOOL_MAX_BYTES,
+            max_bytes=self.config.events.spool_max_mb * 1024 * 1024,
         )
         self.spool.start()
         spool = self.spool

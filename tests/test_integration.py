@@ -80,7 +80,12 @@ class GatewayOverTlsTests(TestCase):
             gateway={"node": "it-node"},
             connreq={"stun": True},
             provision={"credentials": True, "periodic_inform": True},
+            redis={"call_timeout": 7},
+            events={"spool_max_mb": 3},
         )
+        # The configured bounds reach the parts that apply them.
+        self.assertEqual(self.service.availability.call_timeout, 7.0)
+        self.assertEqual(self.service.spool.max_bytes, 3 * 1024 * 1024)
         self.url = acs_url(self.service)
         self.cafile = cafile(self.dir)
         self.redis = redis.Redis(
