@@ -574,8 +574,10 @@ class NbiResource(Resource):
             raise _no_device(device_id) from None
         again = replayed(task)
         self._log.info(
-            "{principal} queued task {task_id} ({task_type}) for {device_id}"
-            + (" (again: same idempotency key)" if again else ""),
+            "{principal} repeated the request of task {task_id} ({task_type}) for {device_id}: "
+            "same idempotency key, nothing queued"
+            if again
+            else "{principal} queued task {task_id} ({task_type}) for {device_id}",
             principal=call.principal,
             task_id=task.id,
             task_type=task.type,

@@ -375,8 +375,10 @@ class CommandConsumer(Service):
             await self._reject(entry_id, "internal error while queueing the task", device_id)
         else:
             self._log.info(
-                "command {entry_id} queued task {task_id} ({task_type}) for {device_id}"
-                + (" earlier (same idempotency key): nothing new queued" if replayed(task) else ""),
+                "command {entry_id} repeats task {task_id} ({task_type}) for {device_id}: "
+                "same idempotency key, nothing queued"
+                if replayed(task)
+                else "command {entry_id} queued task {task_id} ({task_type}) for {device_id}",
                 entry_id=entry_id,
                 task_id=task.id,
                 task_type=task.type,
