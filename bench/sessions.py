@@ -256,6 +256,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                 "redis_round_trips_per_session": round_trips,
                 "gateway_cpu_s": round(cpu, 3),
                 "gateway_sessions_per_core_s": round(per_core, 1),
+                "gateway_wall_rate": round(stats.completed / wall, 1),
                 "baseline_cpu_s": round(bcpu, 3),
                 "baseline_sessions_per_core_s": round(base_per_core, 1),
                 "ratio": round(ratio, 3),
