@@ -20,10 +20,11 @@ import subprocess
 import tempfile
 import threading
 import uuid
+from typing import Any
 
 from cwmpgw.store.embedded import redis_server_binary
 
-__all__ = ["RedisServer", "unique_prefix"]
+__all__ = ["RedisServer", "connect", "unique_prefix"]
 
 READY_MARKER = b"ready to accept connections"
 
@@ -149,3 +150,12 @@ class RedisServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+async def connect(testcase: Any, server: RedisServer) -> Any:
+    """A txredisapi connection to ``server`` (replies as text), closed at the test's cleanup."""
+    import txredisapi
+
+    conn = await txredisapi.Connection(server.host, server.port, convertNumbers=False)
+    testcase.addCleanup(conn.disconnect)
+    return conn

@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from cwmpgw.bus.events import Event
 from cwmpgw.bus.listener import EventListener
-from tests.redis_server import unique_prefix
+from tests.redis_server import connect, unique_prefix
 
 
 def _not_connected(factory: Any) -> Deferred[Any]:
@@ -135,14 +135,9 @@ class RedisListenerTests(TestCase):
     redis_server: Any
 
     async def setUp(self) -> None:  # type: ignore[override]
-        import txredisapi
-
         from cwmpgw.bus.redis import RedisEventBus
 
-        self.redis = await txredisapi.Connection(
-            self.redis_server.host, self.redis_server.port, convertNumbers=False
-        )
-        self.addCleanup(self.redis.disconnect)
+        self.redis = await connect(self, self.redis_server)
         self.prefix = unique_prefix()
         self.bus = RedisEventBus(self.redis, self.prefix, stream_maxlen=100)
         self.subscriptions: list[LogEvent] = []

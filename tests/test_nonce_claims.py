@@ -28,7 +28,7 @@ from tests import cpe_envelopes as cpe
 from tests import digest_client
 from tests.gateway import cafile, start_gateway
 from tests.memhttp import MemoryAcs, Response
-from tests.redis_server import unique_prefix
+from tests.redis_server import connect, unique_prefix
 from tests.test_acs_http import DEVICE_ID, PASSWORD, USER
 from tests.test_attacks import GatewayBase, RawCpe
 
@@ -128,12 +128,7 @@ class RedisNonceClaimsTests(TestCase):
     redis_server: Any
 
     async def setUp(self) -> None:  # type: ignore[override]
-        import txredisapi
-
-        self.redis = await txredisapi.Connection(
-            self.redis_server.host, self.redis_server.port, convertNumbers=False
-        )
-        self.addCleanup(self.redis.disconnect)
+        self.redis = await connect(self, self.redis_server)
         self.prefix = unique_prefix()
         self.claims = RedisNonceClaims(self.redis, self.prefix)
 

@@ -36,7 +36,7 @@ from cwmpgw.store.availability import (
     RedisTimeout,
     Unavailable,
 )
-from tests.redis_server import unique_prefix
+from tests.redis_server import connect, unique_prefix
 
 
 def event(n: int, type_: str = "inform") -> Event:
@@ -496,14 +496,10 @@ class RedisSpoolWriterTests(TestCase):
     redis_server: Any
 
     async def setUp(self) -> None:  # type: ignore[override]
-        import txredisapi
         from twisted.internet import reactor
 
         self.prefix = unique_prefix()
-        self.redis = await txredisapi.Connection(
-            self.redis_server.host, self.redis_server.port, convertNumbers=False
-        )
-        self.addCleanup(self.redis.disconnect)
+        self.redis = await connect(self, self.redis_server)
         self.clock = reactor
         self.writer = RedisSpoolWriter(self.redis, self.prefix, clock=reactor, stream_maxlen=1000)
 

@@ -22,7 +22,7 @@ from cwmpgw.store.memory import (
     MemoryDeviceStore,
 )
 from cwmpgw.store.secretbox import SecretBox
-from tests.redis_server import unique_prefix
+from tests.redis_server import connect, unique_prefix
 
 DEVICE = DeviceId("TP-Link", "9CA2F4", "EC220_G5_V3", "22275K2000315")
 DEVICE_ID = "9CA2F4-EC220_G5_V3-22275K2000315"
@@ -239,18 +239,13 @@ class RedisStoreTests(StoreContract, TestCase):
     redis_server: Any
 
     async def setUp(self) -> None:  # type: ignore[override]
-        import txredisapi
-
         from cwmpgw.store.redis import (
             RedisConnReqCredentialStore,
             RedisCredentialStore,
             RedisDeviceStore,
         )
 
-        self.redis = await txredisapi.Connection(
-            self.redis_server.host, self.redis_server.port, convertNumbers=False
-        )
-        self.addCleanup(self.redis.disconnect)
+        self.redis = await connect(self, self.redis_server)
         prefix = unique_prefix()
         self.devices = RedisDeviceStore(self.redis, prefix)
         self.credentials = RedisCredentialStore(self.redis, prefix)

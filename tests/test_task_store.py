@@ -28,7 +28,7 @@ from cwmpgw.tasks.model import (
     UnknownDevice,
     replayed,
 )
-from tests.redis_server import unique_prefix
+from tests.redis_server import connect, unique_prefix
 
 DEV = "9CA2F4-EC220_G5_V3-22275K2000315"
 OTHER = "9CA2F4-EC220_G5_V3-OTHER"
@@ -466,12 +466,7 @@ class RedisTaskTests(TaskContract, TestCase):
     redis_server: Any
 
     async def setUp(self) -> None:  # type: ignore[override]
-        import txredisapi
-
-        self.redis = await txredisapi.Connection(
-            self.redis_server.host, self.redis_server.port, convertNumbers=False
-        )
-        self.addCleanup(self.redis.disconnect)
+        self.redis = await connect(self, self.redis_server)
         self.prefix = unique_prefix()
         for device_id in (DEV, OTHER):
             await self.redis.execute_command(
@@ -563,16 +558,11 @@ class TwoNodeTests(TestCase):
     redis_server: Any
 
     async def setUp(self) -> None:  # type: ignore[override]
-        import txredisapi
-
         from cwmpgw.bus.listener import EventListener
         from cwmpgw.bus.redis import RedisEventBus
         from cwmpgw.tasks.store import RedisTaskService
 
-        self.redis = await txredisapi.Connection(
-            self.redis_server.host, self.redis_server.port, convertNumbers=False
-        )
-        self.addCleanup(self.redis.disconnect)
+        self.redis = await connect(self, self.redis_server)
         prefix = unique_prefix()
         await self.redis.execute_command("HSET", f"{prefix}device:{DEV}", "id", DEV)
         # Node B's timers run on a clock nobody advances: only the event can end its wait.

@@ -10,7 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from cwmpgw.acs.throttle import AuthThrottle, Block, IAuthThrottle, MemoryAuthThrottle
-from tests.redis_server import unique_prefix
+from tests.redis_server import connect, unique_prefix
 
 T0 = 1_700_000_000.0
 DEV = "9CA2F4-EC220_G5_V3-22275K2000315"
@@ -144,12 +144,7 @@ class RedisThrottleTests(ThrottleContract, TestCase):
     redis_server: Any
 
     async def setUp(self) -> None:  # type: ignore[override]
-        import txredisapi
-
-        self.redis = await txredisapi.Connection(
-            self.redis_server.host, self.redis_server.port, convertNumbers=False
-        )
-        self.addCleanup(self.redis.disconnect)
+        self.redis = await connect(self, self.redis_server)
         self.prefix = unique_prefix()
         self.clock = Clock()
         self.clock.advance(T0)
