@@ -301,7 +301,7 @@ class EmbeddedRedisService(Service):
 
     def _spawn(self) -> None:
         args = self._arguments()
-        if self._die_with_parent:
+        if self._die_with_parent and sys.executable:  # no interpreter path: run it bare
             launcher = [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid())]
             args = launcher + args
         stdin_config = b""
