@@ -94,6 +94,26 @@ class ConfirmationTests(SynchronousTestCase):
         self.assertIn(b"<cwmp:Reboot>", self.sent(conn))
         self.assertEqual((self.task(task.id).status, self.task(task.id).attempts), ("running", 1))
 
+    def test_factory_reset_reported_by_bootstrap_is_not_sent_again(self) -> None:
+        task = self.submit("FactoryReset", {})
+        conn = self.session()
+        body = self.sent(conn)
+        self.assertIn(b"<cwmp:FactoryReset", body)
+        conn.close()  # the CPE resets; its answer never arrives
+        self.acs.clock.advance(self.acs.session_timeout + 1)
+        self.assertEqual(self.task(task.id).status, "queued")
+        # Not back from the reset yet (an ordinary periodic session): sent again.
+        conn = self.session(events=(("2 PERIODIC", ""),))
+        self.assertIn(b"<cwmp:FactoryReset", self.sent(conn))
+        conn.close()
+        self.acs.clock.advance(self.acs.session_timeout + 1)
+        # Back from the reset: BOOTSTRAP reports it; nothing is sent.
+        conn = self.session(events=(("0 BOOTSTRAP", ""), ("1 BOOT", "")))
+        self.assertEqual(self.sent(conn), b"")
+        done = self.task(task.id)
+        self.assertEqual((done.status, done.attempts), ("done", 3))
+        self.assertEqual(done.result, {"confirmed_by": "0 BOOTSTRAP"})
+
     def download_answer_lost(self, command_key: str) -> Task:
         """A Download the CPE accepted, the connection lost before its answer arrived."""
         task = self.submit(

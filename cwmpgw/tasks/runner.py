@@ -17,6 +17,7 @@ Redis could not record it), the CPE still reports the command it carried out in 
 session: "M Reboot" or "M ScheduleInform" with the CommandKey in the Inform, a
 TransferComplete with the CommandKey for a transfer. A task already started in an earlier
 session whose CommandKey is reported so is ended by that report instead of being sent again.
+A FactoryReset has no CommandKey: the "0 BOOTSTRAP" a reset CPE informs with reports it.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ __all__ = ["TaskRunner"]
 
 # The Inform event by which a CPE reports having carried out a command with a CommandKey.
 _DONE_EVENTS = {"Reboot": "M Reboot", "ScheduleInform": "M ScheduleInform"}
+# ... and without one: a CPE back from a factory reset informs with BOOTSTRAP.
+_DONE_WITHOUT_KEY = {"FactoryReset": "0 BOOTSTRAP"}
 # Transfers report their end with a TransferComplete carrying the CommandKey.
 _TRANSFERS = frozenset({"Download", "ScheduleDownload", "Upload"})
 
@@ -86,7 +89,7 @@ class TaskRunner:
                 owner_checked = session.owner is not None and self._tasks.checks_owner
                 if task is None:
                     return None
-                if task.attempts > 1 and task.command_key and await self._reported(session, task):
+                if task.attempts > 1 and await self._reported(session, task):
                     continue
                 try:
                     plan = plan_for(task.type, task.args, gpv_batch=self._gpv_batch)
@@ -162,6 +165,8 @@ class TaskRunner:
     async def _reported(self, session: LiveSession, task: Task) -> bool:
         """End ``task`` (started before, now again) if the CPE reported it carried it out."""
         if task.type in _TRANSFERS:
+            if not task.command_key:
+                return False
             message = self._unclaimed.get(session.session_id, {}).pop(task.command_key, None)
             if message is None:
                 return False
@@ -178,12 +183,17 @@ class TaskRunner:
             else:
                 await self._tasks.fail(task, outcome.fault or {})
         else:
-            code = _DONE_EVENTS.get(task.type)
             events = session.machine.inform.events
-            if code is None or not any(
-                e.code == code and e.command_key == task.command_key for e in events
-            ):
-                return False
+            code = _DONE_WITHOUT_KEY.get(task.type)
+            if code is not None:
+                if not any(e.code == code for e in events):
+                    return False
+            else:
+                code = _DONE_EVENTS.get(task.type)
+                if code is None or not task.command_key or not any(
+                    e.code == code and e.command_key == task.command_key for e in events
+                ):
+                    return False
             await self._tasks.complete(task, {"confirmed_by": code})
         self._log.info(
             "task {task_id} ({task_type}) of {device_id}: its answer was lost, but the CPE "
