@@ -101,6 +101,7 @@ class Event:
     data: dict[str, Any]
     device: dict[str, str] | None = None
     id: str = field(default="")
+    _json: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.type not in EVENT_TYPES:
@@ -120,7 +121,13 @@ class Event:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+        """Encoded once: the spool and the Redis bus both need it (an event is not changed
+        after it is published)."""
+        if self._json is None:
+            text = json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+            object.__setattr__(self, "_json", text)
+            return text
+        return self._json
 
 
 class IEventSink(Interface):
