@@ -190,8 +190,10 @@ class TaskRunner:
                     return False
             else:
                 code = _DONE_EVENTS.get(task.type)
-                if code is None or not task.command_key or not any(
-                    e.code == code and e.command_key == task.command_key for e in events
+                if (
+                    code is None
+                    or not task.command_key
+                    or not any(e.code == code and e.command_key == task.command_key for e in events)
                 ):
                     return False
             await self._tasks.complete(task, {"confirmed_by": code})
