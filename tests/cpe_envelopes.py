@@ -204,6 +204,49 @@ def get_rpc_methods(*, namespace: str = CWMP_1_2, request_id: str | None = "1") 
     return _envelope(namespace, request_id, _rpc(namespace, "GetRPCMethods"))
 
 
+def du_state_change_complete(
+    results: Sequence[Mapping[str, Any]] = ({},),
+    *,
+    command_key: str = "du-7",
+    autonomous: bool = False,
+    namespace: str = CWMP_1_2,
+    request_id: str | None = "1",
+) -> bytes:
+    """(Autonomous)DUStateChangeComplete: one ``Results`` element per operation (schema
+    order); each result's fields default to a successful install."""
+    rpc = _rpc(namespace, ("Autonomous" if autonomous else "") + "DUStateChangeComplete")
+    for n, given in enumerate(results):
+        r = {
+            "uuid": f"6f0c1f1a-0000-4000-8000-00000000000{n}",
+            "ref": f"Device.SoftwareModules.DeploymentUnit.{n + 1}",
+            "version": "1.0",
+            "state": "Installed",
+            "resolved": "1",
+            "units": f"Device.SoftwareModules.ExecutionUnit.{n + 1}",
+            "fault_code": 0,
+            "fault_string": "",
+            "operation": "Install",
+            **given,
+        }
+        el = etree.SubElement(rpc, "Results")
+        _leaf(el, "UUID", str(r["uuid"]))
+        _leaf(el, "DeploymentUnitRef", str(r["ref"]))
+        _leaf(el, "Version", str(r["version"]))
+        _leaf(el, "CurrentState", str(r["state"]))
+        _leaf(el, "Resolved", str(r["resolved"]))
+        _leaf(el, "ExecutionUnitRefList", str(r["units"]))
+        _leaf(el, "StartTime", "2025-05-25T22:30:01Z")
+        _leaf(el, "CompleteTime", "2025-05-25T22:31:47Z")
+        fault = etree.SubElement(el, "Fault")
+        _leaf(fault, "FaultCode", str(r["fault_code"]))
+        _leaf(fault, "FaultString", str(r["fault_string"]))
+        if autonomous:
+            _leaf(el, "OperationPerformed", str(r["operation"]))
+    if not autonomous:
+        _leaf(rpc, "CommandKey", command_key)
+    return _envelope(namespace, request_id, rpc)
+
+
 def unknown_request(
     method: str = "Kicked",
     *,

@@ -343,6 +343,38 @@ class TransferTests(Base):
             (True, False, 9010),
         )
 
+    def test_du_state_change_complete_recorded_once(self) -> None:
+        events = (("11 DU STATE CHANGE COMPLETE", ""), ("M ChangeDUState", "du-7"))
+        conn, _ = self.open_session(events=events)
+        report = cpe.du_state_change_complete([{}, {"state": "Failed", "fault_code": 9018}])
+        ack = conn.post(report)
+        self.assertEqual(ack.status, 200)
+        self.assertIn(b"<cwmp:DUStateChangeCompleteResponse", ack.body)
+        assert_valid(ack.body)
+        self.assertEqual(conn.post(b"").status, 204)
+        # The acknowledgement was lost: the CPE reports it again in its next session.
+        conn2, _ = self.open_session(events=events)
+        self.assertEqual(conn2.post(report).status, 200)
+        (event,) = [e for e in self.acs.bus.events if e.type == "du.complete"]
+        self.assertEqual(
+            (event.data["command_key"], event.data["autonomous"], event.data["success"]),
+            ("du-7", False, False),
+        )
+        self.assertEqual(
+            [(r["current_state"], r["fault_code"]) for r in event.data["results"]],
+            [("Installed", 0), ("Failed", 9018)],
+        )
+        self.assertEqual(event.data["results"][0]["uuid"], "6f0c1f1a-0000-4000-8000-000000000000")
+
+    def test_autonomous_du_state_change_complete(self) -> None:
+        conn, _ = self.open_session()
+        ack = conn.post(cpe.du_state_change_complete(autonomous=True))
+        self.assertIn(b"<cwmp:AutonomousDUStateChangeCompleteResponse", ack.body)
+        assert_valid(ack.body)
+        (event,) = [e for e in self.acs.bus.events if e.type == "du.complete"]
+        self.assertEqual((event.data["autonomous"], event.data["success"]), (True, True))
+        self.assertEqual(event.data["results"][0]["operation_performed"], "Install")
+
     def test_store_failure_is_not_acknowledged(self) -> None:
         conn, _ = self.open_session()
         self.acs.devices.record_transfer = lambda *a: fail(ConnectionError("redis down"))  # type: ignore[method-assign]

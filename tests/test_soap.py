@@ -18,7 +18,9 @@ from cwmpgw.cwmp.faults import ACS_FAULTS, CPE_FAULTS, acs_fault_string, cpe_fau
 from cwmpgw.cwmp.messages import (
     AutonomousTransferComplete,
     CpeFault,
+    DeploymentUnitResult,
     DeviceId,
+    DUStateChangeComplete,
     Envelope,
     EventStruct,
     GetRPCMethods,
@@ -222,6 +224,19 @@ class SerializerTests(SynchronousTestCase):
                 "AutonomousTransferCompleteResponse",
             )
 
+    def test_du_state_change_complete_responses(self) -> None:
+        for ns in (NS_1_2, NS_1_3):  # the RPCs exist from CWMP 1.2
+            for autonomous in (False, True):
+                name = ("Autonomous" if autonomous else "") + "DUStateChangeCompleteResponse"
+                data = soap.du_state_change_complete_response(ns, "d1", autonomous=autonomous)
+                root = self.check(data, ns, "d1", name)
+                self.assertEqual(len(root.find(f".//{{{ns}}}{name}")), 0)
+
+    def test_du_state_change_complete_without_results_is_invalid(self) -> None:
+        data = cpe_envelopes.du_state_change_complete([])
+        with self.assertRaisesRegex(InvalidMessage, "missing Results"):
+            parse_envelope(data)
+
     def test_acs_faults(self) -> None:
         for ns in ALL_NS:
             codes = range(8000, 8007) if ns in (NS_1_2, NS_1_3) else range(8000, 8006)
@@ -327,6 +342,8 @@ class CpeBuilderTests(SynchronousTestCase):
             if ns != NS_1_0:
                 cases.append(cpe_envelopes.autonomous_transfer_complete(namespace=ns))
             if ns in (NS_1_2, NS_1_3):
+                cases.append(cpe_envelopes.du_state_change_complete([{}, {}], namespace=ns))
+                cases.append(cpe_envelopes.du_state_change_complete(autonomous=True, namespace=ns))
                 cases.append(
                     cpe_envelopes.inform(
                         namespace=ns,
@@ -389,8 +406,62 @@ class CpeBuilderTests(SynchronousTestCase):
             (cpe_envelopes.unknown_request(), UnknownRequest("Kicked")),
             (cpe_envelopes.unknown_request("RequestDownload"), UnknownRequest("RequestDownload")),
             (
-                cpe_envelopes.unknown_request("DUStateChangeComplete"),
-                UnknownRequest("DUStateChangeComplete"),
+                cpe_envelopes.du_state_change_complete(
+                    [{}, {"state": "Failed", "resolved": "0", "fault_code": 9018}]
+                ),
+                DUStateChangeComplete(
+                    "du-7",
+                    (
+                        DeploymentUnitResult(
+                            "6f0c1f1a-0000-4000-8000-000000000000",
+                            "Device.SoftwareModules.DeploymentUnit.1",
+                            "1.0",
+                            "Installed",
+                            True,
+                            "Device.SoftwareModules.ExecutionUnit.1",
+                            "2025-05-25T22:30:01Z",
+                            "2025-05-25T22:31:47Z",
+                            0,
+                            "",
+                        ),
+                        DeploymentUnitResult(
+                            "6f0c1f1a-0000-4000-8000-000000000001",
+                            "Device.SoftwareModules.DeploymentUnit.2",
+                            "1.0",
+                            "Failed",
+                            False,
+                            "Device.SoftwareModules.ExecutionUnit.2",
+                            "2025-05-25T22:30:01Z",
+                            "2025-05-25T22:31:47Z",
+                            9018,
+                            "",
+                        ),
+                    ),
+                ),
+            ),
+            (
+                cpe_envelopes.du_state_change_complete(
+                    [{"operation": "Uninstall", "state": "Uninstalled"}], autonomous=True
+                ),
+                DUStateChangeComplete(
+                    "",
+                    (
+                        DeploymentUnitResult(
+                            "6f0c1f1a-0000-4000-8000-000000000000",
+                            "Device.SoftwareModules.DeploymentUnit.1",
+                            "1.0",
+                            "Uninstalled",
+                            True,
+                            "Device.SoftwareModules.ExecutionUnit.1",
+                            "2025-05-25T22:30:01Z",
+                            "2025-05-25T22:31:47Z",
+                            0,
+                            "",
+                            "Uninstall",
+                        ),
+                    ),
+                    autonomous=True,
+                ),
             ),
             (
                 cpe_envelopes.cpe_fault(

@@ -25,12 +25,13 @@ from cwmpgw.cwmp import soap
 from cwmpgw.cwmp.deviceid import device_id as make_device_id
 from cwmpgw.cwmp.messages import (
     AutonomousTransferComplete,
+    CompletionReport,
     CpeFault,
     DeviceId,
+    DUStateChangeComplete,
     Envelope,
     Inform,
     RpcResponse,
-    TransferComplete,
 )
 from cwmpgw.cwmp.session import (
     AcsRequest,
@@ -72,9 +73,11 @@ class IRequestSource(Interface):
         """The CPE answered ``request``; fires once the answer is recorded."""
 
     def transfer_completed(
-        session: LiveSession, message: TransferComplete | AutonomousTransferComplete
+        session: LiveSession,
+        message: CompletionReport,
     ) -> Deferred[None]:
-        """The CPE reported a transfer (a Download of an earlier task may be finished)."""
+        """The CPE reported a finished transfer or deployment-unit change (a Download or a
+        ChangeDUState of an earlier task may be finished)."""
 
     def session_ended(session: LiveSession) -> Deferred[None] | None:
         """The session is over: a request sent but not answered must run again later.
@@ -96,7 +99,9 @@ class NoRequests:
         return succeed(None)
 
     def transfer_completed(
-        self, session: LiveSession, message: TransferComplete | AutonomousTransferComplete
+        self,
+        session: LiveSession,
+        message: CompletionReport,
     ) -> Deferred[None]:
         return succeed(None)
 
@@ -340,35 +345,44 @@ class AcsEngine:
         return None
 
     async def _record_transfer(
-        self, live: LiveSession, message: TransferComplete | AutonomousTransferComplete
+        self,
+        live: LiveSession,
+        message: CompletionReport,
     ) -> None:
-        autonomous = isinstance(message, AutonomousTransferComplete)
+        """Store a completion report once (a CPE sends it again until acknowledged), tell
+        the request source (a task may be waiting for it), publish it the first time."""
         data: dict[str, Any] = asdict(message)
-        key = ":".join(
-            [
+        if isinstance(message, DUStateChangeComplete):
+            autonomous, event_type = message.autonomous, "du.complete"
+            success = all(not r.fault_code for r in message.results)
+            first_result = message.results[0]
+            parts = [
+                "adu" if autonomous else "du",
+                first_result.start_time,
+                first_result.complete_time,
+                first_result.uuid,
+                message.command_key,
+            ]
+        else:
+            autonomous = isinstance(message, AutonomousTransferComplete)
+            event_type, success = "transfer.complete", not message.fault_code
+            parts = [
                 "atc" if autonomous else "tc",
                 message.start_time,
                 message.complete_time,
                 str(message.fault_code),
                 getattr(message, "command_key", "") or getattr(message, "transfer_url", ""),
             ]
-        )
-        first = await self._devices.record_transfer(live.device_id, key, data)
+        first = await self._devices.record_transfer(live.device_id, ":".join(parts), data)
         await self._requests.transfer_completed(live, message)
         if not first:
             self._log.info(
-                "transfer report of {device_id} re-delivered; acknowledged again",
+                "completion report of {device_id} re-delivered; acknowledged again",
                 device_id=live.device_id,
             )
             return
-        data.update(
-            {
-                "session_id": live.session_id,
-                "autonomous": autonomous,
-                "success": not message.fault_code,
-            }
-        )
-        await self.publish("transfer.complete", data, _device_ref(live.device_id, live.device))
+        data.update({"session_id": live.session_id, "autonomous": autonomous, "success": success})
+        await self.publish(event_type, data, _device_ref(live.device_id, live.device))
 
     def _session_ended(self, live: LiveSession, ended: SessionEnded) -> None:
         """Report a session's end once, whatever ended it."""

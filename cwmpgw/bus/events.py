@@ -33,6 +33,7 @@ EVENT_TYPES = frozenset(
         "device.registered",
         "inform",
         "transfer.complete",
+        "du.complete",
         "session.closed",
         "auth.failed",
         "auth.blocked",

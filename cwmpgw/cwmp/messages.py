@@ -11,8 +11,11 @@ from typing import Any
 
 __all__ = [
     "AutonomousTransferComplete",
+    "CompletionReport",
     "CpeFault",
     "CpeMessage",
+    "DUStateChangeComplete",
+    "DeploymentUnitResult",
     "DeviceId",
     "Envelope",
     "EventStruct",
@@ -81,6 +84,34 @@ class AutonomousTransferComplete:
 
 
 @dataclass(frozen=True, slots=True)
+class DeploymentUnitResult:
+    """One operation's outcome in a DUStateChangeComplete (OpResultStruct)."""
+
+    uuid: str
+    deployment_unit_ref: str
+    version: str
+    current_state: str  # Installed | Uninstalled | Failed
+    resolved: bool
+    execution_unit_ref_list: str
+    start_time: str
+    complete_time: str
+    fault_code: int  # 0: success
+    fault_string: str
+    operation_performed: str = ""  # autonomous only: Install | Update | Uninstall
+
+
+@dataclass(frozen=True, slots=True)
+class DUStateChangeComplete:
+    """The CPE finished a ChangeDUState (CWMP 1.2), or changed deployment units on its own
+    (``autonomous``: AutonomousDUStateChangeComplete, no CommandKey). One result per
+    operation, in the order of the request's operations."""
+
+    command_key: str
+    results: tuple[DeploymentUnitResult, ...]
+    autonomous: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class GetRPCMethods:
     """The CPE asks which methods the ACS supports."""
 
@@ -134,6 +165,7 @@ CpeMessage = (
     Inform
     | TransferComplete
     | AutonomousTransferComplete
+    | DUStateChangeComplete
     | GetRPCMethods
     | UnknownRequest
     | RpcResponse
@@ -153,3 +185,7 @@ class Envelope:
     message: CpeMessage
     session_timeout: int | None = None  # cwmp:SessionTimeout (CWMP 1.3+), Inform only
     supported_versions: tuple[str, ...] | None = None  # cwmp:SupportedCWMPVersions (1.4)
+
+
+#: What a CPE sends to report the end of work an ACS (or the CPE itself) started earlier.
+CompletionReport = TransferComplete | AutonomousTransferComplete | DUStateChangeComplete

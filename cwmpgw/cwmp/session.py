@@ -19,7 +19,9 @@ from typing import Final
 from cwmpgw.cwmp import soap
 from cwmpgw.cwmp.messages import (
     AutonomousTransferComplete,
+    CompletionReport,
     CpeFault,
+    DUStateChangeComplete,
     Envelope,
     GetRPCMethods,
     Inform,
@@ -48,6 +50,8 @@ ACS_METHODS: Final = (
     "GetRPCMethods",
     "TransferComplete",
     "AutonomousTransferComplete",
+    "DUStateChangeComplete",
+    "AutonomousDUStateChangeComplete",
 )
 
 
@@ -89,9 +93,10 @@ class AcsRequest:
 
 @dataclass(frozen=True, slots=True)
 class TransferReceived:
-    """The CPE reported a transfer (TransferComplete or AutonomousTransferComplete)."""
+    """The CPE reported a finished transfer (TransferComplete or AutonomousTransferComplete)
+    or deployment-unit change ((Autonomous)DUStateChangeComplete)."""
 
-    message: TransferComplete | AutonomousTransferComplete
+    message: CompletionReport
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +208,14 @@ class CwmpSession:
         if isinstance(message, AutonomousTransferComplete):
             return Step(
                 Reply(200, soap.autonomous_transfer_complete_response(ns, rid)),
+                (TransferReceived(message),),
+            )
+        if isinstance(message, DUStateChangeComplete):
+            return Step(
+                Reply(
+                    200,
+                    soap.du_state_change_complete_response(ns, rid, autonomous=message.autonomous),
+                ),
                 (TransferReceived(message),),
             )
         assert isinstance(message, UnknownRequest)

@@ -29,7 +29,9 @@ from cwmpgw.cwmp.messages import (
     AutonomousTransferComplete,
     CpeFault,
     CpeMessage,
+    DeploymentUnitResult,
     DeviceId,
+    DUStateChangeComplete,
     Envelope,
     EventStruct,
     GetRPCMethods,
@@ -509,6 +511,51 @@ def _autonomous_transfer_complete(el: etree._Element) -> AutonomousTransferCompl
     )
 
 
+# A DUStateChangeComplete reports one result per operation of its ChangeDUState.
+_MAX_DU_RESULTS = 256
+
+
+def _du_result(el: etree._Element, autonomous: bool) -> DeploymentUnitResult:
+    fields = _child_map(el)
+    fault = fields.get("Fault")
+    parts = _child_map(fault) if fault is not None else {}
+    return DeploymentUnitResult(
+        uuid=_text(fields.get("UUID")),
+        deployment_unit_ref=_text(fields.get("DeploymentUnitRef")),
+        version=_text(fields.get("Version")),
+        current_state=_text(fields.get("CurrentState")),
+        resolved=_boolean(fields.get("Resolved"), "Resolved")
+        if fields.get("Resolved") is not None
+        else False,
+        execution_unit_ref_list=_text(fields.get("ExecutionUnitRefList")),
+        start_time=_text(fields.get("StartTime")),
+        complete_time=_text(fields.get("CompleteTime")),
+        fault_code=_uint(parts.get("FaultCode"), "FaultCode", 0),
+        fault_string=_text(parts.get("FaultString")),
+        operation_performed=_text(fields.get("OperationPerformed")) if autonomous else "",
+    )
+
+
+def _du_state_change_complete(el: etree._Element, autonomous: bool) -> DUStateChangeComplete:
+    """``Results`` is repeated, one OpResultStruct each (the schema); a SOAP-encoded array
+    of them inside one ``Results`` is read too."""
+    results: list[DeploymentUnitResult] = []
+    for child in el.iterchildren(etree.Element):
+        if _local(child.tag) != "Results":
+            continue
+        structs = (
+            [child] if "UUID" in _child_map(child) else list(child.iterchildren(etree.Element))
+        )
+        for struct in structs:
+            if len(results) >= _MAX_DU_RESULTS:
+                raise _Invalid(f"more than {_MAX_DU_RESULTS} Results")
+            results.append(_du_result(struct, autonomous))
+    if not results:
+        raise _Invalid("missing Results")
+    command_key = "" if autonomous else _text(_child_map(el).get("CommandKey"))
+    return DUStateChangeComplete(command_key, tuple(results), autonomous)
+
+
 def _detail_fault(fault: etree._Element) -> etree._Element | None:
     for part in fault.iterchildren(etree.Element):
         if _local(part.tag) == "detail":
@@ -668,6 +715,8 @@ def _map_body(element: etree._Element, namespace: str, request_id: str | None) -
             return _transfer_complete(element)
         if name == "AutonomousTransferComplete":
             return _autonomous_transfer_complete(element)
+        if name in ("DUStateChangeComplete", "AutonomousDUStateChangeComplete"):
+            return _du_state_change_complete(element, name.startswith("Autonomous"))
         if name == "GetRPCMethods":
             return GetRPCMethods()
         if name.endswith("Response") and len(name) > len("Response"):
@@ -799,6 +848,14 @@ def autonomous_transfer_complete_response(namespace: str, request_id: str | None
     return envelope(
         namespace, request_id, rpc_element(namespace, "AutonomousTransferCompleteResponse")
     )
+
+
+def du_state_change_complete_response(
+    namespace: str, request_id: str | None, *, autonomous: bool
+) -> bytes:
+    """Acknowledges a (Autonomous)DUStateChangeComplete (CWMP 1.2 and later)."""
+    name = ("Autonomous" if autonomous else "") + "DUStateChangeCompleteResponse"
+    return envelope(namespace, request_id, rpc_element(namespace, name))
 
 
 def acs_fault(

@@ -42,10 +42,9 @@ from cwmpgw.bus.events import Event, IEventSink, device_ref
 from cwmpgw.config import ProvisionConfig
 from cwmpgw.cwmp import rpc
 from cwmpgw.cwmp.messages import (
-    AutonomousTransferComplete,
+    CompletionReport,
     CpeFault,
     RpcResponse,
-    TransferComplete,
 )
 from cwmpgw.cwmp.session import AcsRequest
 from cwmpgw.store.interfaces import ConnReqCredential, IConnReqCredentialStore, ICredentialStore
@@ -326,9 +325,7 @@ class Provisioner:
 
     # -- the rest goes to the tasks ----------------------------------------------------------
 
-    def transfer_completed(
-        self, session: LiveSession, message: TransferComplete | AutonomousTransferComplete
-    ) -> Deferred[None]:
+    def transfer_completed(self, session: LiveSession, message: CompletionReport) -> Deferred[None]:
         return self._inner.transfer_completed(session, message)
 
     def session_ended(self, session: LiveSession) -> Deferred[None] | None:

@@ -33,7 +33,7 @@ from cwmpgw.acs.engine import IRequestSource
 from cwmpgw.acs.sessions import LiveSession
 from cwmpgw.cwmp import rpc
 from cwmpgw.cwmp.messages import (
-    AutonomousTransferComplete,
+    CompletionReport,
     CpeFault,
     RpcResponse,
     TransferComplete,
@@ -206,9 +206,7 @@ class TaskRunner:
         )
         return True
 
-    def transfer_completed(
-        self, session: LiveSession, message: TransferComplete | AutonomousTransferComplete
-    ) -> Deferred[None]:
+    def transfer_completed(self, session: LiveSession, message: CompletionReport) -> Deferred[None]:
         if not isinstance(message, TransferComplete) or not message.command_key:
             return Deferred.fromCoroutine(_nothing())
         d: Deferred[Any] = self._tasks.transfer_complete(
