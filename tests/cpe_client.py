@@ -89,6 +89,7 @@ def run_session(
     serial: str = "22275K2000315",
     event: str = "1 BOOT",
     transfer_complete: bool | Sequence[str] = False,
+    reports: Sequence[str] = (),
     cafile: str | None = None,
     algorithm: str = "MD5",
     cr_url: str = "http://127.0.0.1:7548/cr",
@@ -101,6 +102,8 @@ def run_session(
 
     ``answer`` is the CPE's side of the ACS's turn: given the ACS's request envelope it
     returns the response envelope to POST (None: post empty, as a CPE with nothing to say).
+    ``reports`` are more CPE requests (e.g. a DUStateChangeComplete) sent after the
+    TransferCompletes, each expecting a 200.
     """
     parts = urllib.parse.urlsplit(url)
     context = ssl.create_default_context(cafile=cafile)
@@ -146,6 +149,8 @@ def run_session(
         keys = ["fw-42"] if transfer_complete is True else list(transfer_complete or [])
         for key in keys:
             exchanges.append(post(TRANSFER_COMPLETE.replace("fw-42", key)))
+        for report in reports:
+            exchanges.append(post(report))
         r = post("")
         exchanges.append(r)
         while r.status == 200 and answer is not None:

@@ -169,7 +169,7 @@ class EveryTaskTypeTests(SynchronousTestCase):
         self.assertEqual(set(plans.TASK_TYPES), set(rpc.METHODS) | {"refresh"})
 
     def test_every_task_type(self) -> None:
-        waiting = {"Download", "Upload", "ScheduleDownload"}
+        waiting = {"Download", "Upload", "ScheduleDownload", "ChangeDUState"}
         for task_type in plans.TASK_TYPES:
             args = {"path": "Device.WiFi."} if task_type == "refresh" else FULL_ARGS[task_type]
             cpe = FakeCpe(full_model())

@@ -155,6 +155,51 @@ class ConfirmationTests(SynchronousTestCase):
         self.assertEqual(failed.status, "failed")
         self.assertEqual(failed.fault, {"code": 9010, "string": "x"})
 
+    def test_change_du_state_waits_for_its_du_state_change_complete(self) -> None:
+        task = self.submit(
+            "ChangeDUState",
+            {"operations": [{"type": "install", "url": "https://du.example.net/a.ipk"}] * 2},
+        )
+        conn = self.session()
+        body = self.sent(conn)
+        self.assertIn(b"<cwmp:ChangeDUState>", body)
+        r = conn.post(cpe.rpc_response("ChangeDUState", cpe_request_id(body)))
+        self.assertEqual(r.status, 204)
+        self.assertEqual(self.task(task.id).status, "running")  # accepted, not finished
+        events = (("11 DU STATE CHANGE COMPLETE", ""), ("M ChangeDUState", task.command_key))
+        conn = self.session(events=events)
+        report = cpe.du_state_change_complete(
+            [{}, {"state": "Failed", "fault_code": 9018, "fault_string": "bad package"}],
+            command_key=task.command_key,
+        )
+        self.assertEqual(conn.post(report).status, 200)
+        failed = self.task(task.id)
+        self.assertEqual(failed.status, "failed")
+        assert failed.fault is not None
+        self.assertEqual((failed.fault["code"], failed.fault["string"]), (9018, "bad package"))
+        self.assertEqual(
+            [r["current_state"] for r in failed.fault["results"]], ["Installed", "Failed"]
+        )
+
+    def test_change_du_state_whose_answer_was_lost_ends_by_its_report(self) -> None:
+        task = self.submit(
+            "ChangeDUState",
+            {"operations": [{"type": "install", "url": "https://du.example.net/a.ipk"}]},
+        )
+        conn = self.session()
+        self.assertIn(b"<cwmp:ChangeDUState>", self.sent(conn))
+        conn.close()
+        self.acs.clock.advance(self.acs.session_timeout + 1)
+        events = (("11 DU STATE CHANGE COMPLETE", ""), ("M ChangeDUState", task.command_key))
+        conn = self.session(events=events)
+        conn.post(cpe.du_state_change_complete(command_key=task.command_key))
+        self.assertEqual(self.sent(conn), b"")  # not sent again
+        done = self.task(task.id)
+        self.assertEqual((done.status, done.attempts), ("done", 2))
+        assert done.result is not None
+        self.assertEqual(done.result["start_time"], "2025-05-25T22:30:01Z")
+        self.assertEqual([r["current_state"] for r in done.result["results"]], ["Installed"])
+
     def test_a_transfer_complete_of_another_key_does_not_end_it(self) -> None:
         task = self.download_answer_lost("fw-3")
         conn = self.session(events=(("7 TRANSFER COMPLETE", ""),))

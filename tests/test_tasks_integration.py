@@ -21,7 +21,7 @@ from twisted.trial.unittest import TestCase
 
 from cwmpgw.service import GatewayService
 from tests import cpe_client
-from tests.cpe_envelopes import typical_response
+from tests.cpe_envelopes import du_state_change_complete, typical_response
 from tests.gateway import acs_url, cafile, start_gateway
 from tests.redis_server import unique_prefix
 from tests.test_integration import import_credentials
@@ -151,17 +151,27 @@ class TaskTests(TestCase):
 
         final = {t.type: await self.service.tasks.get(t.id) for t in tasks}
         waiting = sorted(k for k, t in final.items() if t.status == "running")
-        self.assertEqual(waiting, ["Download", "ScheduleDownload", "Upload"])
+        self.assertEqual(waiting, ["ChangeDUState", "Download", "ScheduleDownload", "Upload"])
         self.assertEqual({t.status for k, t in final.items() if k not in waiting}, {"done"})
         self.assertEqual(final["AddObject"].result["instance_number"], 3)
         self.assertEqual(final["GetRPCMethods"].result["methods"][0], "GetRPCMethods")
 
-        # The transfers finish in a later session, with the TransferComplete of their keys.
-        keys = [final[k].command_key for k in waiting]
-        self.assertTrue(all(keys))
-        await self.session(None, transfer_complete=keys, event="7 TRANSFER COMPLETE")
+        # They finish in a later session, with the TransferComplete (DUStateChangeComplete)
+        # of their keys.
+        keys = [final[k].command_key for k in waiting if k != "ChangeDUState"]
+        du_key = final["ChangeDUState"].command_key
+        self.assertTrue(all(keys) and du_key)
+        du_report = du_state_change_complete(command_key=du_key).decode()
+        await self.session(
+            None, transfer_complete=keys, reports=[du_report], event="7 TRANSFER COMPLETE"
+        )
         for kind in waiting:
             self.assertEqual((await self.service.tasks.get(final[kind].id)).status, "done")
+        du = await self.service.tasks.get(final["ChangeDUState"].id)
+        self.assertEqual(
+            [(r["current_state"], r["fault_code"]) for r in du.result["results"]],
+            [("Installed", 0)],
+        )
 
         done = [e for e in self.task_events() if e["type"] == "task.done"]
         self.assertEqual(sorted(e["data"]["id"] for e in done), sorted(t.id for t in tasks))

@@ -180,12 +180,16 @@ def transfer_outcome(
     start_time: str,
     complete_time: str,
     now: float,
+    details: Mapping[str, Any] | None = None,
 ) -> Task:
+    """The task a completion report ends: ``details`` (a DUStateChangeComplete's
+    ``results``) go into its result or fault."""
+    extra = dict(details or {})
     if fault_code == 0:
-        result = {"start_time": start_time, "complete_time": complete_time}
+        result = {"start_time": start_time, "complete_time": complete_time, **extra}
         return task.evolve(status="done", updated=now, result=result)
     return task.evolve(
-        status="failed", updated=now, fault={"code": fault_code, "string": fault_string}
+        status="failed", updated=now, fault={"code": fault_code, "string": fault_string, **extra}
     )
 
 
@@ -421,13 +425,14 @@ class MemoryTaskService:
         fault_string: str,
         start_time: str,
         complete_time: str,
+        details: Mapping[str, Any] | None = None,
     ) -> Deferred[Task | None]:
         task = self.tasks.get(self._transfers.get((device_id, command_key), ""))
         if task is None or task.status != "running":
             self._transfers.pop((device_id, command_key), None)
             return succeed(None)
         new = transfer_outcome(
-            task, fault_code, fault_string, start_time, complete_time, self._now()
+            task, fault_code, fault_string, start_time, complete_time, self._now(), details
         )
         return Deferred.fromCoroutine(self._publish_optional(self._finish(new)))
 

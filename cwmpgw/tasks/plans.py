@@ -46,7 +46,9 @@ ParameterUpdate = tuple[str, str, str]
 #: Every task type: each ACS→CPE RPC, and "refresh" (re-read a subtree).
 TASK_TYPES: Final = (*rpc.METHODS, "refresh")
 
-_TRANSFER_METHODS: Final = frozenset({"Download", "Upload", "ScheduleDownload"})
+# Requests whose work the CPE reports later under their CommandKey: a TransferComplete, or
+# for ChangeDUState a DUStateChangeComplete.
+_TRANSFER_METHODS: Final = frozenset({"Download", "Upload", "ScheduleDownload", "ChangeDUState"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,11 +292,12 @@ class RefreshPlan(_BasePlan):
 
 
 class TransferPlan(_BasePlan):
-    """Download, Upload or ScheduleDownload: the RPC, then maybe a wait for TransferComplete.
+    """Download, Upload, ScheduleDownload or ChangeDUState: the RPC, then maybe a wait.
 
     A Download/Upload answered with Status 0 is done at once; Status 1, or the (empty)
-    ScheduleDownloadResponse, leaves the plan ``waiting_transfer`` until the
-    TransferComplete carrying :attr:`command_key` arrives.
+    ScheduleDownloadResponse or ChangeDUStateResponse, leaves the plan
+    ``waiting_transfer`` until the TransferComplete (DUStateChangeComplete) carrying
+    :attr:`command_key` arrives.
     """
 
     kind = "transfer"

@@ -3,9 +3,9 @@
 In the ACS's turn the engine asks for the next request; the runner takes the device's
 next task from the queue, turns it into a plan (one or more RPCs), and sends the plan's
 calls one per HTTP response. Each answer goes back into the plan; results update the
-device's parameter cache; a finished plan completes, fails or — for a transfer the CPE
-accepted but has not finished — waits for its TransferComplete, which may come in a
-later session on any node.
+device's parameter cache; a finished plan completes, fails or — for a transfer or a
+deployment-unit change the CPE accepted but has not finished — waits for its
+TransferComplete (DUStateChangeComplete), which may come in a later session on any node.
 
 A task is marked done only on the CPE's answer. If the session ends while a request is
 outstanding, the task goes back to the queue and the next session sends it again with
@@ -22,7 +22,7 @@ A FactoryReset has no CommandKey: the "0 BOOTSTRAP" a reset CPE informs with rep
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -35,6 +35,8 @@ from cwmpgw.cwmp import rpc
 from cwmpgw.cwmp.messages import (
     CompletionReport,
     CpeFault,
+    DeploymentUnitResult,
+    DUStateChangeComplete,
     RpcResponse,
     TransferComplete,
 )
@@ -51,8 +53,56 @@ __all__ = ["TaskRunner"]
 _DONE_EVENTS = {"Reboot": "M Reboot", "ScheduleInform": "M ScheduleInform"}
 # ... and without one: a CPE back from a factory reset informs with BOOTSTRAP.
 _DONE_WITHOUT_KEY = {"FactoryReset": "0 BOOTSTRAP"}
-# Transfers report their end with a TransferComplete carrying the CommandKey.
-_TRANSFERS = frozenset({"Download", "ScheduleDownload", "Upload"})
+# Transfers report their end with a TransferComplete carrying the CommandKey, a
+# ChangeDUState with a DUStateChangeComplete.
+_TRANSFERS = frozenset({"Download", "ScheduleDownload", "Upload", "ChangeDUState"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Report:
+    """A completion report for a task, whichever RPC carried it."""
+
+    command_key: str
+    fault_code: int
+    fault_string: str
+    start_time: str
+    complete_time: str
+    details: dict[str, Any] | None = None
+
+
+def _report_of(message: CompletionReport) -> _Report | None:
+    """What a report says of the task with its CommandKey; None if it names none.
+
+    A DUStateChangeComplete's operations are one task: it failed with the first failed
+    operation's fault, and ran from the first start to the last completion; every
+    operation's result goes into the task's result (or fault) as ``results``.
+    """
+    if isinstance(message, TransferComplete) and message.command_key:
+        return _Report(
+            message.command_key,
+            message.fault_code,
+            message.fault_string,
+            message.start_time,
+            message.complete_time,
+        )
+    if isinstance(message, DUStateChangeComplete) and message.command_key:
+        results = message.results
+        failed = next((r for r in results if r.fault_code), None)
+        return _Report(
+            message.command_key,
+            failed.fault_code if failed is not None else 0,
+            failed.fault_string if failed is not None else "",
+            min(r.start_time for r in results),
+            max(r.complete_time for r in results),
+            {"results": [_du_result(r) for r in results]},
+        )
+    return None
+
+
+def _du_result(result: DeploymentUnitResult) -> dict[str, Any]:
+    data = asdict(result)
+    del data["operation_performed"]  # autonomous reports only
+    return data
 
 
 @dataclass(eq=False)
@@ -72,8 +122,8 @@ class TaskRunner:
         self._devices = devices
         self._gpv_batch = gpv_batch
         self._running: dict[str, _Running] = {}  # session id → the task it runs now
-        # session id → CommandKey → a TransferComplete of that session no waiting task took
-        self._unclaimed: dict[str, dict[str, TransferComplete]] = {}
+        # session id → CommandKey → a completion report of that session no waiting task took
+        self._unclaimed: dict[str, dict[str, _Report]] = {}
 
     def next_request(self, session: LiveSession) -> Deferred[AcsRequest | None]:
         return Deferred.fromCoroutine(self._next(session))
@@ -167,16 +217,17 @@ class TaskRunner:
         if task.type in _TRANSFERS:
             if not task.command_key:
                 return False
-            message = self._unclaimed.get(session.session_id, {}).pop(task.command_key, None)
-            if message is None:
+            report = self._unclaimed.get(session.session_id, {}).pop(task.command_key, None)
+            if report is None:
                 return False
             outcome = transfer_outcome(
                 task,
-                message.fault_code,
-                message.fault_string,
-                message.start_time,
-                message.complete_time,
+                report.fault_code,
+                report.fault_string,
+                report.start_time,
+                report.complete_time,
                 task.updated,
+                report.details,
             )
             if outcome.status == "done":
                 await self._tasks.complete(task, outcome.result or {})
@@ -207,22 +258,24 @@ class TaskRunner:
         return True
 
     def transfer_completed(self, session: LiveSession, message: CompletionReport) -> Deferred[None]:
-        if not isinstance(message, TransferComplete) or not message.command_key:
+        report = _report_of(message)
+        if report is None:
             return Deferred.fromCoroutine(_nothing())
         d: Deferred[Any] = self._tasks.transfer_complete(
             session.device_id,
-            message.command_key,
-            message.fault_code,
-            message.fault_string,
-            message.start_time,
-            message.complete_time,
+            report.command_key,
+            report.fault_code,
+            report.fault_string,
+            report.start_time,
+            report.complete_time,
+            report.details,
         )
 
         def claimed(task: Task | None) -> None:
             if task is None:
                 # No task waits for it: perhaps one whose answer was lost, queued to be
                 # sent again. Kept for this session's ACS turn, which may end it instead.
-                self._unclaimed.setdefault(session.session_id, {})[message.command_key] = message
+                self._unclaimed.setdefault(session.session_id, {})[report.command_key] = report
 
         return d.addCallback(claimed)
 

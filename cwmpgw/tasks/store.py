@@ -18,6 +18,7 @@ the loser sees the winner's version and acts on that.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail
@@ -407,6 +408,7 @@ class RedisTaskService:
         fault_string: str,
         start_time: str,
         complete_time: str,
+        details: Mapping[str, Any] | None = None,
     ) -> Deferred[Task | None]:
         """End the task waiting for this CommandKey; None when none waits (e.g. a repeat)."""
 
@@ -424,6 +426,7 @@ class RedisTaskService:
                     start_time,
                     complete_time,
                     self._clock.seconds(),
+                    details,
                 )
                 won, _ = await self._final(task, new)
                 if won:
