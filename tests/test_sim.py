@@ -728,6 +728,16 @@ class FleetAgainstGatewayTests(TestCase):
                 "Download",
                 {"file_type": "1 Firmware Upgrade Image", "url": FILE + "fw.bin"},
             ),
+            await submit(
+                device.device_id,
+                "ChangeDUState",
+                {
+                    "operations": [
+                        {"type": "install", "url": FILE + "du.ipk"},
+                        {"type": "uninstall", "uuid": "6f0c1f1a-0000-4000-8000-0000000000aa"},
+                    ]
+                },
+            ),
         ]
         following = fleet.next_session(device)
         session = await fleet.inform(device)
@@ -735,7 +745,8 @@ class FleetAgainstGatewayTests(TestCase):
         self.assertEqual(session.faults, (("SetParameterValues", 9003),))
         final = [await service.tasks.get(t.id) for t in tasks]
         self.assertEqual(
-            [t.status for t in final], ["done", "done", "done", "failed", "done", "done", "running"]
+            [t.status for t in final],
+            ["done", "done", "done", "failed", "done", "done", "running", "running"],
         )
         self.assertEqual(final[0].result["parameters"][0]["value"], "TP-Link_0CE8")
         self.assertEqual(final[2].result["parameters"][0]["value"], "home")
@@ -750,8 +761,25 @@ class FleetAgainstGatewayTests(TestCase):
         del following
         transfer = await fleet.next_session(device)
         self.assertTrue(transfer.ok)
-        self.assertEqual(transfer.events, ("1 BOOT", "7 TRANSFER COMPLETE", "M Download"))
-        self.assertEqual((await service.tasks.get(tasks[-1].id)).status, "done")
+        self.assertEqual(
+            transfer.events,
+            (
+                "1 BOOT",
+                "7 TRANSFER COMPLETE",
+                "M Download",
+                "11 DU STATE CHANGE COMPLETE",
+                "M ChangeDUState",
+            ),
+        )
+        self.assertEqual((await service.tasks.get(tasks[-2].id)).status, "done")
+        # And the deployment-unit change, by its DUStateChangeComplete.
+        du = await service.tasks.get(tasks[-1].id)
+        self.assertEqual(du.status, "done")
+        self.assertEqual(
+            [(r["uuid"][-2:], r["current_state"]) for r in du.result["results"]][1:],
+            [("aa", "Uninstalled")],
+        )
+        self.assertEqual(du.result["results"][0]["current_state"], "Installed")
         cached = self.redis.hgetall(self.prefix + "device:" + device.device_id + ":params")
         self.assertEqual(json.loads(cached[ssid])[0], "home")
         for body in self.sent:

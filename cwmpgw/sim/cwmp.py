@@ -291,6 +291,55 @@ def transfer_complete(
     return _envelope(namespace, request_id, rpc)
 
 
+def du_operations(message: AcsMessage) -> list[tuple[str, str]]:
+    """A ChangeDUState's operations, in order: (xsi:type without prefix, e.g.
+    ``InstallOpStruct``, and the UUID given, or "")."""
+    out: list[tuple[str, str]] = []
+    for op in message.element.iterchildren(etree.Element):
+        if _local(op.tag) != "Operations":
+            continue
+        kind = str(op.get(_XSI_TYPE, "")).rpartition(":")[2]
+        uuid = next(
+            (
+                str(c.text or "").strip()
+                for c in op.iterchildren(etree.Element)
+                if _local(c.tag) == "UUID"
+            ),
+            "",
+        )
+        out.append((kind, uuid))
+    return out
+
+
+def du_state_change_complete(
+    namespace: str,
+    request_id: str,
+    *,
+    command_key: str,
+    results: Sequence[tuple[str, str, str]],
+    start_time: str,
+    complete_time: str,
+) -> bytes:
+    """DUStateChangeComplete after a ChangeDUState: one ``Results`` per operation, each
+    (UUID, deployment unit path, CurrentState), all successful."""
+    rpc = _rpc(namespace, "DUStateChangeComplete")
+    for n, (uuid, ref, state) in enumerate(results, start=1):
+        result = etree.SubElement(rpc, "Results")
+        _leaf(result, "UUID", uuid)
+        _leaf(result, "DeploymentUnitRef", ref)
+        _leaf(result, "Version", "1.0")
+        _leaf(result, "CurrentState", state)
+        _leaf(result, "Resolved", "1")
+        _leaf(result, "ExecutionUnitRefList", f"Device.SoftwareModules.ExecutionUnit.{n}")
+        _leaf(result, "StartTime", start_time)
+        _leaf(result, "CompleteTime", complete_time)
+        fault = etree.SubElement(result, "Fault")
+        _leaf(fault, "FaultCode", "0")
+        _leaf(fault, "FaultString", "")
+    _leaf(rpc, "CommandKey", command_key)
+    return _envelope(namespace, request_id, rpc)
+
+
 def cpe_fault(
     namespace: str,
     request_id: str | None,

@@ -17,6 +17,7 @@ import io
 import math
 import random
 import urllib.parse
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -52,10 +53,25 @@ SCHEDULED: Final = "3 SCHEDULED"
 VALUE_CHANGE: Final = "4 VALUE CHANGE"
 CONNECTION_REQUEST: Final = "6 CONNECTION REQUEST"
 TRANSFER_COMPLETE: Final = "7 TRANSFER COMPLETE"
+DU_STATE_CHANGE_COMPLETE: Final = "11 DU STATE CHANGE COMPLETE"
+# A deployment unit's state once a ChangeDUState operation of this type succeeded.
+_DU_STATE_AFTER: Final = {
+    "InstallOpStruct": "Installed",
+    "UpdateOpStruct": "Installed",
+    "UninstallOpStruct": "Uninstalled",
+}
 
-#: Events kept after their Inform was answered, until the TransferComplete is.
+#: Events kept after their Inform was answered, until the TransferComplete (or the
+#: DUStateChangeComplete) is.
 _TRANSFER_EVENTS: Final = frozenset(
-    {TRANSFER_COMPLETE, "M Download", "M Upload", "M ScheduleDownload"}
+    {
+        TRANSFER_COMPLETE,
+        "M Download",
+        "M Upload",
+        "M ScheduleDownload",
+        DU_STATE_CHANGE_COMPLETE,
+        "M ChangeDUState",
+    }
 )
 _MAX_EVENTS: Final = 64
 _MAX_TRANSFERS: Final = 16
@@ -260,7 +276,8 @@ def initial_values(
 
 
 class _Transfer:
-    """A Download, Upload or ScheduleDownload the device was asked for."""
+    """A Download, Upload or ScheduleDownload the device was asked for, or a ChangeDUState
+    (``operations``: one (UUID, deployment unit, state after) per operation)."""
 
     __slots__ = (
         "command_key",
@@ -272,6 +289,7 @@ class _Transfer:
         "file_type",
         "is_download",
         "method",
+        "operations",
         "start_at",
         "start_time",
         "target",
@@ -298,6 +316,7 @@ class _Transfer:
         self.done = False
         self.start_time = values.UNKNOWN_TIME
         self.complete_time = values.UNKNOWN_TIME
+        self.operations: tuple[tuple[str, str, str], ...] = ()
 
     def state(self, now: float) -> int:
         """1 not yet started, 2 in progress, 3 completed (TR-069 A.4.1.1)."""
@@ -481,9 +500,12 @@ class SimDevice:
                     transfer.done = True
                     transfer.start_time = format_time(transfer.start_at or now)
                     transfer.complete_time = format_time(now)
-                    if transfer.is_download and transfer.file_type.startswith("1 "):
-                        self.add_event(BOOT)  # a new firmware image boots the device
-                    self.add_event(TRANSFER_COMPLETE)
+                    if transfer.method == "ChangeDUState":
+                        self.add_event(DU_STATE_CHANGE_COMPLETE)
+                    else:
+                        if transfer.is_download and transfer.file_type.startswith("1 "):
+                            self.add_event(BOOT)  # a new firmware image boots the device
+                        self.add_event(TRANSFER_COMPLETE)
                     self.add_event("M " + transfer.method, transfer.command_key)
         return self.wants_session(now)
 
@@ -630,8 +652,11 @@ class SimDevice:
             self.transfers = self.transfers or None
         method_event = "M " + transfer.method
         self._remove_events(lambda c, k: c == method_event and k == transfer.command_key)
-        if not any(t.done for t in self.transfers or ()):
+        done = [t.method == "ChangeDUState" for t in self.transfers or () if t.done]
+        if False not in done:
             self._remove_events(lambda c, _: c == TRANSFER_COMPLETE)
+        if True not in done:
+            self._remove_events(lambda c, _: c == DU_STATE_CHANGE_COMPLETE)
 
 
 class _Fault(Exception):
@@ -767,6 +792,15 @@ class CpeSession:
         if self._to_report and not self._hold:
             transfer = self._reporting = self._to_report.pop(0)
             self._phase = _CPE
+            if transfer.method == "ChangeDUState":
+                return cwmp.du_state_change_complete(
+                    self.namespace,
+                    self._next_id(),
+                    command_key=transfer.command_key,
+                    results=transfer.operations,
+                    start_time=transfer.start_time,
+                    complete_time=transfer.complete_time,
+                )
             return cwmp.transfer_complete(
                 self.namespace,
                 self._next_id(),
@@ -782,8 +816,13 @@ class CpeSession:
     def _report_answered(self, message: cwmp.AcsMessage) -> bytes:
         if message.method == "Fault":
             raise SessionFailed(f"fault {message.fault_code}")
-        if message.method != "TransferCompleteResponse" or self._reporting is None:
-            raise SessionFailed("protocol: no TransferCompleteResponse")
+        expected = (
+            "DUStateChangeCompleteResponse"
+            if self._reporting is not None and self._reporting.method == "ChangeDUState"
+            else "TransferCompleteResponse"
+        )
+        if message.method != expected or self._reporting is None:
+            raise SessionFailed(f"protocol: no {expected}")
         self.device._transfer_acknowledged(self._reporting)
         self._reporting = None
         self._hold = message.hold_requests
@@ -1061,9 +1100,28 @@ class CpeSession:
         return cwmp.empty_response(m.namespace, m.request_id, "ScheduleInform")
 
     def _change_du_state(self, m: cwmp.AcsMessage) -> bytes:
-        if m.child("Operations") is None:
+        """Accepted; each operation succeeds a moment after the session (the deployment
+        units themselves are not in the data model), reported by DUStateChangeComplete."""
+        key = m.text("CommandKey", "") or ""
+        operations: list[tuple[str, str, str]] = []
+        for n, (kind, given) in enumerate(cwmp.du_operations(m), start=1):
+            state = _DU_STATE_AFTER.get(kind)
+            if state is None:
+                raise _Fault(9003)
+            # An install names no UUID: the CPE makes one (stable for the same request).
+            made = uuid.uuid5(uuid.NAMESPACE_URL, f"{self.device.device_id}/{key}/{n}")
+            ref = f"Device.SoftwareModules.DeploymentUnit.{n}"
+            operations.append((given or str(made), ref, state))
+        if not operations or len(key) > 32:
             raise _Fault(9003)
-        # Accepted; deployment units are not simulated (no DUStateChangeComplete follows).
+        device = self.device
+        if len(device.transfers or ()) >= _MAX_TRANSFERS:
+            raise _Fault(9004)
+        change = _Transfer("ChangeDUState", key, "", 0, "", 0.0)
+        change.operations = tuple(operations)
+        if device.transfers is None:
+            device.transfers = []
+        device.transfers.append(change)
         return cwmp.empty_response(m.namespace, m.request_id, "ChangeDUState")
 
     def _set_vouchers(self, m: cwmp.AcsMessage) -> bytes:
