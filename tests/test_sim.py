@@ -158,6 +158,16 @@ class AnswerTests(SynchronousTestCase):
             self.assertEqual(session.answered, [m for m, _ in EVERY_RPC])
             self.assertEqual(session.faults, [])
 
+    def test_a_pending_change_du_state_is_not_a_transfer(self) -> None:
+        session = open_session(make_device())
+        du = {"operations": [{"type": "install", "url": FILE + "du.ipk"}], "command_key": "du"}
+        self.assertEqual(ask(session, "ChangeDUState", du), {})
+        download = {"file_type": "1 Firmware Upgrade Image", "url": FILE + "fw.bin"}
+        self.assertEqual(ask(session, "Download", dict(download, command_key="fw"))["status"], 1)
+        queued = ask(session, "GetAllQueuedTransfers", {})["transfers"]
+        self.assertEqual([t["command_key"] for t in queued], ["fw"])
+        self.assertEqual(ask(session, "CancelTransfer", {"command_key": "du"})["code"], 9003)
+
     def test_old_namespaces_and_unknown_methods(self) -> None:
         device = make_device()
         session = device.begin(0.0, "https://acs/", Behaviour(namespace=soap.CWMP_1_0))

@@ -1059,7 +1059,11 @@ class CpeSession:
         key = m.text("CommandKey")
         if key is None:
             raise _Fault(9003)
-        matching = [t for t in device.transfers or () if t.command_key == key]
+        matching = [
+            t
+            for t in device.transfers or ()
+            if t.command_key == key and t.method != "ChangeDUState"
+        ]
         if not matching:
             raise _Fault(9003)
         if any(t.state(self.now) != 1 for t in matching):
@@ -1068,7 +1072,9 @@ class CpeSession:
         return cwmp.empty_response(m.namespace, m.request_id, "CancelTransfer")
 
     def _queued(self) -> list[_Transfer]:
-        return list(self.device.transfers or ())[:_MAX_TRANSFERS]
+        """The transfers (a pending ChangeDUState shares their list, not their RPCs)."""
+        transfers = [t for t in self.device.transfers or () if t.method != "ChangeDUState"]
+        return transfers[:_MAX_TRANSFERS]
 
     def _get_queued_transfers(self, m: cwmp.AcsMessage) -> bytes:
         items = [(t.command_key, t.state(self.now)) for t in self._queued()]
