@@ -413,6 +413,7 @@ class TasksConfig:
     max_attempts: int = _setting(3, _int(1, 100))
     gpv_batch: int = _setting(100, _int(1, 10000))
     keep_finished: int = _setting(100, _int(0, 100000))
+    report_timeout: int = _setting(604800, _int(60, 31536000))
 
 
 @dataclass(frozen=True, slots=True)

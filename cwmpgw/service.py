@@ -412,6 +412,7 @@ class GatewayService(Service):
             max_attempts=cfg.max_attempts,
             keep_finished=cfg.keep_finished,
             gpv_batch=cfg.gpv_batch,
+            report_timeout=cfg.report_timeout,
         )
         self.runner = TaskRunner(self.tasks, self.devices, gpv_batch=cfg.gpv_batch)
 

@@ -362,6 +362,36 @@ class TaskContract:
             await self.service.transfer_complete(DEV, download.command_key, 0, "", "a", "b")
         )
 
+    async def test_a_report_that_never_comes_fails_the_task_at_its_deadline(self) -> None:
+        download = await self.service.submit(DEV, "Download", DOWNLOAD)
+        self.clock.advance(10)
+        waiting = await self.service.wait_for_transfer(await self.service.next_for_device(DEV))
+        self.assertEqual(waiting.expires, T0 + 10 + 7 * 86400)  # type: ignore[attr-defined]
+        self.clock.advance(7 * 86400 - 1)
+        self.assertEqual(await self.service.expire_due(), 0)  # type: ignore[attr-defined]
+        self.assertEqual((await self.service.get(download.id)).status, "running")  # type: ignore[attr-defined]
+        self.clock.advance(1)
+        self.assertEqual(await self.service.expire_due(), 1)  # type: ignore[attr-defined]
+        failed = await self.service.get(download.id)
+        self.assertEqual(  # type: ignore[attr-defined]
+            (failed.status, failed.fault),
+            ("failed", {"reason": "no completion report from the CPE within 604800 s"}),
+        )
+        self.assertEqual(self.bus.of(download.id), ["task.queued", "task.failed"])  # type: ignore[attr-defined]
+        # A report arriving after all finds nothing waiting; nothing moves twice.
+        self.assertIsNone(  # type: ignore[attr-defined]
+            await self.service.transfer_complete(DEV, download.command_key, 0, "", "a", "b")
+        )
+        self.assertEqual(await self.service.expire_due(), 0)  # type: ignore[attr-defined]
+
+    async def test_a_report_in_time_leaves_nothing_to_expire(self) -> None:
+        download = await self.service.submit(DEV, "Download", DOWNLOAD)
+        await self.service.wait_for_transfer(await self.service.next_for_device(DEV))
+        await self.service.transfer_complete(DEV, download.command_key, 0, "", "a", "b")
+        self.clock.advance(8 * 86400)
+        self.assertEqual(await self.service.expire_due(), 0)  # type: ignore[attr-defined]
+        self.assertEqual((await self.service.get(download.id)).status, "done")  # type: ignore[attr-defined]
+
     async def test_transfer_fault(self) -> None:
         download = await self.service.submit(DEV, "Download", DOWNLOAD)
         await self.service.wait_for_transfer(await self.service.next_for_device(DEV))

@@ -36,10 +36,12 @@ __all__ = [
     "COMMAND_KEY_TYPES",
     "MAX_EXPIRY",
     "PARAMETER_KEY_TYPES",
+    "REPORT_TIMEOUT",
     "MemoryTaskService",
     "build_task",
     "idempotency_fingerprint",
     "new_task_id",
+    "no_report",
     "replay_of",
     "start_decision",
     "task_event",
@@ -59,6 +61,14 @@ PARAMETER_KEY_TYPES = frozenset({"SetParameterValues", "AddObject", "DeleteObjec
 MAX_EXPIRY = 365 * 86400
 MAX_KEY_LENGTH = 32  # CommandKey and ParameterKey are string(32) in TR-069
 TOO_MANY_ATTEMPTS = {"reason": "too many attempts"}
+#: How long a task waits for its TransferComplete (DUStateChangeComplete) by default.
+REPORT_TIMEOUT = 7 * 86400
+
+
+def no_report(timeout: float) -> dict[str, Any]:
+    """The fault of a task whose completion report did not come in time."""
+    return {"reason": f"no completion report from the CPE within {timeout:g} s"}
+
 
 _log = Logger()
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
@@ -237,11 +247,13 @@ class MemoryTaskService:
         max_attempts: int = 3,
         keep_finished: int = 100,
         gpv_batch: int = 100,
+        report_timeout: float = REPORT_TIMEOUT,
     ) -> None:
         self._events = events
         self._clock = clock
         self._node = node
         self._devices = devices
+        self._report_timeout = report_timeout
         self._known: set[str] = set()
         self._default_expiry = default_expiry
         self._max_attempts = max_attempts
@@ -407,7 +419,8 @@ class MemoryTaskService:
             current = self._running(task)
             if current is None:
                 return self.tasks.get(task.id, task)
-            new = current.evolve(updated=self._now())
+            now = self._now()
+            new = current.evolve(updated=now, expires=now + self._report_timeout)
             self.tasks[new.id] = new
             queue = self._queues.get(new.device_id, [])
             if new.id in queue:
@@ -437,14 +450,23 @@ class MemoryTaskService:
         return Deferred.fromCoroutine(self._publish_optional(self._finish(new)))
 
     def expire_due(self) -> Deferred[int]:
-        """Expire queued tasks past their expiry; the gateway calls it on a timer."""
+        """Expire queued tasks past their expiry, and fail those whose completion report
+        is overdue; the gateway calls it on a timer."""
 
         async def run() -> int:
             now = self._now()
             due = [t for t in self.tasks.values() if t.status == "queued" and now >= t.expires]
             for task in due:
                 await self._published(self._finish(task.evolve(status="expired", updated=now)))
-            return len(due)
+            waiting = set(self._transfers.values())
+            overdue = [
+                t
+                for t in self.tasks.values()
+                if t.status == "running" and t.id in waiting and now >= t.expires
+            ]
+            for task in overdue:
+                await self._end(task, status="failed", fault=no_report(self._report_timeout))
+            return len(due) + len(overdue)
 
         return Deferred.fromCoroutine(run())
 

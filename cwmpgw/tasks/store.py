@@ -31,9 +31,11 @@ from cwmpgw.bus.events import IEventSink
 from cwmpgw.bus.listener import EventListener
 from cwmpgw.store.sessionlock import Superseded, owner_key
 from cwmpgw.tasks.memory import (
+    REPORT_TIMEOUT,
     build_task,
     idempotency_fingerprint,
     ignore_cancel,
+    no_report,
     publish_task_event,
     replay_of,
     start_decision,
@@ -153,8 +155,10 @@ class RedisTaskService:
         max_attempts: int = 3,
         keep_finished: int = 100,
         gpv_batch: int = 100,
+        report_timeout: float = REPORT_TIMEOUT,
     ) -> None:
         self._redis = redis
+        self._report_timeout = report_timeout
         self._prefix = prefix
         self._events = events
         self._clock = clock
@@ -392,9 +396,11 @@ class RedisTaskService:
                 if other is not None and other.status == "running":
                     reason = {"reason": f"command key reused by task {task.id}"}
                     await self._end(other, status="failed", fault=reason)
-            new = task.evolve(status="running", updated=self._clock.seconds())
+            # Out of the queue, into the expiry index until its report is due.
+            now = self._clock.seconds()
+            new = task.evolve(status="running", updated=now, expires=now + self._report_timeout)
             won, current = await self._transition(
-                task, new, expected="running", queue="remove", expiry="remove", transfer="set"
+                task, new, expected="running", queue="remove", expiry="add", transfer="set"
             )
             return new if won else current or task
 
@@ -436,7 +442,8 @@ class RedisTaskService:
         return Deferred.fromCoroutine(run())
 
     def expire_due(self) -> Deferred[int]:
-        """Expire queued tasks past their expiry; the gateway calls it on a timer."""
+        """Expire queued tasks past their expiry, and fail the tasks waiting for a
+        completion report past its deadline; the gateway calls it on a timer."""
 
         async def run() -> int:
             count = 0
@@ -447,8 +454,18 @@ class RedisTaskService:
                 )
                 progressed = False
                 for task_id, task in await self._load([str(i) for i in ids]):
+                    if task is not None and task.status == "running" and now >= task.expires:
+                        if await self._waiting(task):
+                            fault = no_report(self._report_timeout)
+                            new = task.evolve(status="failed", updated=now, fault=fault)
+                            won, _ = await self._final(task, new)
+                            if won:
+                                count += 1
+                                await self._publish(new)
+                            progressed = True
+                            continue
                     if task is None or task.status != "queued":
-                        # Not (or no longer) queued: it has no business in the index.
+                        # Not (or no longer) queued or waiting: no business in the index.
                         await self._redis.execute_command("ZREM", self._expiry_key, task_id)
                         progressed = True
                     elif now >= task.expires:
@@ -464,6 +481,13 @@ class RedisTaskService:
         return Deferred.fromCoroutine(run())
 
     # -- internals ---------------------------------------------------------------------
+
+    async def _waiting(self, task: Task) -> bool:
+        """Whether ``task`` waits for its TransferComplete (DUStateChangeComplete)."""
+        if not task.command_key:
+            return False
+        key = self._transfer_key(task.device_id, task.command_key)
+        return str(await self._redis.execute_command("GET", key)) == task.id
 
     async def _get(self, task_id: str) -> Task | None:
         raw = await self._redis.execute_command("GET", self._task_key(task_id))
