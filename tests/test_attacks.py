@@ -595,6 +595,13 @@ _INFORM_SEEDS = [
     cpe.inform(session_timeout=60, supported_versions="1.0,1.4"),
     cpe.inform(events=(("0 BOOTSTRAP", ""), ("1 BOOT", ""), ("M Reboot", "k"))),
 ]
+# The CPE's own requests after an Inform: reports of finished work.
+_REPORT_SEEDS = [
+    cpe.transfer_complete(),
+    cpe.autonomous_transfer_complete(),
+    cpe.du_state_change_complete([{}, {"state": "Failed", "fault_code": 9018}]),
+    cpe.du_state_change_complete([{"operation": "Uninstall"}], autonomous=True),
+]
 # (task type, arguments) and the CPE's valid answer to the ACS's request, by method.
 _TASKS = [
     ("GetParameterValues", {"parameter_names": ["Device.DeviceInfo."]}),
@@ -767,6 +774,29 @@ class FuzzTests(SynchronousTestCase):
 
     def test_mutated_rpc_responses(self) -> None:
         self._mutated_rpc_responses()
+        self.finish()
+
+    @_FUZZ
+    @given(st.lists(_mutated(_REPORT_SEEDS), min_size=batch, max_size=batch))
+    def _mutated_reports(self, bodies: list[bytes]) -> None:
+        good = self.good_session()
+        for body in bodies:
+            self.fuzzed += 1
+            conn = self.acs.connect(peer="198.51.100.66")
+            self.assertEqual(conn.post(cpe.inform(), self.authorization()).status, 200)
+            response = self.post_at_once(conn, body)
+            for _ in range(10):  # the session ends whatever the report was
+                if response.status != 200:
+                    break
+                response = self.post_at_once(conn, b"")
+            conn.close()
+        self.assertEqual(good.post(b"").status, 204)
+        good.close()
+        self.assertNoErrors()
+
+    def test_mutated_completion_reports(self) -> None:
+        """TransferComplete and (Autonomous)DUStateChangeComplete, mutated, in sessions."""
+        self._mutated_reports()
         self.finish()
 
     def test_huge_number_in_an_rpc_response(self) -> None:

@@ -1051,6 +1051,8 @@ _SEEDS = [
     cpe_envelopes.inform(namespace=NS_1_0, session_timeout=30, supported_versions="1.4"),
     cpe_envelopes.transfer_complete(),
     cpe_envelopes.autonomous_transfer_complete(),
+    cpe_envelopes.du_state_change_complete([{}, {"fault_code": 9018}]),
+    cpe_envelopes.du_state_change_complete(autonomous=True),
     cpe_envelopes.cpe_fault("a", 9003, "Invalid arguments", (("A", 9007, "x"),)),
     cpe_envelopes.rpc_response("GetParameterValues", "b"),
     PROTOCOL_9_1,
@@ -1088,6 +1090,9 @@ _VOCABULARY = [
     "Body",
     "Header",
     "IsDownload",
+    "Results",
+    "Resolved",
+    "UUID",
     "x",
 ]
 _FUZZ = settings(
