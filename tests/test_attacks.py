@@ -29,9 +29,9 @@ import tempfile
 import threading
 import tracemalloc
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -595,6 +595,8 @@ _INFORM_SEEDS = [
     cpe.inform(session_timeout=60, supported_versions="1.0,1.4"),
     cpe.inform(events=(("0 BOOTSTRAP", ""), ("1 BOOT", ""), ("M Reboot", "k"))),
 ]
+T = TypeVar("T")
+
 # The CPE's own requests after an Inform: reports of finished work.
 _REPORT_SEEDS = [
     cpe.transfer_complete(),
@@ -707,6 +709,27 @@ class FuzzTests(SynchronousTestCase):
         self.assertLessEqual(len(self.acs.clock.getDelayedCalls()), pending + 1)
         return response
 
+    def fuzz(self, items: Sequence[T], one: Callable[[Connection, T], None]) -> None:
+        """``one`` for each item on a connection of its own, between the start and the end
+        of a good device's session, which must still succeed; no error logged."""
+        good = self.good_session()
+        for item in items:
+            self.fuzzed += 1
+            conn = self.acs.connect(peer="198.51.100.66")
+            one(conn, item)
+            conn.close()
+        self.assertEqual(good.post(b"").status, 204)
+        good.close()
+        self.assertNoErrors()
+
+    def until_the_session_ends(self, conn: Connection, response: Response) -> None:
+        """Empty POSTs until the session is over, whatever the request before did."""
+        for _ in range(10):
+            if response.status != 200:
+                return
+            response = self.post_at_once(conn, b"")
+            self.assertIn(response.status, {200, 204, 400})
+
     def finish(self) -> None:
         """After the fuzzing: every session ends, no task is left running."""
         self.assertGreaterEqual(self.fuzzed, 900)  # the fuzzer really ran
@@ -720,17 +743,12 @@ class FuzzTests(SynchronousTestCase):
     @_FUZZ
     @given(st.lists(_mutated(_INFORM_SEEDS), min_size=batch, max_size=batch))
     def _mutated_informs(self, bodies: list[bytes]) -> None:
-        good = self.good_session()
-        for body in bodies:
-            self.fuzzed += 1
-            conn = self.acs.connect(peer="198.51.100.66")
+        def one(conn: Connection, body: bytes) -> None:
             response = self.post_at_once(conn, body, self.authorization())
             if response.status == 200 and b"InformResponse" in response.body:
                 self.assertEqual(self.post_at_once(conn, b"").status, 204)
-            conn.close()
-        self.assertEqual(good.post(b"").status, 204)
-        good.close()
-        self.assertNoErrors()
+
+        self.fuzz(bodies, one)
 
     def test_mutated_informs(self) -> None:
         self._mutated_informs()
@@ -747,11 +765,9 @@ class FuzzTests(SynchronousTestCase):
     def _mutated_rpc_responses(
         self, batch: list[tuple[tuple[str, dict[str, Any]], bool, int]]
     ) -> None:
-        good = self.good_session()
-        for task, as_fault, seed_number in batch:
+        def one(conn: Connection, item: tuple[tuple[str, dict[str, Any]], bool, int]) -> None:
+            task, as_fault, seed_number = item
             rng = random.Random(seed_number)  # a seed known only once the ACS has asked
-            self.fuzzed += 1
-            conn = self.acs.connect(peer="198.51.100.66")
             self.assertEqual(conn.post(cpe.inform(), self.authorization()).status, 200)
             self.successResultOf(self.tasks.submit(DEVICE_ID, task[0], task[1]))
             request = conn.post(b"")
@@ -761,16 +777,9 @@ class FuzzTests(SynchronousTestCase):
                 seed = cpe.cpe_fault(request_id, 9002, "Internal error")
             else:
                 seed = _ANSWERS[method](request_id)
-            response = self.post_at_once(conn, _mutate_with(rng, seed))
-            for _ in range(10):  # whatever the task does next, the session ends
-                if response.status != 200:
-                    break
-                response = self.post_at_once(conn, b"")
-                self.assertIn(response.status, {200, 204, 400})
-            conn.close()
-        self.assertEqual(good.post(b"").status, 204)
-        good.close()
-        self.assertNoErrors()
+            self.until_the_session_ends(conn, self.post_at_once(conn, _mutate_with(rng, seed)))
+
+        self.fuzz(batch, one)
 
     def test_mutated_rpc_responses(self) -> None:
         self._mutated_rpc_responses()
@@ -779,20 +788,11 @@ class FuzzTests(SynchronousTestCase):
     @_FUZZ
     @given(st.lists(_mutated(_REPORT_SEEDS), min_size=batch, max_size=batch))
     def _mutated_reports(self, bodies: list[bytes]) -> None:
-        good = self.good_session()
-        for body in bodies:
-            self.fuzzed += 1
-            conn = self.acs.connect(peer="198.51.100.66")
+        def one(conn: Connection, body: bytes) -> None:
             self.assertEqual(conn.post(cpe.inform(), self.authorization()).status, 200)
-            response = self.post_at_once(conn, body)
-            for _ in range(10):  # the session ends whatever the report was
-                if response.status != 200:
-                    break
-                response = self.post_at_once(conn, b"")
-            conn.close()
-        self.assertEqual(good.post(b"").status, 204)
-        good.close()
-        self.assertNoErrors()
+            self.until_the_session_ends(conn, self.post_at_once(conn, body))
+
+        self.fuzz(bodies, one)
 
     def test_mutated_completion_reports(self) -> None:
         """TransferComplete and (Autonomous)DUStateChangeComplete, mutated, in sessions."""
