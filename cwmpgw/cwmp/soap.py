@@ -517,16 +517,14 @@ _MAX_DU_RESULTS = 256
 
 def _du_result(el: etree._Element, autonomous: bool) -> DeploymentUnitResult:
     fields = _child_map(el)
-    fault = fields.get("Fault")
+    fault, resolved = fields.get("Fault"), fields.get("Resolved")
     parts = _child_map(fault) if fault is not None else {}
     return DeploymentUnitResult(
         uuid=_text(fields.get("UUID")),
         deployment_unit_ref=_text(fields.get("DeploymentUnitRef")),
         version=_text(fields.get("Version")),
         current_state=_text(fields.get("CurrentState")),
-        resolved=_boolean(fields.get("Resolved"), "Resolved")
-        if fields.get("Resolved") is not None
-        else False,
+        resolved=_boolean(resolved, "Resolved") if resolved is not None else False,
         execution_unit_ref_list=_text(fields.get("ExecutionUnitRefList")),
         start_time=_text(fields.get("StartTime")),
         complete_time=_text(fields.get("CompleteTime")),

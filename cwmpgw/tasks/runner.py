@@ -22,6 +22,7 @@ A FactoryReset has no CommandKey: the "0 BOOTSTRAP" a reset CPE informs with rep
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -37,6 +38,7 @@ from cwmpgw.cwmp.messages import (
     CpeFault,
     DeploymentUnitResult,
     DUStateChangeComplete,
+    EventStruct,
     RpcResponse,
     TransferComplete,
 )
@@ -97,6 +99,18 @@ def _report_of(message: CompletionReport) -> _Report | None:
             {"results": [_du_result(r) for r in results]},
         )
     return None
+
+
+def _inform_report(task: Task, events: Sequence[EventStruct]) -> str | None:
+    """The event code of this Inform that reports ``task`` carried out, if it has one."""
+    code = _DONE_WITHOUT_KEY.get(task.type)
+    if code is not None:
+        return code if any(e.code == code for e in events) else None
+    code = _DONE_EVENTS.get(task.type)
+    if code is None or not task.command_key:
+        return None
+    reported = any(e.code == code and e.command_key == task.command_key for e in events)
+    return code if reported else None
 
 
 def _du_result(result: DeploymentUnitResult) -> dict[str, Any]:
@@ -234,19 +248,9 @@ class TaskRunner:
             else:
                 await self._tasks.fail(task, outcome.fault or {})
         else:
-            events = session.machine.inform.events
-            code = _DONE_WITHOUT_KEY.get(task.type)
-            if code is not None:
-                if not any(e.code == code for e in events):
-                    return False
-            else:
-                code = _DONE_EVENTS.get(task.type)
-                if (
-                    code is None
-                    or not task.command_key
-                    or not any(e.code == code and e.command_key == task.command_key for e in events)
-                ):
-                    return False
+            code = _inform_report(task, session.machine.inform.events)
+            if code is None:
+                return False
             await self._tasks.complete(task, {"confirmed_by": code})
         self._log.info(
             "task {task_id} ({task_type}) of {device_id}: its answer was lost, but the CPE "
