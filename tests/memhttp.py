@@ -18,7 +18,7 @@ from zope.interface import implementer
 from cwmpgw.acs.auth import CpeAuthenticator, DeviceCredentialsChecker
 from cwmpgw.acs.digest import DigestCredentialFactory, ha1
 from cwmpgw.acs.engine import AcsEngine, IRequestSource
-from cwmpgw.acs.resource import AcsResource, AcsSite
+from cwmpgw.acs.resource import AcsChannel, AcsResource, AcsSite
 from cwmpgw.acs.throttle import IAuthThrottle
 from cwmpgw.bus.memory import MemoryEventBus
 from cwmpgw.store.memory import MemoryCredentialStore, MemoryDeviceStore
@@ -208,3 +208,13 @@ def digest_post(
     challenge = digest_client.pick(first.headers["www-authenticate"], algorithm)
     auth = digest_client.authorization(challenge, username, password, nc=nc)
     return conn.post(body, {"Authorization": auth})
+
+
+def assert_refused(case: Any, site: Any, addr: IPv4Address) -> None:
+    """A connection over a cap is closed the moment it is made: no channel, nothing sent."""
+    protocol = site.buildProtocol(addr)
+    case.assertNotIsInstance(protocol, AcsChannel)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    case.assertTrue(transport.disconnecting)
+    case.assertEqual(transport.value(), b"")

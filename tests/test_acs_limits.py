@@ -9,12 +9,20 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
+from cwmpgw.acs.resource import AcsChannel
 from cwmpgw.acs.throttle import Block, MemoryAuthThrottle
 from cwmpgw.bus.events import format_ts
 from cwmpgw.store.interfaces import StoredCredential
 from tests import cpe_envelopes as cpe
 from tests import digest_client
-from tests.memhttp import Connection, MemoryAcs, Response, digest_post, parse_responses
+from tests.memhttp import (
+    Connection,
+    MemoryAcs,
+    Response,
+    assert_refused,
+    digest_post,
+    parse_responses,
+)
 
 DEVICE_ID = "9CA2F4-EC220_G5_V3-22275K2000315"
 USER, PASSWORD = DEVICE_ID, "s3cret-Pa55word"
@@ -403,8 +411,8 @@ class ConnectionStartTests(SynchronousTestCase):
         site = self.acs.site
         site.max_connections_per_source = 2
         first, second = self.acs.connect(peer="198.51.100.1"), self.acs.connect(peer="198.51.100.1")
-        self.assertIsNone(site.buildProtocol(IPv4Address("TCP", "198.51.100.1", 1)))
-        self.assertIsNotNone(site.buildProtocol(IPv4Address("TCP", "198.51.100.2", 1)))
+        assert_refused(self, site, IPv4Address("TCP", "198.51.100.1", 1))
+        self.assertIsInstance(site.buildProtocol(IPv4Address("TCP", "198.51.100.2", 1)), AcsChannel)
         first.protocol.connectionLost(None)  # type: ignore[arg-type]
-        self.assertIsNotNone(site.buildProtocol(IPv4Address("TCP", "198.51.100.1", 1)))
+        self.assertIsInstance(site.buildProtocol(IPv4Address("TCP", "198.51.100.1", 1)), AcsChannel)
         del second

@@ -9,8 +9,9 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from cwmpgw.acs.admission import AdmissionControl
+from cwmpgw.acs.resource import AcsChannel
 from tests import cpe_envelopes as cpe
-from tests.memhttp import MemoryAcs, digest_post
+from tests.memhttp import MemoryAcs, assert_refused, digest_post
 
 PERIODIC = ["2 PERIODIC"]
 BOOTSTRAP = ["0 BOOTSTRAP", "1 BOOT"]
@@ -101,7 +102,9 @@ class EndpointTests(SynchronousTestCase):
     def test_connection_cap_refuses_before_tls(self) -> None:
         self.acs.site.max_connections = 2
         first, second = self.acs.connect(), self.acs.connect()
-        self.assertIsNone(self.acs.site.buildProtocol(IPv4Address("TCP", "192.0.2.9", 1)))
+        assert_refused(self, self.acs.site, IPv4Address("TCP", "192.0.2.9", 1))
         first.protocol.connectionLost(None)  # type: ignore[arg-type]
-        self.assertIsNotNone(self.acs.site.buildProtocol(IPv4Address("TCP", "192.0.2.9", 1)))
+        self.assertIsInstance(
+            self.acs.site.buildProtocol(IPv4Address("TCP", "192.0.2.9", 1)), AcsChannel
+        )
         del second

@@ -16,13 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
-from txredisapi import ConnectionError as RedisConnectionError
+from twisted.web.server import NOT_DONE_YET, Request
 
 from cwmpgw.acs.admission import AdmissionControl
 from cwmpgw.acs.auth import AuthFailure, CpeAuthenticator, Identity
@@ -35,13 +32,13 @@ from cwmpgw.cwmp import soap
 from cwmpgw.cwmp.deviceid import device_id as make_device_id
 from cwmpgw.cwmp.messages import DeviceId, Envelope, Inform
 from cwmpgw.cwmp.session import Reply
-from cwmpgw.store.availability import RedisTimeout, Unavailable, log_call_failure
+from cwmpgw.store.availability import is_backend_failure, log_call_failure
 from cwmpgw.store.interfaces import ICredentialStore
+from cwmpgw.web.site import ConnectionLimits, HardenedChannel, HardenedSite, is_gone
 
 __all__ = [
     "COOKIE_NAME",
     "AcsChannel",
-    "AcsRequest",
     "AcsResource",
     "AcsSite",
     "ClientCertificates",
@@ -54,64 +51,6 @@ _COOKIE_RE = re.compile(r"(?:^|[;,]\s*)" + COOKIE_NAME + r"=([0-9a-f]{32})(?=$|[
 
 
 @dataclass(frozen=True, slots=True)
-class ConnectionLimits:
-    """What one TCP connection may send before it is answered 4xx and closed.
-
-    ``read_timeout`` is an absolute deadline per request, from its first byte until
-    its body is complete, that trickled bytes do not extend (Twisted's own timeout, the
-    site's ``timeout``, restarts on every byte: slowloris). Raise it together with
-    ``max_body_bytes``: a slow link needs time for a large body. ``first_byte_timeout``
-    bounds the start of a connection the same way: its TLS handshake and its first
-    request byte must come within it (a stalled handshake, or a client that connects and
-    says nothing, is closed), however slowly handshake bytes trickle in.
-    """
-
-    max_request_line: int = 8192
-    max_header_bytes: int = 16384  # request line plus headers, as Twisted counts them
-    max_headers: int = 100
-    max_body_bytes: int = 262_144
-    max_requests: int = 1000
-    read_timeout: float = 30.0
-    first_byte_timeout: float = 10.0
-
-    def __post_init__(self) -> None:
-        for name in ("max_request_line", "max_header_bytes", "max_headers", "max_requests"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
-        if self.max_body_bytes < 0 or self.read_timeout <= 0:
-            raise ValueError("max_body_bytes must be >= 0 and read_timeout > 0")
-
-
-_REFUSALS = {
-    400: b"Bad Request",
-    413: b"Content Too Large",
-    414: b"URI Too Long",
-    431: b"Request Header Fields Too Large",
-}
-
-
-class AcsRequest(Request):
-    """A request that stops buffering a body once it passes the channel's limit.
-
-    Twisted buffers the whole body before rendering; a chunked body has no length to
-    refuse up front, so the cap is applied chunk by chunk here.
-    """
-
-    _received = 0
-
-    def handleContentChunk(self, data: bytes) -> None:
-        channel = self.channel
-        if isinstance(channel, AcsChannel):
-            if channel.refused:
-                return
-            self._received += len(data)
-            if self._received > channel.limits.max_body_bytes:
-                channel.refuse(413, "body too large")
-                return
-        super().handleContentChunk(data)  # type: ignore[no-untyped-call]
-
-
-@dataclass(frozen=True, slots=True)
 class ClientCertificates:
     """How a verified client certificate names its device (acs.client_identity[_match])."""
 
@@ -119,185 +58,42 @@ class ClientCertificates:
     match: str = "device_id"
 
 
-class AcsChannel(HTTPChannel):
-    """An HTTP connection that remembers its session and enforces the connection limits."""
+class AcsChannel(HardenedChannel):
+    """A CPE's connection: the hardened base, plus the CWMP session it carries.
 
-    _log = Logger()
+    A connection carrying an open session may sit idle as long as a session may
+    (the site's ``timeout``); one that carries none gets the short ``idle_timeout`` of
+    its limits, so a client that sent one request and nothing since keeps no slot.
+    """
 
     cwmp_session: LiveSession | None = None
     auth_failures: int = 0
-    limits: ConnectionLimits = ConnectionLimits()
-    refused = False  # a limit was broken: answered, closing, ignoring the rest
-    _requests_seen = 0
-    _head_bytes = 0
-    _head_lines = 0
-    _head_fields = 0
-    _in_request = False  # a complete request is being answered; later bytes are buffered
-    _deadline: IDelayedCall | None = None
-    _first_byte: IDelayedCall | None = None
+    session_idle: float = 300.0
 
-    _clock: IReactorTime | None = None
+    def has_session(self) -> bool:
+        live = self.cwmp_session
+        return live is not None and not live.machine.closed
 
-    def configure(self, limits: ConnectionLimits, clock: IReactorTime) -> None:
-        """Apply ``limits``, keeping Twisted's own checks as a second line behind ours."""
-        self.limits = limits
-        self._clock = clock
-        self._first_byte = clock.callLater(limits.first_byte_timeout, self._silent)
-        self.MAX_LENGTH = max(limits.max_request_line, limits.max_header_bytes)
-        self.totalHeadersSize = limits.max_header_bytes
-        self.maxHeaders = limits.max_headers
-
-    def _peer(self) -> str:
-        address = self.transport.getPeer() if self.transport is not None else None
-        return str(getattr(address, "host", address))
-
-    def _silent(self) -> None:
-        self._first_byte = None
-        self._log.info(
-            "{peer} sent no request within {first_byte_timeout}s of connecting; closing",
-            peer=self._peer(),
-            first_byte_timeout=self.limits.first_byte_timeout,
-        )
-        if self.transport is not None:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._first_byte is not None and data:
-            # TLS done (we only see decrypted bytes) and a request begun: read_timeout now.
-            self._first_byte.cancel()
-            self._first_byte = None
-        if self.refused:
-            return
-        if data and not self._in_request and self._deadline is None:
-            # The first byte of a request: its head and body must be in within read_timeout.
-            call_later: Any = self._clock.callLater if self._clock else self.callLater
-            self._deadline = call_later(self.limits.read_timeout, self._read_timed_out)
-        super().dataReceived(data)  # type: ignore[no-untyped-call]
-
-    def _read_timed_out(self) -> None:
-        self._deadline = None
-        self._log.warn(
-            "request from {peer} not complete within {read_timeout}s; closing",
-            peer=self._peer(),
-            read_timeout=self.limits.read_timeout,
-        )
-        self.refused = True
-        transport: Any = self.transport
-        if transport is not None:
-            transport.abortConnection()
-
-    def _cancel_deadline(self) -> None:
-        if self._deadline is not None:
-            if self._deadline.active():
-                self._deadline.cancel()
-            self._deadline = None
-
-    def lineReceived(self, line: bytes) -> None:
-        if self.refused:
-            return
-        if self._head_lines == 0:
-            if not line:  # the stray CRLF some clients send after a body; Twisted eats one
-                super().lineReceived(line)  # type: ignore[no-untyped-call]
-                return
-            if len(line) > self.limits.max_request_line:
-                return self.refuse(414, "request line too long")
-        elif line and line[:1] not in b" \t":
-            self._head_fields += 1
-        self._head_lines += 1
-        self._head_bytes += len(line)
-        if self._head_bytes > self.limits.max_header_bytes:
-            return self.refuse(431, "request headers too large")
-        if self._head_fields > self.limits.max_headers:
-            return self.refuse(431, "too many request headers")
-        if not line:
-            self._head_lines = self._head_bytes = self._head_fields = 0
-        super().lineReceived(line)  # type: ignore[no-untyped-call]
-
-    def lineLengthExceeded(self, line: bytes) -> None:
-        if self._head_lines == 0:
-            self.refuse(414, "request line too long")
-        else:
-            self.refuse(431, "request headers too large")
-
-    def allHeadersReceived(self) -> None:
-        length = self.length
-        if length is not None and length > self.limits.max_body_bytes:
-            # Refused before any of the body is read (and before a 100 Continue).
-            return self.refuse(413, "body too large")
-        super().allHeadersReceived()  # type: ignore[no-untyped-call]
-        self._requests_seen += 1
-        if self._requests_seen >= self.limits.max_requests:
-            self.persistent = False
-            self.requests[-1].responseHeaders.setRawHeaders(b"connection", [b"close"])
-
-    def allContentReceived(self) -> None:
-        if self.refused:
-            return
-        self._cancel_deadline()
-        self._in_request = True
-        super().allContentReceived()  # type: ignore[no-untyped-call]
-
-    def rawDataReceived(self, data: bytes) -> None:
-        if self.refused:
-            return
-        super().rawDataReceived(data)
-
-    def requestDone(self, request: Request) -> None:
-        # A response that says "Connection: close" really closes the connection.
-        connection = request.responseHeaders.getRawHeaders(b"connection") or []
-        if any(b"close" in v.lower() for v in connection):
-            self.persistent = False
-        self._in_request = False
-        super().requestDone(request)  # type: ignore[no-untyped-call]
-
-    def refuse(self, status: int, reason: str) -> None:
-        """Answer a broken limit with a short plain response and close the connection."""
-        if self.refused:
-            return
-        self.refused = True
-        self._cancel_deadline()
-        self._log.info(
-            "refused a request from {peer}: {status} {reason}",
-            peer=self._peer(),
-            status=status,
-            reason=reason,
-        )
-        body = reason.encode() + b"\n"
-        if self.transport is not None:
-            self.transport.write(
-                b"HTTP/1.1 %d %s\r\n" % (status, _REFUSALS[status])
-                + b"Connection: close\r\n"
-                + b"Content-Type: text/plain; charset=utf-8\r\n"
-                + b"Content-Length: %d\r\n\r\n" % len(body)
-                + body
-            )
-            self.loseConnection()  # type: ignore[no-untyped-call]
-
-    def _respondToBadRequestAndDisconnect(self) -> None:
-        self.refuse(400, "bad request")
+    def idle_timeout(self) -> float:
+        return self.session_idle if self.has_session() else self.limits.idle_timeout
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
-        self._cancel_deadline()
-        if self._first_byte is not None and self._first_byte.active():
-            self._first_byte.cancel()
-        self._first_byte = None
-        super().connectionLost(reason)  # type: ignore[no-untyped-call]
+        super().connectionLost(reason)
         site = getattr(self, "site", None)
         if isinstance(site, AcsSite):
-            site.forget(self)
             site.engine.registry.connection_lost(self)
         self.cwmp_session = None
 
 
-class AcsSite(Site):
+class AcsSite(HardenedSite):
     """The Site for the ACS endpoint: our channel, no form parsing, no HTTP/2.
 
-    ``timeout`` is the idle time allowed between requests on a connection (give it the
-    session timeout); the other limits are :class:`ConnectionLimits`.
+    ``timeout`` is the idle time allowed between requests on a connection that carries a
+    live session (give it the session timeout); ``idle_timeout`` the idle time of one
+    that carries none. The other limits are :class:`ConnectionLimits`.
     """
 
-    protocol = AcsChannel  # type: ignore[assignment]
-    requestFactory = AcsRequest
+    protocol = AcsChannel
 
     def __init__(
         self,
@@ -313,20 +109,11 @@ class AcsSite(Site):
         max_connections: int = 0,
         max_connections_per_source: int = 0,
         first_byte_timeout: float = 10.0,
+        idle_timeout: float = 30.0,
+        linger: float = 2.0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(  # type: ignore[no-untyped-call]
-            resource, parsePOSTFormSubmission=False, timeout=timeout, **kwargs
-        )
-        self.engine = resource.engine
-        self.noisy = False
-        self.max_connections = max_connections  # 0 = no limit
-        self.open_connections: set[AcsChannel] = set()
-        # Per source address: many CPEs can share one (CGNAT), so the default is generous.
-        self.max_connections_per_source = max_connections_per_source  # 0 = no limit
-        self._per_source: dict[str, int] = {}
-        self._sources: dict[AcsChannel, str] = {}
-        self.limits = ConnectionLimits(
+        limits = ConnectionLimits(
             max_request_line=max_request_line,
             max_header_bytes=max_header_bytes,
             max_headers=max_headers,
@@ -334,54 +121,34 @@ class AcsSite(Site):
             max_requests=max_requests_per_connection,
             read_timeout=read_timeout,
             first_byte_timeout=first_byte_timeout,
+            idle_timeout=min(idle_timeout, timeout),
+            linger=linger,
         )
+        self.engine = resource.engine
+        super().__init__(
+            resource,
+            limits=limits,
+            max_connections=max_connections,
+            max_connections_per_source=max_connections_per_source,
+            on_refused=lambda cap: self.engine.note_shed(),
+            **kwargs,
+        )
+        self.session_idle = timeout
 
     def buildProtocol(self, addr: Any) -> Any:
-        if self.max_connections and len(self.open_connections) >= self.max_connections:
-            # Refused before any TLS work: the cheapest way to shed a crowd. The CPE
-            # retries with its back-off.
-            self.engine.note_shed()
-            return None
-        source = str(getattr(addr, "host", ""))
-        if self.max_connections_per_source and (
-            self._per_source.get(source, 0) >= self.max_connections_per_source
-        ):
-            self.engine.note_shed()
-            return None
-        channel = super().buildProtocol(addr)  # type: ignore[no-untyped-call]
+        channel = super().buildProtocol(addr)
         if isinstance(channel, AcsChannel):
-            channel.configure(self.limits, self.reactor)
-            self.open_connections.add(channel)
-            self._sources[channel] = source
-            self._per_source[source] = self._per_source.get(source, 0) + 1
+            channel.session_idle = self.session_idle
         return channel
-
-    def forget(self, channel: AcsChannel) -> None:
-        """A connection closed: it no longer counts against the limits."""
-        self.open_connections.discard(channel)
-        source = self._sources.pop(channel, None)
-        if source is not None:
-            left = self._per_source.get(source, 1) - 1
-            if left > 0:
-                self._per_source[source] = left
-            else:
-                self._per_source.pop(source, None)
 
     def drain(self) -> None:
         """Shutting down: connections with no session and no request close now; the others
         close after the answer that ends their session (see AcsResource._send)."""
         self.resource.draining = True
         for channel in list(self.open_connections):
-            live = channel.cwmp_session
-            if not channel.requests and (live is None or live.machine.closed):
-                channel.transport.loseConnection()  # type: ignore[union-attr]
-
-    def abort_all(self) -> None:
-        for channel in list(self.open_connections):
-            channel.transport.abortConnection()  # type: ignore[union-attr]
-
-    def log(self, request: Any) -> None:
-        """No access log line per request: at fleet scale it is noise; sessions are logged."""
+            if isinstance(channel, AcsChannel) and not channel.requests:
+                if not channel.has_session():
+                    channel.loseConnection()
 
 
 def _cookie(request: Request) -> str | None:
@@ -448,8 +215,8 @@ class AcsResource(Resource):
         return NOT_DONE_YET
 
     def _internal_error(self, failure: Failure, request: Request) -> None:
-        answerable = not request.finished and not getattr(request, "_disconnected", False)
-        if failure.check(Unavailable, RedisTimeout, RedisConnectionError):
+        answerable = not is_gone(request)
+        if failure.value is not None and is_backend_failure(failure.value):
             # Redis went away under this request (e.g. during the credential lookup):
             # "retry later", like an Inform that cannot be stored, not an internal error.
             self._log.warn(
@@ -762,7 +529,7 @@ class AcsResource(Resource):
         d.addErrback(lambda f: self._log.failure("could not publish auth.blocked", f))
 
     def _send(self, request: Request, reply: Reply) -> None:
-        if request.finished or getattr(request, "_disconnected", False):
+        if is_gone(request):
             return
         request.setResponseCode(reply.status)
         if self.draining and reply.status != 200:

@@ -9,7 +9,6 @@ the coroutine is cancelled, and with it whatever it was waiting for.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import re
@@ -17,23 +16,21 @@ import unicodedata
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from io import BytesIO
 from typing import Any, Final, NoReturn
 from urllib.parse import parse_qsl, quote, unquote_to_bytes
 
-from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.server import NOT_DONE_YET, Request
 
 from cwmpgw.connreq.interfaces import IConnectionRequester, WakeResult
 from cwmpgw.nbi.auth import CHALLENGE, IAuthorizer
 from cwmpgw.nbi.interfaces import DeviceFilter, IDeviceDirectory, IHealth
 from cwmpgw.nbi.openapi import ROUTES, Route, build_document
+from cwmpgw.store.availability import is_backend_failure
 from cwmpgw.tasks.model import (
     IdempotencyConflict,
     ITaskService,
@@ -42,14 +39,14 @@ from cwmpgw.tasks.model import (
     UnknownDevice,
     replayed,
 )
+from cwmpgw.web.site import ConnectionLimits, HardenedChannel, HardenedSite, is_gone
 
 __all__ = [
     "ApiError",
-    "NbiRequest",
+    "NbiChannel",
     "NbiResource",
     "NbiSite",
     "TaskRequest",
-    "is_backend_failure",
     "parse_json",
     "parse_task_request",
     "task_error_message",
@@ -166,61 +163,44 @@ def task_error_message(e: TaskError) -> str:
     return message
 
 
-def is_backend_failure(e: BaseException) -> bool:
-    """Redis unreachable or too slow: worth a 503 and a retry, not a 500."""
-    if type(e).__module__.split(".")[0] == "txredisapi":
-        return True
-    return isinstance(
-        e,
-        OSError
-        | DeferredTimeout
-        | net_error.ConnectError
-        | net_error.ConnectionLost
-        | net_error.ConnectionDone,
-    )
-
-
 # -- the request and the site ---------------------------------------------------------------
 
 
-class NbiRequest(Request):
-    """A request that keeps at most ``max_body`` bytes of body and remembers if it got more.
+class NbiChannel(HardenedChannel):
+    """An API connection: the hardened base; an oversize body gets the API's JSON 413."""
 
-    twisted.web would otherwise buffer any body it is sent (PROTOCOL facts: no limit).
-    """
+    refuse_oversize_body = False
 
-    def __init__(self, *args: Any, max_body: int = 1_048_576, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
-        self.max_body = max_body
-        self.body_too_large = False
-        self._received = 0
-
-    def gotLength(self, length: int | None) -> None:
-        if length is not None and length > self.max_body:
-            self.body_too_large = True
-        self.content = BytesIO()
-
-    def handleContentChunk(self, data: bytes) -> None:
-        self._received += len(data)
-        if self._received > self.max_body:
-            self.body_too_large = True
-            return
-        assert self.content is not None
-        self.content.write(data)
+    def body_limit(self) -> int:
+        site = getattr(self, "site", None)
+        resource = getattr(site, "resource", None)
+        return int(getattr(resource, "max_body_bytes", self.limits.max_body_bytes))
 
 
-class NbiSite(Site):
-    """The Site for the API: capped bodies, no form parsing, no access log line per request."""
+class NbiSite(HardenedSite):
+    """The Site for the API: the limits of the ACS port (read deadline, connection caps,
+    idle limit), capped bodies, no form parsing, no access log line per request."""
 
-    def __init__(self, resource: NbiResource, **kwargs: Any) -> None:
-        kwargs.setdefault(
-            "requestFactory", functools.partial(NbiRequest, max_body=resource.max_body_bytes)
+    protocol = NbiChannel
+
+    def __init__(
+        self,
+        resource: NbiResource,
+        *,
+        limits: ConnectionLimits | None = None,
+        max_connections: int = 1000,
+        max_connections_per_source: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        if limits is None:
+            limits = ConnectionLimits(max_body_bytes=resource.max_body_bytes, idle_timeout=60.0)
+        super().__init__(
+            resource,
+            limits=limits,
+            max_connections=max_connections,
+            max_connections_per_source=max_connections_per_source,
+            **kwargs,
         )
-        super().__init__(resource, parsePOSTFormSubmission=False, **kwargs)  # type: ignore[no-untyped-call]
-        self.noisy = False
-
-    def log(self, request: Any) -> None:
-        """State changes are logged by the resource; reads are not worth a line each."""
 
 
 # -- the resource ---------------------------------------------------------------------------
@@ -411,7 +391,7 @@ class NbiResource(Resource):
             _bad(f"the body is not valid JSON: {e}", "invalid_json")
 
     def _send(self, request: Request, status: int, body: Any, headers: Mapping[str, str]) -> None:
-        if request.finished or request._disconnected:
+        if is_gone(request):
             return
         # Serialise first: if that fails, nothing of this answer has been set yet.
         data = b"" if status == 204 or body is None else _as_bytes(body)

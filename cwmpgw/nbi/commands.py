@@ -28,13 +28,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from cwmpgw.bus.events import Event, IEventSink, device_ref
-from cwmpgw.nbi.api import (
-    ApiError,
-    is_backend_failure,
-    parse_json,
-    parse_task_request,
-    task_error_message,
-)
+from cwmpgw.nbi.api import ApiError, parse_json, parse_task_request, task_error_message
+from cwmpgw.store.availability import is_backend_failure
 from cwmpgw.tasks.model import ITaskService, TaskError, UnknownDevice, replayed
 
 __all__ = ["MAX_COMMAND_BYTES", "CommandConsumer"]

@@ -18,9 +18,11 @@ then answer CPEs that gave up long ago. Instead:
 from __future__ import annotations
 
 import random
+import sys
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
+from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -44,12 +46,42 @@ class Unavailable(ConnectionError):
     """Redis is unreachable now: the call was refused before anything was sent.
 
     A ``ConnectionError`` (an ``OSError``), so code that treats those as "the backend is
-    down, answer 503" treats this one alike (``cwmpgw.nbi.api.is_backend_failure``).
+    down, answer 503" treats this one alike (:func:`is_backend_failure`).
     """
 
 
 class RedisTimeout(TimeoutError):
     """A call was sent and not answered in time: it may or may not have been applied."""
+
+
+def is_backend_failure(e: BaseException) -> bool:
+    """Redis unreachable, too slow, or not serving: worth a 503 and a retry, not a 500.
+
+    txredisapi's own errors are recognised by class once txredisapi is loaded, without
+    importing it here (importing it installs the global reactor). An error reply that is
+    a bug of ours (a script error, a wrong type) is not a backend failure.
+    """
+    if isinstance(
+        e,
+        OSError  # Unavailable is one
+        | RedisTimeout
+        | DeferredTimeout
+        | net_error.ConnectError
+        | net_error.ConnectionLost
+        | net_error.ConnectionDone,
+    ):
+        return True
+    txredisapi = sys.modules.get("txredisapi")
+    if txredisapi is None:
+        return False
+    if isinstance(e, txredisapi.ConnectionError):
+        return True
+    # A Redis that is loading, a replica after a failover, or one out of memory answers
+    # with an error reply: the backend is not there for us now, as good as unreachable.
+    return isinstance(e, txredisapi.ResponseError) and str(e).startswith(_BACKEND_REPLIES)
+
+
+_BACKEND_REPLIES: Final = ("LOADING", "BUSY", "READONLY", "MASTERDOWN", "TRYAGAIN", "OOM")
 
 
 def log_call_failure(log: Logger, failure: Failure, message: str, **fields: Any) -> None:
