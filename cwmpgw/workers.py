@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import socket
 import sys
 from typing import Any
@@ -29,7 +28,7 @@ from twisted.python.failure import Failure
 
 from cwmpgw.config import Config
 
-__all__ = ["WorkerPool", "child_config", "listen_reuseport", "main"]
+__all__ = ["WorkerPool", "child_config", "listen_reuseport"]
 
 _RESTART_DELAY = 2.0
 _STOP_TIMEOUT = 15.0
@@ -133,7 +132,7 @@ class WorkerPool(Service):
         self._children[index] = child
         env = dict(os.environ)
         self._reactor.spawnProcess(
-            child, sys.executable, [sys.executable, "-m", "cwmpgw.workers"], env=env
+            child, sys.executable, [sys.executable, "-m", "cwmpgw.worker"], env=env
         )
         self._log.info("started worker {index}", index=index)
 
@@ -170,28 +169,3 @@ class WorkerPool(Service):
                         child.transport.signalProcess("KILL")
 
         return Deferred.fromCoroutine(stop())
-
-
-def main() -> None:
-    """A worker process: its configuration as JSON on stdin; logs as text on stdout."""
-    from twisted.internet import reactor
-    from twisted.logger import globalLogBeginner, textFileLogObserver
-
-    from cwmpgw.config import parse_config
-    from cwmpgw.service import GatewayService
-
-    config = parse_config(json.loads(sys.stdin.read()))
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
-    service = GatewayService(config, reactor, reuse_port=True)
-    service.startService()
-
-    def stop(*_: object) -> None:
-        reactor.callFromThread(reactor.stop)  # type: ignore[attr-defined]
-
-    signal.signal(signal.SIGTERM, stop)
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-    reactor.run()
-
-
-if __name__ == "__main__":
-    main()

@@ -12,13 +12,14 @@ same pipelined connection) and expires with the nonce.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import Interface, implementer
 
-__all__ = ["INonceClaims", "MemoryNonceClaims", "RedisNonceClaims"]
+__all__ = ["INonceClaims", "MemoryNonceClaims", "RedisNonceClaims", "shared_nonce_secret"]
 
 
 class INonceClaims(Interface):
@@ -69,3 +70,12 @@ class MemoryNonceClaims:
             self._holders[nonce] = (claimant, now + ttl_ms / 1000)
             return succeed(True)
         return succeed(holder[0] == claimant)
+
+
+async def shared_nonce_secret(redis: Any, prefix: str) -> bytes:
+    """The key nonces are made with, shared through Redis so every node accepts every
+    nonce: the first process to start draws it, every later one reads it."""
+    key = prefix + "secret:digest-nonce"
+    await redis.execute_command("SET", key, os.urandom(32).hex(), "NX")
+    value = await redis.get(key)
+    return bytes.fromhex(value)

@@ -37,7 +37,7 @@ from cwmpgw.connreq.guard import GuardPolicy, Refusal, check_http_target, check_
 from cwmpgw.connreq.interfaces import IConnectionRequester, WakeResult
 from cwmpgw.store.interfaces import ConnReqCredential, IConnReqCredentialStore, IDeviceStore
 
-__all__ = ["ConnectionRequestService", "RateLimiter"]
+__all__ = ["ConnectionRequestService", "RateLimiter", "session_follows"]
 
 _NETWORK_ERRORS = ("unreachable", "timeout")
 
@@ -347,3 +347,25 @@ class ConnectionRequestService:
             await self._events.publish(event)
         except Exception:
             self._log.failure("could not publish {type}", type=type_)
+
+
+def session_follows(listener: Any) -> Callable[[str, float], Deferred[bool]]:
+    """``session_started`` for :class:`ConnectionRequestService` from the event listener:
+    true once the device's next Inform carries ``6 CONNECTION REQUEST``, whichever node
+    served it (the listener sees every node's events)."""
+
+    def session_started(device_id: str, timeout: float) -> Deferred[bool]:
+        def matches(event: dict[str, Any]) -> bool:
+            return (
+                event.get("type") == "inform"
+                and (event.get("device") or {}).get("id") == device_id
+                and any(
+                    e.get("code") == "6 CONNECTION REQUEST"
+                    for e in event.get("data", {}).get("events", [])
+                )
+            )
+
+        d: Deferred[Any] = listener.wait_for(matches, timeout, device=device_id)
+        return d.addCallback(lambda event: event is not None)
+
+    return session_started
