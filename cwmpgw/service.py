@@ -413,6 +413,7 @@ class GatewayService(Service):
             keep_finished=cfg.keep_finished,
             gpv_batch=cfg.gpv_batch,
             report_timeout=cfg.report_timeout,
+            stream_maxlen=self.config.events.stream_maxlen,
         )
         self.runner = TaskRunner(self.tasks, self.devices, gpv_batch=cfg.gpv_batch)
 
