@@ -196,7 +196,7 @@ class GatewayService(Service):
         spool = self.spool
         self.metrics.events_spooled.set_function(lambda: spool.pending)
         self.events = MeteredEventSink(self.spool, self.metrics)
-        self.devices = RedisDeviceStore(self.redis, prefix)
+        self.devices = RedisDeviceStore(self.redis, prefix, stream_maxlen=maxlen)
         self.credentials = RedisCredentialStore(self.redis, prefix)
         self.connreq_credentials = self._connreq_credential_store()
         if self.config.connreq.enabled:
