@@ -147,22 +147,24 @@ def test_gateway_killed_right_after_a_task_is_done_leaves_its_event_in_the_strea
         logs = node.stop()
         proxy.close()
     assert node.process.returncode == -signal.SIGKILL, logs
-    deadline = time.monotonic() + 10
-    stored = None
-    while time.monotonic() < deadline:  # Redis runs the last command it was passed
-        stored = direct.get(f"{prefix}task:{task['id']}")
-        if stored is not None and json.loads(stored)["status"] == "done":
-            break
-        time.sleep(0.02)
-    assert stored is not None and json.loads(stored)["status"] == "done", stored
-    events = [
-        json.loads(fields["event"])
-        for _, fields in direct.xrange(f"{prefix}events")
-        if fields["type"].startswith("task.")
-    ]
-    mine = [(e["type"], e["data"]) for e in events if e["data"]["id"] == task["id"]]
-    assert mine == [("task.queued", task), ("task.done", json.loads(stored))], mine
-    direct.close()
+    try:
+        deadline = time.monotonic() + 10
+        stored = None
+        while time.monotonic() < deadline:  # Redis runs the last command it was passed
+            stored = direct.get(f"{prefix}task:{task['id']}")
+            if stored is not None and json.loads(stored)["status"] == "done":
+                break
+            time.sleep(0.02)
+        assert stored is not None and json.loads(stored)["status"] == "done", stored
+        events = [
+            json.loads(fields["event"])
+            for _, fields in direct.xrange(f"{prefix}events")
+            if fields["type"].startswith("task.")
+        ]
+        mine = [(e["type"], e["data"]) for e in events if e["data"]["id"] == task["id"]]
+        assert mine == [("task.queued", task), ("task.done", json.loads(stored))], mine
+    finally:
+        direct.close()
     # And nothing waits in the spool to be replayed as a second copy.
     for spool in (node.dir / "data" / "spool").glob("*.jsonl"):
         assert task["id"] not in spool.read_text()
