@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
-from cwmpgw.bus.events import Event, IEventSink
+from cwmpgw.bus.events import Event, IEventSink, IStoredEvents
 
 __all__ = ["CONTENT_TYPE", "MeteredEventSink", "Metrics", "MetricsResource"]
 
@@ -88,9 +88,10 @@ class Metrics:
         return bytes(generate_latest(self.registry))
 
 
-@implementer(IEventSink)
+@implementer(IEventSink, IStoredEvents)
 class MeteredEventSink:
-    """Counts what goes through an event sink, published or failed."""
+    """Counts what goes through an event sink, published or failed, and the events that
+    state-changing scripts stored themselves (task events)."""
 
     def __init__(self, inner: IEventSink, metrics: Metrics) -> None:
         self._inner = inner
@@ -106,6 +107,11 @@ class MeteredEventSink:
             return failure
 
         return self._inner.publish(event).addCallbacks(ok, failed)
+
+    def stored(self, event: Event) -> None:
+        self._metrics.events.labels(event.type).inc()
+        if IStoredEvents.providedBy(self._inner):
+            IStoredEvents(self._inner).stored(event)
 
 
 class MetricsResource(Resource):

@@ -196,7 +196,7 @@ class GatewayService(OrderedTree):
         )
         self.metrics.events_spooled.set_function(lambda: spool.pending)
         self.events = MeteredEventSink(spool, self.metrics)
-        self.devices = RedisDeviceStore(redis, prefix)
+        self.devices = RedisDeviceStore(redis, prefix, stream_maxlen=maxlen)
         self.credentials = RedisCredentialStore(redis, prefix)
         key_file = cfg.connreq.key_file or os.path.join(self.data_dir, "connreq.key")
         self.connreq_credentials = RedisConnReqCredentialStore(
@@ -252,6 +252,7 @@ class GatewayService(OrderedTree):
             keep_finished=cfg.keep_finished,
             gpv_batch=cfg.gpv_batch,
             report_timeout=cfg.report_timeout,
+            stream_maxlen=self.config.events.stream_maxlen,
         )
         self.runner = TaskRunner(self.tasks, self.devices, gpv_batch=cfg.gpv_batch)
         self.rotations = RedisRotations(redis, prefix)

@@ -272,6 +272,45 @@ class RedisStoreTests(StoreContract, TestCase):
             "http://192.0.2.1:7547/cr",
         )
 
+    async def stream(self) -> list[tuple[str, str]]:
+        entries = await self.redis.execute_command("XRANGE", self.prefix + "events", "-", "+")
+        return [(fields[1], fields[3]) for _, fields in entries]
+
+    async def test_device_registered_is_stored_with_the_device_write(self) -> None:
+        """Due once, on first contact: written by the script that creates the device, so a
+        gateway dying between the two cannot lose it (the CPE's retry is not new)."""
+        from cwmpgw.bus.events import Event, device_ref
+
+        def registered(first_contact: bool) -> Event:
+            data = {"first_contact": first_contact, "bootstrap": not first_contact}
+            return Event("device.registered", 1000.0, "n1", data, device_ref(DEVICE_ID))
+
+        self.assertTrue(self.devices.stores_events)
+        first, again, bootstrap = registered(True), registered(True), registered(False)
+        self.assertTrue(await self.devices.record_inform(record(), first, None))
+        self.assertFalse(await self.devices.record_inform(record(ts=1001.0), again, None))
+        self.assertFalse(await self.devices.record_inform(record(ts=1002.0), again, bootstrap))
+        self.assertEqual(
+            await self.stream(),
+            [("device.registered", first.to_json()), ("device.registered", bootstrap.to_json())],
+        )
+        device = await self.devices.get_device(DEVICE_ID)
+        self.assertEqual(int(device["inform_count"]), 3)
+        self.assertEqual(  # the parameters still come after the events' arguments
+            device["parameters"]["Device.DeviceInfo.UpTime"]["value"], "42"
+        )
+
+    async def test_completion_report_event_is_stored_with_the_first_report_only(self) -> None:
+        from cwmpgw.bus.events import Event, device_ref
+
+        def report() -> Event:
+            return Event("transfer.complete", 1000.0, "n1", {"a": 1}, device_ref(DEVICE_ID))
+
+        first = report()
+        self.assertTrue(await self.devices.record_transfer(DEVICE_ID, "tc:k", {"a": 1}, first))
+        self.assertFalse(await self.devices.record_transfer(DEVICE_ID, "tc:k", {"a": 1}, report()))
+        self.assertEqual(await self.stream(), [("transfer.complete", first.to_json())])
+
     async def test_connreq_password_encrypted_at_rest(self) -> None:
         await self.crcredentials.set("dev-1", ConnReqCredential("cr-user", "cr-pass"))
         raw = await self.redis.hgetall(self.prefix + "crcred:dev-1")

@@ -11,12 +11,13 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.task import deferLater
 from twisted.internet.testing import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from cwmpgw.bus.events import Event, IEventSink
+from cwmpgw.bus.events import Event, IEventSink, IStoredEvents
 from cwmpgw.bus.memory import MemoryEventBus
 from cwmpgw.tasks.memory import MemoryTaskService
 from cwmpgw.tasks.model import (
@@ -38,16 +39,26 @@ SPV = {"parameters": [{"name": "Device.ManagementServer.PeriodicInformInterval",
 DOWNLOAD = {"file_type": "1 Firmware Upgrade Image", "url": "http://files.example/fw.bin"}
 
 
-@implementer(IEventSink)
+@implementer(IEventSink, IStoredEvents)
 class RecordingBus:
-    """Keeps every event and forwards it (to Redis, when two nodes must hear each other)."""
+    """Keeps every event and forwards it (to Redis, when two nodes must hear each other).
+
+    The Redis provider stores task events itself, in the script that changes the task, and
+    only tells the sink (``stored``); they are kept here all the same, so one contract
+    checks both providers' events. ``published`` are those the sink was asked to publish.
+    """
 
     def __init__(self, inner: Any = None) -> None:
         self.events: list[Event] = []
+        self.published: list[Event] = []
         self._inner = inner
+
+    def stored(self, event: Event) -> None:
+        self.events.append(event)
 
     def publish(self, event: Event) -> Deferred[None]:
         self.events.append(event)
+        self.published.append(event)
         if self._inner is not None:
             d: Deferred[None] = self._inner.publish(event)
             return d
@@ -506,6 +517,23 @@ class RedisTaskTests(TaskContract, TestCase):
         self.clock.advance(T0)
         self.bus = RecordingBus()
         self.service = self.make()
+        self.addCleanup(self.every_event_is_in_the_stream_once)
+
+    async def stream(self) -> list[tuple[str, str]]:
+        """(type, envelope JSON) of every entry of the event stream, oldest first."""
+        entries = await self.redis.execute_command("XRANGE", self.prefix + "events", "-", "+")
+        out = []
+        for _, fields in entries:
+            entry = dict(zip(fields[::2], fields[1::2], strict=True))
+            out.append((entry["type"], entry["event"]))
+        return out
+
+    async def every_event_is_in_the_stream_once(self) -> None:
+        """After every test: the events the service reported are the stream, byte for byte
+        and in order (no change without its event, no event twice), and none of them went
+        through the sink's publish as well."""
+        self.assertEqual(await self.stream(), [(e.type, e.to_json()) for e in self.bus.events])
+        self.assertEqual(self.bus.published, [])
 
     def make(self, **kw: Any) -> Any:
         from cwmpgw.tasks.store import RedisTaskService
@@ -517,6 +545,92 @@ class RedisTaskTests(TaskContract, TestCase):
     async def settle(self) -> None:
         # Replies come in order: once PING is answered, every earlier command has been.
         await self.redis.ping()
+
+    async def test_each_change_stores_its_event_even_if_the_gateway_dies_after_it(self) -> None:
+        """The event is written by the script that changes the task: a gateway that dies
+        right after the change (here: a sink that drops everything, as a dead process
+        would) still leaves every event in the stream, once, in the order of the changes,
+        and heard on pub/sub."""
+        from cwmpgw.bus.listener import EventListener
+        from cwmpgw.tasks.store import RedisTaskService
+
+        prefix = unique_prefix()  # apart from the stream the cleanup compares with self.bus
+        await self.redis.execute_command("HSET", f"{prefix}device:{DEV}", "id", DEV)
+        endpoint = TCP4ClientEndpoint(reactor, self.redis_server.host, self.redis_server.port)
+        listener = EventListener(endpoint.connect, prefix, clock=reactor)
+        heard: list[dict[str, Any]] = []
+        listener.subscribe(heard.append)
+        listener.startService()
+        self.addCleanup(listener.stopService)
+        await listener.whenSubscribed().addTimeout(10, reactor)
+
+        dead = RedisTaskService(
+            self.redis, prefix, events=MemoryEventBus(), clock=self.clock, node="n1", max_attempts=1
+        )
+        changes: list[Task] = []
+
+        async def change(d: Deferred[Task]) -> Task:
+            task = await d
+            changes.append(task)
+            return task
+
+        cancelled = await change(dead.submit(DEV, "Reboot", {}))
+        await change(dead.cancel(cancelled.id))
+        await change(dead.submit(DEV, "GetParameterValues", GPV))
+        await change(dead.complete(await dead.next_for_device(DEV), {"parameters": {}}))
+        await change(dead.submit(DEV, "Reboot", {}))
+        await change(dead.fail(await dead.next_for_device(DEV), {"code": 9002}))
+        download = await change(dead.submit(DEV, "Download", DOWNLOAD))
+        await dead.wait_for_transfer(await dead.next_for_device(DEV))  # running: no event
+        await change(dead.transfer_complete(DEV, download.command_key, 0, "", "s", "c"))
+        worn = await change(dead.submit(DEV, "Reboot", {}))
+        await dead.requeue(await dead.next_for_device(DEV))  # queued again: no event
+        self.assertIsNone(await dead.next_for_device(DEV))  # its one attempt used: failed
+        changes.append(await dead.get(worn.id))
+        old = await change(dead.submit(DEV, "Reboot", {}, expires_in=5))
+        self.clock.advance(5)
+        self.assertEqual(await dead.expire_due(), 1)
+        changes.append(await dead.get(old.id))
+
+        entries = await self.redis.execute_command("XRANGE", prefix + "events", "-", "+")
+        stream = [(fields[1], json.loads(fields[3])) for _, fields in entries]
+        self.assertEqual(
+            [(kind, envelope["type"], envelope["data"]) for kind, envelope in stream],
+            [("task." + t.status, "task." + t.status, t.to_dict()) for t in changes],
+        )
+        self.assertEqual(
+            [e["type"] for _, e in stream],
+            [
+                *("task.queued", "task.cancelled", "task.queued", "task.done", "task.queued"),
+                *("task.failed", "task.queued", "task.done", "task.queued", "task.failed"),
+                *("task.queued", "task.expired"),
+            ],
+        )
+        for _, envelope in stream:  # the documented envelope, as every other event's
+            self.assertEqual(list(envelope), ["v", "id", "type", "ts", "device", "node", "data"])
+            self.assertEqual((envelope["v"], envelope["node"]), (1, "n1"))
+            self.assertEqual(envelope["device"]["id"], DEV)
+        self.assertEqual(len({e["id"] for _, e in stream}), len(stream))
+        for _ in range(250):
+            if len(heard) >= len(stream):
+                break
+            await deferLater(reactor, 0.02, lambda: None)
+        self.assertEqual(heard, [envelope for _, envelope in stream])
+
+    async def test_metrics_count_each_task_event_once(self) -> None:
+        from cwmpgw.metrics import MeteredEventSink, Metrics
+
+        metrics = Metrics()
+        self.service = self.make(events=MeteredEventSink(self.bus, metrics))
+        task = await self.service.submit(DEV, "Reboot", {})
+        await self.service.cancel(task.id)
+        await self.service.cancel(task.id)  # already final: no change, no event
+        for kind in ("task.queued", "task.cancelled"):
+            count = metrics.registry.get_sample_value(
+                "cwmpgw_events_published_total", {"type": kind}
+            )
+            self.assertEqual(count, 1.0)
+        self.assertEqual(self.bus.of(task.id), ["task.queued", "task.cancelled"])
 
     async def test_idempotency_key_kept_a_day(self) -> None:
         task = await self.service.submit(DEV, "Reboot", {}, idempotency_key="bo-1")

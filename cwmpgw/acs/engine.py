@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from cwmpgw.acs.sessions import LiveSession, SessionRegistry, new_session_id
-from cwmpgw.bus.events import Event, IEventSink, device_ref
+from cwmpgw.bus.events import Event, IEventSink, IStoredEvents, device_ref
 from cwmpgw.cwmp import soap
 from cwmpgw.cwmp.deviceid import device_id as make_device_id
 from cwmpgw.cwmp.messages import (
@@ -156,6 +156,14 @@ class AcsEngine:
     ) -> Deferred[None]:
         return self._events.publish(self._event(type_, data, device))
 
+    async def _announce(self, event: Event, stored: bool) -> None:
+        """Publish ``event``, or only tell the sink of it (metrics) when the store already
+        stored it with the write it reports (``IDeviceStore.stores_events``)."""
+        if not stored:
+            await self._events.publish(event)
+        elif IStoredEvents.providedBy(self._events):
+            IStoredEvents(self._events).stored(event)
+
     async def start_session(
         self, envelope: Envelope, *, peer: str, channel: object, authenticated_as: str
     ) -> tuple[LiveSession | None, Reply]:
@@ -197,20 +205,30 @@ class AcsEngine:
             record = replace(record, session_owner=owner, session_ttl=ttl)
             if not self._devices.takes_session:
                 await self._lock.take(device_id, owner, ttl)
-        is_new = await self._devices.record_inform(record)
         dev = _device_ref(device_id, inform.device_id)
-        codes = [e.code for e in inform.events]
-        if is_new or "0 BOOTSTRAP" in codes:
-            await self.publish(
-                "device.registered",
-                {
-                    "first_contact": is_new,
-                    "bootstrap": "0 BOOTSTRAP" in codes,
-                    "source": peer,
-                    "username": authenticated_as,
-                },
-                dev,
-            )
+        bootstrap = "0 BOOTSTRAP" in [e.code for e in inform.events]
+
+        def registered(first_contact: bool) -> Event:
+            data = {
+                "first_contact": first_contact,
+                "bootstrap": bootstrap,
+                "source": peer,
+                "username": authenticated_as,
+            }
+            return self._event("device.registered", data, dev)
+
+        # device.registered goes with the device write where the store can (it is due
+        # once, on first contact: a crash between the two would lose it for good).
+        if_new, if_known = registered(True), registered(False) if bootstrap else None
+        stores = self._devices.stores_events
+        is_new = await (
+            self._devices.record_inform(record, if_new, if_known)
+            if stores
+            else self._devices.record_inform(record)
+        )
+        event = if_new if is_new else if_known
+        if event is not None:
+            await self._announce(event, stores)
         await self.publish(
             "inform",
             {
@@ -373,7 +391,19 @@ class AcsEngine:
                 str(message.fault_code),
                 getattr(message, "command_key", "") or getattr(message, "transfer_url", ""),
             ]
-        first = await self._devices.record_transfer(live.device_id, ":".join(parts), data)
+        # Published the first time only, so stored with the report where the store can: a
+        # crash between the two would lose it for good (the CPE's repeat is not the first).
+        event = self._event(
+            event_type,
+            {**data, "session_id": live.session_id, "autonomous": autonomous, "success": success},
+            _device_ref(live.device_id, live.device),
+        )
+        key, stores = ":".join(parts), self._devices.stores_events
+        first = await (
+            self._devices.record_transfer(live.device_id, key, data, event)
+            if stores
+            else self._devices.record_transfer(live.device_id, key, data)
+        )
         await self._requests.transfer_completed(live, message)
         if not first:
             self._log.info(
@@ -381,8 +411,7 @@ class AcsEngine:
                 device_id=live.device_id,
             )
             return
-        data.update({"session_id": live.session_id, "autonomous": autonomous, "success": success})
-        await self.publish(event_type, data, _device_ref(live.device_id, live.device))
+        await self._announce(event, stores)
 
     def _session_ended(self, live: LiveSession, ended: SessionEnded) -> None:
         """Report a session's end once, whatever ended it."""

@@ -20,6 +20,7 @@ __all__ = [
     "EVENT_TYPES",
     "Event",
     "IEventSink",
+    "IStoredEvents",
     "device_ref",
     "format_ts",
     "new_event_id",
@@ -136,3 +137,12 @@ class IEventSink(Interface):
 
     def publish(event: Event) -> Deferred[None]:
         """Deliver one event; fires once it is stored (stream) and published."""
+
+
+class IStoredEvents(Interface):
+    """A sink that wants to hear of events it did not publish: those a state-changing Redis
+    script stored itself, together with the change (see ``cwmpgw.bus.redis.EMIT_LUA``)."""
+
+    def stored(event: Event) -> None:
+        """``event`` is in the stream and was published; take note (count it), never
+        publish it again."""

@@ -12,6 +12,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
+from cwmpgw.bus.events import Event
 from cwmpgw.cwmp.messages import DeviceId, EventStruct, ParameterValue
 
 __all__ = [
@@ -64,11 +65,26 @@ class IDeviceStore(Interface):
         " session_owner (one round trip instead of two); else the engine takes it."
     )
 
-    def record_inform(record: InformRecord) -> Deferred[bool]:
-        """Create or update the device; fires True if the device was not known before."""
+    stores_events = Attribute(
+        "True if record_inform and record_transfer store the events given to them (stream"
+        " and pub/sub) in the same step as the write; else they ignore them and the engine"
+        " publishes them."
+    )
 
-    def record_transfer(device_id: str, key: str, data: dict[str, Any]) -> Deferred[bool]:
-        """Record a (possibly re-delivered) transfer result; True the first time for ``key``."""
+    def record_inform(
+        record: InformRecord, if_new: Event | None = None, if_known: Event | None = None
+    ) -> Deferred[bool]:
+        """Create or update the device; fires True if the device was not known before.
+
+        A store that ``stores_events`` stores ``if_new`` with the write when the device
+        was not known, else ``if_known`` (device.registered)."""
+
+    def record_transfer(
+        device_id: str, key: str, data: dict[str, Any], event: Event | None = None
+    ) -> Deferred[bool]:
+        """Record a (possibly re-delivered) transfer result; True the first time for ``key``.
+
+        A store that ``stores_events`` stores ``event`` with it, the first time only."""
 
     def get_device(
         device_id: str, parameters: Sequence[str] | None = None

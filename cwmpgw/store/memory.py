@@ -9,6 +9,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
+from cwmpgw.bus.events import Event
 from cwmpgw.store.interfaces import (
     ConnReqCredential,
     IConnReqCredentialStore,
@@ -47,7 +48,11 @@ class MemoryDeviceStore:
 
     takes_session = False  # the engine takes its own lock
 
-    def record_inform(self, record: InformRecord) -> Deferred[bool]:
+    stores_events = False  # the engine publishes them
+
+    def record_inform(
+        self, record: InformRecord, if_new: Event | None = None, if_known: Event | None = None
+    ) -> Deferred[bool]:
         new = record.device_id not in self.devices
         dev = self.devices.setdefault(
             record.device_id,
@@ -59,7 +64,9 @@ class MemoryDeviceStore:
             dev["parameters"][p.name] = {"value": p.value, "type": p.type}
         return succeed(new)
 
-    def record_transfer(self, device_id: str, key: str, data: dict[str, Any]) -> Deferred[bool]:
+    def record_transfer(
+        self, device_id: str, key: str, data: dict[str, Any], event: Event | None = None
+    ) -> Deferred[bool]:
         first = (device_id, key) not in self.transfers
         self.transfers[(device_id, key)] = data
         return succeed(first)

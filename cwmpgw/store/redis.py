@@ -7,6 +7,9 @@ Key layout (all under the configured prefix, default ``cwmpgw:``):
 - ``device:<id>:params`` hash: parameter name -> JSON ``[value, xsi type]``
 - ``device:<id>:transfers`` hash: transfer key -> JSON result
 - ``devices`` sorted set: device id scored by last inform time
+- ``events`` stream (and ``events:<type>`` channels): ``device.registered`` and
+  ``transfer.complete`` / ``du.complete`` are stored in the script that writes what they
+  report (see ``cwmpgw.bus.redis.EMIT_LUA``), so a crash cannot keep one without the other
 - ``cred:<username>`` hash: device_id and one HA1 per Digest algorithm
 - ``cred-by-device`` hash: device id -> username
 - ``cred-pending:<username>`` hash, ``cred-pending-by-device`` hash: a credential being
@@ -25,6 +28,8 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
+from cwmpgw.bus.events import Event
+from cwmpgw.bus.redis import EMIT_LUA, EventStream
 from cwmpgw.store.interfaces import (
     ConnReqCredential,
     IConnReqCredentialStore,
@@ -39,25 +44,34 @@ from cwmpgw.store.sessionlock import owner_key
 
 __all__ = ["RedisConnReqCredentialStore", "RedisCredentialStore", "RedisDeviceStore"]
 
-# KEYS: device hash, params hash, devices zset[, session owner]
-# ARGV: ts, device id, fields JSON, owner, owner TTL (ms), then parameter name/value pairs
-_RECORD_INFORM = """
+# KEYS: device hash, params hash, devices zset, event stream[, session owner]
+# ARGV: ts, device id, fields JSON, owner, owner TTL (ms), 6-9 the event if the device is
+# new, 10-13 the event if it is known (EventStream.args), then parameter name/value pairs
+_RECORD_INFORM = (
+    EMIT_LUA
+    + """
 local new = redis.call('HSETNX', KEYS[1], 'first_seen', ARGV[1])
 local fields = cjson.decode(ARGV[3])
 local flat = {}
 for k, v in pairs(fields) do flat[#flat + 1] = k; flat[#flat + 1] = v end
 redis.call('HSET', KEYS[1], unpack(flat))
 redis.call('HINCRBY', KEYS[1], 'inform_count', 1)
-local i = 6
+local i = 14
 while i <= #ARGV do
   local last = math.min(i + 399, #ARGV)
   redis.call('HSET', KEYS[2], unpack(ARGV, i, last))
   i = last + 1
 end
 redis.call('ZADD', KEYS[3], ARGV[1], ARGV[2])
-if KEYS[4] then redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[5]) end
+if KEYS[5] then redis.call('SET', KEYS[5], ARGV[4], 'PX', ARGV[5]) end
+if new == 1 then
+  emit(KEYS[4], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
+else
+  emit(KEYS[4], ARGV[10], ARGV[11], ARGV[12], ARGV[13])
+end
 return new
 """
+)
 
 # KEYS: device hash, params hash; ARGV: parameter names. One round trip, and a device
 # with thousands of cached parameters is not read whole to get three of them.
@@ -67,11 +81,20 @@ for _, name in ipairs(ARGV) do out[#out + 1] = redis.call('HGET', KEYS[2], name)
 return out
 """
 
-_RECORD_TRANSFER = """
+# KEYS: transfers hash, event stream; ARGV: key, result JSON, 3-6 the event (stored the
+# first time only; EventStream.args)
+_RECORD_TRANSFER = (
+    EMIT_LUA
+    + """
 local first = redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-if first then return 1 else return 0 end
+if first then
+  emit(KEYS[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+  return 1
+end
+return 0
 """
+)
 
 # KEYS: cred:<username>, cred-by-device; ARGV: device id, username, prefix, ha1 pairs...
 _SET_CREDENTIAL = """
@@ -155,18 +178,22 @@ _HA1_FIELD = "ha1:"
 
 @implementer(IDeviceStore)
 class RedisDeviceStore:
-    def __init__(self, redis: Any, prefix: str) -> None:
+    def __init__(self, redis: Any, prefix: str, *, stream_maxlen: int = 100_000) -> None:
         self._redis = redis
         self._prefix = prefix
+        self._stream = EventStream(prefix, stream_maxlen)
 
     def _key(self, device_id: str) -> str:
         return f"{self._prefix}device:{device_id}"
 
     takes_session = True
+    stores_events = True
 
-    def record_inform(self, record: InformRecord) -> Deferred[bool]:
+    def record_inform(
+        self, record: InformRecord, if_new: Event | None = None, if_known: Event | None = None
+    ) -> Deferred[bool]:
         key = self._key(record.device_id)
-        keys = [key, key + ":params", self._prefix + "devices"]
+        keys = [key, key + ":params", self._prefix + "devices", self._stream.key]
         if record.session_owner is not None:
             keys.append(owner_key(self._prefix, record.device_id))
         args: list[str] = [
@@ -175,15 +202,21 @@ class RedisDeviceStore:
             json.dumps(device_fields(record)),
             record.session_owner or "",
             str(int(record.session_ttl * 1000)),
+            *self._stream.args(if_new),
+            *self._stream.args(if_known),
         ]
         for p in record.parameters:
             args += [p.name, json.dumps([p.value, p.type])]
         d: Deferred[Any] = self._redis.eval(_RECORD_INFORM, keys, args)
         return d.addCallback(lambda new: bool(new))
 
-    def record_transfer(self, device_id: str, key: str, data: dict[str, Any]) -> Deferred[bool]:
+    def record_transfer(
+        self, device_id: str, key: str, data: dict[str, Any], event: Event | None = None
+    ) -> Deferred[bool]:
         d: Deferred[Any] = self._redis.eval(
-            _RECORD_TRANSFER, [self._key(device_id) + ":transfers"], [key, json.dumps(data)]
+            _RECORD_TRANSFER,
+            [self._key(device_id) + ":transfers", self._stream.key],
+            [key, json.dumps(data), *self._stream.args(event)],
         )
         return d.addCallback(lambda first: bool(first))
 

@@ -14,6 +14,12 @@ Python decides what a task becomes (the same rules as the memory provider); one 
 applies each change to every key at once, and only if the stored task still has the status
 and attempt count the decision was based on. Two nodes can therefore never both move a task:
 the loser sees the winner's version and acts on that.
+
+The same script stores the change's event (``task.queued``, ``task.done``…): XADD to the
+event stream and PUBLISH, built in Python beforehand as every other envelope. A change and
+its event are stored together or not at all, so a gateway that dies right after a change
+cannot lose its event, and the event sink never sees task events (it is only told of them,
+to count them: :class:`~cwmpgw.bus.events.IStoredEvents`).
 """
 
 from __future__ import annotations
@@ -27,8 +33,9 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from cwmpgw.bus.events import IEventSink
+from cwmpgw.bus.events import Event, IEventSink, IStoredEvents
 from cwmpgw.bus.listener import EventListener
+from cwmpgw.bus.redis import EMIT_LUA, EventStream
 from cwmpgw.store.sessionlock import Superseded, owner_key
 from cwmpgw.tasks.memory import (
     REPORT_TIMEOUT,
@@ -36,9 +43,9 @@ from cwmpgw.tasks.memory import (
     idempotency_fingerprint,
     ignore_cancel,
     no_report,
-    publish_task_event,
     replay_of,
     start_decision,
+    task_event,
     task_from_dict,
     task_from_json,
     task_to_json,
@@ -55,30 +62,38 @@ from cwmpgw.tasks.model import (
 
 __all__ = ["RedisTaskService"]
 
-# KEYS: device hash, task, queue, expiry zset[, idempotency key]
-# ARGV: task JSON, id, expires, request fingerprint ('' without a key), key's lifetime (s)
+# KEYS: device hash, task, queue, expiry zset, event stream[, idempotency key]
+# ARGV: task JSON, id, expires, request fingerprint ('' without a key), key's lifetime (s),
+#       6-9 the task.queued event (EventStream.args)
 # Returns 0 for an unknown device, 1 when queued, else "<task id> <fingerprint>" of the
 # request that used the idempotency key first.
-_SUBMIT = """
+_SUBMIT = (
+    EMIT_LUA
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if ARGV[4] ~= '' then
-  local prior = redis.call('GET', KEYS[5])
+  local prior = redis.call('GET', KEYS[6])
   if prior then return prior end
-  redis.call('SET', KEYS[5], ARGV[2] .. ' ' .. ARGV[4], 'EX', ARGV[5])
+  redis.call('SET', KEYS[6], ARGV[2] .. ' ' .. ARGV[4], 'EX', ARGV[5])
 end
 redis.call('SET', KEYS[2], ARGV[1])
 redis.call('RPUSH', KEYS[3], ARGV[2])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
+emit(KEYS[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
 return 1
 """
+)
 
-# KEYS: task, queue, finished, expiry zset, transfer key
+# KEYS: task, queue, finished, expiry zset, transfer key, event stream
 # ARGV: 1 expected status, 2 expected attempts, 3 new JSON, 4 id,
 #       5 queue: keep | remove | front (back in, first, if it is not there),
 #       6 finished: 1 to push onto the finished list, 7 keep_finished, 8 task key prefix,
-#       9 expiry: keep | remove | add, 10 expires, 11 transfer: keep | set | remove
+#       9 expiry: keep | remove | add, 10 expires, 11 transfer: keep | set | remove,
+#       12-15 the event announcing the change, if any (EventStream.args)
 # Returns 1 when applied, 0 when the task is gone, else the stored JSON (it moved on).
-_TRANSITION = """
+_TRANSITION = (
+    EMIT_LUA
+    + """
 local cur = redis.call('GET', KEYS[1])
 if not cur then return 0 end
 local t = cjson.decode(cur)
@@ -107,8 +122,10 @@ if ARGV[11] == 'set' then
 elseif ARGV[11] == 'remove' and redis.call('GET', KEYS[5]) == ARGV[4] then
   redis.call('DEL', KEYS[5])
 end
+emit(KEYS[6], ARGV[12], ARGV[13], ARGV[14], ARGV[15])
 return 1
 """
+)
 
 # KEYS: queue[, session owner]; ARGV: owner, task key prefix. 0 when the owner key names
 # another session; else the queue as id, task JSON (nil when gone), id, JSON...
@@ -138,6 +155,10 @@ class RedisTaskService:
     The engine takes one task at a time: ``next_for_device``, then exactly one of
     ``complete``, ``fail``, ``requeue`` or ``wait_for_transfer`` before the next one (a
     running task left in the queue counts as interrupted and is started again).
+
+    Task events go to the stream ``<prefix>events`` (``MAXLEN ~ stream_maxlen``) and its
+    channels in the scripts that change the tasks; ``events`` is only told of them
+    (:class:`~cwmpgw.bus.events.IStoredEvents`, for the metrics), never asked to publish.
     """
 
     _log = Logger()
@@ -156,8 +177,10 @@ class RedisTaskService:
         keep_finished: int = 100,
         gpv_batch: int = 100,
         report_timeout: float = REPORT_TIMEOUT,
+        stream_maxlen: int = 100_000,
     ) -> None:
         self._redis = redis
+        self._stream = EventStream(prefix, stream_maxlen)
         self._report_timeout = report_timeout
         self._prefix = prefix
         self._events = events
@@ -207,6 +230,7 @@ class RedisTaskService:
                 self._task_key(task.id),
                 self._device_key(device_id, ":queue"),
                 self._expiry_key,
+                self._stream.key,
             ]
             fingerprint = ""
             if idempotency_key is not None:
@@ -214,6 +238,7 @@ class RedisTaskService:
                     idempotency_key, device_id, type, args, expires_in
                 )
                 keys.append(f"{self._prefix}idempotency:{idempotency_key}")
+            event = task_event(task, self._node)
             stored = await self._redis.eval(
                 _SUBMIT,
                 keys,
@@ -223,12 +248,14 @@ class RedisTaskService:
                     repr(task.expires),
                     fingerprint,
                     str(IDEMPOTENCY_TTL),
+                    *self._stream.args(event),
                 ],
             )
             if stored in (0, "0"):
                 raise UnknownDevice(device_id)
             if stored in (1, "1"):
-                return await self._publish(task)
+                self._stored(event)
+                return task
             prior_id, _, prior_fingerprint = str(stored).partition(" ")
             if prior_fingerprint != fingerprint:
                 raise IdempotencyConflict("already used for another request")
@@ -259,7 +286,7 @@ class RedisTaskService:
                 new = task.evolve(status="cancelled", updated=self._clock.seconds())
                 won, task = await self._final(task, new)
                 if won:
-                    return await self._publish(new)
+                    return new
             return task
 
         return Deferred.fromCoroutine(run())
@@ -357,7 +384,6 @@ class RedisTaskService:
                         break
                     if new.status == "running":
                         return new
-                    await self._publish(new)
                 if not raced:
                     return None
             return None
@@ -436,7 +462,7 @@ class RedisTaskService:
                 )
                 won, _ = await self._final(task, new)
                 if won:
-                    return await self._publish(new)
+                    return new
             return None
 
         return Deferred.fromCoroutine(run())
@@ -461,7 +487,6 @@ class RedisTaskService:
                             won, _ = await self._final(task, new)
                             if won:
                                 count += 1
-                                await self._publish(new)
                             progressed = True
                             continue
                     if task is None or task.status != "queued":
@@ -474,7 +499,6 @@ class RedisTaskService:
                         progressed = True  # a lost race means another node moved it
                         if won:
                             count += 1
-                            await self._publish(new)
                 if len(ids) < _EXPIRE_BATCH or not progressed:
                     return count
 
@@ -515,14 +539,19 @@ class RedisTaskService:
         finished: bool = False,
         expiry: str = "keep",
         transfer: str = "keep",
+        event: Event | None = None,
     ) -> tuple[bool, Task | None]:
-        """Apply old → new if the stored task still is ``old``; else return what is stored."""
+        """Apply old → new if the stored task still is ``old``; else return what is stored.
+
+        ``event`` is stored (XADD + PUBLISH) in the same script, only if the change is.
+        """
         keys = [
             self._task_key(old.id),
             self._device_key(old.device_id, ":queue"),
             self._device_key(old.device_id, ":finished"),
             self._expiry_key,
             self._transfer_key(old.device_id, old.command_key),
+            self._stream.key,
         ]
         args = [
             expected or old.status,
@@ -536,9 +565,12 @@ class RedisTaskService:
             expiry,
             repr(new.expires),
             transfer,
+            *self._stream.args(event),
         ]
         reply = await self._redis.eval(_TRANSITION, keys, args)
         if reply == 1:
+            if event is not None:
+                self._stored(event)
             return True, new
         if reply == 0 or reply is None:
             self._log.info(
@@ -549,9 +581,19 @@ class RedisTaskService:
             return False, None
         return False, task_from_json(reply)
 
-    async def _final(self, old: Task, new: Task) -> tuple[bool, Task | None]:
+    async def _final(
+        self, old: Task, new: Task, *, expected: str | None = None
+    ) -> tuple[bool, Task | None]:
+        """old → a final status, announced by its event in the same script."""
         return await self._transition(
-            old, new, queue="remove", finished=True, expiry="remove", transfer="remove"
+            old,
+            new,
+            expected=expected,
+            queue="remove",
+            finished=True,
+            expiry="remove",
+            transfer="remove",
+            event=task_event(new, self._node),
         )
 
     def _end(self, task: Task, **changes: Any) -> Deferred[Task]:
@@ -559,17 +601,9 @@ class RedisTaskService:
 
         async def run() -> Task:
             new = task.evolve(updated=self._clock.seconds(), **changes)
-            won, current = await self._transition(
-                task,
-                new,
-                expected="running",
-                queue="remove",
-                finished=True,
-                expiry="remove",
-                transfer="remove",
-            )
+            won, current = await self._final(task, new, expected="running")
             if won:
-                return await self._publish(new)
+                return new
             self._log.warn(
                 "task {task_id} was no longer running; it stays {status}",
                 task_id=task.id,
@@ -579,5 +613,7 @@ class RedisTaskService:
 
         return Deferred.fromCoroutine(run())
 
-    async def _publish(self, task: Task) -> Task:
-        return await publish_task_event(self._events, self._node, task)
+    def _stored(self, event: Event) -> None:
+        """Tell the sink (metrics) of an event a script stored; it does not publish it."""
+        if IStoredEvents.providedBy(self._events):
+            IStoredEvents(self._events).stored(event)
