@@ -35,7 +35,7 @@ from cwmpgw.store.memory import (
     MemoryDeviceStore,
 )
 from cwmpgw.tasks.memory import MemoryTaskService
-from cwmpgw.tasks.plans import TASK_TYPES
+from cwmpgw.tasks.plans import TASK_TYPES, args_schema
 from tests.json_schema import SchemaError, assert_valid, check_subset, errors
 from tests.test_nbi_api import FakeHealth, FakeWaker, Pending, Response
 
@@ -487,3 +487,35 @@ class JsonSchemaSubsetTests(SynchronousTestCase):
         for name in doc["components"]["schemas"]:
             schema = doc["components"]["schemas"][name]
             check_subset(schema, name)
+
+
+class DocsTests(SynchronousTestCase):
+    """docs/api.md lists what the API returns and takes."""
+
+    def read(self) -> str:
+        from pathlib import Path
+
+        return (Path(__file__).resolve().parent.parent / "docs" / "api.md").read_text()
+
+    def test_the_device_field_table_is_the_stores_table(self) -> None:
+        from cwmpgw.store.interfaces import DEVICE_FIELDS
+
+        text = self.read()
+        table = text[text.index("| field | type |") :].split("\n\n")[0]
+        documented: dict[str, str] = {}
+        for row in table.splitlines()[2:]:
+            names, json_type = row.split("|")[1:3]
+            for name in re.findall(r"`(\w+)`", names):
+                documented[name] = json_type.strip()
+        self.assertEqual(documented, {k: v["type"] for k, v in DEVICE_FIELDS.items()})
+
+    def test_every_task_type_and_argument_is_in_the_table(self) -> None:
+        rows = re.findall(r"^\| `(\w+)` \| 1\.\d \| (.*) \|$", self.read(), re.MULTILINE)
+        self.assertEqual(sorted(t for t, _ in rows), sorted(TASK_TYPES))
+        for task_type, cell in rows:
+            schema = args_schema(task_type)
+            required = re.findall(r"\*\*(\w+)\*\*", cell)
+            self.assertEqual(required, schema.get("required", []), task_type)
+            if task_type != "refresh":  # its cell explains in prose
+                named = [] if cell == "—" else [n.strip("* ") for n in cell.split(",")]
+                self.assertEqual(named, list(schema["properties"]), task_type)
