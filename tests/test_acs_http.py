@@ -92,7 +92,10 @@ class DigestSessionTests(Base):
         self.assertEqual(device["last_source"], "192.0.2.10")
         self.assertEqual(device["cwmp_version"], "1.3")
         self.assertEqual(device["connection_request_url"], cpe.DEFAULT_PARAMETERS[-1][1])
-        self.assertEqual(json.loads(device["last_events"]), [["0 BOOTSTRAP", ""], ["1 BOOT", ""]])
+        self.assertEqual(
+            device["last_events"],
+            [{"code": "0 BOOTSTRAP", "command_key": ""}, {"code": "1 BOOT", "command_key": ""}],
+        )
         self.assertIn("Device.DeviceInfo.SoftwareVersion", device["parameters"])
         registered, inform = self.acs.bus.events
         self.assertEqual(registered.data["first_contact"], True)

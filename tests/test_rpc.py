@@ -1327,3 +1327,43 @@ def _pvs(parameters: list[tuple[str, str, str]]) -> Array:
         "cwmp:ParameterValueStruct",
         [[("Name", n), ("Value", Typed(v, t))] for n, v, t in parameters],
     )
+
+
+class ArgumentSchemaTests(SynchronousTestCase):
+    """The JSON Schemas come from the table the checks use: they agree on every sample."""
+
+    def test_every_kind_has_a_schema(self) -> None:
+        self.assertEqual(set(rpc._KIND_SCHEMAS), set(rpc._CHECKERS))
+
+    def test_what_validate_accepts_the_schema_accepts(self) -> None:
+        from tests.json_schema import errors
+        from tests.test_nbi_conformance import EXAMPLE_ARGS
+
+        for method in rpc.METHODS:
+            schema = rpc.arguments_schema(method)
+            args = EXAMPLE_ARGS[method]
+            checked = rpc.validate(method, args)
+            self.assertEqual(errors(schema, schema, args), [], method)
+            self.assertEqual(errors(schema, schema, checked), [], (method, checked))
+            # Every optional argument may be null (left out); no required one may be.
+            spec = rpc.METHODS[method]
+            nulls = {a.key: None for a in spec.arguments if not a.required}
+            self.assertEqual(errors(schema, schema, {**args, **nulls}), [], method)
+            rpc.validate(method, {**args, **nulls})
+            for arg in spec.arguments:
+                if arg.required:
+                    without = {k: v for k, v in args.items() if k != arg.key}
+                    self.assertRaises(ArgumentError, rpc.validate, method, without)
+                    self.assertTrue(errors(schema, schema, without), (method, arg.key))
+
+    def test_what_validate_refuses_the_schema_refuses(self) -> None:
+        from tests.json_schema import errors
+        from tests.test_nbi_conformance import BAD_ARGS
+
+        for method, args in BAD_ARGS:
+            if method not in rpc.METHODS:
+                continue
+            schema = rpc.arguments_schema(method)
+            self.assertRaises(ArgumentError, rpc.validate, method, args)
+            self.assertTrue(errors(schema, schema, args), (method, args))
+            self.assertTrue(errors(schema, schema, {**args, "unknown": 1}), method)

@@ -10,6 +10,7 @@ from twisted.trial.unittest import TestCase
 
 from cwmpgw.cwmp.messages import DeviceId, EventStruct, ParameterValue
 from cwmpgw.store.interfaces import (
+    DEVICE_FIELDS,
     ConnReqCredential,
     IConnReqCredentialStore,
     ICredentialStore,
@@ -145,16 +146,52 @@ class StoreContract:
         self.assertFalse(await self.devices.record_inform(record(ts=2000.0, source="192.0.2.2")))  # type: ignore[attr-defined]
         dev = await self.devices.get_device(DEVICE_ID)
         assert dev is not None
-        self.assertEqual(dev["first_seen"], "1000.0")  # type: ignore[attr-defined]
-        self.assertEqual(dev["last_inform"], "2000.0")  # type: ignore[attr-defined]
+        self.assertEqual(dev["first_seen"], 1000.0)  # type: ignore[attr-defined]
+        self.assertEqual(dev["last_inform"], 2000.0)  # type: ignore[attr-defined]
         self.assertEqual(dev["last_source"], "192.0.2.2")  # type: ignore[attr-defined]
-        self.assertEqual(dev["inform_count"], "2")  # type: ignore[attr-defined]
+        self.assertEqual(dev["inform_count"], 2)  # type: ignore[attr-defined]
         self.assertEqual(dev["connection_request_url"], "http://192.0.2.1:7547/cr")  # type: ignore[attr-defined]
-        self.assertEqual(json.loads(dev["last_events"]), [["1 BOOT", ""]])  # type: ignore[attr-defined]
+        self.assertEqual(dev["last_events"], [{"code": "1 BOOT", "command_key": ""}])  # type: ignore[attr-defined]
         self.assertEqual(  # type: ignore[attr-defined]
             dev["parameters"]["Device.DeviceInfo.UpTime"],
             {"value": "42", "type": "xsd:unsignedInt"},
         )
+
+    async def test_the_record_is_typed_as_documented(self) -> None:
+        """Every field of DEVICE_FIELDS, as its JSON type, the same from both providers."""
+        events = (EventStruct("0 BOOTSTRAP", ""), EventStruct("M Reboot", "maint-42"))
+        await self.devices.record_inform(record(ts=1000.25, events=events))
+        await self.devices.record_inform(record(ts=1748211869.5, events=events))
+        expected = {
+            "id": DEVICE_ID,
+            "manufacturer": "TP-Link",
+            "oui": "9CA2F4",
+            "product_class": "EC220_G5_V3",
+            "serial_number": "22275K2000315",
+            "first_seen": 1000.25,
+            "last_inform": 1748211869.5,
+            "inform_count": 2,
+            "last_source": "192.0.2.1",
+            "cwmp_version": "1.4",
+            "cwmp_namespace": "urn:dslforum-org:cwmp-1-2",
+            "connection_request_url": "http://192.0.2.1:7547/cr",
+            "last_events": [
+                {"code": "0 BOOTSTRAP", "command_key": ""},
+                {"code": "M Reboot", "command_key": "maint-42"},
+            ],
+        }
+        self.assertEqual(set(expected), set(DEVICE_FIELDS))  # type: ignore[attr-defined]
+        json_types = {"string": str, "number": float, "integer": int, "array": list}
+        for named in (None, ()):
+            dev = await self.devices.get_device(DEVICE_ID, named)
+            assert dev is not None
+            params = dev.pop("parameters")
+            self.assertEqual(dev, expected)  # type: ignore[attr-defined]
+            self.assertEqual(len(params), 0 if named == () else 2)  # type: ignore[attr-defined]
+            for name, schema in DEVICE_FIELDS.items():
+                self.assertIs(type(dev[name]), json_types[schema["type"]], name)  # type: ignore[attr-defined]
+        (listed,) = await self.devices.list_devices(after=None, before=None, offset=0, count=5)
+        self.assertEqual(listed, expected)  # type: ignore[attr-defined]
 
     async def test_parameters_accumulate_and_update(self) -> None:
         await self.devices.record_inform(record())
@@ -266,7 +303,7 @@ class RedisStoreTests(StoreContract, TestCase):
         await self.devices.record_inform(record(ts=1001.0))  # no owner: the lock is left alone
         self.assertTrue(await lock.owns(DEVICE_ID, "n1:s1"))
         device = await self.devices.get_device(DEVICE_ID)
-        self.assertEqual(int(device["inform_count"]), 2)
+        self.assertEqual(device["inform_count"], 2)
         self.assertEqual(  # the parameters still come after the owner's arguments
             device["parameters"]["Device.ManagementServer.ConnectionRequestURL"]["value"],
             "http://192.0.2.1:7547/cr",
@@ -321,3 +358,16 @@ class RedisStoreTests(StoreContract, TestCase):
 
         with self.assertRaises(SecretBoxError):
             await self.crcredentials.get("dev-2")
+
+    async def test_a_damaged_record_reads_with_zero_values(self) -> None:
+        """A hash from an older version, or edited by hand, still reads in its types."""
+        key = self.prefix + "device:" + DEVICE_ID
+        await self.redis.execute_command(
+            "HSET", key, "id", DEVICE_ID, "last_inform", "soon", "last_events", "{"
+        )
+        device = await self.devices.get_device(DEVICE_ID)
+        self.assertEqual(
+            {k: device[k] for k in ("last_inform", "first_seen", "inform_count", "last_events")},
+            {"last_inform": 0.0, "first_seen": 0.0, "inform_count": 0, "last_events": []},
+        )
+        self.assertEqual((device["oui"], device["parameters"]), ("", {}))

@@ -59,6 +59,8 @@ __all__ = [
     "ArgumentError",
     "MethodSpec",
     "ResponseError",
+    "argument_schema",
+    "arguments_schema",
     "build",
     "fault",
     "result",
@@ -125,6 +127,10 @@ _VENDOR_RE: Final = re.compile(r"X [0-9A-F]{6} [^\r\n]+")
 _UUID_RE: Final = re.compile(
     r"[A-Fa-f0-9]{8}-[A-Fa-f0-9]{4}-[A-Fa-f0-9]{4}-[A-Fa-f0-9]{4}-[A-Fa-f0-9]{12}"
 )
+
+
+_NAME_LENGTH: Final = 256  # parameter and object names
+_FILE_TYPE_LENGTH: Final = 64  # FileType, WindowMode
 
 
 def _version(text: str) -> tuple[int, int]:
@@ -374,7 +380,7 @@ def _object(
 
 
 def _file_type(value: Any, path: str, standard: Sequence[str], upload: bool) -> str:
-    text = _string(value, path, 64)
+    text = _string(value, path, _FILE_TYPE_LENGTH)
     if (text in standard and "<i>" not in text) or _VENDOR_RE.fullmatch(text):
         return text
     if upload and _UPLOAD_INSTANCE_RE.fullmatch(text):
@@ -396,7 +402,7 @@ def _check_url(arg: Argument, value: Any, path: str) -> str:
 
 
 def _check_object_name(arg: Argument, value: Any, path: str) -> str:
-    text = _string(value, path, 256)
+    text = _string(value, path, _NAME_LENGTH)
     if not text.endswith("."):
         raise ArgumentError(path, "an object name must end with '.'")
     return text
@@ -420,7 +426,23 @@ def _check_upload_type(arg: Argument, value: Any, path: str) -> str:
 
 def _check_names(arg: Argument, value: Any, path: str) -> list[str]:
     items = _list(value, path, 1)
-    return [_string(item, f"{path}[{i}]", 256) for i, item in enumerate(items)]
+    return [_string(item, f"{path}[{i}]", _NAME_LENGTH) for i, item in enumerate(items)]
+
+
+# The keys of the list items: (required, optional). The checkers and the JSON Schemas
+# (:func:`argument_schema`) both read them.
+_PARAMETER_VALUE_KEYS: Final = (("name", "value"), ("type", "max_length"))
+_PARAMETER_ATTRIBUTE_KEYS: Final = (
+    ("name",),
+    ("notification_change", "notification", "access_list_change", "access_list"),
+)
+_TIME_WINDOW_KEYS: Final = (
+    ("window_start", "window_end"),
+    ("window_mode", "user_message", "max_retries"),
+)
+_NOTIFICATION_RANGE: Final = (0, 6)
+_MAX_RETRIES_RANGE: Final = (-1, 2**31 - 1)
+_ACCESS_LIST_ENTRIES: Final = ("Subscriber",)
 
 
 def _check_parameter_values(arg: Argument, value: Any, path: str) -> list[dict[str, str]]:
@@ -429,8 +451,8 @@ def _check_parameter_values(arg: Argument, value: Any, path: str) -> list[dict[s
     seen: set[str] = set()
     for i, item in enumerate(_list(value, path, 0)):
         where = f"{path}[{i}]"
-        fields = _object(item, where, ("name", "value"), ("type", "max_length"))
-        name = _string(fields["name"], f"{where}.name", 256)
+        fields = _object(item, where, *_PARAMETER_VALUE_KEYS)
+        name = _string(fields["name"], f"{where}.name", _NAME_LENGTH)
         if not name or name.endswith("."):
             raise ArgumentError(f"{where}.name", "must be a parameter name, not an object path")
         if name in seen:
@@ -457,7 +479,7 @@ def _check_parameter_values(arg: Argument, value: Any, path: str) -> list[dict[s
 def _access_list(value: Any, path: str) -> list[str]:
     items = [_string(item, f"{path}[{i}]", 64) for i, item in enumerate(_list(value, path, 0))]
     for i, item in enumerate(items):
-        if item != "Subscriber":
+        if item not in _ACCESS_LIST_ENTRIES:
             raise ArgumentError(f"{path}[{i}]", "the only access list entry is 'Subscriber'")
     return items
 
@@ -471,20 +493,17 @@ def _check_parameter_attributes(arg: Argument, value: Any, path: str) -> list[di
     checked: list[dict[str, Any]] = []
     for i, item in enumerate(_list(value, path, 1)):
         where = f"{path}[{i}]"
-        fields = _object(
-            item,
-            where,
-            ("name",),
-            ("notification_change", "notification", "access_list_change", "access_list"),
-        )
-        name = _string(fields["name"], f"{where}.name", 256)
+        fields = _object(item, where, *_PARAMETER_ATTRIBUTE_KEYS)
+        name = _string(fields["name"], f"{where}.name", _NAME_LENGTH)
         notify_change = _bool(
             fields.get("notification_change", "notification" in fields),
             f"{where}.notification_change",
         )
         notification = 0
         if "notification" in fields:
-            notification = _int(fields["notification"], f"{where}.notification", 0, 6)
+            notification = _int(
+                fields["notification"], f"{where}.notification", *_NOTIFICATION_RANGE
+            )
         elif notify_change:
             raise ArgumentError(f"{where}.notification", "missing (notification_change is true)")
         access_change = _bool(
@@ -513,19 +532,18 @@ def _check_time_windows(arg: Argument, value: Any, path: str) -> list[dict[str, 
     checked: list[dict[str, Any]] = []
     for i, item in enumerate(_list(value, path, 1, 2)):
         where = f"{path}[{i}]"
-        fields = _object(
-            item,
-            where,
-            ("window_start", "window_end"),
-            ("window_mode", "user_message", "max_retries"),
-        )
+        fields = _object(item, where, *_TIME_WINDOW_KEYS)
         start = _unsigned(fields["window_start"], f"{where}.window_start")
         end = _unsigned(fields["window_end"], f"{where}.window_end")
         if end < start:
             raise ArgumentError(f"{where}.window_end", "ends before window_start")
         if checked and start < checked[-1]["window_end"]:
             raise ArgumentError(f"{where}.window_start", "overlaps the previous window")
-        mode = _string(fields.get("window_mode", TIME_WINDOW_MODES[0]), f"{where}.window_mode", 64)
+        mode = _string(
+            fields.get("window_mode", TIME_WINDOW_MODES[0]),
+            f"{where}.window_mode",
+            _FILE_TYPE_LENGTH,
+        )
         if mode not in TIME_WINDOW_MODES and not _VENDOR_RE.fullmatch(mode):
             raise ArgumentError(
                 f"{where}.window_mode",
@@ -540,7 +558,7 @@ def _check_time_windows(arg: Argument, value: Any, path: str) -> list[dict[str, 
                     fields.get("user_message", ""), f"{where}.user_message", 256
                 ),
                 "max_retries": _int(
-                    fields.get("max_retries", -1), f"{where}.max_retries", -1, 2**31 - 1
+                    fields.get("max_retries", -1), f"{where}.max_retries", *_MAX_RETRIES_RANGE
                 ),
             }
         )
@@ -674,6 +692,218 @@ def validate(method: str, args: Mapping[str, Any]) -> dict[str, Any]:
             continue
         checked[arg.key] = _CHECKERS[arg.kind](arg, value, arg.key)
     return checked
+
+
+# ---------------------------------------------------------------------------------------
+# JSON Schemas of the arguments
+#
+# Built from the same table, constants and key lists the checkers above use, so the
+# document a client reads and the check its request meets cannot drift apart. A schema
+# accepts everything :func:`validate` accepts (the API echoes a task's arguments back,
+# and they must match what the document says) and is as tight as JSON Schema can say it
+# simply: a range that the checker applies to a string of digits is not in the schema.
+# Null stands for "left out" wherever an argument or key is optional, as in validate.
+
+_INTEGER_TEXT: Final = r"^\s*[+-]?[0-9]+\s*$"
+_BOOLEAN_TEXT: Final = r"^\s*([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]|[01])\s*$"
+_VENDOR_PATTERN: Final = "^" + _VENDOR_RE.pattern + "$"
+
+
+def _integer_schema(low: int, high: int, description: str) -> dict[str, Any]:
+    return {
+        "oneOf": [
+            {"type": "integer", "minimum": low, "maximum": high},
+            {"type": "string", "pattern": _INTEGER_TEXT},
+        ],
+        "description": description + " (a string of digits is accepted too)",
+    }
+
+
+def _unsigned_schema(minimum: int | None = None) -> dict[str, Any]:
+    return _integer_schema(minimum or 0, 2**32 - 1, "An xsd:unsignedInt")
+
+
+def _boolean_schema() -> dict[str, Any]:
+    return {
+        "oneOf": [
+            {"type": "boolean"},
+            {"type": "integer", "enum": [0, 1]},
+            {"type": "string", "pattern": _BOOLEAN_TEXT},
+        ],
+        "description": "true or false (1, 0 and those words as strings are accepted too)",
+    }
+
+
+def _string_schema(max_length: int | None, **more: Any) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string", **more}
+    if max_length is not None:
+        schema["maxLength"] = max_length
+    return schema
+
+
+def _choice_schema(standard: Sequence[str], *patterns: str, max_length: int) -> dict[str, Any]:
+    """A standard value, or one of the patterns (vendor values)."""
+    return {
+        "type": "string",
+        "maxLength": max_length,
+        "oneOf": [{"enum": list(standard)}, *({"pattern": p} for p in patterns)],
+    }
+
+
+def _nullable(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """The schema, or null (which counts as left out)."""
+    out = dict(schema)
+    if "oneOf" in out and "type" not in out:
+        out["oneOf"] = [*out["oneOf"], {"type": "null"}]
+    elif isinstance(out.get("type"), str) and "oneOf" not in out:
+        out["type"] = [out["type"], "null"]
+    else:
+        out = {"oneOf": [out, {"type": "null"}]}
+    return out
+
+
+def _struct_schema(
+    keys: tuple[Sequence[str], Sequence[str]], schemas: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Any]:
+    """An item of a list argument, as :func:`_object` checks it."""
+    required, optional = keys
+    assert set(schemas) == {*required, *optional}, "a key without a schema"
+    return {
+        "type": "object",
+        "required": list(required),
+        "additionalProperties": False,
+        "properties": {
+            **{k: dict(schemas[k]) for k in required},
+            **{k: _nullable(schemas[k]) for k in optional},
+        },
+    }
+
+
+def _array_schema(
+    items: Mapping[str, Any], minimum: int, maximum: int | None = None
+) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "array", "minItems": minimum, "items": dict(items)}
+    if maximum is not None:
+        schema["maxItems"] = maximum
+    return schema
+
+
+def _operation_schema(kind: str) -> dict[str, Any]:
+    fields = {key: _string_schema(limit) for key, _, limit in _OPERATION_FIELDS[kind]}
+    fields["uuid"] = _string_schema(36, pattern="^" + _UUID_RE.pattern + "$")
+    if kind == "install":
+        fields["url"] = _string_schema(1024, minLength=1)
+    fields["type"] = {"const": kind}
+    optional = tuple(k for k, _, _ in _OPERATION_FIELDS[kind] if k not in _OPERATION_REQUIRED[kind])
+    schema = _struct_schema((("type", *_OPERATION_REQUIRED[kind]), optional), fields)
+    schema["title"] = kind
+    return schema
+
+
+_KIND_SCHEMAS: Final[Mapping[str, Callable[[Argument], dict[str, Any]]]] = MappingProxyType(
+    {
+        "string": lambda arg: _string_schema(arg.max_length),
+        "url": lambda arg: _string_schema(arg.max_length, minLength=1, pattern=r"\S"),
+        "object_name": lambda arg: _string_schema(
+            _NAME_LENGTH, pattern=r"\.$", description="An object path ending with '.'."
+        ),
+        "unsignedInt": lambda arg: _unsigned_schema(arg.minimum),
+        "boolean": lambda arg: _boolean_schema(),
+        "download_file_type": lambda arg: _choice_schema(
+            DOWNLOAD_FILE_TYPES, _VENDOR_PATTERN, max_length=_FILE_TYPE_LENGTH
+        ),
+        "upload_file_type": lambda arg: _choice_schema(
+            [t for t in UPLOAD_FILE_TYPES if "<i>" not in t],
+            "^" + _UPLOAD_INSTANCE_RE.pattern + "$",
+            _VENDOR_PATTERN,
+            max_length=_FILE_TYPE_LENGTH,
+        ),
+        "parameter_names": lambda arg: _array_schema(_string_schema(_NAME_LENGTH), 1),
+        "parameter_values": lambda arg: _array_schema(
+            _struct_schema(
+                _PARAMETER_VALUE_KEYS,
+                {
+                    "name": _string_schema(_NAME_LENGTH, minLength=1, pattern=r"[^.]$"),
+                    "value": {
+                        "type": ["string", "integer", "boolean"],
+                        "description": "Checked against `type`; sent as text.",
+                    },
+                    "type": {
+                        "type": "string",
+                        "default": "xsd:string",
+                        "description": "One of " + ", ".join(values.TYPES) + " (or `string(64)`).",
+                    },
+                    "max_length": _unsigned_schema(),
+                },
+            ),
+            0,
+        ),
+        "parameter_attributes": lambda arg: _array_schema(
+            _struct_schema(
+                _PARAMETER_ATTRIBUTE_KEYS,
+                {
+                    "name": _string_schema(_NAME_LENGTH),
+                    "notification_change": _boolean_schema(),
+                    "notification": _integer_schema(
+                        *_NOTIFICATION_RANGE, "0 off, 1 passive, 2 active, 3-6 lightweight"
+                    ),
+                    "access_list_change": _boolean_schema(),
+                    "access_list": _array_schema(
+                        _string_schema(64, enum=list(_ACCESS_LIST_ENTRIES)), 0
+                    ),
+                },
+            ),
+            1,
+        ),
+        "time_windows": lambda arg: _array_schema(
+            _struct_schema(
+                _TIME_WINDOW_KEYS,
+                {
+                    "window_start": _unsigned_schema(),
+                    "window_end": _unsigned_schema(),
+                    "window_mode": _choice_schema(
+                        TIME_WINDOW_MODES, _VENDOR_PATTERN, max_length=_FILE_TYPE_LENGTH
+                    ),
+                    "user_message": _string_schema(256),
+                    "max_retries": _integer_schema(*_MAX_RETRIES_RANGE, "-1: the CPE decides"),
+                },
+            ),
+            1,
+            2,
+        ),
+        "operations": lambda arg: _array_schema(
+            {
+                "oneOf": [_operation_schema(kind) for kind in _OPERATION_FIELDS],
+                "discriminator": {"propertyName": "type"},
+            },
+            1,
+        ),
+        "vouchers": lambda arg: _array_schema({"type": "string", "contentEncoding": "base64"}, 1),
+    }
+)
+
+
+def argument_schema(arg: Argument) -> dict[str, Any]:
+    """The JSON Schema of one argument's value (nullable if the argument is optional)."""
+    schema = _KIND_SCHEMAS[arg.kind](arg)
+    if arg.required:
+        return schema
+    schema = _nullable(schema)
+    if arg.default is not None:
+        schema["default"] = arg.default
+    return schema
+
+
+def arguments_schema(method: str) -> dict[str, Any]:
+    """The JSON Schema of ``method``'s arguments object: what :func:`validate` accepts."""
+    spec = _method(method)
+    schema: dict[str, Any] = {"type": "object"}
+    required = [a.key for a in spec.arguments if a.required]
+    if required:
+        schema["required"] = required
+    schema["additionalProperties"] = False
+    schema["properties"] = {a.key: argument_schema(a) for a in spec.arguments}
+    return schema
 
 
 # ---------------------------------------------------------------------------------------

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from cwmpgw.connreq.interfaces import OUTCOMES
+from cwmpgw.store.interfaces import DEVICE_FIELDS
 from cwmpgw.tasks.model import STATUSES
+from cwmpgw.tasks.plans import TASK_TYPES, args_schema
 
 __all__ = [
     "ROUTES",
@@ -49,6 +51,7 @@ class Reply:
     description: str
     schema: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)  # name -> description
+    optional_headers: frozenset[str] = frozenset()  # sent only sometimes
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +253,7 @@ ROUTES: Final[tuple[Route, ...]] = (
                 "(`Idempotent-Replayed: true`); nothing new was queued.",
                 "TaskCreated",
                 {**_TASK_HEADERS, "Idempotent-Replayed": "`true` when answered by a key."},
+                frozenset({"Idempotent-Replayed"}),
             ),
             201: Reply("Queued (no `wait`).", "TaskCreated", _TASK_HEADERS),
             202: Reply(
@@ -319,8 +323,60 @@ _PATH_PARAMS: Final[Mapping[str, tuple[Mapping[str, Any], str]]] = {
     "task_id": ({"type": "string", "minLength": 1, "maxLength": 128}, "The task id."),
 }
 
-_STRING_NULL: Final = {"type": ["string", "null"]}
 _TIME: Final = {"type": "number", "description": "Unix seconds."}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _name(task_type: str, suffix: str) -> str:
+    """``RebootArgs``, ``RefreshTaskRequest``: a schema of one task type."""
+    return task_type[:1].upper() + task_type[1:] + suffix
+
+
+def _task_request(task_type: str) -> dict[str, Any]:
+    """The body that queues a task of this type."""
+    args = args_schema(task_type)
+    return {
+        "type": "object",
+        "title": task_type,
+        "required": ["type", "args"] if args.get("required") else ["type"],
+        "additionalProperties": False,
+        "properties": {
+            "type": {"const": task_type},
+            "args": {**_ref(_name(task_type, "Args")), "description": "Default: `{}`."},
+            "idempotency_key": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 128,
+                "pattern": "^[!-~]+$",
+                "description": (
+                    "Chosen by the caller: a request repeated with the same key within 24 "
+                    "hours (a retry after a lost answer) queues nothing new and answers with "
+                    "the first request's task; used for another request, it is a 422."
+                ),
+            },
+            "expires_in": {
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "description": (
+                    "Seconds until a still-queued task expires (default tasks.default_expiry)."
+                ),
+            },
+        },
+    }
+
+
+def _task_of_type(task_type: str) -> dict[str, Any]:
+    """What a Task of this type adds to the Task schema: its ``args``."""
+    return {
+        "type": "object",
+        "title": task_type,
+        "required": ["type", "args"],
+        "properties": {"type": {"const": task_type}, "args": _ref(_name(task_type, "Args"))},
+    }
+
 
 SCHEMAS: Final[Mapping[str, Mapping[str, Any]]] = {
     "Error": {
@@ -346,50 +402,48 @@ SCHEMAS: Final[Mapping[str, Mapping[str, Any]]] = {
     "Health": {
         "type": "object",
         "required": ["ok"],
+        "additionalProperties": False,
         "properties": {
             "ok": {"type": "boolean"},
-            "redis": {"type": "boolean"},
             "node": {"type": "string"},
+            "redis": {"type": "boolean"},
+            "redis_latency_ms": {"type": "number", "minimum": 0},
+            "events_subscribed": {"type": "boolean"},
+            "events_spooled": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Events waiting on this node's disk for Redis.",
+            },
+            "detail": {"type": "string", "description": "Why, when the check itself failed."},
         },
     },
     "OpenApiDocument": {"type": "object", "required": ["openapi", "paths"]},
     "DeviceSummary": {
         "type": "object",
-        "required": ["id"],
-        "properties": {
-            "id": {"type": "string"},
-            "manufacturer": {"type": "string"},
-            "oui": {"type": "string"},
-            "product_class": {"type": "string"},
-            "serial_number": {"type": "string"},
-            "first_seen": _TIME,
-            "last_inform": _TIME,
-            "last_source": {"type": "string"},
-            "cwmp_version": {"type": "string"},
-            "connection_request_url": {"type": "string"},
-        },
+        "required": list(DEVICE_FIELDS),
+        "additionalProperties": False,
+        "properties": {name: dict(schema) for name, schema in DEVICE_FIELDS.items()},
     },
     "Device": {
-        "allOf": [
-            {"$ref": "#/components/schemas/DeviceSummary"},
-            {
+        "type": "object",
+        "required": [*DEVICE_FIELDS, "parameters"],
+        "additionalProperties": False,
+        "properties": {
+            **{name: dict(schema) for name, schema in DEVICE_FIELDS.items()},
+            "parameters": {
                 "type": "object",
-                "properties": {
-                    "parameters": {
-                        "type": "object",
-                        "description": "Parameter name → cached value and xsi type.",
-                        "additionalProperties": {
-                            "type": "object",
-                            "required": ["value", "type"],
-                            "properties": {
-                                "value": {"type": "string"},
-                                "type": {"type": "string"},
-                            },
-                        },
-                    }
+                "description": "Parameter name → cached value and xsi type.",
+                "additionalProperties": {
+                    "type": "object",
+                    "required": ["value", "type"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "value": {"type": "string"},
+                        "type": {"type": "string"},
+                    },
                 },
             },
-        ]
+        },
     },
     "DeviceList": {
         "type": "object",
@@ -426,44 +480,15 @@ SCHEMAS: Final[Mapping[str, Mapping[str, Any]]] = {
         ],
     },
     "TaskRequest": {
-        "type": "object",
-        "required": ["type"],
-        "additionalProperties": False,
-        "properties": {
-            "type": {
-                "type": "string",
-                "minLength": 1,
-                "maxLength": 64,
-                "description": (
-                    "A CWMP method (GetParameterValues, SetParameterValues, "
-                    "GetParameterNames, SetParameterAttributes, GetParameterAttributes, "
-                    "AddObject, DeleteObject, Download, ScheduleDownload, Upload, Reboot, "
-                    "FactoryReset, ScheduleInform, GetRPCMethods, ...) or `refresh`."
-                ),
-            },
-            "args": {
-                "type": "object",
-                "description": "The method's arguments: schema element names in snake_case.",
-            },
-            "idempotency_key": {
-                "type": "string",
-                "minLength": 1,
-                "maxLength": 128,
-                "pattern": "^[!-~]+$",
-                "description": (
-                    "Chosen by the caller: a request repeated with the same key within 24 "
-                    "hours (a retry after a lost answer) queues nothing new and answers with "
-                    "the first request's task; used for another request, it is a 422."
-                ),
-            },
-            "expires_in": {
-                "type": "number",
-                "exclusiveMinimum": 0,
-                "description": (
-                    "Seconds until a still-queued task expires (default tasks.default_expiry)."
-                ),
-            },
+        "oneOf": [_ref(_name(t, "TaskRequest")) for t in TASK_TYPES],
+        "discriminator": {
+            "propertyName": "type",
+            "mapping": {t: _ref(_name(t, "TaskRequest"))["$ref"] for t in TASK_TYPES},
         },
+        "description": (
+            "`type` is a CWMP method or `refresh`; `args` are that type's arguments "
+            "(schema element names in snake_case), as the matching schema says."
+        ),
         "examples": [
             {
                 "type": "GetParameterValues",
@@ -472,14 +497,23 @@ SCHEMAS: Final[Mapping[str, Mapping[str, Any]]] = {
             }
         ],
     },
+    **{_name(t, "TaskRequest"): _task_request(t) for t in TASK_TYPES},
+    **{_name(t, "Args"): args_schema(t) for t in TASK_TYPES},
+    **{_name(t, "Task"): _task_of_type(t) for t in TASK_TYPES},
     "Task": {
         "type": "object",
         "required": ["id", "device_id", "type", "args", "created", "expires", "status"],
         "properties": {
             "id": {"type": "string"},
             "device_id": {"type": "string"},
-            "type": {"type": "string"},
-            "args": {"type": "object"},
+            "type": {"type": "string", "enum": list(TASK_TYPES)},
+            "args": {
+                "type": "object",
+                "description": (
+                    "As the request gave them, with a generated `command_key` or "
+                    "`parameter_key` where it had none; their schema is the type's."
+                ),
+            },
             "created": _TIME,
             "expires": _TIME,
             "status": {"type": "string", "enum": list(STATUSES)},
@@ -491,6 +525,11 @@ SCHEMAS: Final[Mapping[str, Mapping[str, Any]]] = {
                 "description": "{code, string, parameters?} from the CPE, or {reason}.",
             },
             "command_key": {"type": "string"},
+        },
+        "oneOf": [_ref(_name(t, "Task")) for t in TASK_TYPES],
+        "discriminator": {
+            "propertyName": "type",
+            "mapping": {t: _ref(_name(t, "Task"))["$ref"] for t in TASK_TYPES},
         },
     },
     "WakeResult": {
@@ -523,10 +562,6 @@ SCHEMAS: Final[Mapping[str, Mapping[str, Any]]] = {
         "properties": {"tasks": {"type": "array", "items": {"$ref": "#/components/schemas/Task"}}},
     },
 }
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
 
 
 def _operation(route: Route, max_wait: float) -> dict[str, Any]:
@@ -577,7 +612,11 @@ def _operation(route: Route, max_wait: float) -> dict[str, Any]:
             r["content"] = {"application/json": {"schema": _ref(reply.schema)}}
         if reply.headers:
             r["headers"] = {
-                name: {"description": text, "schema": {"type": "string"}}
+                name: {
+                    "description": text,
+                    "required": name not in reply.optional_headers,
+                    "schema": {"type": "string"},
+                }
                 for name, text in reply.headers.items()
             }
         responses[str(status)] = r

@@ -5,9 +5,10 @@ Both providers run through one contract test (tests/test_store_contract.py).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Final
 
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
@@ -16,6 +17,7 @@ from cwmpgw.bus.events import Event
 from cwmpgw.cwmp.messages import DeviceId, EventStruct, ParameterValue
 
 __all__ = [
+    "DEVICE_FIELDS",
     "ConnReqCredential",
     "IConnReqCredentialStore",
     "ICredentialStore",
@@ -23,6 +25,48 @@ __all__ = [
     "InformRecord",
     "StoredCredential",
 ]
+
+
+_TEXT: Final = {"type": "string"}
+_UNIX_SECONDS: Final = {"type": "number", "description": "Unix seconds."}
+
+#: A device record as ``get_device`` and ``list_devices`` return it (``parameters`` aside):
+#: each field and the JSON Schema of its value. Both providers store text and decode it
+#: into these types (:func:`cwmpgw.store.memory.device_view`); the API's OpenAPI document
+#: is built from this table, so what is returned and what is documented are one thing.
+#: A field the stores hold but this table does not name is not returned.
+DEVICE_FIELDS: Final[Mapping[str, Mapping[str, Any]]] = MappingProxyType(
+    {
+        "id": {"type": "string", "description": "OUI-ProductClass-SerialNumber, escaped."},
+        "manufacturer": _TEXT,
+        "oui": _TEXT,
+        "product_class": _TEXT,
+        "serial_number": _TEXT,
+        "first_seen": {**_UNIX_SECONDS, "description": "Unix seconds of the first Inform."},
+        "last_inform": {**_UNIX_SECONDS, "description": "Unix seconds of the last Inform."},
+        "inform_count": {"type": "integer", "minimum": 0, "description": "Informs received."},
+        "last_source": {"type": "string", "description": "The address the last Inform came from."},
+        "cwmp_version": {"type": "string", "description": "The CWMP version it speaks: 1.0-1.4."},
+        "cwmp_namespace": {
+            "type": "string",
+            "description": "The cwmp namespace of its last Inform.",
+        },
+        "connection_request_url": {
+            "type": "string",
+            "description": "From the last Inform; empty if it sent none.",
+        },
+        "last_events": {
+            "type": "array",
+            "description": "The events of the last Inform.",
+            "items": {
+                "type": "object",
+                "required": ["code", "command_key"],
+                "additionalProperties": False,
+                "properties": {"code": {"type": "string"}, "command_key": {"type": "string"}},
+            },
+        },
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +135,8 @@ class IDeviceStore(Interface):
     ) -> Deferred[dict[str, Any] | None]:
         """The device record with its ``parameters`` ({name: {"value", "type"}}), or None.
 
+        The record has every field of :data:`DEVICE_FIELDS`, typed as it says.
+
         ``parameters`` names the cached parameters wanted (those not cached are left out);
         None means all of them, which may be thousands.
         """
@@ -101,7 +147,8 @@ class IDeviceStore(Interface):
     def list_devices(
         *, after: float | None, before: float | None, offset: int, count: int
     ) -> Deferred[list[dict[str, Any]]]:
-        """Device records (no parameters) by last inform time, oldest first, for paging."""
+        """Device records (no parameters, typed as :data:`DEVICE_FIELDS` says) by last
+        inform time, oldest first, for paging."""
 
     def delete_device(device_id: str) -> Deferred[bool]:
         """Forget the record, its parameters and its transfers; True if it existed."""

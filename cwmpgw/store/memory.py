@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import Any
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final
 
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
 from cwmpgw.bus.events import Event
 from cwmpgw.store.interfaces import (
+    DEVICE_FIELDS,
     ConnReqCredential,
     IConnReqCredentialStore,
     ICredentialStore,
@@ -19,7 +21,13 @@ from cwmpgw.store.interfaces import (
     StoredCredential,
 )
 
-__all__ = ["MemoryConnReqCredentialStore", "MemoryCredentialStore", "MemoryDeviceStore"]
+__all__ = [
+    "MemoryConnReqCredentialStore",
+    "MemoryCredentialStore",
+    "MemoryDeviceStore",
+    "device_fields",
+    "device_view",
+]
 
 
 def device_fields(record: InformRecord) -> dict[str, str]:
@@ -40,8 +48,61 @@ def device_fields(record: InformRecord) -> dict[str, str]:
     }
 
 
+def _number(text: Any) -> float:
+    try:
+        number = float(text)
+    except (TypeError, ValueError):
+        return 0.0
+    return number if math.isfinite(number) else 0.0
+
+
+def _integer(text: Any) -> int:
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _events(text: Any) -> list[dict[str, str]]:
+    try:
+        pairs = json.loads(text)
+    except (TypeError, ValueError):
+        return []
+    if not isinstance(pairs, list):
+        return []
+    return [
+        {"code": str(p[0]), "command_key": str(p[1])}
+        for p in pairs
+        if isinstance(p, list) and len(p) == 2
+    ]
+
+
+_DECODERS: Final[Mapping[str, Callable[[Any], Any]]] = {
+    "string": str,
+    "number": _number,
+    "integer": _integer,
+    "array": _events,
+}
+
+
+def device_view(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored device hash (text, as :func:`device_fields` wrote it) typed as
+    :data:`~cwmpgw.store.interfaces.DEVICE_FIELDS` says (shared by both providers).
+
+    Every field is there: one missing or unreadable (a record written by an older
+    version, or by hand) gets its type's zero value rather than failing the read.
+    """
+    return {
+        name: _DECODERS[schema["type"]](stored.get(name, ""))
+        for name, schema in DEVICE_FIELDS.items()
+    }
+
+
 @implementer(IDeviceStore)
 class MemoryDeviceStore:
+    """Device records kept as text, like the Redis hashes, and read through
+    :func:`device_view` like them."""
+
     def __init__(self) -> None:
         self.devices: dict[str, dict[str, Any]] = {}
         self.transfers: dict[tuple[str, str], dict[str, Any]] = {}
@@ -56,10 +117,10 @@ class MemoryDeviceStore:
         new = record.device_id not in self.devices
         dev = self.devices.setdefault(
             record.device_id,
-            {"first_seen": repr(record.ts), "inform_count": 0, "parameters": {}},
+            {"first_seen": repr(record.ts), "inform_count": "0", "parameters": {}},
         )
         dev.update(device_fields(record))
-        dev["inform_count"] += 1
+        dev["inform_count"] = str(int(dev["inform_count"]) + 1)
         for p in record.parameters:
             dev["parameters"][p.name] = {"value": p.value, "type": p.type}
         return succeed(new)
@@ -77,8 +138,7 @@ class MemoryDeviceStore:
         dev = self.devices.get(device_id)
         if dev is None:
             return succeed(None)
-        out = dict(dev)
-        out["inform_count"] = str(dev["inform_count"])
+        out = device_view(dev)
         cached = dev["parameters"]
         names = cached if parameters is None else [n for n in parameters if n in cached]
         out["parameters"] = {k: dict(cached[k]) for k in names}
@@ -103,12 +163,7 @@ class MemoryDeviceStore:
             if (after is None or float(d["last_inform"]) >= after)
             and (before is None or float(d["last_inform"]) <= before)
         ]
-        out = []
-        for d in rows[offset : offset + count]:
-            record = {k: v for k, v in d.items() if k != "parameters"}
-            record["inform_count"] = str(d["inform_count"])
-            out.append(record)
-        return succeed(out)
+        return succeed([device_view(d) for d in rows[offset : offset + count]])
 
     def delete_device(self, device_id: str) -> Deferred[bool]:
         existed = self.devices.pop(device_id, None) is not None

@@ -4,6 +4,7 @@ Key layout (all under the configured prefix, default ``cwmpgw:``):
 
 - ``device:<id>`` hash: DeviceId fields, first_seen, last_inform, last_source,
   cwmp_version, cwmp_namespace, connection_request_url, last_events, inform_count
+  (all text; read back typed by :func:`cwmpgw.store.memory.device_view`)
 - ``device:<id>:params`` hash: parameter name -> JSON ``[value, xsi type]``
 - ``device:<id>:transfers`` hash: transfer key -> JSON result
 - ``devices`` sorted set: device id scored by last inform time
@@ -38,7 +39,7 @@ from cwmpgw.store.interfaces import (
     InformRecord,
     StoredCredential,
 )
-from cwmpgw.store.memory import device_fields
+from cwmpgw.store.memory import device_fields, device_view
 from cwmpgw.store.secretbox import SecretBox
 from cwmpgw.store.sessionlock import owner_key
 
@@ -235,7 +236,7 @@ class RedisDeviceStore:
                 params = {n: raw for n, raw in zip(parameters, reply[1:], strict=True) if raw}
             if not fields:
                 return None
-            out: dict[str, Any] = dict(fields)
+            out = device_view(fields)
             out["parameters"] = {
                 name: dict(zip(("value", "type"), json.loads(raw), strict=True))
                 for name, raw in params.items()
@@ -270,7 +271,7 @@ class RedisDeviceStore:
             for device_id in ids:
                 fields = await self._redis.hgetall(self._key(device_id))
                 if fields:
-                    records.append(dict(fields))
+                    records.append(device_view(fields))
             return records
 
         return Deferred.fromCoroutine(page())

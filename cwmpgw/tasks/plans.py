@@ -35,6 +35,7 @@ __all__ = [
     "RefreshPlan",
     "SingleCallPlan",
     "TransferPlan",
+    "args_schema",
     "plan_for",
     "restore",
 ]
@@ -352,6 +353,37 @@ def _refresh_args(args: Mapping[str, Any]) -> dict[str, Any]:
     except rpc.ArgumentError as e:
         raise rpc.ArgumentError("path", e.message) from None
     return {"path": checked["parameter_path"]}
+
+
+def _refresh_path() -> rpc.Argument:
+    """refresh's ``path`` is checked as GetParameterNames' ``parameter_path``."""
+    (path,) = (a for a in rpc.METHODS["GetParameterNames"].arguments if a.key == "parameter_path")
+    return path
+
+
+def args_schema(task_type: str) -> dict[str, Any]:
+    """The JSON Schema of a task type's ``args``: what :func:`plan_for` accepts.
+
+    Raises KeyError for a type that is not in :data:`TASK_TYPES`.
+    """
+    if task_type == "refresh":
+        return {
+            "type": "object",
+            "required": ["path"],
+            "additionalProperties": False,
+            "properties": {
+                "path": {
+                    **rpc.argument_schema(_refresh_path()),
+                    "description": (
+                        "What to re-read: a partial path ending with '.' (the subtree), "
+                        "a parameter name, or '' (everything)."
+                    ),
+                }
+            },
+        }
+    if task_type not in rpc.METHODS:
+        raise KeyError(task_type)
+    return rpc.arguments_schema(task_type)
 
 
 def plan_for(task_type: str, args: Mapping[str, Any], *, gpv_batch: int = 100) -> Plan:
