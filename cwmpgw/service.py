@@ -318,7 +318,7 @@ class GatewayService(Service):
     async def _start_connreq(self) -> None:
         from cwmpgw.connreq.http import HttpConnectionRequester
         from cwmpgw.connreq.state import RedisConnreqState
-        from cwmpgw.connreq.stun import StunServer
+        from cwmpgw.connreq.stun import StunServer, password_keys
         from cwmpgw.connreq.udp import UdpConnectionRequester
         from cwmpgw.connreq.waker import ConnectionRequestService
 
@@ -339,7 +339,13 @@ class GatewayService(Service):
                     lambda f: self._log.failure("could not record a STUN binding", f)
                 )
 
-            stun = StunServer(clock=self._reactor, on_binding=on_binding)
+            stun = StunServer(
+                clock=self._reactor,
+                on_binding=on_binding,
+                keys=password_keys(self.connreq_credentials.stun_passwords),
+                require_integrity=cfg.stun_require_integrity,
+                metrics=self.metrics,
+            )
             self.stun_port = self._reactor.listenUDP(
                 cfg.stun_port, stun, interface=cfg.stun_interface
             )

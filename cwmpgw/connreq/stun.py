@@ -81,6 +81,7 @@ __all__ = [
     "encode_xor_mapped_address",
     "find_attribute",
     "parse",
+    "password_keys",
     "verify_fingerprint",
     "verify_message_integrity",
 ]
@@ -524,6 +525,21 @@ class _Request:
     username: str | None
     binding: bool  # carries a valid CONNECTION-REQUEST-BINDING
     echo_fingerprint: bool
+
+
+def password_keys(
+    passwords: Callable[[str], Deferred[tuple[str, ...]]],
+) -> Callable[[str], Deferred[Sequence[bytes]]]:
+    """``StunServer``'s key lookup from a device's STUN passwords
+    (``IConnReqCredentialStore.stun_passwords``): USERNAME is the device id, as the
+    gateway sets ``STUNUsername``; the key is the password's UTF-8 (RFC 5389 §15.4
+    short-term credentials; the gateway's passwords are ASCII, unchanged by SASLprep)."""
+
+    def keys(username: str) -> Deferred[Sequence[bytes]]:
+        d = passwords(username)
+        return d.addCallback(lambda found: [p.encode("utf-8") for p in found])
+
+    return keys
 
 
 class StunServer(DatagramProtocol):
