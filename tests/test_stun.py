@@ -54,6 +54,7 @@ from cwmpgw.connreq.stun import (
     encode_username,
     encode_xor_mapped_address,
     parse,
+    password_keys,
     verify_fingerprint,
     verify_message_integrity,
 )
@@ -628,6 +629,19 @@ class ServerTests(SynchronousTestCase):
         self.assertEqual((transport.written, len(bindings)), ([], 1))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertEqual(server.refused, {"lookup_failed": 1})
+
+    def test_keys_from_the_credential_store(self) -> None:
+        from cwmpgw.store.memory import MemoryConnReqCredentialStore
+
+        store = MemoryConnReqCredentialStore()
+        store.stun["cpe1"] = KEY.decode()
+        keys = password_keys(store.stun_passwords)
+        self.assertEqual(self.successResultOf(keys("cpe1")), [KEY])
+        self.assertEqual(self.successResultOf(keys("cpe2")), [])
+        server, transport, bindings, _ = self.make(keys=keys, require_integrity=True)
+        server.datagramReceived(request((CRB, (USERNAME, b"cpe1")), classic=True, key=KEY)[0], CPE)
+        self.assertEqual(self.only_reply(transport).cls, CLASS_SUCCESS)
+        self.assertEqual([b.authenticated for b in bindings], [True])
 
     def test_key_lookups_in_flight_are_bounded(self) -> None:
         server, transport, _, _ = self.make(
