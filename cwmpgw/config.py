@@ -452,6 +452,7 @@ class ConnreqConfig:
     stun: bool = _setting(True, _bool)
     stun_interface: str = _setting("", _interface)
     stun_port: int = _setting(3478, _int(0, 65535))
+    stun_require_integrity: bool = _setting(True, _bool)
     key_file: str = _setting("", _text)
 
 
@@ -465,6 +466,7 @@ class MetricsConfig:
 @dataclass(frozen=True, slots=True)
 class ProvisionConfig:
     credentials: bool = _setting(True, _bool)
+    stun_credentials: bool = _setting(True, _bool)
     periodic_inform: bool = _setting(True, _bool)
     periodic_inform_interval: int = _setting(86400, _int(30, 2592000))
     spread_informs: bool = _setting(True, _bool)

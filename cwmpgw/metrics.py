@@ -57,6 +57,12 @@ class Metrics:
             ["method", "outcome"],
             registry=r,
         )
+        self.stun_bindings = Counter(
+            "cwmpgw_stun_bindings",
+            "STUN connection-request bindings, by outcome (recorded, or why not).",
+            ["outcome"],
+            registry=r,
+        )
         self.events = Counter(
             "cwmpgw_events_published", "Events published, by type.", ["type"], registry=r
         )

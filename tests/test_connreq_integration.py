@@ -218,22 +218,37 @@ class ConnectionRequestTests(TestCase):
         await self.session("1 BOOT", "")  # no HTTP URL at all: UDP is the only way
 
         stun_port = service.stun_port.getHost().port
-        request = stun.StunMessage(
-            stun.BINDING,
-            stun.CLASS_REQUEST,
-            os.urandom(12),
-            (
-                (stun.USERNAME, stun.encode_username(DEVICE_ID)),
-                (stun.CONNECTION_REQUEST_BINDING, stun.CONNECTION_REQUEST_BINDING_VALUE),
-            ),
-            True,
-        )
-        port.write(stun.build(request), ("127.0.0.1", stun_port))
         key = f"{self.prefix}stun:{DEVICE_ID}"
-        for _ in range(100):  # bounded: the binding is written right after the answer
-            if receiver.stun_answers and self.redis.exists(key):
-                break
-            await deferLater(reactor, 0.05, lambda: None)
+
+        async def bind(integrity_key: bytes | None) -> stun.StunMessage:
+            request = stun.StunMessage(
+                stun.BINDING,
+                stun.CLASS_REQUEST,
+                os.urandom(12),
+                (
+                    (stun.USERNAME, stun.encode_username(DEVICE_ID)),
+                    (stun.CONNECTION_REQUEST_BINDING, stun.CONNECTION_REQUEST_BINDING_VALUE),
+                ),
+                True,
+            )
+            receiver.stun_answers.clear()
+            port.write(stun.build(request, integrity_key=integrity_key), ("127.0.0.1", stun_port))
+            for _ in range(100):  # bounded: the binding is written right after the answer
+                if receiver.stun_answers and (
+                    receiver.stun_answers[0].cls == stun.CLASS_ERROR or self.redis.exists(key)
+                ):
+                    break
+                await deferLater(reactor, 0.05, lambda: None)
+            return receiver.stun_answers[0]
+
+        # The STUN password the enrolment session would have set (test_provisioning).
+        await service.connreq_credentials.set_stun_pending(DEVICE_ID, "stun-password-1")
+        await service.connreq_credentials.promote_stun(DEVICE_ID)
+        # Unsigned (anyone can send it) and wrongly signed bindings change nothing.
+        for wrong in (None, b"guessed-password"):
+            self.assertEqual((await bind(wrong)).cls, stun.CLASS_ERROR)
+            self.assertFalse(self.redis.exists(key))
+        self.assertEqual((await bind(b"stun-password-1")).cls, stun.CLASS_SUCCESS)
         self.assertEqual(json.loads(self.redis.get(key))["port"], port.getHost().port)
 
         result = await service.connreq.wake(DEVICE_ID)

@@ -808,8 +808,13 @@ class FleetAgainstGatewayTests(TestCase):
             devices=3, credentials=credential_templates(bootstrap_user, bootstrap_password)
         )
         first = await fleet.run_sessions(count=3)
-        self.assertEqual((first.completed, first.rpcs["SetParameterValues"]), (3, 6))
+        # Credentials, STUN credentials (a SetParameterValues of their own), presets.
+        self.assertEqual((first.completed, first.rpcs["SetParameterValues"]), (3, 9))
         for device in fleet.devices:
+            self.assertEqual(
+                await service.connreq_credentials.stun_passwords(device.device_id),
+                (device.model.value(device.ms + "STUNPassword"),),
+            )
             self.assertEqual(device.username, device.device_id)
             self.assertNotEqual(device.password, bootstrap_password)
             cr = await service.connreq_credentials.get(device.device_id)

@@ -132,6 +132,30 @@ class StoreContract:
         )  # type: ignore[attr-defined]
         self.assertFalse(await self.crcredentials.promote("dev-1"))  # type: ignore[attr-defined]
 
+    async def test_stun_password_lifecycle(self) -> None:
+        store = self.crcredentials
+        self.assertEqual(await store.stun_passwords("dev-1"), ())  # type: ignore[attr-defined]
+        await store.set_stun_pending("dev-1", "s-1")
+        self.assertEqual(await store.stun_passwords("dev-1"), ("s-1",))  # type: ignore[attr-defined]
+        self.assertTrue(await store.promote_stun("dev-1"))  # type: ignore[attr-defined]
+        self.assertFalse(await store.promote_stun("dev-1"))  # type: ignore[attr-defined]
+        await store.set_stun_pending("dev-1", "s-2")
+        # Both are accepted while the change is on its way: current first.
+        self.assertEqual(await store.stun_passwords("dev-1"), ("s-1", "s-2"))  # type: ignore[attr-defined]
+        self.assertTrue(await store.drop_stun_pending("dev-1"))  # type: ignore[attr-defined]
+        self.assertFalse(await store.drop_stun_pending("dev-1"))  # type: ignore[attr-defined]
+        self.assertEqual(await store.stun_passwords("dev-1"), ("s-1",))  # type: ignore[attr-defined]
+        await store.set_stun_pending("dev-1", "s-3")
+        self.assertTrue(await store.promote_stun("dev-1"))  # type: ignore[attr-defined]
+        self.assertEqual(await store.stun_passwords("dev-1"), ("s-3",))  # type: ignore[attr-defined]
+        self.assertEqual(await store.stun_passwords("dev-2"), ())  # type: ignore[attr-defined]
+        # The connection-request credential is independent of it.
+        self.assertIsNone(await store.get("dev-1"))  # type: ignore[attr-defined]
+        await store.set("dev-1", ConnReqCredential("cr-user", "cr-pass"))
+        self.assertEqual(await store.stun_passwords("dev-1"), ("s-3",))  # type: ignore[attr-defined]
+        await store.delete("dev-1")
+        self.assertEqual(await store.stun_passwords("dev-1"), ())  # type: ignore[attr-defined]
+
     async def test_connreq_credentials(self) -> None:
         self.assertIsNone(await self.crcredentials.get("dev-1"))  # type: ignore[attr-defined]
         await self.crcredentials.set("dev-1", ConnReqCredential("cr-user", "cr-pass", True))
@@ -371,3 +395,19 @@ class RedisStoreTests(StoreContract, TestCase):
             {"last_inform": 0.0, "first_seen": 0.0, "inform_count": 0, "last_events": []},
         )
         self.assertEqual((device["oui"], device["parameters"]), ("", {}))
+
+    async def test_stun_password_encrypted_at_rest(self) -> None:
+        await self.crcredentials.set("dev-1", ConnReqCredential("cr-user", "cr-pass"))
+        await self.crcredentials.set_stun_pending("dev-1", "stun-secret")
+        await self.crcredentials.promote_stun("dev-1")
+        raw = await self.redis.hgetall(self.prefix + "crcred:dev-1")
+        self.assertNotIn("stun-secret", json.dumps(raw))
+        from cwmpgw.store.secretbox import SecretBoxError
+
+        # Neither another device's record nor the CR password's field takes the ciphertext.
+        await self.redis.hset(self.prefix + "crcred:dev-2", "stun_password", raw["stun_password"])
+        with self.assertRaises(SecretBoxError):
+            await self.crcredentials.stun_passwords("dev-2")
+        await self.redis.hset(self.prefix + "crcred:dev-1", "password", raw["stun_password"])
+        with self.assertRaises(SecretBoxError):
+            await self.crcredentials.get("dev-1")

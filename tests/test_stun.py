@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
@@ -54,6 +54,7 @@ from cwmpgw.connreq.stun import (
     encode_username,
     encode_xor_mapped_address,
     parse,
+    password_keys,
     verify_fingerprint,
     verify_message_integrity,
 )
@@ -409,6 +410,9 @@ CRB = (CONNECTION_REQUEST_BINDING, CONNECTION_REQUEST_BINDING_VALUE)
 
 class ServerTests(SynchronousTestCase):
     def make(self, **kwargs: Any) -> tuple[StunServer, FakeUDPTransport, list[Binding], Clock]:
+        """A server for the codec-level tests: unauthenticated bindings allowed, as in a
+        lab, unless ``require_integrity`` is given (the secure default is tested below)."""
+        kwargs.setdefault("require_integrity", False)
         clock = Clock()
         clock.advance(1_700_000_000.25)
         bindings: list[Binding] = []
@@ -483,19 +487,84 @@ class ServerTests(SynchronousTestCase):
         self.only_reply(transport)
         self.assertEqual(len(bindings), 1)
 
-    def test_integrity_required_and_missing(self) -> None:
-        server, transport, bindings, _ = self.make(credentials={"cpe1": KEY}.get)
-        for attrs in ((CRB, (USERNAME, b"cpe1")), (CRB,)):
-            server.datagramReceived(request(attrs, classic=True)[0], CPE)
-            reply = self.only_reply(transport)
-            self.assertEqual(reply.cls, CLASS_ERROR)
-            code, reason = decode_error_code(reply.get(ERROR_CODE) or b"")
-            self.assertEqual(code, 401)
+    def secure(
+        self, keys: dict[str, list[bytes]] | None = None, **kwargs: Any
+    ) -> tuple[StunServer, FakeUDPTransport, list[Binding], Clock]:
+        """A server with the default require_integrity and ``keys`` as its key lookup."""
+        table = {"cpe1": [KEY]} if keys is None else keys
+        clock = Clock()
+        clock.advance(1_700_000_000.25)
+        bindings: list[Binding] = []
+        server = StunServer(
+            clock=clock,
+            on_binding=bindings.append,
+            keys=lambda username: succeed(table.get(username, [])),
+            **kwargs,
+        )
+        transport = FakeUDPTransport()
+        server.makeConnection(transport)
+        return server, transport, bindings, clock
+
+    def assert_401(self, transport: FakeUDPTransport) -> None:
+        reply = self.only_reply(transport)
+        self.assertEqual(reply.cls, CLASS_ERROR)
+        code, reason = decode_error_code(reply.get(ERROR_CODE) or b"")
+        self.assertEqual(code, 401)
+        if not reply.magic_cookie:
             self.assertEqual(len(reason.encode()) % 4, 0)  # RFC 3489 phrase length
+
+    def test_spoofed_binding_without_integrity_is_ignored_by_default(self) -> None:
+        """The issue's attack: one UDP datagram with USERNAME=<device id> and
+        CONNECTION-REQUEST-BINDING, from the attacker's address, moved the binding."""
+        clock = Clock()
+        bindings: list[Binding] = []
+        server = StunServer(clock=clock, on_binding=bindings.append)  # no keys, defaults
+        transport = FakeUDPTransport()
+        server.makeConnection(transport)
+        with capturedLogs() as events:
+            for attrs, classic in (
+                ((CRB, (USERNAME, b"cpe1")), True),
+                ((CRB, (USERNAME, b"cpe1")), False),
+                ((CRB,), True),
+            ):
+                server.datagramReceived(request(attrs, classic=classic)[0], CPE)
+                self.assert_401(transport)  # an Annex G CPE retries with integrity
+        self.assertEqual(bindings, [])
+        self.assertEqual(server.refused, {"unauthenticated": 3})
+        self.assertEqual(
+            sum(
+                "Unauthenticated connection request binding" in str(e["log_format"]) for e in events
+            ),
+            3,
+        )
+
+    def test_spoofed_binding_ignored_with_keys_too(self) -> None:
+        server, transport, bindings, _ = self.secure()
+        server.datagramReceived(request((CRB, (USERNAME, b"cpe1")), classic=True)[0], CPE)
+        self.assert_401(transport)
         self.assertEqual(bindings, [])
 
+    def test_address_discovery_needs_no_integrity(self) -> None:
+        server, transport, bindings, _ = self.secure()
+        for attrs in ((), ((USERNAME, b"cpe1"),)):
+            data, txid = request(attrs)
+            server.datagramReceived(data, CPE)
+            reply = self.only_reply(transport)
+            self.assertEqual((reply.cls, reply.transaction_id), (CLASS_SUCCESS, txid))
+            self.assertEqual(
+                decode_xor_mapped_address(reply.get(XOR_MAPPED_ADDRESS) or b"", txid), CPE
+            )
+        self.assertEqual(bindings, [])
+        self.assertEqual(server.refused, {})
+
+    def test_lab_may_allow_unauthenticated_bindings(self) -> None:
+        server, transport, bindings, _ = self.make(require_integrity=False)
+        server.datagramReceived(request((CRB, (USERNAME, b"cpe1")), classic=True)[0], CPE)
+        self.assertEqual(self.only_reply(transport).cls, CLASS_SUCCESS)
+        self.assertEqual([(b.username, b.authenticated) for b in bindings], [("cpe1", False)])
+
     def test_integrity_ok_classic(self) -> None:
-        server, transport, bindings, _ = self.make(credentials={"cpe1": KEY}.get)
+        server, transport, bindings, _ = self.secure()
         data, txid = request((CRB, (USERNAME, b"cpe1")), classic=True, key=KEY)
         server.datagramReceived(data, CPE)
         raw = transport.written[0][0]
@@ -503,38 +572,101 @@ class ServerTests(SynchronousTestCase):
         self.assertEqual(reply.cls, CLASS_SUCCESS)
         self.assertEqual(reply.transaction_id, txid)
         self.assertTrue(verify_message_integrity(raw, KEY))  # the response is signed too
-        self.assertEqual([b.username for b in bindings], ["cpe1"])
+        self.assertEqual(bindings, [Binding("cpe1", CPE[0], CPE[1], False, 1_700_000_000.25, True)])
 
     def test_integrity_ok_5389(self) -> None:
-        server, transport, bindings, _ = self.make(credentials={"cpe1": KEY}.get)
+        server, transport, bindings, _ = self.secure()
         data, _ = request((CRB, (USERNAME, b"cpe1")), key=KEY, fingerprint=True)
         server.datagramReceived(data, CPE)
         raw = transport.written[0][0]
         self.assertTrue(verify_message_integrity(raw, KEY))
         self.assertTrue(verify_fingerprint(raw))
         self.assertEqual(self.only_reply(transport).cls, CLASS_SUCCESS)
+        self.assertEqual([b.authenticated for b in bindings], [True])
+
+    def test_any_of_the_keys_verifies(self) -> None:
+        """During a password change the current and the pending password are both valid."""
+        server, transport, bindings, _ = self.secure({"cpe1": [b"old", KEY]})
+        server.datagramReceived(request((CRB, (USERNAME, b"cpe1")), key=KEY)[0], CPE)
+        self.assertEqual(self.only_reply(transport).cls, CLASS_SUCCESS)
         self.assertEqual(len(bindings), 1)
 
     def test_integrity_bad_or_unknown_user(self) -> None:
-        server, transport, bindings, _ = self.make(credentials={"cpe1": KEY}.get)
+        server, transport, bindings, _ = self.secure()
         cases = [
             request((CRB, (USERNAME, b"cpe1")), classic=True, key=b"wrong")[0],
+            request((CRB, (USERNAME, b"cpe1")), key=b"wrong")[0],
             request((CRB, (USERNAME, b"cpe2")), classic=True, key=KEY)[0],
-            flip(request((CRB, (USERNAME, b"cpe1")), classic=True, key=KEY)[0], 25),
+            request((CRB,), classic=True, key=KEY)[0],
+            flip(request((CRB, (USERNAME, b"cpe1")), classic=True, key=KEY)[0], -1),
         ]
         with capturedLogs() as events:
             for data in cases:
                 server.datagramReceived(data, CPE)
-                reply = self.only_reply(transport)
-                self.assertEqual(decode_error_code(reply.get(ERROR_CODE) or b"")[0], 401)
+                self.assert_401(transport)
         self.assertEqual(bindings, [])
+        self.assertEqual(server.refused, {"bad_integrity": 3, "unknown_user": 2})
         self.assertTrue(events)
         for event in events:  # the key never reaches a log event
             self.assertNotIn(KEY.decode(), repr(event))
 
+    def test_key_lookup_is_asynchronous(self) -> None:
+        pending: list[Deferred[list[bytes]]] = []
+
+        def keys(username: str) -> Deferred[list[bytes]]:
+            pending.append(Deferred())
+            return pending[-1]
+
+        server, transport, bindings, _ = self.make(keys=keys)
+        server.datagramReceived(request((CRB, (USERNAME, b"cpe1")), key=KEY)[0], CPE)
+        server.datagramReceived(request((CRB, (USERNAME, b"cpe1")), key=KEY)[0], CPE)
+        self.assertEqual((transport.written, bindings), ([], []))
+        pending[0].callback([KEY])
+        self.assertEqual(self.only_reply(transport).cls, CLASS_SUCCESS)
+        self.assertEqual(len(bindings), 1)
+        # A failed lookup (Redis down) answers nothing and records nothing.
+        pending[1].errback(RuntimeError("redis down"))
+        self.assertEqual((transport.written, len(bindings)), ([], 1))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(server.refused, {"lookup_failed": 1})
+
+    def test_keys_from_the_credential_store(self) -> None:
+        from cwmpgw.store.memory import MemoryConnReqCredentialStore
+
+        store = MemoryConnReqCredentialStore()
+        store.stun["cpe1"] = KEY.decode()
+        keys = password_keys(store.stun_passwords)
+        self.assertEqual(self.successResultOf(keys("cpe1")), [KEY])
+        self.assertEqual(self.successResultOf(keys("cpe2")), [])
+        server, transport, bindings, _ = self.make(keys=keys, require_integrity=True)
+        server.datagramReceived(request((CRB, (USERNAME, b"cpe1")), classic=True, key=KEY)[0], CPE)
+        self.assertEqual(self.only_reply(transport).cls, CLASS_SUCCESS)
+        self.assertEqual([b.authenticated for b in bindings], [True])
+
+    def test_key_lookups_in_flight_are_bounded(self) -> None:
+        server, transport, _, _ = self.make(
+            keys=lambda username: Deferred(), max_lookups=2, max_per_second_per_source=100
+        )
+        for _ in range(3):
+            server.datagramReceived(request((CRB, (USERNAME, b"cpe1")), key=KEY)[0], CPE)
+        self.assertEqual(server.refused, {"overload": 1})
+        self.assertEqual(transport.written, [])
+
+    def test_metrics_count_bindings(self) -> None:
+        from cwmpgw.metrics import Metrics
+
+        metrics = Metrics()
+        server, _, _, _ = self.secure(metrics=metrics)
+        server.datagramReceived(request((CRB, (USERNAME, b"cpe1")), key=KEY)[0], CPE)
+        server.datagramReceived(request((CRB, (USERNAME, b"cpe1")))[0], CPE)
+        server.datagramReceived(request((CRB, (USERNAME, b"cpe1")), key=b"bad")[0], CPE)
+        text = metrics.render().decode()
+        for outcome in ("recorded", "unauthenticated", "bad_integrity"):
+            self.assertIn(f'cwmpgw_stun_bindings_total{{outcome="{outcome}"}} 1.0', text)
+
     def test_attributes_after_integrity_are_ignored(self) -> None:
         """An attacker can append to a captured request; what follows MI is not trusted."""
-        server, transport, bindings, _ = self.make(credentials={"cpe1": KEY}.get)
+        server, transport, bindings, _ = self.secure()
         signed = request(((USERNAME, b"cpe1"),), classic=True, key=KEY)[0]
         extra = (
             struct.pack("!HH", CONNECTION_REQUEST_BINDING, 20) + CONNECTION_REQUEST_BINDING_VALUE
@@ -621,7 +753,7 @@ class ServerTests(SynchronousTestCase):
         def boom(_: Binding) -> None:
             raise RuntimeError("store down")
 
-        server = StunServer(clock=clock, on_binding=boom)
+        server = StunServer(clock=clock, on_binding=boom, require_integrity=False)
         transport = FakeUDPTransport()
         server.makeConnection(transport)
         server.datagramReceived(request((CRB,))[0], CPE)
@@ -646,6 +778,8 @@ class ServerTests(SynchronousTestCase):
     def test_constructor_validates(self) -> None:
         with self.assertRaises(ValueError):
             StunServer(clock=Clock(), on_binding=lambda b: None, max_per_second_per_source=0)
+        with self.assertRaises(ValueError):
+            StunServer(clock=Clock(), on_binding=lambda b: None, max_lookups=0)
 
 
 # --- over real loopback sockets -------------------------------------------------------------
@@ -662,24 +796,33 @@ class _Client(DatagramProtocol):
 
 class LoopbackTests(TestCase):
     async def test_binding_over_udp(self) -> None:
+        """Over real sockets: unsigned and wrongly signed bindings get 401 and change
+        nothing; the correctly signed one is recorded."""
         bindings: list[Binding] = []
-        server = StunServer(clock=reactor, on_binding=bindings.append)
+        server = StunServer(
+            clock=reactor,
+            on_binding=bindings.append,
+            keys=lambda username: succeed([KEY] if username == "cpe1" else []),
+        )
         server_port = reactor.listenUDP(0, server, interface="127.0.0.1")
         self.addCleanup(server_port.stopListening)
-        client = _Client()
-        client_port = reactor.listenUDP(0, client, interface="127.0.0.1")
-        self.addCleanup(client_port.stopListening)
-        client_addr = ("127.0.0.1", client_port.getHost().port)
+        to = ("127.0.0.1", server_port.getHost().port)
+        attrs = (CRB, (USERNAME, b"cpe1"))
 
-        data, txid = request((CRB, (USERNAME, b"cpe1")), classic=True)
-        client_port.write(data, ("127.0.0.1", server_port.getHost().port))
-        reply_bytes, source = await client.received.addTimeout(10, reactor)
+        for key, expected in ((None, CLASS_ERROR), (b"wrong", CLASS_ERROR), (KEY, CLASS_SUCCESS)):
+            client = _Client()
+            client_port = reactor.listenUDP(0, client, interface="127.0.0.1")
+            self.addCleanup(client_port.stopListening)
+            client_addr = ("127.0.0.1", client_port.getHost().port)
+            data, txid = request(attrs, classic=True, key=key)
+            client_port.write(data, to)
+            reply_bytes, source = await client.received.addTimeout(10, reactor)
+            self.assertEqual(source, to)
+            reply = parse(reply_bytes)
+            self.assertEqual((reply.cls, reply.transaction_id), (expected, txid))
 
-        self.assertEqual(source, ("127.0.0.1", server_port.getHost().port))
-        reply = parse(reply_bytes)
-        self.assertEqual((reply.cls, reply.transaction_id), (CLASS_SUCCESS, txid))
         self.assertEqual(decode_mapped_address(reply.get(MAPPED_ADDRESS) or b""), client_addr)
-        self.assertEqual(len(bindings), 1)
         self.assertEqual(
-            (bindings[0].username, bindings[0].host, bindings[0].port), ("cpe1", *client_addr)
+            [(b.username, b.host, b.port, b.authenticated) for b in bindings],
+            [("cpe1", *client_addr, True)],
         )

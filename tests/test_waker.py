@@ -241,6 +241,49 @@ class WakerTests(SynchronousTestCase):
         self.assertEqual(result.outcome, "refused")
         self.assertEqual(self.udp.calls, [])
 
+    def test_stun_binding_never_widens_the_guard(self) -> None:
+        """A binding elsewhere than the device's last source (a spoofed one, or one made
+        through another NAT) is refused like any other target, and HTTP goes on."""
+        self.add_device(
+            params=(ParameterValue("Device.ManagementServer.NATDetected", "true", "xsd:boolean"),)
+        )
+        self.state.record_binding(
+            Binding(DEVICE_ID, "198.51.100.66", 40001, False, self.clock.seconds(), True)
+        )
+        d = self.service(prefer="udp").wake(DEVICE_ID)
+        self.assertEqual(self.udp.calls, [])  # nothing went to the binding's address
+        refused = [e for e in self.bus.events if e.type == "connreq.refused"]
+        self.assertEqual(
+            [(e.data["method"], e.data["reason"], e.data["target"]) for e in refused],
+            [("udp", "address does not match the device's source address", "198.51.100.66:40001")],
+        )
+        self.assertEqual(self.http.calls[0][0], f"http://{CPE_IP}:7547/cr")
+        self.sessions[0][1].callback(True)
+        self.assertEqual(self.successResultOf(d).method, "http")
+        # Inside the operator's networks the same binding is a target: the networks allow it.
+        self.policy = GuardPolicy(allowed_networks=(ipaddress.ip_network("198.51.100.0/24"),))
+        self.clock.advance(10)
+        self.service(prefer="udp", session_wait=0).wake(DEVICE_ID)
+        self.assertEqual(self.udp.calls, [("198.51.100.66", 40001, "cr-user", "cr-secret")])
+
+    def test_binding_looked_up_by_device_id_when_integrity_is_required(self) -> None:
+        """Authenticated bindings are stored under the device id; a STUNUsername the device
+        reports (another device's id, say) does not pick someone else's binding."""
+        other = "00259E-EG8145V5-OTHER"
+        self.add_device(
+            url="",
+            params=(ParameterValue("Device.ManagementServer.STUNUsername", other),),
+        )
+        self.state.record_binding(Binding(other, CPE_IP, 40002, False, self.clock.seconds(), True))
+        self.state.record_binding(
+            Binding(DEVICE_ID, CPE_IP, 40001, False, self.clock.seconds(), True)
+        )
+        self.service(session_wait=0).wake(DEVICE_ID)
+        self.assertEqual([c[:2] for c in self.udp.calls], [(CPE_IP, 40001)])
+        self.clock.advance(10)
+        self.service(session_wait=0, stun_require_integrity=False).wake(DEVICE_ID)  # a lab
+        self.assertEqual([c[:2] for c in self.udp.calls], [(CPE_IP, 40001), (CPE_IP, 40002)])
+
     def test_rate_spreads_mass_wakeups(self) -> None:
         for i in range(3):
             self.add_device(device_id=f"dev-{i}")

@@ -18,7 +18,7 @@ from cwmpgw.config import Config
 from cwmpgw.connreq.guard import GuardPolicy
 from cwmpgw.connreq.http import HttpConnectionRequester
 from cwmpgw.connreq.state import RedisConnreqState
-from cwmpgw.connreq.stun import Binding, StunServer
+from cwmpgw.connreq.stun import Binding, StunServer, password_keys
 from cwmpgw.connreq.udp import UdpConnectionRequester
 from cwmpgw.connreq.waker import ConnectionRequestService, session_follows
 from cwmpgw.metrics import Metrics
@@ -97,7 +97,17 @@ class ConnreqPart(Part):
             bind_address=cfg.source_address or None,
             verify_tls=cfg.verify_tls,
         )
-        self._stun = StunServer(clock=reactor, on_binding=self._record) if cfg.stun else None
+        self._stun = (
+            StunServer(
+                clock=reactor,
+                on_binding=self._record,
+                keys=password_keys(credentials.stun_passwords),
+                require_integrity=cfg.stun_require_integrity,
+                metrics=metrics,
+            )
+            if cfg.stun
+            else None
+        )
         self._sender = DatagramProtocol()
         self.service = ConnectionRequestService(
             clock=reactor,

@@ -3,9 +3,13 @@
 The Connection Request URL comes from the CPE itself (forced-inform parameter), so
 anyone who can talk CWMP to us could otherwise make the gateway send requests into
 any network it can reach.  By default a request may only go to the address the CPE
-last connected from, or to its STUN binding; operators widen that with explicit
-networks (for CPEs whose ACS traffic leaves through a different NAT or proxy than
-the one that forwards Connection Requests).
+last connected from (the source of an authenticated session); operators widen that
+with explicit networks (for CPEs whose ACS traffic leaves through a different NAT or
+proxy than the one that forwards Connection Requests).
+
+A STUN binding never widens this: it is learnt from a UDP datagram, whose source
+address costs nothing to forge, so its address is used as a target only when these
+rules allow that address anyway.  That is why the checks here do not even take one.
 
 Only IP literals are accepted: no DNS is ever done for a CPE-supplied name.  The
 functions never raise on any input; they return a L{Refusal} whose reason is safe
@@ -205,11 +209,7 @@ def parse_http_url(url: object, *, schemes: Iterable[str] = ("http", "https")) -
 
 
 def _address_refusal(
-    address: IPAddress,
-    port: int,
-    last_source: object,
-    stun_binding: object,
-    policy: GuardPolicy,
+    address: IPAddress, port: int, last_source: object, policy: GuardPolicy
 ) -> Refusal | None:
     """The address policy shared by HTTP and UDP targets; None when allowed."""
     if policy.allowed_ports and port not in policy.allowed_ports:
@@ -238,12 +238,10 @@ def _address_refusal(
         return Refusal("reserved address not allowed")
     if address in policy._own:
         return Refusal("gateway's own address not allowed")
-    known = [_parse_address(last_source)]
-    if isinstance(stun_binding, tuple) and len(stun_binding) == 2:
-        known.append(_parse_address(stun_binding[0]))
-    if all(k is None for k in known):
+    known = _parse_address(last_source)
+    if known is None:
         return Refusal("device source address unknown")
-    if address not in known:
+    if address != known:
         return Refusal("address does not match the device's source address")
     return None
 
@@ -252,19 +250,17 @@ def check_http_target(
     url: str,
     *,
     last_source: str | None,
-    stun_binding: tuple[str, int] | None,
     policy: GuardPolicy,
 ) -> Refusal | Target:
     """May an HTTP Connection Request go to ``url``?  A normalized L{Target} if so.
 
-    ``last_source`` is the address the CPE last connected to the ACS from;
-    ``stun_binding`` its STUN binding (host, port), if any.
+    ``last_source`` is the address the CPE last connected to the ACS from.
     """
     target = parse_http_url(url, schemes=policy.schemes)
     if isinstance(target, Refusal):
         return target
     address = ipaddress.ip_address(target.host)
-    refusal = _address_refusal(address, target.port, last_source, stun_binding, policy)
+    refusal = _address_refusal(address, target.port, last_source, policy)
     return refusal if refusal is not None else target
 
 
@@ -273,12 +269,12 @@ def check_udp_target(
     port: int,
     *,
     last_source: str | None,
-    stun_binding: tuple[str, int] | None,
     policy: GuardPolicy,
 ) -> Refusal | Target:
     """May a UDP Connection Request go to ``host``:``port``?  A L{Target} (scheme "udp") if so.
 
-    ``host`` is an IP literal, bare or bracketed IPv6; the same address rules as HTTP.
+    ``host`` is an IP literal, bare or bracketed IPv6; the same address rules as HTTP,
+    whether the target came from the device's parameters or from its STUN binding.
     """
     if not isinstance(host, str) or len(host) > 64:
         return Refusal("malformed host")
@@ -287,5 +283,5 @@ def check_udp_target(
         return address
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         return Refusal("invalid port")
-    refusal = _address_refusal(address, port, last_source, stun_binding, policy)
+    refusal = _address_refusal(address, port, last_source, policy)
     return refusal if refusal is not None else Target("udp", str(address), port, "")

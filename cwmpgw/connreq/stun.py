@@ -11,7 +11,13 @@ speak RFC 5389.  Both are parsed and answered in their own dialect.  The server
 only answers the sender of a request, never a RESPONSE-ADDRESS, and drops what
 it cannot parse, so it cannot be used to reflect traffic at someone else.
 
-Who may be contacted afterwards is not decided here.
+A binding is only as good as the proof that the device sent it: the source address of a
+UDP datagram is trivially spoofed.  By default only a CONNECTION-REQUEST-BINDING whose
+MESSAGE-INTEGRITY verifies under the device's STUN password (TR-069 Annex G,
+``ManagementServer.STUNPassword``, set by the gateway) is reported.
+
+Who may be contacted afterwards is not decided here, and a binding never widens it
+(``cwmpgw.connreq.guard``).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from twisted.internet.address import IPv6Address
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime, IUDPTransport
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
@@ -74,6 +81,7 @@ __all__ = [
     "encode_xor_mapped_address",
     "find_attribute",
     "parse",
+    "password_keys",
     "verify_fingerprint",
     "verify_message_integrity",
 ]
@@ -464,13 +472,18 @@ def decode_unknown_attributes(value: bytes) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class Binding:
-    """A CPE said "reach me here": the source of a request with CONNECTION-REQUEST-BINDING."""
+    """A CPE said "reach me here": the source of a request with CONNECTION-REQUEST-BINDING.
+
+    ``authenticated`` is True when the request carried a MESSAGE-INTEGRITY that verified
+    under the key of ``username``; only a lab configuration reports the others.
+    """
 
     username: str | None
     host: str
     port: int
     changed: bool
     ts: float
+    authenticated: bool = False
 
 
 # Attributes of a Binding Request the server understands (others below 0x8000 get a 420).
@@ -498,13 +511,49 @@ def _reason(text: str, classic: bool) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class _Request:
+    """One admitted Binding Request, as far as it is trusted (nothing after MI)."""
+
+    msg: StunMessage
+    datagram: bytes
+    addr: tuple[Any, ...]
+    host: str
+    port: int
+    peer: str
+    attributes: tuple[tuple[int, bytes], ...]
+    username: str | None
+    binding: bool  # carries a valid CONNECTION-REQUEST-BINDING
+    echo_fingerprint: bool
+
+
+def password_keys(
+    passwords: Callable[[str], Deferred[tuple[str, ...]]],
+) -> Callable[[str], Deferred[Sequence[bytes]]]:
+    """``StunServer``'s key lookup from a device's STUN passwords
+    (``IConnReqCredentialStore.stun_passwords``): USERNAME is the device id, as the
+    gateway sets ``STUNUsername``; the key is the password's UTF-8 (RFC 5389 §15.4
+    short-term credentials; the gateway's passwords are ASCII, unchanged by SASLprep)."""
+
+    def keys(username: str) -> Deferred[Sequence[bytes]]:
+        d = passwords(username)
+        return d.addCallback(lambda found: [p.encode("utf-8") for p in found])
+
+    return keys
+
+
 class StunServer(DatagramProtocol):
     """Answers Binding Requests and reports Annex G bindings through ``on_binding``.
 
-    With ``credentials`` (USERNAME → HMAC key, or None if unknown) every request must
-    carry a USERNAME and a MESSAGE-INTEGRITY that verifies, else it gets 401, which is
-    what makes an Annex G CPE retry with integrity.  Each source IP may send at most
-    ``max_per_second_per_source`` datagrams per second of ``clock``; the rest are dropped.
+    A request carrying MESSAGE-INTEGRITY must verify under one of the keys ``keys``
+    returns for its USERNAME (looked up asynchronously: Redis), else it gets 401 and is
+    otherwise ignored; a verified request gets a signed answer.  With
+    ``require_integrity`` (the default) a CONNECTION-REQUEST-BINDING without
+    MESSAGE-INTEGRITY is not reported and gets 401, which is what makes an Annex G CPE
+    retry with integrity; plain Binding Requests (address discovery) are answered either
+    way.  Each source IP may send at most ``max_per_second_per_source`` datagrams per
+    second of ``clock``; the rest are dropped, as are requests past ``max_lookups`` key
+    lookups in flight.  ``metrics`` (cwmpgw.metrics.Metrics) counts bindings by outcome.
     """
 
     _log = Logger()
@@ -514,17 +563,28 @@ class StunServer(DatagramProtocol):
         *,
         clock: IReactorTime,
         on_binding: Callable[[Binding], None],
-        credentials: Callable[[str], bytes | None] | None = None,
+        keys: Callable[[str], Deferred[Sequence[bytes]]] | None = None,
+        require_integrity: bool = True,
         max_per_second_per_source: int = 20,
+        max_lookups: int = 1024,
+        metrics: Any = None,
     ) -> None:
         if max_per_second_per_source < 1:
             raise ValueError("max_per_second_per_source must be at least 1")
+        if max_lookups < 1:
+            raise ValueError("max_lookups must be at least 1")
         self._clock = clock
         self._on_binding = on_binding
-        self._credentials = credentials
+        self._keys = keys
+        self._require_integrity = require_integrity
         self._limit = max_per_second_per_source
+        self._max_lookups = max_lookups
+        self._lookups = 0
+        self._metrics = metrics
         self._window = -1
         self._counts: dict[str, int] = {}
+        # Bindings not recorded, by reason (also in the metric); never holds a secret.
+        self.refused: dict[str, int] = {}
 
     # -- sending -------------------------------------------------------------------------
 
@@ -613,7 +673,6 @@ class StunServer(DatagramProtocol):
             if atype == MESSAGE_INTEGRITY:
                 attributes = attributes[: i + 1]
                 break
-        echo_fingerprint = msg.magic_cookie and msg.get(FINGERPRINT) is not None
 
         username: str | None = None
         raw_username = find_attribute(attributes, USERNAME)
@@ -624,14 +683,105 @@ class StunServer(DatagramProtocol):
                 self._log.debug("STUN request from {peer} has a bad USERNAME", peer=peer)
                 username = None
 
-        key: bytes | None = None
-        if self._credentials is not None:
-            key = self._authenticate(datagram, attributes, username, peer)
-            if key is None:
-                self._reply_error(msg, addr, 401, "Unauthorized", echo_fingerprint)
-                return
+        crb = find_attribute(attributes, CONNECTION_REQUEST_BINDING)
+        if crb is not None and crb.rstrip(b" \x00") != CONNECTION_REQUEST_BINDING_VALUE.rstrip():
+            self._log.info(
+                "STUN request from {peer} has an unexpected CONNECTION-REQUEST-BINDING value",
+                peer=peer,
+            )
+            crb = None
+        request = _Request(
+            msg,
+            datagram,
+            addr,
+            host,
+            port,
+            peer,
+            attributes,
+            username,
+            crb is not None,
+            msg.magic_cookie and msg.get(FINGERPRINT) is not None,
+        )
 
-        unknown = self._unknown_attributes(attributes)
+        if find_attribute(attributes, MESSAGE_INTEGRITY) is not None:
+            self._authenticate(request)
+        elif request.binding and self._require_integrity:
+            self._refuse(request, "unauthenticated")
+            self._reply_error(request, 401, "Unauthorized")
+        else:
+            self._finish(request, None)
+
+    def _authenticate(self, request: _Request) -> None:
+        """Look the USERNAME's keys up, then answer: signed if one verifies, else 401."""
+        username, peer = request.username, request.peer
+        if username is None or self._keys is None:
+            self._log.debug(
+                "STUN request from {peer} with MESSAGE-INTEGRITY but no known USERNAME",
+                peer=peer,
+            )
+            self._refuse(request, "unknown_user")
+            self._reply_error(request, 401, "Unauthorized")
+            return
+        if self._lookups >= self._max_lookups:
+            self._log.debug("STUN request from {peer} dropped: too many key lookups", peer=peer)
+            self._refuse(request, "overload")
+            return
+        self._lookups += 1
+
+        def verify(keys: Sequence[bytes]) -> None:
+            self._lookups -= 1
+            for key in keys:
+                if verify_message_integrity(request.datagram, key):
+                    self._finish(request, key)
+                    return
+            if keys:
+                self._log.info(
+                    "STUN request from {peer}: MESSAGE-INTEGRITY does not verify for {username}",
+                    peer=peer,
+                    username=username,
+                )
+                self._refuse(request, "bad_integrity")
+            else:
+                self._log.info(
+                    "STUN request from {peer}: no STUN password for {username}",
+                    peer=peer,
+                    username=username,
+                )
+                self._refuse(request, "unknown_user")
+            self._reply_error(request, 401, "Unauthorized")
+
+        def failed(failure: Any) -> None:
+            self._lookups -= 1
+            self._refuse(request, "lookup_failed")
+            self._log.failure("STUN key lookup failed for {username}", failure, username=username)
+
+        try:
+            d = self._keys(username)
+        except Exception:
+            d = fail()
+        d.addCallbacks(verify, failed).addErrback(
+            lambda f: self._log.failure("STUN answer to {peer} failed", f, peer=peer)
+        )
+
+    def _refuse(self, request: _Request, reason: str) -> None:
+        """Count a binding that is not recorded (nothing when there was none to record)."""
+        if not request.binding:
+            return
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+        if self._metrics is not None:
+            self._metrics.stun_bindings.labels(reason).inc()
+        if reason == "unauthenticated":
+            self._log.debug(
+                "Unauthenticated connection request binding from {peer} for {username} ignored",
+                peer=request.peer,
+                username=request.username,
+            )
+
+    def _finish(self, request: _Request, key: bytes | None) -> None:
+        """Answer a request that may be answered (``key``: the one it proved it holds)."""
+        msg, peer = request.msg, request.peer
+        classic = not msg.magic_cookie
+        unknown = self._unknown_attributes(request.attributes)
         if unknown:
             self._log.info(
                 "STUN request from {peer} has unsupported attributes {types}",
@@ -639,12 +789,12 @@ class StunServer(DatagramProtocol):
                 types=[f"{t:#06x}" for t in unknown],
             )
             extra = [(UNKNOWN_ATTRIBUTES, encode_unknown_attributes(unknown, classic=classic))]
-            self._reply_error(
-                msg, addr, 420, "Unknown Attribute", echo_fingerprint, extra=extra, key=key
-            )
+            self._refuse(request, "unknown_attribute")
+            self._reply_error(request, 420, "Unknown Attribute", extra=extra, key=key)
             return
 
-        mapped = _unmap(host)
+        mapped = _unmap(request.host)
+        port = request.port
         reply: list[tuple[int, bytes]] = []
         if msg.magic_cookie:
             reply.append(
@@ -654,69 +804,36 @@ class StunServer(DatagramProtocol):
         response = StunMessage(
             BINDING, CLASS_SUCCESS, msg.transaction_id, tuple(reply), msg.magic_cookie
         )
-        self._write(build(response, integrity_key=key, fingerprint=echo_fingerprint), addr)
+        self._write(
+            build(response, integrity_key=key, fingerprint=request.echo_fingerprint), request.addr
+        )
 
-        crb = find_attribute(attributes, CONNECTION_REQUEST_BINDING)
-        if crb is None:
-            return
-        if crb.rstrip(b" \x00") != CONNECTION_REQUEST_BINDING_VALUE.rstrip():
-            self._log.info(
-                "STUN request from {peer} has an unexpected CONNECTION-REQUEST-BINDING value",
-                peer=peer,
-            )
+        if not request.binding:
             return
         binding = Binding(
-            username=username,
+            username=request.username,
             host=mapped,
             port=port,
-            changed=find_attribute(attributes, BINDING_CHANGE) is not None,
+            changed=find_attribute(request.attributes, BINDING_CHANGE) is not None,
             ts=self._clock.seconds(),
+            authenticated=key is not None,
         )
         self._log.info(
-            "Connection request binding from {peer} for {username} (changed: {changed})",
+            "Connection request binding from {peer} for {username} "
+            "(changed: {changed}, authenticated: {authenticated})",
             peer=peer,
-            username=username,
+            username=request.username,
             changed=binding.changed,
+            authenticated=binding.authenticated,
         )
+        if self._metrics is not None:
+            self._metrics.stun_bindings.labels(
+                "recorded" if binding.authenticated else "recorded_unauthenticated"
+            ).inc()
         try:
             self._on_binding(binding)
         except Exception:
             self._log.failure("on_binding failed for {peer}", peer=peer)
-
-    def _authenticate(
-        self,
-        datagram: bytes,
-        attributes: tuple[tuple[int, bytes], ...],
-        username: str | None,
-        peer: str,
-    ) -> bytes | None:
-        """The key the request proved it holds, or None (the caller answers 401)."""
-        assert self._credentials is not None
-        if username is None or find_attribute(attributes, MESSAGE_INTEGRITY) is None:
-            self._log.debug(
-                "STUN request from {peer} without USERNAME and MESSAGE-INTEGRITY", peer=peer
-            )
-            return None
-        try:
-            key = self._credentials(username)
-        except Exception:
-            self._log.failure("STUN credentials lookup failed for {username}", username=username)
-            return None
-        if key is None:
-            self._log.info(
-                "STUN request from {peer}: unknown username {username}",
-                peer=peer,
-                username=username,
-            )
-            return None
-        if not verify_message_integrity(datagram, key):
-            self._log.info(
-                "STUN request from {peer}: MESSAGE-INTEGRITY does not verify for {username}",
-                peer=peer,
-                username=username,
-            )
-            return None
-        return key
 
     @staticmethod
     def _unknown_attributes(attributes: tuple[tuple[int, bytes], ...]) -> list[int]:
@@ -735,21 +852,22 @@ class StunServer(DatagramProtocol):
 
     def _reply_error(
         self,
-        msg: StunMessage,
-        addr: tuple[Any, ...],
+        request: _Request,
         code: int,
         reason: str,
-        fingerprint: bool,
         *,
         extra: Sequence[tuple[int, bytes]] = (),
         key: bytes | None = None,
     ) -> None:
+        msg = request.msg
         classic = not msg.magic_cookie
         attributes = ((ERROR_CODE, encode_error_code(code, _reason(reason, classic))), *extra)
         response = StunMessage(
             BINDING, CLASS_ERROR, msg.transaction_id, attributes, msg.magic_cookie
         )
-        self._write(build(response, integrity_key=key, fingerprint=fingerprint), addr)
+        self._write(
+            build(response, integrity_key=key, fingerprint=request.echo_fingerprint), request.addr
+        )
 
     def _write(self, data: bytes, addr: tuple[Any, ...]) -> None:
         try:

@@ -5,7 +5,8 @@ The order of work for one wake-up:
 2. refuse if the device was woken less than ``min_interval`` ago (on any node: Redis);
 3. pick the methods the device supports (HTTP ConnectionRequestURL, UDP via its STUN
    binding or UDPConnectionRequestAddress), in the configured order; each target must pass
-   the guard, or it is refused with a ``connreq.refused`` event and nothing is sent;
+   the guard, or it is refused with a ``connreq.refused`` event and nothing is sent (a
+   STUN binding is no exception: it never widens what the guard allows);
 4. start listening for the device's "6 CONNECTION REQUEST" Inform *before* sending, so a
    fast CPE cannot be missed;
 5. send, within the global rate and the concurrency limits (overall and per destination),
@@ -188,7 +189,13 @@ class ConnectionRequestService:
             )
         params: dict[str, Any] = device.get("parameters", {})
         url = device.get("connection_request_url", "")
-        stun_user = _param(params, ".ManagementServer.STUNUsername") or device_id
+        # Authenticated bindings are stored under the device id (its STUNUsername, as the
+        # gateway set it); a lab that takes unauthenticated ones looks up what it reported.
+        stun_user = (
+            device_id
+            if self._config.stun_require_integrity
+            else _param(params, ".ManagementServer.STUNUsername") or device_id
+        )
         binding = await self._stun_binding(stun_user) if self._udp is not None else None
         udp_target = binding or _split_host_port(
             _param(params, ".ManagementServer.UDPConnectionRequestAddress")
@@ -216,10 +223,10 @@ class ConnectionRequestService:
         try:
             for method in methods:
                 if method == "http":
-                    last = await self._try_http(ref, url, device, binding, credential)
+                    last = await self._try_http(ref, url, device, credential)
                 else:
                     assert udp_target is not None
-                    last = await self._try_udp(ref, udp_target, device, binding, credential)
+                    last = await self._try_udp(ref, udp_target, device, credential)
                 if last.outcome == "ok":
                     break
             if last.outcome != "ok":
@@ -244,12 +251,9 @@ class ConnectionRequestService:
         ref: dict[str, str],
         url: str,
         device: dict[str, Any],
-        binding: tuple[str, int] | None,
         credential: ConnReqCredential,
     ) -> WakeResult:
-        target = check_http_target(
-            url, last_source=device.get("last_source"), stun_binding=binding, policy=self._policy
-        )
+        target = check_http_target(url, last_source=device.get("last_source"), policy=self._policy)
         if isinstance(target, Refusal):
             return await self._refuse(ref, "http", target.reason, url)
         attempt: Any = None
@@ -284,16 +288,13 @@ class ConnectionRequestService:
         ref: dict[str, str],
         address: tuple[str, int],
         device: dict[str, Any],
-        binding: tuple[str, int] | None,
         credential: ConnReqCredential,
     ) -> WakeResult:
         host, port = address
+        # A STUN binding is a target only where the guard allows its address anyway:
+        # the device's own last source, or the operator's networks (never widened by it).
         target = check_udp_target(
-            host,
-            port,
-            last_source=device.get("last_source"),
-            stun_binding=binding,
-            policy=self._policy,
+            host, port, last_source=device.get("last_source"), policy=self._policy
         )
         if isinstance(target, Refusal):
             return await self._refuse(ref, "udp", target.reason, f"{host}:{port}")

@@ -17,6 +17,13 @@ If the session dies between 2 and 3 nothing is lost: a CPE that applied the chan
 authenticates with the new credential (and it is promoted), one that did not still has
 the old one, and the next session tries again with freshly generated values.
 
+With the credentials, the CPE gets its STUN credentials (TR-069 Annex G):
+``STUNUsername`` = the device id and a random ``STUNPassword``, with which the STUN
+server verifies its bindings.  They go in a SetParameterValues of their own, because a
+CPE without STUN refuses the parameters (fault 9005) and would otherwise refuse its
+new ACS credentials with them.  The password is stored pending (encrypted) and accepted
+beside the current one until the CPE confirms; a fault drops it and changes nothing else.
+
 The passwords exist in plain text only in this process's memory and in the SetParameter
 Values envelope; they are never stored, logged or published.
 """
@@ -126,7 +133,7 @@ class MemoryRotations:
 
 @dataclass(eq=False)
 class _Step:
-    kind: str  # "credentials" or "presets"
+    kind: str  # "credentials", "stun" or "presets"
     parameter_key: str = field(default_factory=lambda: "cg" + os.urandom(8).hex())
 
 
@@ -179,6 +186,8 @@ class Provisioner:
                 "0 BOOTSTRAP" in codes or not await self._rotations.confirmed(device_id)
             ):
                 steps.append(_Step("credentials"))
+                if self._config.stun_credentials:
+                    steps.append(_Step("stun"))
         if self._config.periodic_inform or self._config.values:
             when = self._config.presets_on
             if (
@@ -199,11 +208,12 @@ class Provisioner:
             state = self._sessions[session.session_id] = await self._plan(session)
         if state.steps:
             step = state.outstanding = state.steps[0]
-            values = (
-                await self._new_credentials(session, step)
-                if step.kind == "credentials"
-                else self._presets(session)
-            )
+            if step.kind == "credentials":
+                values = await self._new_credentials(session, step)
+            elif step.kind == "stun":
+                values = await self._new_stun_credentials(session)
+            else:
+                values = self._presets(session)
             request_id = f"{step.kind[:4]}.{step.parameter_key[-8:]}"
             body = rpc.build(
                 session.machine.namespace,
@@ -232,6 +242,16 @@ class Provisioner:
             {"name": ms + "Password", "value": password, "type": "xsd:string"},
             {"name": ms + "ConnectionRequestUsername", "value": cr.username, "type": "xsd:string"},
             {"name": ms + "ConnectionRequestPassword", "value": cr.password, "type": "xsd:string"},
+        ]
+
+    async def _new_stun_credentials(self, session: LiveSession) -> list[dict[str, str]]:
+        device_id = session.device_id
+        password = secrets.token_urlsafe(24)  # 192 bits, the MESSAGE-INTEGRITY key
+        await self._connreq.set_stun_pending(device_id, password)
+        ms = root_object(session) + ".ManagementServer."
+        return [
+            {"name": ms + "STUNUsername", "value": device_id, "type": "xsd:string"},
+            {"name": ms + "STUNPassword", "value": password, "type": "xsd:string"},
         ]
 
     def _presets(self, session: LiveSession) -> list[dict[str, str]]:
@@ -286,6 +306,10 @@ class Provisioner:
                 kind=step.kind,
                 code=fault["code"],
             )
+            if step.kind == "stun":
+                # Most likely a CPE without STUN (9005): its bindings stay unauthenticated,
+                # hence ignored, and everything else it was given stands.
+                await self._connreq.drop_stun_pending(session.device_id)
             if step.kind == "credentials":
                 await self._credentials.drop_pending(session.device_id)
                 await self._rotations.clear(session.device_id)
@@ -297,6 +321,10 @@ class Provisioner:
                     },
                 )
             return
+        if step.kind == "stun":
+            # From now on its bindings are signed with the new password (only).
+            await self._connreq.promote_stun(session.device_id)
+            self._log.info("{device_id} took its STUN credentials", device_id=session.device_id)
         if step.kind == "credentials":
             # The CPE took the change: it now expects the new connection-request credential.
             await self._connreq.promote(session.device_id)

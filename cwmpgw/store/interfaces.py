@@ -205,3 +205,16 @@ class IConnReqCredentialStore(Interface):
 
     def promote(device_id: str) -> Deferred[bool]:
         """The CPE confirmed: the pending credential becomes the one used."""
+
+    def stun_passwords(device_id: str) -> Deferred[tuple[str, ...]]:
+        """The device's STUN passwords (TR-069 Annex G ``STUNPassword``), decrypted:
+        the current one, then the one being set, each only if there is one."""
+
+    def set_stun_pending(device_id: str, password: str) -> Deferred[None]:
+        """The STUN password being set on the CPE; accepted beside the current one."""
+
+    def promote_stun(device_id: str) -> Deferred[bool]:
+        """The CPE confirmed: the pending STUN password replaces the current one."""
+
+    def drop_stun_pending(device_id: str) -> Deferred[bool]:
+        """The CPE refused: forget the pending STUN password; True if there was one."""

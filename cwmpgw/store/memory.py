@@ -233,6 +233,8 @@ class MemoryConnReqCredentialStore:
     def __init__(self) -> None:
         self.credentials: dict[str, ConnReqCredential] = {}
         self.pending: dict[str, ConnReqCredential] = {}
+        self.stun: dict[str, str] = {}
+        self.stun_pending: dict[str, str] = {}
 
     def set_pending(self, device_id: str, credential: ConnReqCredential) -> Deferred[None]:
         self.pending[device_id] = credential
@@ -253,4 +255,25 @@ class MemoryConnReqCredentialStore:
         return succeed(None)
 
     def delete(self, device_id: str) -> Deferred[bool]:
+        self.pending.pop(device_id, None)
+        self.stun.pop(device_id, None)
+        self.stun_pending.pop(device_id, None)
         return succeed(self.credentials.pop(device_id, None) is not None)
+
+    def stun_passwords(self, device_id: str) -> Deferred[tuple[str, ...]]:
+        found = (self.stun.get(device_id), self.stun_pending.get(device_id))
+        return succeed(tuple(p for p in found if p is not None))
+
+    def set_stun_pending(self, device_id: str, password: str) -> Deferred[None]:
+        self.stun_pending[device_id] = password
+        return succeed(None)
+
+    def promote_stun(self, device_id: str) -> Deferred[bool]:
+        password = self.stun_pending.pop(device_id, None)
+        if password is None:
+            return succeed(False)
+        self.stun[device_id] = password
+        return succeed(True)
+
+    def drop_stun_pending(self, device_id: str) -> Deferred[bool]:
+        return succeed(self.stun_pending.pop(device_id, None) is not None)

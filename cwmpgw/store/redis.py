@@ -15,7 +15,8 @@ Key layout (all under the configured prefix, default ``cwmpgw:``):
 - ``cred-by-device`` hash: device id -> username
 - ``cred-pending:<username>`` hash, ``cred-pending-by-device`` hash: a credential being
   given to a device, accepted beside the current one until first used
-- ``crcred:<id>`` hash: connection-request username, password (encrypted), allow_basic
+- ``crcred:<id>`` hash: connection-request username, password (encrypted), allow_basic;
+  the STUN password (encrypted, its own context) and the pending ones being set
 
 Each multi-key update is one Lua script: atomic, and one round trip on the hot path.
 """
@@ -159,6 +160,14 @@ redis.call('HDEL', KEYS[1], 'pending_username', 'pending_password', 'pending_all
 return 1
 """
 
+_PROMOTE_STUN = """
+local p = redis.call('HGET', KEYS[1], 'pending_stun_password')
+if not p then return 0 end
+redis.call('HSET', KEYS[1], 'stun_password', p)
+redis.call('HDEL', KEYS[1], 'pending_stun_password')
+return 1
+"""
+
 _DELETE_CREDENTIAL = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if not old then return 0 end
@@ -175,6 +184,7 @@ return existed
 """
 
 _HA1_FIELD = "ha1:"
+_STUN_CONTEXT = "stun\x00"
 
 
 @implementer(IDeviceStore)
@@ -427,4 +437,35 @@ class RedisConnReqCredentialStore:
 
     def promote(self, device_id: str) -> Deferred[bool]:
         d: Deferred[Any] = self._redis.eval(_PROMOTE_CR, [self._key(device_id)], [])
+        return d.addCallback(lambda n: bool(n))
+
+    # The STUN password has its own encryption context, so that neither ciphertext can
+    # stand in for the other (device ids come from XML and cannot hold a NUL).
+
+    def stun_passwords(self, device_id: str) -> Deferred[tuple[str, ...]]:
+        context = _STUN_CONTEXT + device_id
+
+        def decrypt(values: list[str | None]) -> tuple[str, ...]:
+            return tuple(self._box.decrypt(v, context) for v in values if v)
+
+        d: Deferred[Any] = self._redis.execute_command(
+            "HMGET", self._key(device_id), "stun_password", "pending_stun_password"
+        )
+        return d.addCallback(decrypt)
+
+    def set_stun_pending(self, device_id: str, password: str) -> Deferred[None]:
+        sealed = self._box.encrypt(password, _STUN_CONTEXT + device_id)
+        d: Deferred[Any] = self._redis.execute_command(
+            "HSET", self._key(device_id), "pending_stun_password", sealed
+        )
+        return d.addCallback(lambda _: None)
+
+    def promote_stun(self, device_id: str) -> Deferred[bool]:
+        d: Deferred[Any] = self._redis.eval(_PROMOTE_STUN, [self._key(device_id)], [])
+        return d.addCallback(lambda n: bool(n))
+
+    def drop_stun_pending(self, device_id: str) -> Deferred[bool]:
+        d: Deferred[Any] = self._redis.execute_command(
+            "HDEL", self._key(device_id), "pending_stun_password"
+        )
         return d.addCallback(lambda n: bool(n))
