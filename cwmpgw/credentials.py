@@ -152,10 +152,10 @@ async def _rotate(reactor: Any, config: Config, device_ids: list[str]) -> int:
 
 
 async def _import(reactor: Any, config: Config, rows: list[CredentialRow]) -> int:
-    from cwmpgw.acs.digest import ha1
     from cwmpgw.store.interfaces import ConnReqCredential
     from cwmpgw.store.redis import RedisConnReqCredentialStore, RedisCredentialStore
     from cwmpgw.store.secretbox import SecretBox, load_or_create_key
+    from cwmpgw.web.digest import ha1
 
     redis, embedded = await _connect(reactor, config)
     store = RedisCredentialStore(redis, config.redis.prefix)

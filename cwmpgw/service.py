@@ -26,6 +26,7 @@ from cwmpgw.app.connreq import ConnreqPart, guard_policy
 from cwmpgw.app.metrics import make_metrics, redis_sampler
 from cwmpgw.app.redis import START_TIMEOUT, RedisPart
 from cwmpgw.app.tree import FunctionPart, Listener, OrderedTree
+from cwmpgw.availability import GuardedRedis, RedisAvailability
 from cwmpgw.bus.listener import EventListener
 from cwmpgw.bus.spool import SpoolingEventSink
 from cwmpgw.config import Config
@@ -34,7 +35,6 @@ from cwmpgw.metrics import MeteredEventSink, Metrics
 from cwmpgw.nbi.commands import CommandConsumer
 from cwmpgw.nbi.directory import DeviceDirectory
 from cwmpgw.provision.provisioner import Provisioner, RedisRotations
-from cwmpgw.store.availability import GuardedRedis, RedisAvailability
 from cwmpgw.store.redis import RedisConnReqCredentialStore, RedisCredentialStore, RedisDeviceStore
 from cwmpgw.tasks.runner import TaskRunner
 from cwmpgw.tasks.store import RedisTaskService

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 
-from cwmpgw.acs.digest import compute_response, ha1
+from cwmpgw.web.digest import compute_response, ha1
 
 _PARAM = re.compile(r'(\w+)=(?:"((?:[^"\\]|\\.)*)"|([^,\s]+))')
 

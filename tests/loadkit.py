@@ -30,8 +30,8 @@ from typing import Any
 from lxml import etree
 from twisted.internet.task import deferLater
 
-from cwmpgw.acs.digest import ha1
 from cwmpgw.service import GatewayService
+from cwmpgw.web.digest import ha1
 from tests import gateway
 from tests.gateway import nbi_call
 

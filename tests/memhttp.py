@@ -16,12 +16,13 @@ from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
 from cwmpgw.acs.auth import CpeAuthenticator, DeviceCredentialsChecker
-from cwmpgw.acs.digest import DigestCredentialFactory, ha1
-from cwmpgw.acs.engine import AcsEngine, IRequestSource
+from cwmpgw.acs.engine import AcsEngine
 from cwmpgw.acs.resource import AcsChannel, AcsResource, AcsSite
 from cwmpgw.acs.throttle import IAuthThrottle
 from cwmpgw.bus.memory import MemoryEventBus
+from cwmpgw.sessions import IRequestSource
 from cwmpgw.store.memory import MemoryCredentialStore, MemoryDeviceStore
+from cwmpgw.web.digest import DigestCredentialFactory, ha1
 from tests import digest_client
 
 REALM = "cwmpgw"

@@ -8,11 +8,10 @@ import json
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
-from cwmpgw.acs.engine import NoRequests
-from cwmpgw.acs.sessions import LiveSession
 from cwmpgw.cwmp import soap
 from cwmpgw.cwmp.messages import DeviceId
 from cwmpgw.cwmp.session import AcsRequest
+from cwmpgw.sessions import LiveSession, NoRequests
 from tests import cpe_envelopes as cpe
 from tests import digest_client
 from tests.memhttp import Connection, MemoryAcs, Response, digest_post

@@ -45,13 +45,13 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from cwmpgw.acs import auth as auth_module
-from cwmpgw.acs import digest as digest_module
-from cwmpgw.acs.digest import ha1
 from cwmpgw.cwmp import soap
 from cwmpgw.cwmp.messages import DeviceId
 from cwmpgw.service import GatewayService
 from cwmpgw.tasks.memory import MemoryTaskService
 from cwmpgw.tasks.runner import TaskRunner
+from cwmpgw.web import digest as digest_module
+from cwmpgw.web.digest import ha1
 from tests import cpe_client, digest_client
 from tests import cpe_envelopes as cpe
 from tests.fuzz import mutate_bytes

@@ -1,4 +1,4 @@
-"""Tests for cwmpgw.acs.digest: RFC 7616 Digest with SHA-256, replay protection, strict parsing."""
+"""Tests for cwmpgw.web.digest: RFC 7616 Digest with SHA-256, replay protection, strict parsing."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from cwmpgw.acs.digest import (
+from cwmpgw.web.digest import (
     DigestCredentialFactory,
     DigestCredentials,
     StaleNonce,

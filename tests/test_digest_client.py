@@ -1,4 +1,4 @@
-"""Tests for cwmpgw.connreq.digest_client: parsing challenges and answering them.
+"""Tests for cwmpgw.web.digest_client: parsing challenges and answering them.
 
 Expected digests come from the RFCs' own examples, or are computed here with hashlib
 straight from the RFC formulas, never with the code under test.
@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from cwmpgw.connreq.digest_client import (
+from cwmpgw.web.digest_client import (
     Challenge,
     ChallengeError,
     authorization,

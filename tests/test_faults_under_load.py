@@ -29,8 +29,8 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from cwmpgw.availability import RedisTimeout, Unavailable
 from cwmpgw.sim import Fleet, Rate, Storm, credential_templates
-from cwmpgw.store.availability import RedisTimeout, Unavailable
 from tests import cpe_client
 from tests import cpe_envelopes as cpe
 from tests.cpe_envelopes import typical_response

@@ -21,8 +21,8 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from cwmpgw.acs.nonceclaims import MemoryNonceClaims, RedisNonceClaims
+from cwmpgw.availability import Unavailable
 from cwmpgw.bus.memory import MemoryEventBus
-from cwmpgw.store.availability import Unavailable
 from cwmpgw.store.memory import MemoryCredentialStore, MemoryDeviceStore
 from tests import cpe_envelopes as cpe
 from tests import digest_client

@@ -21,8 +21,8 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
+from cwmpgw.availability import RedisAvailability
 from cwmpgw.bus.listener import EventListener
-from cwmpgw.store.availability import RedisAvailability
 from tests.redis_server import unique_prefix
 from tests.test_redis_outage import KillableRedis
 
@@ -115,7 +115,7 @@ class HandshakeFailureTests(TestCase):
     async def test_a_pool_closed_on_purpose_stays_closed(self) -> None:
         from twisted.logger import Logger
 
-        from cwmpgw.store.availability import revive_stopped_factory
+        from cwmpgw.availability import revive_stopped_factory
 
         pool = await txredisapi.ConnectionPool(
             "127.0.0.1", self.redis.port, poolsize=2, password=PASSWORD

@@ -31,23 +31,23 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from cwmpgw.acs.digest import ha1
-from cwmpgw.acs.engine import AcsEngine, IRequestSource
-from cwmpgw.acs.sessions import LiveSession
+from cwmpgw.acs.engine import AcsEngine
+from cwmpgw.availability import (
+    AdmitWhileAvailable,
+    RedisAvailability,
+    RedisTimeout,
+    Unavailable,
+)
 from cwmpgw.bus.memory import MemoryEventBus
 from cwmpgw.config import parse_config
 from cwmpgw.cwmp import soap
 from cwmpgw.cwmp.session import AcsRequest
 from cwmpgw.nbi.health import GatewayHealth
 from cwmpgw.service import GatewayService, make_service
-from cwmpgw.store.availability import (
-    AdmitWhileAvailable,
-    RedisAvailability,
-    RedisTimeout,
-    Unavailable,
-)
+from cwmpgw.sessions import IRequestSource, LiveSession
 from cwmpgw.store.embedded import redis_server_binary
 from cwmpgw.store.memory import MemoryCredentialStore, MemoryDeviceStore
+from cwmpgw.web.digest import ha1
 from tests import cpe_client
 from tests import cpe_envelopes as cpe
 from tests.memhttp import MemoryAcs, digest_post

@@ -20,6 +20,13 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
+from cwmpgw.availability import (
+    AdmitWhileAvailable,
+    GuardedRedis,
+    RedisAvailability,
+    RedisTimeout,
+    Unavailable,
+)
 from cwmpgw.bus import spool as spool_module
 from cwmpgw.bus.events import Event, IEventSink
 from cwmpgw.bus.spool import (
@@ -28,13 +35,6 @@ from cwmpgw.bus.spool import (
     SpooledEvent,
     SpoolFull,
     SpoolingEventSink,
-)
-from cwmpgw.store.availability import (
-    AdmitWhileAvailable,
-    GuardedRedis,
-    RedisAvailability,
-    RedisTimeout,
-    Unavailable,
 )
 from tests.redis_server import connect, unique_prefix
 

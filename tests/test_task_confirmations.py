@@ -14,7 +14,7 @@ from typing import Any
 from twisted.internet.defer import fail
 from twisted.trial.unittest import SynchronousTestCase
 
-from cwmpgw.store.availability import Unavailable
+from cwmpgw.availability import Unavailable
 from cwmpgw.tasks.memory import MemoryTaskService
 from cwmpgw.tasks.model import Task
 from cwmpgw.tasks.runner import TaskRunner

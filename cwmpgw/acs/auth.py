@@ -24,9 +24,9 @@ from twisted.web.guard import BasicCredentialFactory
 from twisted.web.iweb import IRequest
 from zope.interface import Interface, implementer
 
-from cwmpgw.acs.digest import DigestCredentialFactory, DigestCredentials, StaleNonce, ha1
 from cwmpgw.acs.nonceclaims import INonceClaims
 from cwmpgw.store.interfaces import ICredentialStore
+from cwmpgw.web.digest import DigestCredentialFactory, DigestCredentials, StaleNonce, ha1
 
 __all__ = [
     "AuthFailure",

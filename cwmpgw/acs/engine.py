@@ -13,13 +13,17 @@ import itertools
 from dataclasses import asdict, replace
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import Interface, implementer
 
-from cwmpgw.acs.sessions import LiveSession, SessionRegistry, new_session_id
+from cwmpgw.availability import (
+    RedisAvailability,
+    RedisTimeout,
+    Unavailable,
+    log_call_failure,
+)
 from cwmpgw.bus.events import Event, IEventSink, IStoredEvents, device_ref
 from cwmpgw.cwmp import soap
 from cwmpgw.cwmp.deviceid import device_id as make_device_id
@@ -34,7 +38,6 @@ from cwmpgw.cwmp.messages import (
     RpcResponse,
 )
 from cwmpgw.cwmp.session import (
-    AcsRequest,
     CwmpSession,
     Effect,
     Outcome,
@@ -44,69 +47,17 @@ from cwmpgw.cwmp.session import (
     TransferReceived,
 )
 from cwmpgw.cwmp.versions import VersionMismatch, negotiate
-from cwmpgw.store.availability import (
-    RedisAvailability,
-    RedisTimeout,
-    Unavailable,
-    log_call_failure,
+from cwmpgw.sessions import (
+    IRequestSource,
+    LiveSession,
+    NoRequests,
+    SessionRegistry,
+    new_session_id,
 )
 from cwmpgw.store.interfaces import IDeviceStore, InformRecord
 from cwmpgw.store.sessionlock import Superseded
 
-__all__ = ["AcsEngine", "IRequestSource", "NoRequests"]
-
-
-class IRequestSource(Interface):
-    """What the ACS sends in its turn: the seam the task queue plugs into."""
-
-    def next_request(session: LiveSession) -> Deferred[AcsRequest | None]:
-        """The next request for this session's device, or None when there is none.
-
-        May fail with :class:`~cwmpgw.store.sessionlock.Superseded` when it found that
-        ``session.owner`` no longer owns the device; a request it returns with
-        ``owner_checked`` set was checked in the same step, else the engine checks.
-        """
-
-    def answered(
-        session: LiveSession, request: AcsRequest, response: RpcResponse | CpeFault
-    ) -> Deferred[None]:
-        """The CPE answered ``request``; fires once the answer is recorded."""
-
-    def transfer_completed(
-        session: LiveSession,
-        message: CompletionReport,
-    ) -> Deferred[None]:
-        """The CPE reported a finished transfer or deployment-unit change (a Download or a
-        ChangeDUState of an earlier task may be finished)."""
-
-    def session_ended(session: LiveSession) -> Deferred[None] | None:
-        """The session is over: a request sent but not answered must run again later.
-
-        A Deferred returned fires once that is recorded: stopping the gateway waits for it.
-        """
-
-
-@implementer(IRequestSource)
-class NoRequests:
-    """The ACS never has anything to ask: every session ends after the CPE's turn."""
-
-    def next_request(self, session: LiveSession) -> Deferred[AcsRequest | None]:
-        return succeed(None)
-
-    def answered(
-        self, session: LiveSession, request: AcsRequest, response: RpcResponse | CpeFault
-    ) -> Deferred[None]:
-        return succeed(None)
-
-    def transfer_completed(
-        self,
-        session: LiveSession,
-        message: CompletionReport,
-    ) -> Deferred[None]:
-        return succeed(None)
-
-    def session_ended(self, session: LiveSession) -> Deferred[None] | None:
-        return None
+__all__ = ["AcsEngine"]
 
 
 def _device_ref(device_id: str, d: DeviceId) -> dict[str, str]:

@@ -25,14 +25,14 @@ from cwmpgw.acs.admission import AdmissionControl
 from cwmpgw.acs.auth import AuthFailure, CpeAuthenticator, Identity
 from cwmpgw.acs.certs import certificate_identity, matches, peer_certificate
 from cwmpgw.acs.engine import AcsEngine
-from cwmpgw.acs.sessions import LiveSession
 from cwmpgw.acs.throttle import Block, Claims, IAuthThrottle
+from cwmpgw.availability import is_backend_failure, log_call_failure
 from cwmpgw.bus.events import device_ref, format_ts
 from cwmpgw.cwmp import soap
 from cwmpgw.cwmp.deviceid import device_id as make_device_id
 from cwmpgw.cwmp.messages import DeviceId, Envelope, Inform
 from cwmpgw.cwmp.session import Reply
-from cwmpgw.store.availability import is_backend_failure, log_call_failure
+from cwmpgw.sessions import LiveSession
 from cwmpgw.store.interfaces import ICredentialStore
 from cwmpgw.web.site import ConnectionLimits, HardenedChannel, HardenedSite, is_gone
 

@@ -18,19 +18,20 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from cwmpgw.acs.admission import AdmissionControl
 from cwmpgw.acs.auth import CpeAuthenticator, DeviceCredentialsChecker
-from cwmpgw.acs.digest import DigestCredentialFactory
-from cwmpgw.acs.engine import AcsEngine, IRequestSource
+from cwmpgw.acs.engine import AcsEngine
 from cwmpgw.acs.nonceclaims import RedisNonceClaims, shared_nonce_secret
 from cwmpgw.acs.resource import AcsResource, AcsSite, ClientCertificates
 from cwmpgw.acs.throttle import AuthThrottle
 from cwmpgw.acs.tls import ReloadableServerTLS, ensure_self_signed, fingerprint_sha256
 from cwmpgw.app.tree import Listener
+from cwmpgw.availability import AdmitWhileAvailable, GuardedRedis, RedisAvailability
 from cwmpgw.bus.events import IEventSink
 from cwmpgw.config import Config
 from cwmpgw.metrics import Metrics
-from cwmpgw.store.availability import AdmitWhileAvailable, GuardedRedis, RedisAvailability
+from cwmpgw.sessions import IRequestSource
 from cwmpgw.store.interfaces import ICredentialStore, IDeviceStore
 from cwmpgw.store.sessionlock import RedisSessionLock
+from cwmpgw.web.digest import DigestCredentialFactory
 from cwmpgw.web.site import ConnectionGate
 
 __all__ = ["AcsListener", "certificate", "make_acs", "make_engine"]

@@ -13,6 +13,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from cwmpgw.app.tree import Part
+from cwmpgw.availability import GuardedRedis
 from cwmpgw.bus.events import IEventSink
 from cwmpgw.config import Config
 from cwmpgw.connreq.guard import GuardPolicy
@@ -22,7 +23,6 @@ from cwmpgw.connreq.stun import Binding, StunServer, password_keys
 from cwmpgw.connreq.udp import UdpConnectionRequester
 from cwmpgw.connreq.waker import ConnectionRequestService, session_follows
 from cwmpgw.metrics import Metrics
-from cwmpgw.store.availability import GuardedRedis
 from cwmpgw.store.interfaces import IConnReqCredentialStore, IDeviceStore
 
 __all__ = ["ConnreqPart", "guard_policy"]

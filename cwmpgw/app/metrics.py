@@ -11,9 +11,9 @@ from twisted.web.server import Site
 
 from cwmpgw.app.acs import tcp_endpoint
 from cwmpgw.app.tree import Listener
+from cwmpgw.availability import GuardedRedis, RedisAvailability
 from cwmpgw.config import Config
 from cwmpgw.metrics import Metrics, MetricsResource
-from cwmpgw.store.availability import GuardedRedis, RedisAvailability
 
 __all__ = ["make_metrics", "redis_sampler"]
 

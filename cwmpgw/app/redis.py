@@ -16,8 +16,8 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
 from twisted.logger import Logger
 
 from cwmpgw.app.tree import Part
+from cwmpgw.availability import GuardedRedis, RedisAvailability
 from cwmpgw.config import RedisConfig, RedisTarget
-from cwmpgw.store.availability import GuardedRedis, RedisAvailability
 from cwmpgw.store.embedded import EmbeddedRedisService
 
 __all__ = ["RedisPart"]

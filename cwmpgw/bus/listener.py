@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClien
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from cwmpgw.store.availability import revive_stopped_factory
+from cwmpgw.availability import revive_stopped_factory
 
 __all__ = ["EventListener"]
 

@@ -33,8 +33,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
+from cwmpgw.availability import RedisAvailability, Unavailable
 from cwmpgw.bus.events import Event, IEventSink
-from cwmpgw.store.availability import RedisAvailability, Unavailable
 
 __all__ = [
     "ISpoolWriter",

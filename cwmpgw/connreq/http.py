@@ -37,14 +37,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from cwmpgw.connreq.digest_client import (
+from cwmpgw.connreq.guard import Refusal, Target, parse_http_url
+from cwmpgw.web.digest_client import (
     Challenge,
     ChallengeError,
     authorization,
     choose,
     parse_challenges,
 )
-from cwmpgw.connreq.guard import Refusal, Target, parse_http_url
 
 __all__ = ["OUTCOMES", "HttpAttempt", "HttpConnectionRequester"]
 

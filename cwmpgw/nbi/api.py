@@ -26,11 +26,11 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from cwmpgw.availability import is_backend_failure
 from cwmpgw.connreq.interfaces import IConnectionRequester, WakeResult
 from cwmpgw.nbi.auth import CHALLENGE, IAuthorizer
 from cwmpgw.nbi.interfaces import DeviceFilter, IDeviceDirectory, IHealth
 from cwmpgw.nbi.openapi import ROUTES, Route, build_document
-from cwmpgw.store.availability import is_backend_failure
 from cwmpgw.tasks.model import (
     IdempotencyConflict,
     ITaskService,

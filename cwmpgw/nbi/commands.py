@@ -27,9 +27,9 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from cwmpgw.availability import is_backend_failure
 from cwmpgw.bus.events import Event, IEventSink, device_ref
 from cwmpgw.nbi.api import ApiError, parse_json, parse_task_request, task_error_message
-from cwmpgw.store.availability import is_backend_failure
 from cwmpgw.tasks.model import ITaskService, TaskError, UnknownDevice, replayed
 
 __all__ = ["MAX_COMMAND_BYTES", "CommandConsumer"]

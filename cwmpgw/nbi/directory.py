@@ -13,7 +13,6 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from cwmpgw.acs.digest import ha1
 from cwmpgw.nbi.interfaces import DeviceFilter, IDeviceDirectory
 from cwmpgw.store.interfaces import (
     ConnReqCredential,
@@ -22,6 +21,7 @@ from cwmpgw.store.interfaces import (
     IDeviceStore,
 )
 from cwmpgw.tasks.model import ITaskService
+from cwmpgw.web.digest import ha1
 
 __all__ = ["DeviceDirectory"]
 

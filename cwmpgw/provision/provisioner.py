@@ -42,9 +42,6 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from cwmpgw.acs.digest import ha1
-from cwmpgw.acs.engine import IRequestSource
-from cwmpgw.acs.sessions import LiveSession
 from cwmpgw.bus.events import Event, IEventSink, device_ref
 from cwmpgw.config import ProvisionConfig
 from cwmpgw.cwmp import rpc
@@ -54,7 +51,9 @@ from cwmpgw.cwmp.messages import (
     RpcResponse,
 )
 from cwmpgw.cwmp.session import AcsRequest
+from cwmpgw.sessions import IRequestSource, LiveSession
 from cwmpgw.store.interfaces import ConnReqCredential, IConnReqCredentialStore, ICredentialStore
+from cwmpgw.web.digest import ha1
 
 __all__ = ["MemoryRotations", "Provisioner", "RedisRotations", "root_object"]
 

@@ -3,7 +3,7 @@
 A real CPE listens on its own port (7547); five thousand simulated CPEs cannot each have
 one. Instead one HTTP port serves them all and each device reports a
 ``ConnectionRequestURL`` with a random path of its own, ``/cr/<token>``. A request is
-checked with HTTP Digest (RFC 7616, MD5 and SHA-256, via :mod:`cwmpgw.acs.digest`) against
+checked with HTTP Digest (RFC 7616, MD5 and SHA-256, via :mod:`cwmpgw.web.digest`) against
 that device's current ConnectionRequestUsername/Password; a valid one is answered 204
 and the device opens a session with ``6 CONNECTION REQUEST`` at once (or right after the
 session it is in). The random path keeps one device's credentials from opening another.
@@ -21,8 +21,8 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from cwmpgw.acs.digest import DigestCredentialFactory, StaleNonce
 from cwmpgw.sim.device import SimDevice
+from cwmpgw.web.digest import DigestCredentialFactory, StaleNonce
 
 __all__ = ["ConnectionRequestListener"]
 

@@ -3,7 +3,7 @@
 :class:`Fleet` owns the devices (:mod:`cwmpgw.sim.device`), moves their envelopes with
 Twisted's HTTP client (a new connection per session, kept alive within it, as CPEs do;
 or a new one per request), answers the ACS's Digest challenges with
-:mod:`cwmpgw.connreq.digest_client`, keeps cookies, bounds the sessions in flight, and
+:mod:`cwmpgw.web.digest_client`, keeps cookies, bounds the sessions in flight, and
 starts sessions according to an arrival model:
 
 * :class:`Rate` — ``per_second`` sessions started per second across the fleet, round
@@ -65,14 +65,6 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
-from cwmpgw.connreq.digest_client import (
-    Challenge,
-    ChallengeError,
-    authorization,
-    choose,
-    is_stale,
-    parse_challenges,
-)
 from cwmpgw.cwmp.deviceid import device_id as make_device_id
 from cwmpgw.cwmp.messages import DeviceId
 from cwmpgw.sim.connreq import ConnectionRequestListener
@@ -86,6 +78,14 @@ from cwmpgw.sim.device import (
     SimDevice,
     credential_templates,
     parse_device_id,
+)
+from cwmpgw.web.digest_client import (
+    Challenge,
+    ChallengeError,
+    authorization,
+    choose,
+    is_stale,
+    parse_challenges,
 )
 
 __all__ = [

@@ -8,7 +8,7 @@ from twisted.application.internet import TimerService
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
-from cwmpgw.store.availability import RedisAvailability
+from cwmpgw.availability import RedisAvailability
 
 __all__ = ["INTERVAL", "expiry_service"]
 

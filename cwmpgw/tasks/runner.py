@@ -30,8 +30,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from cwmpgw.acs.engine import IRequestSource
-from cwmpgw.acs.sessions import LiveSession
+from cwmpgw.availability import log_call_failure
 from cwmpgw.cwmp import rpc
 from cwmpgw.cwmp.messages import (
     CompletionReport,
@@ -43,7 +42,7 @@ from cwmpgw.cwmp.messages import (
     TransferComplete,
 )
 from cwmpgw.cwmp.session import AcsRequest
-from cwmpgw.store.availability import log_call_failure
+from cwmpgw.sessions import IRequestSource, LiveSession
 from cwmpgw.store.interfaces import IDeviceStore
 from cwmpgw.tasks.memory import transfer_outcome
 from cwmpgw.tasks.model import Task

@@ -1,4 +1,6 @@
-"""Live CWMP sessions of this process: found by cookie, else by connection; timed out on a clock.
+"""Live CWMP sessions of this process, and the seam the ACS asks in its turn.
+
+Sessions are found by cookie, else by connection, and timed out on a clock.
 
 A CPE may continue its session on a new TCP connection (TR-069 §3.4.2), so the cookie
 is the primary key; CPEs that drop cookies are followed by their connection instead.
@@ -10,12 +12,14 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from zope.interface import Interface, implementer
 
-from cwmpgw.cwmp.messages import DeviceId
-from cwmpgw.cwmp.session import CwmpSession, Outcome, SessionEnded
+from cwmpgw.cwmp.messages import CompletionReport, CpeFault, DeviceId, RpcResponse
+from cwmpgw.cwmp.session import AcsRequest, CwmpSession, Outcome, SessionEnded
 
-__all__ = ["LiveSession", "SessionRegistry"]
+__all__ = ["IRequestSource", "LiveSession", "NoRequests", "SessionRegistry"]
 
 
 @dataclass(eq=False)
@@ -123,3 +127,56 @@ class SessionRegistry:
     def end_all(self, outcome: Outcome, reason: str = "") -> None:
         for live in list(self._by_cookie.values()):
             self.end(live, outcome, reason)
+
+
+class IRequestSource(Interface):
+    """What the ACS sends in its turn: the seam the task queue plugs into."""
+
+    def next_request(session: LiveSession) -> Deferred[AcsRequest | None]:
+        """The next request for this session's device, or None when there is none.
+
+        May fail with :class:`~cwmpgw.store.sessionlock.Superseded` when it found that
+        ``session.owner`` no longer owns the device; a request it returns with
+        ``owner_checked`` set was checked in the same step, else the engine checks.
+        """
+
+    def answered(
+        session: LiveSession, request: AcsRequest, response: RpcResponse | CpeFault
+    ) -> Deferred[None]:
+        """The CPE answered ``request``; fires once the answer is recorded."""
+
+    def transfer_completed(
+        session: LiveSession,
+        message: CompletionReport,
+    ) -> Deferred[None]:
+        """The CPE reported a finished transfer or deployment-unit change (a Download or a
+        ChangeDUState of an earlier task may be finished)."""
+
+    def session_ended(session: LiveSession) -> Deferred[None] | None:
+        """The session is over: a request sent but not answered must run again later.
+
+        A Deferred returned fires once that is recorded: stopping the gateway waits for it.
+        """
+
+
+@implementer(IRequestSource)
+class NoRequests:
+    """The ACS never has anything to ask: every session ends after the CPE's turn."""
+
+    def next_request(self, session: LiveSession) -> Deferred[AcsRequest | None]:
+        return succeed(None)
+
+    def answered(
+        self, session: LiveSession, request: AcsRequest, response: RpcResponse | CpeFault
+    ) -> Deferred[None]:
+        return succeed(None)
+
+    def transfer_completed(
+        self,
+        session: LiveSession,
+        message: CompletionReport,
+    ) -> Deferred[None]:
+        return succeed(None)
+
+    def session_ended(self, session: LiveSession) -> Deferred[None] | None:
+        return None

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from cwmpgw.acs.digest import ha1, hash_hex
+from cwmpgw.web.digest import ha1, hash_hex
 
 __all__ = [
     "Challenge",
