@@ -569,10 +569,10 @@ class GatewayService(Service):
             return TCP4ServerEndpoint(self._reactor, acs.port, interface=interface)
         from cwmpgw.acs.tls import ReloadableServerTLS, install_sighup
 
-        cert_file, key_file = self.certificate()
+        pair, second_pair = self.certificate()
         self.tls = ReloadableServerTLS(
-            cert_file,
-            key_file,
+            *pair,
+            second_pair=second_pair,
             client_certs=acs.client_certs,
             ca_file=acs.client_ca_file or None,
             legacy_ciphers=acs.legacy_ciphers,
@@ -581,18 +581,21 @@ class GatewayService(Service):
         self._uninstall_sighup = install_sighup(self._reactor, self.tls.reload)
         return SSL4ServerEndpoint(self._reactor, acs.port, self.tls, interface=interface)
 
-    def certificate(self) -> tuple[str, str]:
-        """The ACS certificate and key files: configured, else the self-signed pair."""
-        from cwmpgw.acs.tls import ensure_self_signed, fingerprint_sha256
+    def certificate(self) -> tuple[tuple[str, str], tuple[str, str] | None]:
+        """The ACS's (cert, key) pair and a second one (RSA beside ECDSA) or None: configured,
+        else the generated ECDSA and RSA pairs (made again when acs.hostname changed)."""
+        from cwmpgw.acs.tls import describe_certificates, ensure_self_signed
 
         acs = self.config.acs
-        cert_file, key_file = acs.cert_file, acs.key_file
-        if not cert_file:
-            cert_file, key_file, _ = ensure_self_signed(self.data_dir, acs.certificate_hostname)
-        with open(cert_file, "rb") as f:
-            fingerprint = fingerprint_sha256(f.read())
-        self._log.info("TLS certificate SHA-256 fingerprint {fingerprint}", fingerprint=fingerprint)
-        return cert_file, key_file
+        pair = (acs.cert_file, acs.key_file)
+        second = (acs.rsa_cert_file, acs.rsa_key_file) if acs.rsa_cert_file else None
+        if not acs.cert_file:
+            pair, second = ensure_self_signed(self.data_dir, acs.certificate_hostname)
+        self._log.info(
+            "TLS certificate SHA-256 fingerprints: {certificates}",
+            certificates=describe_certificates([pair, *([second] if second else [])]),
+        )
+        return pair, second
 
     # -- the northbound API and the command stream -------------------------------------------
 
@@ -637,12 +640,14 @@ class GatewayService(Service):
         if cfg.tls:
             from cwmpgw.acs.tls import server_options
 
-            if cfg.cert_file:
-                cert_file, key_file = cfg.cert_file, cfg.key_file
-            else:
-                cert_file, key_file = self.certificate()
+            pair, second_pair = (cfg.cert_file, cfg.key_file), None
+            if not cfg.cert_file:
+                pair, second_pair = self.certificate()
             endpoint = SSL4ServerEndpoint(
-                self._reactor, cfg.port, server_options(cert_file, key_file), interface=interface
+                self._reactor,
+                cfg.port,
+                server_options(*pair, second_pair=second_pair),
+                interface=interface,
             )
         elif ":" in interface:
             endpoint = TCP6ServerEndpoint(self._reactor, cfg.port, interface=interface)

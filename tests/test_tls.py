@@ -70,13 +70,15 @@ class SelfSignedTests(SynchronousTestCase):
         self.data_dir = make_tempdir(self)
 
     def test_generates_ec_p256_pair_with_private_key_file(self) -> None:
-        cert_path, key_path, created = ensure_self_signed(self.data_dir)
-        self.assertTrue(created)
+        (cert_path, key_path), _ = ensure_self_signed(self.data_dir)
         tls_dir = os.path.join(self.data_dir, "tls")
         self.assertEqual(cert_path, os.path.join(tls_dir, "acs-cert.pem"))
         self.assertEqual(key_path, os.path.join(tls_dir, "acs-key.pem"))
         self.assertEqual(stat.S_IMODE(os.stat(key_path).st_mode), 0o600)
-        self.assertEqual(sorted(os.listdir(tls_dir)), ["acs-cert.pem", "acs-key.pem"])
+        self.assertEqual(
+            sorted(os.listdir(tls_dir)),
+            ["acs-cert.pem", "acs-key.pem", "acs-rsa-cert.pem", "acs-rsa-key.pem"],
+        )
 
         key = serialization.load_pem_private_key(read(key_path), password=None)
         assert isinstance(key, ec.EllipticCurvePrivateKey)
@@ -92,7 +94,7 @@ class SelfSignedTests(SynchronousTestCase):
         )
 
     def test_certificate_contents(self) -> None:
-        cert_path, _, _ = ensure_self_signed(self.data_dir, "acs.example.net")
+        (cert_path, _), _ = ensure_self_signed(self.data_dir, "acs.example.net")
         cert = x509.load_pem_x509_certificate(read(cert_path))
         cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
         self.assertEqual(cn, "acs.example.net")
@@ -109,37 +111,38 @@ class SelfSignedTests(SynchronousTestCase):
         self.assertFalse(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
 
     def test_ip_hostname_becomes_ip_san(self) -> None:
-        cert_path, _, _ = ensure_self_signed(self.data_dir, "192.0.2.10")
+        (cert_path, _), _ = ensure_self_signed(self.data_dir, "192.0.2.10")
         cert = x509.load_pem_x509_certificate(read(cert_path))
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         self.assertIn(ipaddress.ip_address("192.0.2.10"), san.get_values_for_type(x509.IPAddress))
         self.assertNotIn("192.0.2.10", san.get_values_for_type(x509.DNSName))
 
     def test_reuse_leaves_files_untouched(self) -> None:
-        cert_path, key_path, _ = ensure_self_signed(self.data_dir)
-        before = [
-            (read(p), os.stat(p).st_ino, os.stat(p).st_mtime_ns) for p in (cert_path, key_path)
-        ]
-        fingerprint = fingerprint_sha256(read(cert_path))
-        again = ensure_self_signed(self.data_dir)
-        self.assertEqual(again, (cert_path, key_path, False))
-        after = [
-            (read(p), os.stat(p).st_ino, os.stat(p).st_mtime_ns) for p in (cert_path, key_path)
-        ]
-        self.assertEqual(before, after)
-        self.assertEqual(fingerprint_sha256(read(cert_path)), fingerprint)
+        pairs = ensure_self_signed(self.data_dir, "acs.example.net")
+        files = [path for pair in pairs for path in pair]
+        before = [snapshot(p) for p in files]
+        with capturedLogs() as events:
+            again = ensure_self_signed(self.data_dir, "acs.example.net")
+        self.assertEqual(again, pairs)
+        self.assertEqual([snapshot(p) for p in files], before)
+        self.assertEqual(events, [])  # nothing generated, nothing said
 
     def test_missing_certificate_regenerates_pair(self) -> None:
-        cert_path, key_path, _ = ensure_self_signed(self.data_dir)
-        old_key = read(key_path)
+        ecdsa, (rsa_cert, rsa_key) = ensure_self_signed(self.data_dir)
+        cert_path, key_path = ecdsa
+        old_key, rsa_before = read(key_path), [snapshot(rsa_cert), snapshot(rsa_key)]
         os.unlink(cert_path)
-        _, _, created = ensure_self_signed(self.data_dir)
-        self.assertTrue(created)
+        with capturedLogs() as events:
+            ensure_self_signed(self.data_dir)
         self.assertNotEqual(read(key_path), old_key)
         server_options(cert_path, key_path)  # the new pair matches
+        self.assertEqual([snapshot(rsa_cert), snapshot(rsa_key)], rsa_before)  # only that one
+        [event] = events
+        self.assertEqual(event["ecdsa_fingerprint"], fingerprint_sha256(read(cert_path)))
+        self.assertIsNone(event["rsa_fingerprint"])
 
     def test_fingerprint_format(self) -> None:
-        cert_path, _, _ = ensure_self_signed(self.data_dir)
+        (cert_path, _), _ = ensure_self_signed(self.data_dir)
         pem = read(cert_path)
         der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
         expected = hashlib.sha256(der).hexdigest().upper()
@@ -152,7 +155,7 @@ class SelfSignedTests(SynchronousTestCase):
 class ServerOptionsErrorTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.data_dir = make_tempdir(self)
-        self.cert_path, self.key_path, _ = ensure_self_signed(self.data_dir)
+        (self.cert_path, self.key_path), _ = ensure_self_signed(self.data_dir)
 
     def test_missing_file_names_path(self) -> None:
         missing = os.path.join(self.data_dir, "nope.pem")
@@ -186,7 +189,7 @@ class ServerOptionsErrorTests(SynchronousTestCase):
 
     def test_mismatched_key(self) -> None:
         other_dir = make_tempdir(self)
-        _, other_key, _ = ensure_self_signed(other_dir)
+        (_, other_key), _ = ensure_self_signed(other_dir)
         e = self.assertRaises(ValueError, server_options, self.cert_path, other_key)
         message = str(e)
         self.assertIn(other_key, message)
@@ -389,8 +392,23 @@ class PolicyUnitTests(SynchronousTestCase):
             self.assertTrue(name.startswith("ECDHE-"), name)
             self.assertTrue("-GCM-" in name or "CHACHA20-POLY1305" in name, name)
         self.assertIn("ECDHE-ECDSA-AES128-GCM-SHA256", modern)
+        self.assertIn("ECDHE-RSA-AES128-GCM-SHA256", modern)
         self.assertIn("ECDHE-RSA-CHACHA20-POLY1305", modern)
-        self.assertEqual(tls12_suites(True), [*modern, "AES128-SHA"])
+        # The old CPEs' suites come after every modern one, forward-secret first.
+        self.assertEqual(
+            tls12_suites(True),
+            [
+                *modern,
+                "ECDHE-ECDSA-AES128-SHA",
+                "ECDHE-RSA-AES128-SHA",
+                "ECDHE-ECDSA-AES256-SHA",
+                "ECDHE-RSA-AES256-SHA",
+                "AES128-GCM-SHA256",
+                "AES256-GCM-SHA384",
+                "AES128-SHA",  # TLS_RSA_WITH_AES_128_CBC_SHA, TR-069's mandatory suite
+                "AES256-SHA",
+            ],
+        )
 
     def test_legacy_with_ecdsa_certificate_warns(self) -> None:
         with capturedLogs() as events:
@@ -401,7 +419,21 @@ class PolicyUnitTests(SynchronousTestCase):
         rsa_cert, rsa_key = self.ca.issue_server(key_type="rsa").write(self.dir, "rsa")
         with capturedLogs() as events:
             server_options(rsa_cert, rsa_key, legacy_ciphers=True)
+            server_options(
+                self.cert_path, self.key_path, second_pair=(rsa_cert, rsa_key), legacy_ciphers=True
+            )
         self.assertEqual([e for e in events if e.get("log_level") == LogLevel.warn], [])
+
+    def test_two_certificates_of_one_key_type_refused(self) -> None:
+        # OpenSSL would silently serve only the second.
+        other = self.ca.issue_server().write(self.dir, "other")
+        e = self.assertRaises(
+            ValueError, server_options, self.cert_path, self.key_path, second_pair=other
+        )
+        self.assertIn(other[0], str(e))
+        self.assertIn("ECDSA", str(e))
+        rsa_pair = self.ca.issue_server(key_type="rsa").write(self.dir, "rsa")
+        self.assertRaises(ValueError, ReloadableServerTLS, *rsa_pair, second_pair=rsa_pair)
 
 
 class TLSServerTests(TestCase):
@@ -415,7 +447,7 @@ class TLSServerTests(TestCase):
         self.ca_path = self.ca.write(self.dir)
 
     async def test_self_signed_tls12_and_tls13_with_matching_fingerprint(self) -> None:
-        cert_path, key_path, _ = ensure_self_signed(self.dir)
+        (cert_path, key_path), _ = ensure_self_signed(self.dir)
         port, factory = await listen(self, server_options(cert_path, key_path))
         expected = fingerprint_sha256(read(cert_path))
         for version, name in [
@@ -465,17 +497,22 @@ class TLSServerTests(TestCase):
             ciphers="AES128-SHA:AES256-SHA:ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES128-SHA"
             ":AES128-SHA256:ECDHE-RSA-AES128-SHA256",
         )
+        mandatory_only = client_context(self.ca_path, ssl.TLSVersion.TLSv1_2, ciphers="AES128-SHA")
         modern = client_context(self.ca_path, ssl.TLSVersion.TLSv1_2)
 
         strict, strict_factory = await listen(self, server_options(rsa_cert, rsa_key))
-        seen = await deferToThread(converse, strict, cbc_only)
-        self.assertIn("HANDSHAKE_FAILURE", seen.get("refused", "").upper(), seen)
+        for client in (cbc_only, mandatory_only):
+            seen = await deferToThread(converse, strict, client)
+            self.assertIn("HANDSHAKE_FAILURE", seen.get("refused", "").upper(), seen)
         self.assertEqual(strict_factory.handshakes, [])
 
         legacy, _ = await listen(self, server_options(rsa_cert, rsa_key, legacy_ciphers=True))
-        seen = await deferToThread(converse, legacy, cbc_only)
+        seen = await deferToThread(converse, legacy, mandatory_only)
         self.assertEqual(seen.get("cipher"), "AES128-SHA", seen)
         self.assertEqual(seen["version"], "TLSv1.2")
+        # A CBC-only client that can do ECDHE keeps forward secrecy.
+        seen = await deferToThread(converse, legacy, cbc_only)
+        self.assertEqual(seen.get("cipher"), "ECDHE-RSA-AES128-SHA", seen)
         # Clients that can do better still get a forward-secret AEAD suite.
         seen = await deferToThread(converse, legacy, modern)
         self.assertRegex(seen["cipher"], r"^ECDHE-RSA-(AES\d+-GCM-SHA\d+|CHACHA20-POLY1305)$")
@@ -483,7 +520,7 @@ class TLSServerTests(TestCase):
         with capturedLogs():  # the warning about the ECDSA certificate
             options = server_options(ec_cert, ec_key, legacy_ciphers=True)
         ecdsa, _ = await listen(self, options)
-        seen = await deferToThread(converse, ecdsa, cbc_only)
+        seen = await deferToThread(converse, ecdsa, mandatory_only)
         self.assertIn("refused", seen)
 
     async def test_sessions_resume(self) -> None:
