@@ -21,14 +21,14 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThread
-from twisted.logger import LogLevel, capturedLogs
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from zope.interface import implementer
@@ -150,6 +150,70 @@ class SelfSignedTests(SynchronousTestCase):
         self.assertEqual(fingerprint.replace(":", ""), expected)
         self.assertEqual(len(fingerprint.split(":")), 32)
         self.assertRegex(fingerprint, r"^([0-9A-F]{2}:){31}[0-9A-F]{2}$")
+
+    def test_rsa_pair_beside_for_the_same_names(self) -> None:
+        (ec_cert, _), (rsa_cert, rsa_key) = ensure_self_signed(self.data_dir, "acs.example.net")
+        tls_dir = os.path.join(self.data_dir, "tls")
+        self.assertEqual(
+            (rsa_cert, rsa_key),
+            (os.path.join(tls_dir, "acs-rsa-cert.pem"), os.path.join(tls_dir, "acs-rsa-key.pem")),
+        )
+        self.assertEqual(stat.S_IMODE(os.stat(rsa_key).st_mode), 0o600)
+        key = serialization.load_pem_private_key(read(rsa_key), password=None)
+        assert isinstance(key, rsa.RSAPrivateKey)
+        self.assertEqual(key.key_size, 2048)
+        cert = x509.load_pem_x509_certificate(read(rsa_cert))
+        self.assertEqual(san_of(cert), san_of(x509.load_pem_x509_certificate(read(ec_cert))))
+        # RSA key exchange (the legacy suites) encrypts to the key: RFC 5280 wants this bit.
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        self.assertTrue(usage.key_encipherment and usage.digital_signature)
+
+    def test_hostname_change_regenerates_both(self) -> None:
+        old = ensure_self_signed(self.data_dir, "old.example.net")
+        old_fingerprints = [fingerprint_sha256(read(cert)) for cert, _ in old]
+        with capturedLogs() as events:
+            new = ensure_self_signed(self.data_dir, "acs.example.net")
+        self.assertEqual(new, old)  # same files, new contents
+        new_fingerprints = [fingerprint_sha256(read(cert)) for cert, _ in new]
+        for cert_path, key_path in new:
+            cert = x509.load_pem_x509_certificate(read(cert_path))
+            self.assertEqual(san_of(cert)[0], "acs.example.net")
+            self.assertNotIn("old.example.net", san_of(cert))
+            server_options(cert_path, key_path)  # each new key matches its certificate
+        self.assertTrue(set(new_fingerprints).isdisjoint(old_fingerprints))
+        [event] = events  # one line says it, with both new fingerprints
+        self.assertEqual(event["log_level"], LogLevel.info)
+        self.assertEqual([event["ecdsa_fingerprint"], event["rsa_fingerprint"]], new_fingerprints)
+        self.assertIn("old.example.net", event["reason"])
+        text = formatEvent(event)
+        for fingerprint in new_fingerprints:
+            self.assertIn(fingerprint, text)
+
+    def test_torn_pair_is_made_again(self) -> None:
+        # A crash between the two renames: the new key beside the old certificate.
+        (cert_path, key_path), _ = ensure_self_signed(self.data_dir)
+        other_dir = make_tempdir(self)
+        (_, other_key), _ = ensure_self_signed(other_dir)
+        write(key_path, read(other_key))
+        with capturedLogs():
+            ensure_self_signed(self.data_dir)
+        server_options(cert_path, key_path)
+
+    def test_certificate_not_made_here_is_never_overwritten(self) -> None:
+        (cert_path, key_path), _ = ensure_self_signed(self.data_dir, "old.example.net")
+        issued = CertAuthority().issue_server("old.example.net")
+        write(cert_path, issued.cert_pem())
+        write(key_path, issued.key_pem())
+        before = [snapshot(cert_path), snapshot(key_path)]
+        e = self.assertRaises(ValueError, ensure_self_signed, self.data_dir, "acs.example.net")
+        self.assertIn(cert_path, str(e))
+        self.assertIn("acs.cert_file", str(e))
+        self.assertEqual([snapshot(cert_path), snapshot(key_path)], before)
+
+
+def san_of(cert: x509.Certificate) -> list[str]:
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return [str(name.value) for name in san]
 
 
 class ServerOptionsErrorTests(SynchronousTestCase):
@@ -461,8 +525,11 @@ class TLSServerTests(TestCase):
         self.assertEqual(len(factory.handshakes), 2)
 
     async def test_tls10_and_tls11_clients_are_refused(self) -> None:
+        # With both certificates and the legacy suites: none of them brings back TLS 1.0/1.1.
         cert_path, key_path = self.ca.issue_server().write(self.dir, "server")
-        port, factory = await listen(self, server_options(cert_path, key_path))
+        rsa_pair = self.ca.issue_server(key_type="rsa").write(self.dir, "rsa")
+        options = server_options(cert_path, key_path, second_pair=rsa_pair, legacy_ciphers=True)
+        port, factory = await listen(self, options)
         for version in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
@@ -565,9 +632,84 @@ class TLSServerTests(TestCase):
         self.assertEqual(chain, [leaf.cert, intermediate.cert])
 
 
-def _peer_chain(port: int) -> list[x509.Certificate]:
-    """The certificates the server sent, as seen by a pyOpenSSL client."""
+class TwoCertificateTests(TestCase):
+    """An ECDSA and an RSA certificate from one context: each client gets the one it can use."""
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        self.dir = make_tempdir(self)
+
+    async def test_generated_pair_serves_rsa_only_and_ecdsa_only_clients(self) -> None:
+        (ec_cert, ec_key), rsa_pair = ensure_self_signed(self.dir)
+        rsa_cert = rsa_pair[0]
+        port, factory = await listen(self, server_options(ec_cert, ec_key, second_pair=rsa_pair))
+        tls12 = ssl.TLSVersion.TLSv1_2
+        cases = [
+            # Each client verifies the certificate it gets against that certificate alone.
+            (client_context(rsa_cert, tls12, ciphers="ECDHE-RSA-AES128-GCM-SHA256"), rsa_cert),
+            (client_context(rsa_cert, tls12, ciphers="aRSA+AESGCM"), rsa_cert),
+            (client_context(ec_cert, tls12, ciphers="ECDHE-ECDSA-AES128-GCM-SHA256"), ec_cert),
+            (client_context(ec_cert, tls12, ciphers="aECDSA"), ec_cert),
+            (client_context(ec_cert, tls12), ec_cert),  # both offered: ECDSA, the cheaper
+            (client_context(ec_cert), ec_cert),  # TLS 1.3
+        ]
+        for ctx, expected in cases:
+            seen = await deferToThread(converse, port, ctx)
+            self.assertNotIn("refused", seen)
+            self.assertEqual(seen["peer"], x509.load_pem_x509_certificate(read(expected)))
+            self.assertEqual(seen["answer"], fingerprint_sha256(read(expected)))
+        self.assertEqual(len(factory.handshakes), len(cases))
+
+    async def test_mandatory_suite_needs_legacy_ciphers(self) -> None:
+        (ec_cert, ec_key), rsa_pair = ensure_self_signed(self.dir)
+        rsa_cert = rsa_pair[0]
+        mandatory = client_context(rsa_cert, ssl.TLSVersion.TLSv1_2, ciphers="AES128-SHA")
+
+        strict, strict_factory = await listen(
+            self, server_options(ec_cert, ec_key, second_pair=rsa_pair)
+        )
+        seen = await deferToThread(converse, strict, mandatory)
+        self.assertIn("HANDSHAKE_FAILURE", seen.get("refused", "").upper(), seen)
+        self.assertEqual(strict_factory.handshakes, [])
+
+        options = server_options(ec_cert, ec_key, second_pair=rsa_pair, legacy_ciphers=True)
+        legacy, _ = await listen(self, options)
+        seen = await deferToThread(converse, legacy, mandatory)
+        self.assertEqual((seen.get("version"), seen.get("cipher")), ("TLSv1.2", "AES128-SHA"))
+        self.assertEqual(seen["peer"], x509.load_pem_x509_certificate(read(rsa_cert)))
+        # Everyone else is unaffected by the legacy suites.
+        seen = await deferToThread(
+            converse, legacy, client_context(ec_cert, ssl.TLSVersion.TLSv1_2)
+        )
+        self.assertRegex(seen["cipher"], r"^ECDHE-ECDSA-(AES\d+-GCM-SHA\d+|CHACHA20-POLY1305)$")
+
+    async def test_configured_pairs_each_send_their_own_chain(self) -> None:
+        ca = CertAuthority()
+        ca_path = ca.write(self.dir)
+        ec_leaf = CertAuthority("cwmpgw Test ECDSA Intermediate", parent=ca).issue_server()
+        rsa_leaf = CertAuthority("cwmpgw Test RSA Intermediate", parent=ca).issue_server(
+            key_type="rsa"
+        )
+        ec_pair, rsa_pair = ec_leaf.write(self.dir, "ec"), rsa_leaf.write(self.dir, "rsa")
+        port, _ = await listen(self, server_options(*ec_pair, second_pair=rsa_pair))
+        tls12 = ssl.TLSVersion.TLSv1_2
+        # Trusting only the root: each verifies only if its own intermediate came with it.
+        for ciphers, leaf in (("aRSA", rsa_leaf), ("aECDSA", ec_leaf)):
+            seen = await deferToThread(
+                converse, port, client_context(ca_path, tls12, ciphers=ciphers)
+            )
+            self.assertEqual(seen.get("peer"), leaf.cert, seen)
+            chain = await deferToThread(_peer_chain, port, ciphers)
+            self.assertEqual(chain, [leaf.cert, *leaf.chain])
+
+
+def _peer_chain(port: int, ciphers: str | None = None) -> list[x509.Certificate]:
+    """The certificates the server sent, as seen by a pyOpenSSL client (TLS 1.2 if ciphers)."""
     ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    if ciphers is not None:
+        ctx.set_max_proto_version(SSL.TLS1_2_VERSION)
+        ctx.set_cipher_list(ciphers.encode())
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
         raw.settimeout(None)  # pyOpenSSL needs a blocking socket; the server always answers
         conn = SSL.Connection(ctx, raw)
@@ -753,3 +895,45 @@ class SighupReloadTests(TestCase):
         self.assertEqual(await reloaded, (True, True))
         seen = await deferToThread(converse, port, client_context(ca.write(data_dir)))
         self.assertEqual(seen["peer"], second.cert)
+
+    async def test_sighup_reloads_both_certificates(self) -> None:
+        from twisted.internet import reactor
+
+        original = signal.getsignal(signal.SIGHUP)
+        self.addCleanup(signal.signal, signal.SIGHUP, original)
+        data_dir = make_tempdir(self)
+        ca = CertAuthority()
+        ca_path = ca.write(data_dir)
+        old_ec, old_rsa = ca.issue_server(), ca.issue_server(key_type="rsa")
+        ec_pair, rsa_pair = old_ec.write(data_dir, "ec"), old_rsa.write(data_dir, "rsa")
+        tls = ReloadableServerTLS(*ec_pair, second_pair=rsa_pair)
+        self.assertEqual(
+            tls.fingerprints, (fingerprint_of(old_ec.cert), fingerprint_of(old_rsa.cert))
+        )
+        port, _ = await listen(self, tls)
+
+        reloaded: Deferred[bool] = Deferred()
+        events: list[dict[str, Any]] = []
+
+        def on_sighup() -> None:
+            with capturedLogs() as captured:
+                done = tls.reload()
+            events.extend(captured)
+            reloaded.callback(done)
+
+        self.addCleanup(install_sighup(reactor, on_sighup))
+        new_ec, new_rsa = ca.issue_server(), ca.issue_server(key_type="rsa")
+        new_ec.write(data_dir, "ec")
+        new_rsa.write(data_dir, "rsa")
+        os.kill(os.getpid(), signal.SIGHUP)
+        self.assertTrue(await reloaded)
+        new = (fingerprint_of(new_ec.cert), fingerprint_of(new_rsa.cert))
+        self.assertEqual(tls.fingerprints, new)
+        [event] = events
+        self.assertEqual(event["fingerprints"], list(new))
+        tls12 = ssl.TLSVersion.TLSv1_2
+        for ciphers, leaf in (("aECDSA", new_ec), ("aRSA", new_rsa)):
+            seen = await deferToThread(
+                converse, port, client_context(ca_path, tls12, ciphers=ciphers)
+            )
+            self.assertEqual(seen["peer"], leaf.cert)
