@@ -200,15 +200,17 @@ class SelfSignedTests(SynchronousTestCase):
         server_options(cert_path, key_path)
 
     def test_certificate_not_made_here_is_never_overwritten(self) -> None:
-        (cert_path, key_path), _ = ensure_self_signed(self.data_dir, "old.example.net")
-        issued = CertAuthority().issue_server("old.example.net")
-        write(cert_path, issued.cert_pem())
-        write(key_path, issued.key_pem())
-        before = [snapshot(cert_path), snapshot(key_path)]
+        pairs = ensure_self_signed(self.data_dir, "old.example.net")
+        (_, _), (rsa_cert, rsa_key) = pairs
+        issued = CertAuthority().issue_server("old.example.net", key_type="rsa")
+        write(rsa_cert, issued.cert_pem())
+        write(rsa_key, issued.key_pem())
+        files = [path for pair in pairs for path in pair]
+        before = [snapshot(p) for p in files]
         e = self.assertRaises(ValueError, ensure_self_signed, self.data_dir, "acs.example.net")
-        self.assertIn(cert_path, str(e))
+        self.assertIn(rsa_cert, str(e))
         self.assertIn("acs.cert_file", str(e))
-        self.assertEqual([snapshot(cert_path), snapshot(key_path)], before)
+        self.assertEqual([snapshot(p) for p in files], before)  # the ECDSA pair too
 
 
 def san_of(cert: x509.Certificate) -> list[str]:
