@@ -344,6 +344,8 @@ class AcsConfig:
     tls: bool = _setting(True, _bool)
     cert_file: str = _setting("", _optional_file)
     key_file: str = _setting("", _optional_file)
+    rsa_cert_file: str = _setting("", _optional_file)
+    rsa_key_file: str = _setting("", _optional_file)
     hostname: str = _setting("", _hostname)
     max_body_bytes: int = _setting(262144, _int(1024, 16777216))
     session_timeout: int = _setting(30, _int(5, 3600))
@@ -663,6 +665,17 @@ def _cross_check(
         errors.append("acs.key_file: required when acs.cert_file is set")
     if key_given and not cert_given:
         errors.append("acs.cert_file: required when acs.key_file is set")
+    rsa_cert_given = bool(raw["acs"].get("rsa_cert_file"))
+    rsa_key_given = bool(raw["acs"].get("rsa_key_file"))
+    if rsa_cert_given != rsa_key_given:
+        errors.append(
+            "acs.rsa_cert_file: give both acs.rsa_cert_file and acs.rsa_key_file, or neither"
+        )
+    elif rsa_cert_given and not cert_given:
+        errors.append(
+            "acs.rsa_cert_file: serves beside acs.cert_file (the ECDSA certificate), so set "
+            "acs.cert_file and acs.key_file too; with none of them a generated pair is used"
+        )
 
     if (
         acs.get("tls") is False

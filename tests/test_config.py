@@ -53,6 +53,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert c.gateway.node == ""
     assert (c.acs.interface, c.acs.port, c.acs.tls) == ("", 7547, True)
     assert (c.acs.cert_file, c.acs.key_file, c.acs.hostname) == ("", "", "")
+    assert (c.acs.rsa_cert_file, c.acs.rsa_key_file) == ("", "")
     assert c.acs.max_body_bytes == 262144
     assert (c.acs.session_timeout, c.acs.max_session_timeout) == (30, 300)
     assert c.acs.hold_requests is False
@@ -261,6 +262,26 @@ def test_cert_without_key_and_key_without_cert() -> None:
     assert errors_of({"acs": {"key_file": "c.pem"}}) == [
         "acs.cert_file: required when acs.key_file is set"
     ]
+
+
+def test_rsa_pair_beside_the_certificate(tmp_path: Path) -> None:
+    for name in ("c.pem", "k.pem", "r.pem", "rk.pem"):
+        (tmp_path / name).write_text("pem")
+    both = {"cert_file": "c.pem", "key_file": "k.pem"}
+    c = parse_config({"acs": {**both, "rsa_cert_file": "r.pem", "rsa_key_file": "rk.pem"}})
+    assert (c.acs.rsa_cert_file, c.acs.rsa_key_file) == (
+        str(tmp_path / "r.pem"),
+        str(tmp_path / "rk.pem"),
+    )
+    assert errors_of({"acs": {**both, "rsa_cert_file": "r.pem"}}) == [
+        "acs.rsa_cert_file: give both acs.rsa_cert_file and acs.rsa_key_file, or neither"
+    ]
+    assert errors_of({"acs": {**both, "rsa_key_file": "rk.pem"}}) == [
+        "acs.rsa_cert_file: give both acs.rsa_cert_file and acs.rsa_key_file, or neither"
+    ]
+    # Alone it would silently drop the generated ECDSA pair, or serve it beside a real one.
+    [error] = errors_of({"acs": {"rsa_cert_file": "r.pem", "rsa_key_file": "rk.pem"}})
+    assert error.startswith("acs.rsa_cert_file: serves beside acs.cert_file")
 
 
 def test_cert_files_must_exist(tmp_path: Path) -> None:

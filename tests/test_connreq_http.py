@@ -510,7 +510,7 @@ class TLSTests(Base):
     def tls(self) -> Any:
         directory = tempfile.mkdtemp(prefix="cwmpgw-cr-tls-")
         self.addCleanup(shutil.rmtree, directory, True)
-        cert_path, key_path, _ = ensure_self_signed(directory)
+        (cert_path, key_path), _ = ensure_self_signed(directory)
         return server_options(cert_path, key_path)
 
     async def test_https_self_signed_accepted_by_default(self) -> None:

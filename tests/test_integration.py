@@ -12,6 +12,8 @@ import os
 import re
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -19,6 +21,8 @@ import time
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
 from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
@@ -179,11 +183,11 @@ class GatewayOverTlsTests(TestCase):
 class EmbeddedRedisGatewayTests(TestCase):
     """With no Redis configured, the gateway runs its own and keeps data across restarts."""
 
-    async def start(self, directory: str) -> GatewayService:
+    async def start(self, directory: str, hostname: str = "localhost") -> GatewayService:
         config = parse_config(
             {
                 "gateway": {"data_dir": directory},
-                "acs": {"port": 0, "interface": "127.0.0.1", "hostname": "localhost"},
+                "acs": {"port": 0, "interface": "127.0.0.1", "hostname": hostname},
                 "nbi": {"port": 0},
                 "metrics": {"port": 0},
                 "auth": {
@@ -219,22 +223,64 @@ class EmbeddedRedisGatewayTests(TestCase):
                 event="0 BOOTSTRAP",
             )
             self.assertEqual([e.status for e in exchanges], [200, 204])
+            # A CPE that speaks only RSA-authenticated TLS 1.2 gets the RSA certificate.
+            port = service.acs_port.getHost().port
+            rsa_cafile = os.path.join(directory, "tls", "acs-rsa-cert.pem")
+            peer = await deferToThread(
+                tls12_peer, port, rsa_cafile, "localhost", "ECDHE-RSA-AES128-GCM-SHA256"
+            )
+            self.assertIsInstance(peer.public_key(), rsa.RSAPublicKey)
             redis_pid = service.embedded_redis.pid
             self.assertIsNotNone(redis_pid)
         finally:
             await service.stopService()
         self.assertRaises(ProcessLookupError, os.kill, redis_pid, 0)
-        with open(os.path.join(directory, "tls", "acs-cert.pem"), "rb") as f:
-            first_cert = f.read()
+        first_certs = read_certs(directory)
 
         service = await self.start(directory)
         try:
             device = await service.redis.hgetall("cwmpgw:device:" + DEVICE_ID)
             self.assertEqual(device["serial_number"], "22275K2000315")
-            with open(os.path.join(directory, "tls", "acs-cert.pem"), "rb") as f:
-                self.assertEqual(f.read(), first_cert)
+            self.assertEqual(read_certs(directory), first_certs)  # same names: kept
         finally:
             await service.stopService()
+
+        # A new acs.hostname: certificates that name it, served from this start on.
+        service = await self.start(directory, hostname="acs.example.net")
+        try:
+            self.assertTrue(set(read_certs(directory)).isdisjoint(first_certs))
+            port = service.acs_port.getHost().port
+            for cafile, ciphers in (
+                ("acs-rsa-cert.pem", "ECDHE-RSA-AES128-GCM-SHA256"),
+                ("acs-cert.pem", "ECDHE-ECDSA-AES128-GCM-SHA256"),
+            ):
+                path = os.path.join(directory, "tls", cafile)
+                peer = await deferToThread(tls12_peer, port, path, "acs.example.net", ciphers)
+                san = peer.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+                self.assertIn("acs.example.net", san.value.get_values_for_type(x509.DNSName))
+        finally:
+            await service.stopService()
+
+
+def read_certs(directory: str) -> list[bytes]:
+    """The generated ECDSA and RSA certificates, as they are on disk."""
+    certs = []
+    for name in ("acs-cert.pem", "acs-rsa-cert.pem"):
+        with open(os.path.join(directory, "tls", name), "rb") as f:
+            certs.append(f.read())
+    return certs
+
+
+def tls12_peer(port: int, cafile: str, hostname: str, ciphers: str) -> x509.Certificate:
+    """Handshake as a TLS 1.2 client offering only ciphers, verifying hostname against cafile."""
+    ctx = ssl.create_default_context(cafile=cafile)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(ciphers)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname=hostname) as tls:
+            der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
 
 
 def test_twistd_runs_the_gateway(tmp_path: Any) -> None:

@@ -21,14 +21,14 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThread
-from twisted.logger import LogLevel, capturedLogs
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from zope.interface import implementer
@@ -70,13 +70,15 @@ class SelfSignedTests(SynchronousTestCase):
         self.data_dir = make_tempdir(self)
 
     def test_generates_ec_p256_pair_with_private_key_file(self) -> None:
-        cert_path, key_path, created = ensure_self_signed(self.data_dir)
-        self.assertTrue(created)
+        (cert_path, key_path), _ = ensure_self_signed(self.data_dir)
         tls_dir = os.path.join(self.data_dir, "tls")
         self.assertEqual(cert_path, os.path.join(tls_dir, "acs-cert.pem"))
         self.assertEqual(key_path, os.path.join(tls_dir, "acs-key.pem"))
         self.assertEqual(stat.S_IMODE(os.stat(key_path).st_mode), 0o600)
-        self.assertEqual(sorted(os.listdir(tls_dir)), ["acs-cert.pem", "acs-key.pem"])
+        self.assertEqual(
+            sorted(os.listdir(tls_dir)),
+            ["acs-cert.pem", "acs-key.pem", "acs-rsa-cert.pem", "acs-rsa-key.pem"],
+        )
 
         key = serialization.load_pem_private_key(read(key_path), password=None)
         assert isinstance(key, ec.EllipticCurvePrivateKey)
@@ -92,7 +94,7 @@ class SelfSignedTests(SynchronousTestCase):
         )
 
     def test_certificate_contents(self) -> None:
-        cert_path, _, _ = ensure_self_signed(self.data_dir, "acs.example.net")
+        (cert_path, _), _ = ensure_self_signed(self.data_dir, "acs.example.net")
         cert = x509.load_pem_x509_certificate(read(cert_path))
         cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
         self.assertEqual(cn, "acs.example.net")
@@ -109,37 +111,38 @@ class SelfSignedTests(SynchronousTestCase):
         self.assertFalse(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
 
     def test_ip_hostname_becomes_ip_san(self) -> None:
-        cert_path, _, _ = ensure_self_signed(self.data_dir, "192.0.2.10")
+        (cert_path, _), _ = ensure_self_signed(self.data_dir, "192.0.2.10")
         cert = x509.load_pem_x509_certificate(read(cert_path))
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         self.assertIn(ipaddress.ip_address("192.0.2.10"), san.get_values_for_type(x509.IPAddress))
         self.assertNotIn("192.0.2.10", san.get_values_for_type(x509.DNSName))
 
     def test_reuse_leaves_files_untouched(self) -> None:
-        cert_path, key_path, _ = ensure_self_signed(self.data_dir)
-        before = [
-            (read(p), os.stat(p).st_ino, os.stat(p).st_mtime_ns) for p in (cert_path, key_path)
-        ]
-        fingerprint = fingerprint_sha256(read(cert_path))
-        again = ensure_self_signed(self.data_dir)
-        self.assertEqual(again, (cert_path, key_path, False))
-        after = [
-            (read(p), os.stat(p).st_ino, os.stat(p).st_mtime_ns) for p in (cert_path, key_path)
-        ]
-        self.assertEqual(before, after)
-        self.assertEqual(fingerprint_sha256(read(cert_path)), fingerprint)
+        pairs = ensure_self_signed(self.data_dir, "acs.example.net")
+        files = [path for pair in pairs for path in pair]
+        before = [snapshot(p) for p in files]
+        with capturedLogs() as events:
+            again = ensure_self_signed(self.data_dir, "acs.example.net")
+        self.assertEqual(again, pairs)
+        self.assertEqual([snapshot(p) for p in files], before)
+        self.assertEqual(events, [])  # nothing generated, nothing said
 
     def test_missing_certificate_regenerates_pair(self) -> None:
-        cert_path, key_path, _ = ensure_self_signed(self.data_dir)
-        old_key = read(key_path)
+        ecdsa, (rsa_cert, rsa_key) = ensure_self_signed(self.data_dir)
+        cert_path, key_path = ecdsa
+        old_key, rsa_before = read(key_path), [snapshot(rsa_cert), snapshot(rsa_key)]
         os.unlink(cert_path)
-        _, _, created = ensure_self_signed(self.data_dir)
-        self.assertTrue(created)
+        with capturedLogs() as events:
+            ensure_self_signed(self.data_dir)
         self.assertNotEqual(read(key_path), old_key)
         server_options(cert_path, key_path)  # the new pair matches
+        self.assertEqual([snapshot(rsa_cert), snapshot(rsa_key)], rsa_before)  # only that one
+        [event] = events
+        self.assertEqual(event["ecdsa_fingerprint"], fingerprint_sha256(read(cert_path)))
+        self.assertIsNone(event["rsa_fingerprint"])
 
     def test_fingerprint_format(self) -> None:
-        cert_path, _, _ = ensure_self_signed(self.data_dir)
+        (cert_path, _), _ = ensure_self_signed(self.data_dir)
         pem = read(cert_path)
         der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
         expected = hashlib.sha256(der).hexdigest().upper()
@@ -148,11 +151,77 @@ class SelfSignedTests(SynchronousTestCase):
         self.assertEqual(len(fingerprint.split(":")), 32)
         self.assertRegex(fingerprint, r"^([0-9A-F]{2}:){31}[0-9A-F]{2}$")
 
+    def test_rsa_pair_beside_for_the_same_names(self) -> None:
+        (ec_cert, _), (rsa_cert, rsa_key) = ensure_self_signed(self.data_dir, "acs.example.net")
+        tls_dir = os.path.join(self.data_dir, "tls")
+        self.assertEqual(
+            (rsa_cert, rsa_key),
+            (os.path.join(tls_dir, "acs-rsa-cert.pem"), os.path.join(tls_dir, "acs-rsa-key.pem")),
+        )
+        self.assertEqual(stat.S_IMODE(os.stat(rsa_key).st_mode), 0o600)
+        key = serialization.load_pem_private_key(read(rsa_key), password=None)
+        assert isinstance(key, rsa.RSAPrivateKey)
+        self.assertEqual(key.key_size, 2048)
+        cert = x509.load_pem_x509_certificate(read(rsa_cert))
+        self.assertEqual(san_of(cert), san_of(x509.load_pem_x509_certificate(read(ec_cert))))
+        # RSA key exchange (the legacy suites) encrypts to the key: RFC 5280 wants this bit.
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        self.assertTrue(usage.key_encipherment and usage.digital_signature)
+
+    def test_hostname_change_regenerates_both(self) -> None:
+        old = ensure_self_signed(self.data_dir, "old.example.net")
+        old_fingerprints = [fingerprint_sha256(read(cert)) for cert, _ in old]
+        with capturedLogs() as events:
+            new = ensure_self_signed(self.data_dir, "acs.example.net")
+        self.assertEqual(new, old)  # same files, new contents
+        new_fingerprints = [fingerprint_sha256(read(cert)) for cert, _ in new]
+        for cert_path, key_path in new:
+            cert = x509.load_pem_x509_certificate(read(cert_path))
+            self.assertEqual(san_of(cert)[0], "acs.example.net")
+            self.assertNotIn("old.example.net", san_of(cert))
+            server_options(cert_path, key_path)  # each new key matches its certificate
+        self.assertTrue(set(new_fingerprints).isdisjoint(old_fingerprints))
+        [event] = events  # one line says it, with both new fingerprints
+        self.assertEqual(event["log_level"], LogLevel.info)
+        self.assertEqual([event["ecdsa_fingerprint"], event["rsa_fingerprint"]], new_fingerprints)
+        self.assertIn("old.example.net", event["reason"])
+        text = formatEvent(event)
+        for fingerprint in new_fingerprints:
+            self.assertIn(fingerprint, text)
+
+    def test_torn_pair_is_made_again(self) -> None:
+        # A crash between the two renames: the new key beside the old certificate.
+        (cert_path, key_path), _ = ensure_self_signed(self.data_dir)
+        other_dir = make_tempdir(self)
+        (_, other_key), _ = ensure_self_signed(other_dir)
+        write(key_path, read(other_key))
+        with capturedLogs():
+            ensure_self_signed(self.data_dir)
+        server_options(cert_path, key_path)
+
+    def test_certificate_not_made_here_is_never_overwritten(self) -> None:
+        pairs = ensure_self_signed(self.data_dir, "old.example.net")
+        (_, _), (rsa_cert, rsa_key) = pairs
+        issued = CertAuthority().issue_server("old.example.net", key_type="rsa")
+        write(rsa_cert, issued.cert_pem())
+        write(rsa_key, issued.key_pem())
+        files = [path for pair in pairs for path in pair]
+        before = [snapshot(p) for p in files]
+        e = self.assertRaises(ValueError, ensure_self_signed, self.data_dir, "acs.example.net")
+        self.assertIn(rsa_cert, str(e))
+        self.assertIn("acs.cert_file", str(e))
+        self.assertEqual([snapshot(p) for p in files], before)  # the ECDSA pair too
+
+
+def san_of(cert: x509.Certificate) -> list[str]:
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return [str(name.value) for name in san]
+
 
 class ServerOptionsErrorTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.data_dir = make_tempdir(self)
-        self.cert_path, self.key_path, _ = ensure_self_signed(self.data_dir)
+        (self.cert_path, self.key_path), _ = ensure_self_signed(self.data_dir)
 
     def test_missing_file_names_path(self) -> None:
         missing = os.path.join(self.data_dir, "nope.pem")
@@ -186,7 +255,7 @@ class ServerOptionsErrorTests(SynchronousTestCase):
 
     def test_mismatched_key(self) -> None:
         other_dir = make_tempdir(self)
-        _, other_key, _ = ensure_self_signed(other_dir)
+        (_, other_key), _ = ensure_self_signed(other_dir)
         e = self.assertRaises(ValueError, server_options, self.cert_path, other_key)
         message = str(e)
         self.assertIn(other_key, message)
@@ -389,8 +458,23 @@ class PolicyUnitTests(SynchronousTestCase):
             self.assertTrue(name.startswith("ECDHE-"), name)
             self.assertTrue("-GCM-" in name or "CHACHA20-POLY1305" in name, name)
         self.assertIn("ECDHE-ECDSA-AES128-GCM-SHA256", modern)
+        self.assertIn("ECDHE-RSA-AES128-GCM-SHA256", modern)
         self.assertIn("ECDHE-RSA-CHACHA20-POLY1305", modern)
-        self.assertEqual(tls12_suites(True), [*modern, "AES128-SHA"])
+        # The old CPEs' suites come after every modern one, forward-secret first.
+        self.assertEqual(
+            tls12_suites(True),
+            [
+                *modern,
+                "ECDHE-ECDSA-AES128-SHA",
+                "ECDHE-RSA-AES128-SHA",
+                "ECDHE-ECDSA-AES256-SHA",
+                "ECDHE-RSA-AES256-SHA",
+                "AES128-GCM-SHA256",
+                "AES256-GCM-SHA384",
+                "AES128-SHA",  # TLS_RSA_WITH_AES_128_CBC_SHA, TR-069's mandatory suite
+                "AES256-SHA",
+            ],
+        )
 
     def test_legacy_with_ecdsa_certificate_warns(self) -> None:
         with capturedLogs() as events:
@@ -401,7 +485,21 @@ class PolicyUnitTests(SynchronousTestCase):
         rsa_cert, rsa_key = self.ca.issue_server(key_type="rsa").write(self.dir, "rsa")
         with capturedLogs() as events:
             server_options(rsa_cert, rsa_key, legacy_ciphers=True)
+            server_options(
+                self.cert_path, self.key_path, second_pair=(rsa_cert, rsa_key), legacy_ciphers=True
+            )
         self.assertEqual([e for e in events if e.get("log_level") == LogLevel.warn], [])
+
+    def test_two_certificates_of_one_key_type_refused(self) -> None:
+        # OpenSSL would silently serve only the second.
+        other = self.ca.issue_server().write(self.dir, "other")
+        e = self.assertRaises(
+            ValueError, server_options, self.cert_path, self.key_path, second_pair=other
+        )
+        self.assertIn(other[0], str(e))
+        self.assertIn("ECDSA", str(e))
+        rsa_pair = self.ca.issue_server(key_type="rsa").write(self.dir, "rsa")
+        self.assertRaises(ValueError, ReloadableServerTLS, *rsa_pair, second_pair=rsa_pair)
 
 
 class TLSServerTests(TestCase):
@@ -415,7 +513,7 @@ class TLSServerTests(TestCase):
         self.ca_path = self.ca.write(self.dir)
 
     async def test_self_signed_tls12_and_tls13_with_matching_fingerprint(self) -> None:
-        cert_path, key_path, _ = ensure_self_signed(self.dir)
+        (cert_path, key_path), _ = ensure_self_signed(self.dir)
         port, factory = await listen(self, server_options(cert_path, key_path))
         expected = fingerprint_sha256(read(cert_path))
         for version, name in [
@@ -429,8 +527,11 @@ class TLSServerTests(TestCase):
         self.assertEqual(len(factory.handshakes), 2)
 
     async def test_tls10_and_tls11_clients_are_refused(self) -> None:
+        # With both certificates and the legacy suites: none of them brings back TLS 1.0/1.1.
         cert_path, key_path = self.ca.issue_server().write(self.dir, "server")
-        port, factory = await listen(self, server_options(cert_path, key_path))
+        rsa_pair = self.ca.issue_server(key_type="rsa").write(self.dir, "rsa")
+        options = server_options(cert_path, key_path, second_pair=rsa_pair, legacy_ciphers=True)
+        port, factory = await listen(self, options)
         for version in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
@@ -465,17 +566,22 @@ class TLSServerTests(TestCase):
             ciphers="AES128-SHA:AES256-SHA:ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES128-SHA"
             ":AES128-SHA256:ECDHE-RSA-AES128-SHA256",
         )
+        mandatory_only = client_context(self.ca_path, ssl.TLSVersion.TLSv1_2, ciphers="AES128-SHA")
         modern = client_context(self.ca_path, ssl.TLSVersion.TLSv1_2)
 
         strict, strict_factory = await listen(self, server_options(rsa_cert, rsa_key))
-        seen = await deferToThread(converse, strict, cbc_only)
-        self.assertIn("HANDSHAKE_FAILURE", seen.get("refused", "").upper(), seen)
+        for client in (cbc_only, mandatory_only):
+            seen = await deferToThread(converse, strict, client)
+            self.assertIn("HANDSHAKE_FAILURE", seen.get("refused", "").upper(), seen)
         self.assertEqual(strict_factory.handshakes, [])
 
         legacy, _ = await listen(self, server_options(rsa_cert, rsa_key, legacy_ciphers=True))
-        seen = await deferToThread(converse, legacy, cbc_only)
+        seen = await deferToThread(converse, legacy, mandatory_only)
         self.assertEqual(seen.get("cipher"), "AES128-SHA", seen)
         self.assertEqual(seen["version"], "TLSv1.2")
+        # A CBC-only client that can do ECDHE keeps forward secrecy.
+        seen = await deferToThread(converse, legacy, cbc_only)
+        self.assertEqual(seen.get("cipher"), "ECDHE-RSA-AES128-SHA", seen)
         # Clients that can do better still get a forward-secret AEAD suite.
         seen = await deferToThread(converse, legacy, modern)
         self.assertRegex(seen["cipher"], r"^ECDHE-RSA-(AES\d+-GCM-SHA\d+|CHACHA20-POLY1305)$")
@@ -483,7 +589,7 @@ class TLSServerTests(TestCase):
         with capturedLogs():  # the warning about the ECDSA certificate
             options = server_options(ec_cert, ec_key, legacy_ciphers=True)
         ecdsa, _ = await listen(self, options)
-        seen = await deferToThread(converse, ecdsa, cbc_only)
+        seen = await deferToThread(converse, ecdsa, mandatory_only)
         self.assertIn("refused", seen)
 
     async def test_sessions_resume(self) -> None:
@@ -528,9 +634,84 @@ class TLSServerTests(TestCase):
         self.assertEqual(chain, [leaf.cert, intermediate.cert])
 
 
-def _peer_chain(port: int) -> list[x509.Certificate]:
-    """The certificates the server sent, as seen by a pyOpenSSL client."""
+class TwoCertificateTests(TestCase):
+    """An ECDSA and an RSA certificate from one context: each client gets the one it can use."""
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        self.dir = make_tempdir(self)
+
+    async def test_generated_pair_serves_rsa_only_and_ecdsa_only_clients(self) -> None:
+        (ec_cert, ec_key), rsa_pair = ensure_self_signed(self.dir)
+        rsa_cert = rsa_pair[0]
+        port, factory = await listen(self, server_options(ec_cert, ec_key, second_pair=rsa_pair))
+        tls12 = ssl.TLSVersion.TLSv1_2
+        cases = [
+            # Each client verifies the certificate it gets against that certificate alone.
+            (client_context(rsa_cert, tls12, ciphers="ECDHE-RSA-AES128-GCM-SHA256"), rsa_cert),
+            (client_context(rsa_cert, tls12, ciphers="aRSA+AESGCM"), rsa_cert),
+            (client_context(ec_cert, tls12, ciphers="ECDHE-ECDSA-AES128-GCM-SHA256"), ec_cert),
+            (client_context(ec_cert, tls12, ciphers="aECDSA"), ec_cert),
+            (client_context(ec_cert, tls12), ec_cert),  # both offered: ECDSA, the cheaper
+            (client_context(ec_cert), ec_cert),  # TLS 1.3
+        ]
+        for ctx, expected in cases:
+            seen = await deferToThread(converse, port, ctx)
+            self.assertNotIn("refused", seen)
+            self.assertEqual(seen["peer"], x509.load_pem_x509_certificate(read(expected)))
+            self.assertEqual(seen["answer"], fingerprint_sha256(read(expected)))
+        self.assertEqual(len(factory.handshakes), len(cases))
+
+    async def test_mandatory_suite_needs_legacy_ciphers(self) -> None:
+        (ec_cert, ec_key), rsa_pair = ensure_self_signed(self.dir)
+        rsa_cert = rsa_pair[0]
+        mandatory = client_context(rsa_cert, ssl.TLSVersion.TLSv1_2, ciphers="AES128-SHA")
+
+        strict, strict_factory = await listen(
+            self, server_options(ec_cert, ec_key, second_pair=rsa_pair)
+        )
+        seen = await deferToThread(converse, strict, mandatory)
+        self.assertIn("HANDSHAKE_FAILURE", seen.get("refused", "").upper(), seen)
+        self.assertEqual(strict_factory.handshakes, [])
+
+        options = server_options(ec_cert, ec_key, second_pair=rsa_pair, legacy_ciphers=True)
+        legacy, _ = await listen(self, options)
+        seen = await deferToThread(converse, legacy, mandatory)
+        self.assertEqual((seen.get("version"), seen.get("cipher")), ("TLSv1.2", "AES128-SHA"))
+        self.assertEqual(seen["peer"], x509.load_pem_x509_certificate(read(rsa_cert)))
+        # Everyone else is unaffected by the legacy suites.
+        seen = await deferToThread(
+            converse, legacy, client_context(ec_cert, ssl.TLSVersion.TLSv1_2)
+        )
+        self.assertRegex(seen["cipher"], r"^ECDHE-ECDSA-(AES\d+-GCM-SHA\d+|CHACHA20-POLY1305)$")
+
+    async def test_configured_pairs_each_send_their_own_chain(self) -> None:
+        ca = CertAuthority()
+        ca_path = ca.write(self.dir)
+        ec_leaf = CertAuthority("cwmpgw Test ECDSA Intermediate", parent=ca).issue_server()
+        rsa_leaf = CertAuthority("cwmpgw Test RSA Intermediate", parent=ca).issue_server(
+            key_type="rsa"
+        )
+        ec_pair, rsa_pair = ec_leaf.write(self.dir, "ec"), rsa_leaf.write(self.dir, "rsa")
+        port, _ = await listen(self, server_options(*ec_pair, second_pair=rsa_pair))
+        tls12 = ssl.TLSVersion.TLSv1_2
+        # Trusting only the root: each verifies only if its own intermediate came with it.
+        for ciphers, leaf in (("aRSA", rsa_leaf), ("aECDSA", ec_leaf)):
+            seen = await deferToThread(
+                converse, port, client_context(ca_path, tls12, ciphers=ciphers)
+            )
+            self.assertEqual(seen.get("peer"), leaf.cert, seen)
+            chain = await deferToThread(_peer_chain, port, ciphers)
+            self.assertEqual(chain, [leaf.cert, *leaf.chain])
+
+
+def _peer_chain(port: int, ciphers: str | None = None) -> list[x509.Certificate]:
+    """The certificates the server sent, as seen by a pyOpenSSL client (TLS 1.2 if ciphers)."""
     ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    if ciphers is not None:
+        ctx.set_max_proto_version(SSL.TLS1_2_VERSION)
+        ctx.set_cipher_list(ciphers.encode())
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
         raw.settimeout(None)  # pyOpenSSL needs a blocking socket; the server always answers
         conn = SSL.Connection(ctx, raw)
@@ -716,3 +897,45 @@ class SighupReloadTests(TestCase):
         self.assertEqual(await reloaded, (True, True))
         seen = await deferToThread(converse, port, client_context(ca.write(data_dir)))
         self.assertEqual(seen["peer"], second.cert)
+
+    async def test_sighup_reloads_both_certificates(self) -> None:
+        from twisted.internet import reactor
+
+        original = signal.getsignal(signal.SIGHUP)
+        self.addCleanup(signal.signal, signal.SIGHUP, original)
+        data_dir = make_tempdir(self)
+        ca = CertAuthority()
+        ca_path = ca.write(data_dir)
+        old_ec, old_rsa = ca.issue_server(), ca.issue_server(key_type="rsa")
+        ec_pair, rsa_pair = old_ec.write(data_dir, "ec"), old_rsa.write(data_dir, "rsa")
+        tls = ReloadableServerTLS(*ec_pair, second_pair=rsa_pair)
+        self.assertEqual(
+            tls.fingerprints, (fingerprint_of(old_ec.cert), fingerprint_of(old_rsa.cert))
+        )
+        port, _ = await listen(self, tls)
+
+        reloaded: Deferred[bool] = Deferred()
+        events: list[dict[str, Any]] = []
+
+        def on_sighup() -> None:
+            with capturedLogs() as captured:
+                done = tls.reload()
+            events.extend(captured)
+            reloaded.callback(done)
+
+        self.addCleanup(install_sighup(reactor, on_sighup))
+        new_ec, new_rsa = ca.issue_server(), ca.issue_server(key_type="rsa")
+        new_ec.write(data_dir, "ec")
+        new_rsa.write(data_dir, "rsa")
+        os.kill(os.getpid(), signal.SIGHUP)
+        self.assertTrue(await reloaded)
+        new = (fingerprint_of(new_ec.cert), fingerprint_of(new_rsa.cert))
+        self.assertEqual(tls.fingerprints, new)
+        [event] = events
+        self.assertEqual(event["fingerprints"], list(new))
+        tls12 = ssl.TLSVersion.TLSv1_2
+        for ciphers, leaf in (("aECDSA", new_ec), ("aRSA", new_rsa)):
+            seen = await deferToThread(
+                converse, port, client_context(ca_path, tls12, ciphers=ciphers)
+            )
+            self.assertEqual(seen["peer"], leaf.cert)

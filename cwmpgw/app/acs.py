@@ -22,7 +22,7 @@ from cwmpgw.acs.engine import AcsEngine
 from cwmpgw.acs.nonceclaims import RedisNonceClaims, shared_nonce_secret
 from cwmpgw.acs.resource import AcsResource, AcsSite, ClientCertificates
 from cwmpgw.acs.throttle import AuthThrottle
-from cwmpgw.acs.tls import ReloadableServerTLS, ensure_self_signed, fingerprint_sha256
+from cwmpgw.acs.tls import ReloadableServerTLS, describe_certificates, ensure_self_signed
 from cwmpgw.app.tree import Listener
 from cwmpgw.availability import AdmitWhileAvailable, GuardedRedis, RedisAvailability
 from cwmpgw.bus.events import IEventSink
@@ -39,16 +39,19 @@ __all__ = ["AcsListener", "certificate", "make_acs", "make_engine"]
 _log = Logger()
 
 
-def certificate(config: Config, data_dir: str) -> tuple[str, str]:
-    """The ACS certificate and key files: configured, else the self-signed pair."""
+def certificate(config: Config, data_dir: str) -> tuple[tuple[str, str], tuple[str, str] | None]:
+    """The ACS certificate pairs (cert, key): configured, else the generated ECDSA and RSA
+    pair; the second is None when only one is configured."""
     acs = config.acs
-    cert_file, key_file = acs.cert_file, acs.key_file
-    if not cert_file:
-        cert_file, key_file, _ = ensure_self_signed(data_dir, acs.certificate_hostname)
-    with open(cert_file, "rb") as f:
-        fingerprint = fingerprint_sha256(f.read())
-    _log.info("TLS certificate SHA-256 fingerprint {fingerprint}", fingerprint=fingerprint)
-    return cert_file, key_file
+    pair = (acs.cert_file, acs.key_file)
+    second = (acs.rsa_cert_file, acs.rsa_key_file) if acs.rsa_cert_file else None
+    if not acs.cert_file:
+        pair, second = ensure_self_signed(data_dir, acs.certificate_hostname)
+    _log.info(
+        "TLS certificate SHA-256 fingerprints: {certificates}",
+        certificates=describe_certificates([pair, *([second] if second else [])]),
+    )
+    return pair, second
 
 
 def make_engine(
@@ -248,10 +251,10 @@ def make_acs(
     acs = config.acs
     tls = None
     if acs.tls:
-        cert_file, key_file = certificate(config, data_dir)
+        pair, second_pair = certificate(config, data_dir)
         tls = ReloadableServerTLS(
-            cert_file,
-            key_file,
+            *pair,
+            second_pair=second_pair,
             client_certs=acs.client_certs,
             ca_file=acs.client_ca_file or None,
             legacy_ciphers=acs.legacy_ciphers,

@@ -47,12 +47,14 @@ def make_api(
     site = NbiSite(resource, reactor=reactor)
     endpoint: IStreamServerEndpoint
     if cfg.tls:
-        if cfg.cert_file:
-            cert_file, key_file = cfg.cert_file, cfg.key_file
-        else:
-            cert_file, key_file = certificate(config, data_dir)
+        pair, second_pair = (cfg.cert_file, cfg.key_file), None
+        if not cfg.cert_file:
+            pair, second_pair = certificate(config, data_dir)
         endpoint = SSL4ServerEndpoint(
-            reactor, cfg.port, server_options(cert_file, key_file), interface=cfg.interface
+            reactor,
+            cfg.port,
+            server_options(*pair, second_pair=second_pair),
+            interface=cfg.interface,
         )
     else:
         endpoint = tcp_endpoint(reactor, cfg.port, cfg.interface)
