@@ -10,8 +10,8 @@ before it made; the parts themselves are made in :mod:`cwmpgw.app`.
 
 from __future__ import annotations
 
+import functools
 import os
-import re
 from typing import Any
 
 from twisted.application.service import IService, Service
@@ -22,10 +22,12 @@ from cwmpgw.acs.engine import AcsEngine
 from cwmpgw.acs.resource import AcsSite
 from cwmpgw.app import acs as acs_part
 from cwmpgw.app import nbi as nbi_part
-from cwmpgw.app.connreq import ConnreqPart, guard_policy
+from cwmpgw.app.connreq import ConnreqPart
 from cwmpgw.app.metrics import make_metrics, redis_sampler
-from cwmpgw.app.redis import START_TIMEOUT, RedisPart
-from cwmpgw.app.tree import FunctionPart, Listener, OrderedTree
+from cwmpgw.app.redis import RedisPart
+from cwmpgw.app.state import StatePart, spool_name
+from cwmpgw.app.tasks import make_provisioner, make_task_service
+from cwmpgw.app.tree import Listener, OrderedTree, Part
 from cwmpgw.availability import GuardedRedis, RedisAvailability
 from cwmpgw.bus.listener import EventListener
 from cwmpgw.bus.spool import SpoolingEventSink
@@ -34,13 +36,15 @@ from cwmpgw.connreq.waker import ConnectionRequestService
 from cwmpgw.metrics import MeteredEventSink, Metrics
 from cwmpgw.nbi.commands import CommandConsumer
 from cwmpgw.nbi.directory import DeviceDirectory
+from cwmpgw.nbi.health import GatewayHealth
 from cwmpgw.provision.provisioner import Provisioner, RedisRotations
 from cwmpgw.store.redis import RedisConnReqCredentialStore, RedisCredentialStore, RedisDeviceStore
+from cwmpgw.tasks.expiry import expiry_service
 from cwmpgw.tasks.runner import TaskRunner
 from cwmpgw.tasks.store import RedisTaskService
 from cwmpgw.workers import WorkerPool
 
-__all__ = ["GatewayService", "guard_policy", "make_service"]
+__all__ = ["GatewayService", "make_service"]
 
 
 def make_service(config: Config, reactor: Any = None) -> IService:
@@ -74,7 +78,7 @@ class GatewayService(OrderedTree):
         self.runner: TaskRunner | None = None
         self.rotations: RedisRotations | None = None
         self.provisioner: Provisioner | None = None
-        self._acs: acs_part.AcsListener | None = None
+        self._acs: acs_part.AcsPart | None = None
         self._nbi: Listener | None = None
         self._metrics: Listener | None = None
         self.directory: DeviceDirectory | None = None
@@ -84,7 +88,7 @@ class GatewayService(OrderedTree):
             [
                 self._step_redis,
                 self._step_listener,
-                self._step_events,
+                self._step_state,
                 self._step_connreq,
                 self._step_tasks,
                 self._step_acs,
@@ -158,65 +162,25 @@ class GatewayService(OrderedTree):
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
         return self._redis
 
-    def _step_listener(self) -> FunctionPart:
-        target = self._redis.target
-        assert target is not None
-        listener = self.listener = EventListener(
-            self._redis.connector(),
-            self.config.redis.prefix,
-            clock=self._reactor,
-            password=target.password,
-        )
+    def _step_listener(self) -> Part:
+        self.listener, part = self._redis.event_listener(self.config.redis.prefix)
+        return part
 
-        async def start() -> None:
-            listener.startService()
-            await listener.whenSubscribed().addTimeout(START_TIMEOUT, self._reactor)
-
-        async def stop() -> None:
-            await listener.stopService()
-
-        return FunctionPart("listener", start, stop)
-
-    def _step_events(self) -> FunctionPart:
-        from cwmpgw.bus.redis import RedisEventBus
-        from cwmpgw.bus.spool import RedisSpoolWriter
-        from cwmpgw.store.secretbox import SecretBox, load_or_create_key
-
+    def _step_state(self) -> StatePart:
         redis, availability = self._up()
-        cfg, prefix, clock = self.config, self.config.redis.prefix, self._reactor
-        maxlen = cfg.events.stream_maxlen
-        # Events spool to disk while Redis is down and are replayed, in order, once.
-        spool = self.spool = SpoolingEventSink(
-            RedisEventBus(redis, prefix, stream_maxlen=maxlen),
-            RedisSpoolWriter(redis, prefix, clock=clock, stream_maxlen=maxlen),
-            os.path.join(self.data_dir, "spool", self._spool_name()),
+        per_process = self._reuse_port and self.config.gateway.workers == 1
+        state = StatePart(
+            self.config,
+            self._reactor,
+            self.data_dir,
+            redis=redis,
             availability=availability,
-            clock=clock,
-            max_bytes=cfg.events.spool_max_mb * 1024 * 1024,
+            metrics=self.metrics,
+            spool_file=spool_name(self.node, per_process=per_process),
         )
-        self.metrics.events_spooled.set_function(lambda: spool.pending)
-        self.events = MeteredEventSink(spool, self.metrics)
-        self.devices = RedisDeviceStore(redis, prefix, stream_maxlen=maxlen)
-        self.credentials = RedisCredentialStore(redis, prefix)
-        key_file = cfg.connreq.key_file or os.path.join(self.data_dir, "connreq.key")
-        self.connreq_credentials = RedisConnReqCredentialStore(
-            redis, prefix, SecretBox(load_or_create_key(key_file))
-        )
-
-        async def start() -> None:
-            spool.start()
-
-        async def stop() -> None:
-            # Live publishes under way end (or are spooled); a replay batch finishes.
-            await spool.stop()
-
-        return FunctionPart("events", start, stop)
-
-    def _spool_name(self) -> str:
-        """One spool file per process: a node's worker processes share the data dir."""
-        if not (self._reuse_port and self.config.gateway.workers == 1):
-            return "events.jsonl"
-        return "events-" + re.sub(r"[^A-Za-z0-9._-]", "_", self.node) + ".jsonl"
+        self.spool, self.events, self.devices = state.spool, state.events, state.devices
+        self.credentials, self.connreq_credentials = state.credentials, state.connreq_credentials
+        return state
 
     def _step_connreq(self) -> ConnreqPart | None:
         if not self.config.connreq.enabled:
@@ -235,41 +199,25 @@ class GatewayService(OrderedTree):
         return self._connreq
 
     def _step_tasks(self) -> Service:
-        from cwmpgw.tasks.expiry import expiry_service
-
         redis, availability = self._up()
-        cfg, prefix = self.config.tasks, self.config.redis.prefix
         assert self.devices and self.credentials and self.connreq_credentials and self.events
-        self.tasks = RedisTaskService(
-            redis,
-            prefix,
-            events=self.events,
-            clock=self._reactor,
-            node=self.node,
-            listener=self.listener,
-            default_expiry=cfg.default_expiry,
-            max_attempts=cfg.max_attempts,
-            keep_finished=cfg.keep_finished,
-            gpv_batch=cfg.gpv_batch,
-            report_timeout=cfg.report_timeout,
-            stream_maxlen=self.config.events.stream_maxlen,
+        self.tasks = make_task_service(
+            self.config, self._reactor, redis, events=self.events, listener=self.listener
         )
-        self.runner = TaskRunner(self.tasks, self.devices, gpv_batch=cfg.gpv_batch)
-        self.rotations = RedisRotations(redis, prefix)
-        self.provisioner = Provisioner(
+        self.runner = TaskRunner(self.tasks, self.devices, gpv_batch=self.config.tasks.gpv_batch)
+        self.rotations = RedisRotations(redis, self.config.redis.prefix)
+        self.provisioner = make_provisioner(
+            self.config,
+            self._reactor,
             self.runner,
+            self.rotations,
             credentials=self.credentials,
             connreq_credentials=self.connreq_credentials,
-            rotations=self.rotations,
             events=self.events,
-            clock=self._reactor,
-            node=self.node,
-            realm=self.config.auth.realm,
-            config=self.config.provision,
         )
         return expiry_service(self.tasks, availability, self._reactor)
 
-    def _step_acs(self) -> FunctionPart:
+    def _step_acs(self) -> acs_part.AcsPart:
         redis, availability = self._up()
         assert self.devices and self.credentials and self.events and self.provisioner
         engine = acs_part.make_engine(
@@ -282,33 +230,29 @@ class GatewayService(OrderedTree):
             requests=self.provisioner,
             metrics=self.metrics,
         )
-        credentials, promoted = self.credentials, self.provisioner.promoted
-
-        async def start() -> None:
-            # The site needs the shared nonce secret from Redis before it can listen.
-            site = await acs_part.make_site(
-                self.config,
-                self._reactor,
-                engine,
-                redis=redis,
-                availability=availability,
-                credentials=credentials,
-                on_promoted=promoted,
-            )
-            self._acs = acs_part.make_acs(
-                self.config, self._reactor, site, self.data_dir, reuse_port=self._reuse_port
-            )
-            self._acs.setServiceParent(self)  # type: ignore[no-untyped-call]
-            await self._acs.whenStarted()
-
-        return FunctionPart("acs-setup", start)
+        make_site = functools.partial(
+            acs_part.make_site,
+            self.config,
+            self._reactor,
+            engine,
+            redis=redis,
+            availability=availability,
+            credentials=self.credentials,
+            on_promoted=self.provisioner.promoted,
+        )
+        self._acs = acs_part.AcsPart(
+            self.config,
+            self._reactor,
+            self.data_dir,
+            engine,
+            make_site,
+            reuse_port=self._reuse_port,
+        )
+        return self._acs
 
     def _step_api(self) -> Listener | None:
         if not self.config.nbi.enabled:
             return None
-        from cwmpgw.nbi.health import GatewayHealth
-
-        redis, availability = self._up()
         assert self.devices and self.credentials and self.connreq_credentials and self.tasks
         self.directory = DeviceDirectory(
             self.devices,
@@ -318,14 +262,6 @@ class GatewayService(OrderedTree):
             tasks=self.tasks,
             rotations=self.rotations,
         )
-        health = GatewayHealth(
-            redis,
-            clock=self._reactor,
-            node=self.node,
-            listener=self.listener,
-            availability=availability,
-            spool=self.spool,
-        )
         self._nbi = nbi_part.make_api(
             self.config,
             self._reactor,
@@ -333,7 +269,14 @@ class GatewayService(OrderedTree):
             tasks=self.tasks,
             directory=self.directory,
             waker=self.connreq,
-            health=health,
+            health=GatewayHealth(
+                self._up()[0],
+                availability=self._up()[1],
+                clock=self._reactor,
+                node=self.node,
+                listener=self.listener,
+                spool=self.spool,
+            ),
         )
         return self._nbi
 
@@ -352,15 +295,13 @@ class GatewayService(OrderedTree):
         return self.commands
 
     def _step_metrics(self) -> Listener | None:
-        if not self.config.metrics.enabled:
-            return None
-        self._metrics = make_metrics(self.config, self._reactor, self.metrics)
+        if self.config.metrics.enabled:
+            self._metrics = make_metrics(self.config, self._reactor, self.metrics)
         return self._metrics
 
     def _step_sampler(self) -> Service | None:
-        if not self.config.metrics.enabled:
-            return None
-        return redis_sampler(self._reactor, self.metrics, *self._up())
+        enabled = self.config.metrics.enabled
+        return redis_sampler(self._reactor, self.metrics, *self._up()) if enabled else None
 
     def _step_workers(self) -> WorkerPool | None:
         if self.config.gateway.workers <= 1:

@@ -248,8 +248,8 @@ class PolicyTests(SynchronousTestCase):
         )
 
     def test_the_gateways_policy_keeps_its_own_listeners_out_of_reach(self) -> None:
+        from cwmpgw.app.connreq import guard_policy
         from cwmpgw.config import parse_config
-        from cwmpgw.service import guard_policy
 
         config = parse_config(
             {

@@ -7,11 +7,12 @@ live sessions may finish (up to ``acs.drain_timeout``), the rest are ended.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -22,7 +23,12 @@ from cwmpgw.acs.engine import AcsEngine
 from cwmpgw.acs.nonceclaims import RedisNonceClaims, shared_nonce_secret
 from cwmpgw.acs.resource import AcsResource, AcsSite, ClientCertificates
 from cwmpgw.acs.throttle import AuthThrottle
-from cwmpgw.acs.tls import ReloadableServerTLS, describe_certificates, ensure_self_signed
+from cwmpgw.acs.tls import (
+    ReloadableServerTLS,
+    describe_certificates,
+    ensure_self_signed,
+    install_sighup,
+)
 from cwmpgw.app.tree import Listener
 from cwmpgw.availability import AdmitWhileAvailable, GuardedRedis, RedisAvailability
 from cwmpgw.bus.events import IEventSink
@@ -34,7 +40,7 @@ from cwmpgw.store.sessionlock import RedisSessionLock
 from cwmpgw.web.digest import DigestCredentialFactory
 from cwmpgw.web.site import ConnectionGate
 
-__all__ = ["AcsListener", "certificate", "make_acs", "make_engine"]
+__all__ = ["AcsPart", "certificate", "make_engine", "make_site", "tcp_endpoint"]
 
 _log = Logger()
 
@@ -166,50 +172,62 @@ async def make_site(
     )
 
 
-class AcsListener(Listener):
-    """The ACS port; stopping it drains the live sessions before they are ended."""
+class AcsPart(Listener):
+    """The ACS port. Its site is made when it starts (the nonce secret comes from Redis);
+    stopping it drains the live sessions before they are ended."""
 
     def __init__(
         self,
-        endpoint: IStreamServerEndpoint,
-        site: AcsSite,
-        *,
         config: Config,
-        tls: ReloadableServerTLS | None,
-        reuse_port: bool,
         reactor: Any,
+        data_dir: str,
+        engine: AcsEngine,
+        make_site: Callable[[], Awaitable[AcsSite]],
+        *,
+        reuse_port: bool,
     ) -> None:
         acs = config.acs
-        factory: Any = TLSMemoryBIOFactory(tls, False, site) if tls is not None else site
-        scheme = "https" if tls is not None else "http"
+        scheme = "https" if acs.tls else "http"
         super().__init__(
             "acs",
-            endpoint,
-            ConnectionGate(site, factory),
+            tcp_endpoint(reactor, acs.port, acs.interface),
+            Factory(),  # replaced by the gate in front of the site at start
             f"ACS endpoint listening on {scheme}://{{host}}:{{port}}{acs.path}",
         )
-        self.site = site
-        self.engine = site.engine
-        self.tls = tls
+        self.engine = engine
+        self.site: AcsSite | None = None
+        self.tls: ReloadableServerTLS | None = None
+        self._make_site = make_site
+        self._data_dir = data_dir
         self._reuse_port = reuse_port
         self._config = config
         self._reactor = reactor
         self._uninstall_sighup: Callable[[], None] | None = None
 
     async def start(self) -> None:
+        acs = self._config.acs
+        self.site = site = await self._make_site()
+        if acs.tls:
+            pair, second_pair = certificate(self._config, self._data_dir)
+            self.tls = ReloadableServerTLS(
+                *pair,
+                second_pair=second_pair,
+                client_certs=acs.client_certs,
+                ca_file=acs.client_ca_file or None,
+                legacy_ciphers=acs.legacy_ciphers,
+            )
+        inner: Any = TLSMemoryBIOFactory(self.tls, False, site) if self.tls else site
+        self.factory = ConnectionGate(site, inner)
         if self._reuse_port:
             # Workers of one node share the port (SO_REUSEPORT), so it is bound by hand.
             from cwmpgw.workers import listen_reuseport
 
-            acs = self._config.acs
             self.port = listen_reuseport(self._reactor, acs.port, acs.interface, self.factory)
             address: Any = self.port.getHost()
             self._log.info(self._describe, host=address.host, port=address.port)
         else:
             await super().start()
         if self.tls is not None:
-            from cwmpgw.acs.tls import install_sighup
-
             # SIGHUP: new certificates for new connections; live sessions keep theirs.
             self._uninstall_sighup = install_sighup(self._reactor, self.tls.reload)
 
@@ -226,6 +244,7 @@ class AcsListener(Listener):
     async def _drain(self) -> None:
         """Let live sessions finish (up to acs.drain_timeout), then end the rest."""
         site, deadline = self.site, self._config.acs.drain_timeout
+        assert site is not None
         site.drain()
         waited = 0.0
         # Only sessions whose CPE is still connected can finish: the port is closed.
@@ -243,26 +262,6 @@ class AcsListener(Listener):
             await self.engine.flush().addTimeout(5, self._reactor)
         except Exception:
             self._log.warn("some events of the last sessions could not be published")
-
-
-def make_acs(
-    config: Config, reactor: Any, site: AcsSite, data_dir: str, *, reuse_port: bool
-) -> AcsListener:
-    acs = config.acs
-    tls = None
-    if acs.tls:
-        pair, second_pair = certificate(config, data_dir)
-        tls = ReloadableServerTLS(
-            *pair,
-            second_pair=second_pair,
-            client_certs=acs.client_certs,
-            ca_file=acs.client_ca_file or None,
-            legacy_ciphers=acs.legacy_ciphers,
-        )
-    endpoint = tcp_endpoint(reactor, acs.port, acs.interface)
-    return AcsListener(
-        endpoint, site, config=config, tls=tls, reuse_port=reuse_port, reactor=reactor
-    )
 
 
 def tcp_endpoint(reactor: Any, port: int, interface: str) -> IStreamServerEndpoint:

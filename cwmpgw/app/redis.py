@@ -15,8 +15,9 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
 from twisted.logger import Logger
 
-from cwmpgw.app.tree import Part
+from cwmpgw.app.tree import FunctionPart, Part
 from cwmpgw.availability import GuardedRedis, RedisAvailability
+from cwmpgw.bus.listener import EventListener
 from cwmpgw.config import RedisConfig, RedisTarget
 from cwmpgw.store.embedded import EmbeddedRedisService
 
@@ -138,6 +139,24 @@ class RedisPart(Part):
         # txredisapi would report an unhandled error. Nobody needs it.
         conn._connected.addErrback(lambda _: None)
         return succeed(conn)
+
+    def event_listener(self, prefix: str) -> tuple[EventListener, Part]:
+        """The event listener on a connection of its own, and the part that starts it:
+        started once it is subscribed."""
+        target = self.target
+        assert target is not None
+        listener = EventListener(
+            self.connector(), prefix, clock=self._reactor, password=target.password
+        )
+
+        async def start() -> None:
+            listener.startService()
+            await listener.whenSubscribed().addTimeout(START_TIMEOUT, self._reactor)
+
+        async def stop() -> None:
+            await listener.stopService()
+
+        return listener, FunctionPart("listener", start, stop)
 
     async def stop(self) -> None:
         if self.availability is not None:

@@ -47,6 +47,7 @@ ALLOWED: dict[str, set[str]] = {
         "connreq",
         "metrics",
         "nbi",
+        "provision",
         "sessions",
         "store",
         "tasks",
