@@ -127,8 +127,12 @@ class DigestSessionTests(Base):
         auth = digest_client.authorization(challenge, USER, PASSWORD)
         self.assertEqual(conn.post(cpe.inform(), {"Authorization": auth}).status, 200)
         replay = self.acs.connect(peer="198.51.100.9").post(cpe.inform(), {"Authorization": auth})
+        # Refused; the response was right, so the answer is a fresh nonce (stale=true)
+        # and nothing is counted: the replayer learns nothing it did not know.
         self.assertEqual(replay.status, 401)
-        self.assertEqual(self.types()[-1], "auth.failed")
+        self.assertTrue(all(v.endswith("stale=true") for v in replay.headers["www-authenticate"]))
+        self.assertNotIn("auth.failed", self.types())
+        self.assertEqual(self.types().count("inform"), 1)
 
     def test_version_negotiation(self) -> None:
         _, response = self.open_session(supported_versions="1.0,1.1,1.2,1.3,1.4")
@@ -173,11 +177,22 @@ class AuthFailureTests(Base):
         self.assertEqual(self.acs.devices.devices, {})
         self.assertEqual(len(self.acs.engine.registry), 0)
 
-    def test_unsupported_scheme(self) -> None:
+    def test_scheme_not_offered_gets_the_challenge(self) -> None:
+        # TR-069 §3.4.4: over TLS a CPE SHOULD send Basic pre-emptively. Basic is not
+        # offered here, so its answer is the Digest challenge, and it is no failure.
         basic = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-        response = self.acs.connect(secure=True).post(cpe.inform(), {"Authorization": basic})
-        self.assertEqual(response.status, 401)
-        self.assertEqual(self.types(), ["auth.failed"])
+        for header in (basic, "Bearer abc", "Negotiate"):
+            conn = self.acs.connect(secure=True)
+            response = conn.post(cpe.inform(), {"Authorization": header})
+            self.assertEqual(response.status, 401)
+            challenges = response.headers["www-authenticate"]
+            self.assertTrue(challenges and all(v.startswith("Digest ") for v in challenges))
+            self.assertFalse(any("stale" in v for v in challenges))
+            self.assertFalse(conn.closing)
+            answer = digest_client.authorization(digest_client.pick(challenges), USER, PASSWORD)
+            self.assertEqual(conn.post(cpe.inform(), {"Authorization": answer}).status, 200)
+        self.assertNotIn("auth.failed", self.types())
+        self.assertEqual(self.types().count("inform"), 3)
 
 
 class BasicTests(Base):
@@ -200,13 +215,17 @@ class BasicTests(Base):
 
     def test_basic_refused_over_plain_http(self) -> None:
         response = self.acs.connect().post(cpe.inform(), self.basic())
+        # Not accepted, not counted: the answer is the challenge of what is offered here.
         self.assertEqual(response.status, 401)
-        self.assertIn("plain HTTP", self.acs.bus.events[-1].data["reason"])
+        challenges = response.headers["www-authenticate"]
+        self.assertTrue(challenges and all(v.startswith("Digest ") for v in challenges))
+        self.assertEqual(self.acs.bus.events, [])
         self.assertEqual(self.acs.devices.devices, {})
 
     def test_basic_wrong_password(self) -> None:
         response = self.acs.connect(secure=True).post(cpe.inform(), self.basic("nope"))
         self.assertEqual(response.status, 401)
+        self.assertEqual(self.types(), ["auth.failed"])  # Basic is offered: a guess counts
         self.assertNoSecretInEvents("nope", PASSWORD)
 
 

@@ -74,23 +74,37 @@ class ThrottledBase(SynchronousTestCase):
 
 
 class SourceBlockTests(ThrottledBase):
-    def test_blocked_source_refused_without_credential_work(self) -> None:
+    def test_blocked_source_refuses_only_failing_attempts(self) -> None:
         self.assertEqual(self.attempt(ATTACKER).status, 401)
         self.assertEqual(self.attempt(ATTACKER).status, 401)
         # The third failure starts the block and is itself answered 429.
         self.assert429(self.attempt(ATTACKER))
+        # No credentials at all: the challenge, as ever (it costs no credential work).
         calls = self.store_calls
         conn = self.acs.connect(peer=ATTACKER)
-        self.assert429(conn.post(cpe.inform()))  # no credentials at all: not even a challenge
-        self.assertTrue(conn.closing)
+        self.assertEqual(conn.post(cpe.inform()).status, 401)
+        self.assertEqual(self.store_calls, calls)
+        # A failing attempt is checked (one lookup), counted and answered 429, closing.
         self.acs.clock.advance(100)
+        conn = self.acs.connect(peer=ATTACKER)
+        self.assert429(digest_post(conn, cpe.inform(), USER, "guess-4"), "800")
+        self.assertTrue(conn.closing)
+        self.assertEqual(self.store_calls, calls + 1)
+        # A header that fails before any lookup (not our nonce) is 429 too.
         auth = 'Digest username="x", realm="cwmpgw", nonce="n", uri="/", response="0"'
         self.assert429(
             self.acs.connect(peer=ATTACKER).post(cpe.inform(), {"Authorization": auth}), "800"
         )
-        self.assertEqual(self.store_calls, calls)
+        self.assertEqual(self.store_calls, calls + 1)
+        # The right credential from the blocked address gets in...
+        conn = self.acs.connect(peer=ATTACKER)
+        self.assertEqual(digest_post(conn, cpe.inform(), USER, PASSWORD).status, 200)
+        self.assertEqual(conn.post(b"").status, 204)
+        # ...and lifts nothing for the others behind that address.
+        self.assert429(self.attempt(ATTACKER), "800")
+        self.assertEqual(self.throttle._counts[("source", ATTACKER)][1], 6)
         # Other addresses are not affected.
-        self.assertEqual(self.attempt(GOOD, PASSWORD).status, 200)
+        self.assertEqual(self.attempt(GOOD).status, 401)
 
     def test_auth_blocked_event_once_per_block(self) -> None:
         for _ in range(3):
@@ -129,7 +143,7 @@ class SourceBlockTests(ThrottledBase):
             self.attempt(ATTACKER)
         # The session that authenticated before the block runs to its end.
         self.assertEqual(conn.post(b"").status, 204)
-        self.assert429(self.acs.connect(peer=ATTACKER).post(cpe.inform()))
+        self.assert429(self.attempt(ATTACKER))
 
     def test_second_failure_on_a_connection_closes_it(self) -> None:
         conn = self.acs.connect(peer=GOOD)
@@ -171,15 +185,19 @@ class DeviceBlockTests(ThrottledBase):
         self.assertEqual(
             sorted(e.data["kind"] for e in self.blocked_events()), ["device", "source"]
         )
-        # The address itself is blocked: even a right password is not looked at.
+        # Both blocks refuse only failing attempts: the right password gets in from the
+        # blocked address too, with one credential lookup.
         challenge = digest_client.pick(
             self.acs.connect(peer=GOOD).post(cpe.inform()).headers["www-authenticate"]
         )
         auth = digest_client.authorization(challenge, USER, PASSWORD)
         calls = self.store_calls
-        self.assert429(self.acs.connect(peer=ATTACKER).post(cpe.inform(), {"Authorization": auth}))
-        self.assertEqual(self.store_calls, calls)
+        conn = self.acs.connect(peer=ATTACKER)
+        self.assertEqual(conn.post(cpe.inform(), {"Authorization": auth}).status, 200)
+        self.assertEqual(self.store_calls, calls + 1)
+        self.assertEqual(conn.post(b"").status, 204)
         self.assertEqual(self.attempt(GOOD, PASSWORD).status, 200)
+        self.assert429(self.attempt(ATTACKER))
 
     def test_success_clears_the_device_count(self) -> None:
         self.attempt(GOOD)
@@ -206,7 +224,8 @@ class BrokenThrottleTests(SynchronousTestCase):
         acs.add_device(DEVICE_ID, USER, PASSWORD)
         self.assertEqual(digest_post(acs.connect(), cpe.inform(), USER, "nope").status, 401)
         self.assertEqual(digest_post(acs.connect(), cpe.inform(), USER, PASSWORD).status, 200)
-        self.assertGreaterEqual(len(self.flushLoggedErrors(ConnectionError)), 3)
+        # Counting the failure and clearing the count: both logged, neither decisive.
+        self.assertEqual(len(self.flushLoggedErrors(ConnectionError)), 2)
 
 
 class LimitsBase(SynchronousTestCase):

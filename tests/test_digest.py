@@ -27,7 +27,6 @@ from zope.interface.verify import verifyObject
 from cwmpgw.web.digest import (
     DigestCredentialFactory,
     DigestCredentials,
-    StaleNonce,
     compute_response,
     ha1,
     hash_hex,
@@ -204,8 +203,19 @@ class FactoryTestCase(SynchronousTestCase):
         self, header: bytes, reason: str, request: DummyRequest | None = None
     ) -> None:
         exc = self.assertRaises(LoginFailed, self.decode, header, request)
-        self.assertNotIsInstance(exc, StaleNonce)
         self.assertIn(reason, str(exc))
+
+    def assertStale(
+        self, header: bytes, unusable: str, factory: DigestCredentialFactory | None = None
+    ) -> None:
+        """An unusable nonce: refused; marked stale by the right HA1 only, never by a wrong one."""
+        creds = self.decode(header, None, factory)
+        self.assertEqual(creds.unusable, unusable)
+        self.assertFalse(creds.checkPassword("a wrong guess"))
+        self.assertFalse(creds.stale)
+        self.assertFalse(creds.checkPassword(PASSWORD))
+        self.assertTrue(creds.stale)
+        self.assertFalse(creds.checkPassword(PASSWORD))  # and never accepted later
 
 
 class RoundTripTests(FactoryTestCase):
@@ -364,11 +374,21 @@ class ReplayTests(FactoryTestCase):
         self.assertTrue(self.decode(authorization(c)).checkPassword(PASSWORD))
         self.assertTrue(self.decode(authorization(c, nc="00000002")).checkPassword(PASSWORD))
         with capturedLogs() as events:
-            self.assertFalse(self.decode(authorization(c, nc="00000002")).checkPassword(PASSWORD))
-        self.assertFalse(self.decode(authorization(c, nc="00000001")).checkPassword(PASSWORD))
+            replayed = self.decode(authorization(c, nc="00000002"))
+            self.assertFalse(replayed.checkPassword(PASSWORD))
+        # A right response whose count did not increase: stale, never accepted.
+        self.assertTrue(replayed.stale)
+        reused = self.decode(authorization(c, nc="00000001", cnonce="new-session"))
+        self.assertIsNone(reused.unusable)  # only the HA1 can tell
+        self.assertFalse(reused.checkPassword(PASSWORD))
+        self.assertTrue(reused.stale)
+        # A wrong response under that count is a plain failure, not stale.
+        guess = self.decode(authorization(c, nc="00000001", password="guess"))
+        self.assertFalse(guess.checkPassword(PASSWORD))
+        self.assertFalse(guess.stale)
         self.assertTrue(self.decode(authorization(c, nc="0000000A")).checkPassword(PASSWORD))
         self.assertEqual([e.get("username") for e in events], [USER])
-        self.assertIn("replay", events[0]["log_format"])
+        self.assertIn("replay", events[0]["reason"])
 
     def test_bad_response_does_not_poison(self) -> None:
         c = self.challenge()
@@ -412,7 +432,7 @@ class ReplayTests(FactoryTestCase):
             creds = self.decode(authorization(c), factory=factory)
             self.assertTrue(creds.checkPassword(PASSWORD))
         # The first nonce fell out of the table while still valid: its replay is refused.
-        self.assertRaises(StaleNonce, self.decode, authorization(challenges[0]), None, factory)
+        self.assertStale(authorization(challenges[0]), "nonce no longer tracked", factory)
         # Tracked nonces keep working.
         creds = self.decode(authorization(challenges[2], nc="00000002"), factory=factory)
         self.assertTrue(creds.checkPassword(PASSWORD))
@@ -437,7 +457,8 @@ class ReplayTests(FactoryTestCase):
         waiting = self.decode(authorization(a, nc="00000002"), factory=factory)
         self.assertTrue(self.decode(authorization(b), factory=factory).checkPassword(PASSWORD))
         self.assertFalse(waiting.checkPassword(PASSWORD))
-        self.assertRaises(StaleNonce, self.decode, authorization(a, nc="00000003"), None, factory)
+        self.assertTrue(waiting.stale)
+        self.assertStale(authorization(a, nc="00000003"), "nonce no longer tracked", factory)
 
 
 class ExpiryTests(FactoryTestCase):
@@ -449,13 +470,14 @@ class ExpiryTests(FactoryTestCase):
     def test_expired_is_stale(self) -> None:
         c = self.challenge()
         self.clock.advance(300.5)
-        exc = self.assertRaises(StaleNonce, self.decode, authorization(c))
-        self.assertIsInstance(exc, LoginFailed)
+        self.assertStale(authorization(c), "nonce expired")
 
-    def test_expired_even_with_bad_digest_is_only_stale_if_authentic(self) -> None:
+    def test_expired_with_a_wrong_password_is_a_failure_not_stale(self) -> None:
         c = self.challenge()
         self.clock.advance(301)
-        self.assertRaises(StaleNonce, self.decode, authorization(c, password="x"))
+        creds = self.decode(authorization(c, password="x"))
+        self.assertFalse(creds.checkPassword(PASSWORD))
+        self.assertFalse(creds.stale)  # stale=true would excuse a guess from being counted
         tampered = dict(c, nonce=c["nonce"][:-1] + ("A" if c["nonce"][-1] != "A" else "B"))
         self.assertRefused(authorization(tampered), "invalid nonce")
 
@@ -463,13 +485,13 @@ class ExpiryTests(FactoryTestCase):
         peer_clock = Clock()
         peer_clock.advance(self.clock.seconds() + 1000)
         peer = DigestCredentialFactory(REALM, clock=peer_clock, secret=SECRET)
-        self.assertRaises(StaleNonce, self.decode, authorization(self.challenge(factory=peer)))
+        self.assertStale(authorization(self.challenge(factory=peer)), "nonce expired")
 
     def test_custom_lifetime(self) -> None:
         factory = DigestCredentialFactory(REALM, clock=self.clock, nonce_lifetime=10)
         c = self.challenge(factory=factory)
         self.clock.advance(11)
-        self.assertRaises(StaleNonce, self.decode, authorization(c), None, factory)
+        self.assertStale(authorization(c), "nonce expired", factory)
 
     def test_expired_entries_are_dropped(self) -> None:
         factory = DigestCredentialFactory(REALM, clock=self.clock, secret=SECRET)
@@ -556,8 +578,7 @@ class RefusalTests(FactoryTestCase):
         for name in ("username", "realm", "nonce", "uri", "response", "qop", "nc", "cnonce"):
             self.assertRefused(authorization(c, **{name: None}), f"missing {name}")
             # Empty: "missing" when quoted (""), a syntax error when bare (qop=).
-            exc = self.assertRaises(LoginFailed, self.decode, authorization(c, **{name: ""}))
-            self.assertNotIsInstance(exc, StaleNonce)
+            self.assertRaises(LoginFailed, self.decode, authorization(c, **{name: ""}))
 
     def test_bad_nc(self) -> None:
         c = self.challenge()
@@ -597,8 +618,7 @@ class RefusalTests(FactoryTestCase):
             good + b", x=" + b"a" * 4096,
             b", ".join(b"p%d=1" % i for i in range(40)),
         ):
-            exc = self.assertRaises(LoginFailed, self.decode, header)
-            self.assertNotIsInstance(exc, StaleNonce)
+            self.assertRaises(LoginFailed, self.decode, header)
 
     def test_reasons_do_not_echo_secrets(self) -> None:
         c = self.challenge()

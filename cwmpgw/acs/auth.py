@@ -26,7 +26,7 @@ from zope.interface import Interface, implementer
 
 from cwmpgw.acs.nonceclaims import INonceClaims
 from cwmpgw.store.interfaces import ICredentialStore
-from cwmpgw.web.digest import DigestCredentialFactory, DigestCredentials, StaleNonce, ha1
+from cwmpgw.web.digest import DigestCredentialFactory, DigestCredentials, ha1
 
 __all__ = [
     "AuthFailure",
@@ -58,8 +58,13 @@ class AuthFailure:
 
     reason: str
     username: str | None = None
-    stale: bool = False  # the Digest nonce expired: challenge again with stale=true
-    challenge_only: bool = False  # no credentials were offered: a normal first 401
+    # A right Digest response under a nonce that may no longer be used (expired, a
+    # replayed or re-used nonce count, claimed by another process): challenge again
+    # with stale=true. Never set for a wrong response.
+    stale: bool = False
+    # Nothing was verified (no credentials, or a scheme not offered here, such as the
+    # pre-emptive Basic TR-069 §3.4.4 asks of a CPE over TLS): a normal first 401.
+    challenge_only: bool = False
 
 
 def _same(a: str, b: str) -> bool:
@@ -196,16 +201,17 @@ class CpeAuthenticator:
         factory: Any
         if scheme == b"digest" and self._digest is not None:
             factory = self._digest
-        elif scheme == b"basic" and self._basic is not None:
-            if not self._basic_allowed(request):
-                return AuthFailure("basic authentication refused on plain HTTP")
+        elif scheme == b"basic" and self._basic_allowed(request):
             factory = self._basic
         else:
-            return AuthFailure(f"scheme {scheme[:16].decode('ascii', 'replace')!r} not allowed")
+            # Not a guess at anything: nothing is looked up or compared. A CPE over TLS
+            # SHOULD send Basic pre-emptively (TR-069 §3.4.4); where Basic is not
+            # offered, its answer is our challenge, and nothing is counted against it.
+            where = " on plain HTTP" if scheme == b"basic" and self._basic is not None else ""
+            name = scheme[:16].decode("ascii", "replace")
+            return AuthFailure(f"scheme {name!r} not offered{where}", challenge_only=True)
         try:
             credentials = factory.decode(response.strip(), request)
-        except StaleNonce:
-            return AuthFailure("stale nonce", stale=True)
         except LoginFailed as e:
             return AuthFailure(f"bad {scheme.decode()} header: {e}")
         username = credentials.username
@@ -216,6 +222,7 @@ class CpeAuthenticator:
             self._claims is not None
             and self._digest is not None
             and isinstance(credentials, DigestCredentials)
+            and credentials.unusable is None
             and credentials.first_use_here
         ):
             # Sent now, beside the credential lookup, and awaited after it.
@@ -226,6 +233,9 @@ class CpeAuthenticator:
         except UnauthorizedLogin as e:
             if claim is not None:
                 claim.addErrback(lambda _: None)  # its outcome no longer matters
+            if isinstance(credentials, DigestCredentials) and credentials.stale:
+                # The right response, under a nonce it may not use: not a failure.
+                return AuthFailure("stale nonce", username=username, stale=True)
             return AuthFailure(str(e) or "unauthorized", username=username)
         except BaseException:
             if claim is not None:

@@ -162,12 +162,15 @@ def _cookie(request: Request) -> str | None:
 class AcsResource(Resource):
     """Answers CPE POSTs; with a ``throttle``, also the brute-force defence.
 
-    The throttle is consulted at three points: a blocked source address is refused
-    with 429 before any credential work; every failed verification is counted (a
-    plain first challenge is not) and may answer 429 when the claimed identity is
-    blocked; a success clears that identity's count. A correct credential is never
-    refused because of another address's failures (see :mod:`cwmpgw.acs.throttle`).
-    Connections already carrying an authenticated session are not checked again.
+    The throttle is consulted only about attempts that failed verification: each is
+    counted, and answered 429 (with Retry-After, closing the connection) instead of
+    401 while its source address or a claimed identity is blocked; a success clears
+    that identity's count, never the address's. What verifies nothing is never
+    counted: a request with no credentials, a scheme we do not offer (pre-emptive
+    Basic), a right Digest response under a stale nonce. So a block never refuses a
+    correct credential: not the device's own from another address, and not an honest
+    CPE's behind the same carrier-grade NAT as an attacker (see
+    :mod:`cwmpgw.acs.throttle`).
     """
 
     isLeaf = True
@@ -235,11 +238,6 @@ class AcsResource(Resource):
     async def _handle(self, request: Request) -> None:
         peer = _peer(request)
         channel: Any = request.channel
-        if self._throttle is not None and not _authenticated(channel):
-            retry = await self._blocked(peer, None)
-            if retry is not None:
-                self._log.debug("refused {peer}: the address is blocked", peer=peer)
-                return self._too_many(request, retry)
         length = request.getHeader(b"content-length")
         if length is not None and length.isdigit() and int(length) > self._max_body:
             self._log.warn("body of {length} bytes from {peer} refused", length=length, peer=peer)
@@ -406,6 +404,14 @@ class AcsResource(Resource):
         if isinstance(result, Identity):
             return result
         if result.challenge_only or result.stale:
+            # Not failures, so never counted nor refused by a block: a challenge.
+            if result.stale or request.getHeader(b"authorization"):
+                self._log.debug(
+                    "challenged {peer} (user {username!r}): {reason}",
+                    peer=peer,
+                    username=result.username,
+                    reason=result.reason,
+                )
             self._challenge(request, result)
             return None
         self.engine.auth_failed(
@@ -554,12 +560,6 @@ class AcsResource(Resource):
 def _peer(request: Request) -> str:
     address = request.getClientAddress()
     return str(getattr(address, "host", address))
-
-
-def _authenticated(channel: Any) -> bool:
-    """Whether this connection already carries an authenticated, open session."""
-    live = getattr(channel, "cwmp_session", None)
-    return live is not None and not live.machine.closed
 
 
 def _str(value: bytes | None) -> str | None:

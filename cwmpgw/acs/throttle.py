@@ -6,21 +6,35 @@ lives for ``window`` seconds from its first failure (a fixed window); reaching t
 limit starts a block of ``block_for`` seconds. Blocks are not extended while they
 last, so each block is reported exactly once, by the call that started it.
 
-What a block means, and the rule that shapes it:
+What a block means, and the rule that shapes it: **a block never refuses a correct
+credential; it changes the answer to a failing attempt.** Both kinds are consulted
+only *after* a request failed verification; such a request is then answered 429 with
+Retry-After (closing the connection) instead of 401.
 
-- A **source** block refuses everything from that address before any credential work
-  (the HTTP layer answers 429 without looking at the Authorization header).
-- A **device** block is consulted only *after* a request for that identity failed
-  verification: the answer becomes 429 instead of 401. A correct credential is
-  accepted from any address while the device key is blocked, so an attacker spraying
-  guesses from many addresses can never lock the real device out. The price: the
-  device block alone does not stop a distributed guesser (each guess is still
-  verified); what stops guessing is the per-source block and a strong per-device
-  password. The device block is the alarm (an ``auth.blocked`` event) and slows
-  clients that honour Retry-After.
+- A **source** block: a carrier-grade NAT puts thousands of CPEs behind one address,
+  so one attacker (or a few misconfigured CPEs) there must not lock the honest ones
+  out. Their requests are verified as any other; a correct credential gets in. What
+  an attacker behind the blocked address keeps is what it had before: one verified
+  guess per attempt, each counted against the device it claims, now paying a new
+  connection per guess (every 429 closes it). A failing attempt from a blocked
+  address costs the ACS what any failure costs (the credential lookup, the count,
+  the ``auth.failed`` event), at most once per connection;
+  ``acs.max_connections_per_source`` bounds how many connections run at once.
+- A **device** block: the claimed identity's failures come from any number of
+  addresses and nodes (the count is in Redis), so guesses spread over many addresses
+  are still counted and answered 429 once the device is blocked, while the real device,
+  with its right password, is accepted from any address. The device block does not
+  stop a distributed guesser that ignores Retry-After (each guess is still verified):
+  what does is a strong per-device password (the gateway provisions 192 random bits).
+  The block is the alarm (an ``auth.blocked`` event) and slows clients that honour
+  Retry-After.
+- What verifies nothing is never counted: no credentials, a scheme not offered (a
+  CPE's pre-emptive Basic, TR-069 §3.4.4), and a right Digest response under a stale
+  or re-used nonce. A wrong response is counted whatever its nonce.
 - A success clears the failure counters of the identities it proved, but never the
-  source counter: an attacker behind the same address as good devices cannot launder
-  its failures through their successes.
+  source counter nor any block: an attacker behind the same address as good devices
+  cannot launder its failures through their successes, and since a source block no
+  longer refuses good devices, nothing needs lifting for them.
 
 Nothing secret is stored: keys are addresses, usernames and device ids. Time comes
 from the injected clock, not from Redis, so every node must keep NTP time; Redis
@@ -201,9 +215,9 @@ class AuthThrottle:
     ``authblock:<kind>:<key>`` string (the end of the block, epoch seconds), with
     ``kind`` ``src`` or ``dev``. ``failed`` is one Lua script; ``blocked`` one MGET.
 
-    Active blocks are remembered locally for at most ``cache_for`` seconds, so a
-    flood from a blocked address costs no Redis round trip per request, while a block
-    an operator deletes from Redis stops applying within that time.
+    Active blocks are remembered locally for at most ``cache_for`` seconds, so the
+    failures of a blocked address cost no extra round trip to look the block up, while
+    a block an operator deletes from Redis stops applying within that time.
     """
 
     def __init__(

@@ -22,7 +22,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from cwmpgw.sim.device import SimDevice
-from cwmpgw.web.digest import DigestCredentialFactory, StaleNonce
+from cwmpgw.web.digest import DigestCredentialFactory
 
 __all__ = ["ConnectionRequestListener"]
 
@@ -130,8 +130,7 @@ class ConnectionRequestListener:
                     request.setResponseCode(204)
                     self._on_request(device)
                     return b""
-            except StaleNonce:
-                stale = True
+                stale = credentials.stale
             except LoginFailed:
                 pass
             self.refused += 1

@@ -35,7 +35,6 @@ from zope.interface import implementer
 __all__ = [
     "DigestCredentialFactory",
     "DigestCredentials",
-    "StaleNonce",
     "compute_response",
     "ha1",
     "hash_hex",
@@ -107,14 +106,6 @@ def compute_response(
         raise ValueError("only qop=auth is supported")
     ha2 = hash_hex(algorithm, f"{method}:{uri}".encode())
     return hash_hex(algorithm, f"{ha1_hex}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}".encode())
-
-
-class StaleNonce(LoginFailed):
-    """An authentic nonce that can no longer be used: re-challenge with ``stale=true``.
-
-    Raised for a nonce older than the lifetime, and for one whose replay state was
-    dropped from the bounded table (see L{DigestCredentialFactory}).
-    """
 
 
 def _parse_auth_params(header: bytes) -> dict[str, str]:
@@ -264,6 +255,13 @@ class DigestCredentials:
     ``checkHash`` is where the response is verified and where its nonce count is
     committed to the replay table, so only a response that verifies can advance
     a nonce's count.
+
+    A response that is right for the HA1 but whose nonce may not be used (expired,
+    dropped from the replay table, or a nonce count not above the last one accepted:
+    a replay, or a CPE re-using the previous session's nonce with nc=1) is refused
+    and marked :attr:`stale`: the caller answers ``stale=true``. Only a right
+    response is ever marked, so a wrong password is a plain failure whatever the
+    nonce, and ``stale=true`` tells a client nothing it did not know.
     """
 
     _log = Logger()
@@ -284,6 +282,7 @@ class DigestCredentials:
         tracker: _NonceTracker,
         clock: IReactorTime,
         issued_ms: int,
+        unusable: str | None = None,
     ) -> None:
         self.username = username
         self.realm = realm
@@ -299,6 +298,10 @@ class DigestCredentials:
         self._clock = clock
         self._issued_ms = issued_ms
         self._committed = False
+        # Why the nonce may not be used whatever the response ("nonce expired", ...).
+        self.unusable = unusable
+        # Set by checkHash: the response was right, its nonce was not (see the class doc).
+        self.stale = False
 
     @property
     def first_use_here(self) -> bool:
@@ -341,12 +344,17 @@ class DigestCredentials:
             return False
         if self._committed:
             return True
-        now_ms = _to_ms(self._clock.seconds())
-        if not self._tracker.commit(self.nonce, self._issued_ms, int(self.nc, 16), now_ms):
-            self._log.warn(
-                "Refused a Digest response for {username}: nonce count not increasing "
-                "(replay) or nonce no longer tracked",
+        reason = self.unusable
+        if reason is None:
+            now_ms = _to_ms(self._clock.seconds())
+            if not self._tracker.commit(self.nonce, self._issued_ms, int(self.nc, 16), now_ms):
+                reason = "nonce count not increasing (a replay or a re-used nonce)"
+        if reason is not None:
+            self.stale = True
+            self._log.info(
+                "Digest response for {username} right but its nonce unusable ({reason}): stale",
                 username=self.username,
+                reason=reason,
             )
             return False
         self._committed = True
@@ -376,12 +384,14 @@ class DigestCredentialFactory:
 
     Replay protection keeps up to ``max_tracked_nonces`` nonces in an LRU table.
     If a nonce is dropped from that table before it expires, it is refused from
-    then on with L{StaleNonce} (fail closed): the CPE retries with a new nonce
-    instead of us risking the acceptance of a replay.
+    then on (fail closed): the CPE retries with a new nonce instead of us risking
+    the acceptance of a replay.
 
-    Stale nonces are reported from ``decode``, before the digest can be checked
-    against the stored HA1, so ``stale=true`` does not prove the client knew the
-    password (RFC 7616 says SHOULD); it only invites a retry with a fresh nonce.
+    An unusable nonce (expired, or dropped from the table) is noted by ``decode``
+    but decided only in ``checkHash``, against the stored HA1: a right response
+    is marked ``stale`` (answer ``stale=true``, as RFC 7616 says), a wrong one is
+    an ordinary failure. So ``stale=true`` proves the client knew the password (or
+    replays a response that did), and guessing under an old nonce is counted.
     """
 
     scheme = b"digest"
@@ -511,11 +521,12 @@ class DigestCredentialFactory:
         ):
             raise LoginFailed("opaque mismatch")
         now_ms = _to_ms(self._clock.seconds())
+        unusable = None
         if abs(now_ms - issued_ms) > self._lifetime_ms:
             # A nonce from the future comes from a peer process with a skewed clock.
-            raise StaleNonce("nonce expired")
-        if not self._tracker.may_be_used(nonce, issued_ms):
-            raise StaleNonce("nonce no longer tracked")
+            unusable = "nonce expired"
+        elif not self._tracker.may_be_used(nonce, issued_ms):
+            unusable = "nonce no longer tracked"
         method: bytes = request.method
         return DigestCredentials(
             username=params["username"],
@@ -531,4 +542,5 @@ class DigestCredentialFactory:
             tracker=self._tracker,
             clock=self._clock,
             issued_ms=issued_ms,
+            unusable=unusable,
         )
