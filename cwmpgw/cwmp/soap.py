@@ -10,8 +10,9 @@ name whatever their namespace, whitespace from pretty-printing is ignored, array
 are ignored and ``xsi:type`` is normalised to the ``xsd:`` prefix.
 
 Errors come in two kinds. :class:`SoapError` means the input cannot be answered with a
-CWMP fault (HTTP 400/413). :class:`InvalidMessage` means a well-formed CWMP envelope whose
-request is invalid: the caller answers it with ACS fault 8003 in the CPE's namespace.
+CWMP fault (HTTP 400/413, or 415 for a character encoding no CPE uses).
+:class:`InvalidMessage` means a well-formed CWMP envelope whose request is invalid: the
+caller answers it with ACS fault 8003 in the CPE's namespace.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import codecs
 import re
 from collections.abc import Callable, Sequence
 from functools import lru_cache
+from types import MappingProxyType
 from typing import Any, Final
 
 from lxml import etree  # type: ignore[import-untyped,unused-ignore]
@@ -142,14 +144,52 @@ _FAULT_TAG: Final = f"{{{SOAP_ENV}}}Fault"
 _XSI_TYPE: Final = f"{{{XSI}}}type"
 _XSI_1999_TYPE: Final = f"{{{XSI_1999}}}type"
 
-_DECL_WITH_ENCODING: Final = re.compile(rb"<\?xml[^>]*?\sencoding\s*=", re.ASCII)
-_BOMS: Final = (codecs.BOM_UTF8, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
-_CHARSET_RE: Final = re.compile(r"""charset\s*=\s*["']?([A-Za-z0-9._:+-]+)""", re.IGNORECASE)
+_CHARSET_RE: Final = re.compile(r"""charset\s*=\s*["']?([^"';,\s]*)""", re.IGNORECASE)
+# The XML declaration and the encoding it names (EncName of XML 1.0 §4.3.3); a declaration
+# longer than _MAX_DECL is not one a CPE writes.
+_DECL_RE: Final = re.compile(rb"<\?xml\s[^>]*?\?>", re.ASCII)
+_DECL_ENCODING_RE: Final = re.compile(rb"""\sencoding\s*=\s*(["'])([^"']*)\1""", re.ASCII)
+_MAX_DECL: Final = 1024
+#: The encodings CPEs use, by the names they go by (IANA names and aliases, lower case),
+#: each to the Python codec that decodes it. Python's other codecs include quadratic ones
+#: (punycode: seconds for 256 KiB) and libxml2 (by way of iconv) knows hundreds more:
+#: neither ever sees a CPE's body. UTF-16 is left out: no CPE was found that sends it.
+_ENCODINGS: Final = MappingProxyType(
+    {
+        **dict.fromkeys(("utf-8", "utf8"), "utf-8"),
+        **dict.fromkeys(
+            ("us-ascii", "ascii", "ansi_x3.4-1968", "iso646-us", "us", "csascii"), "ascii"
+        ),
+        **dict.fromkeys(
+            (
+                "iso-8859-1",
+                "iso8859-1",
+                "iso_8859-1",
+                "latin1",
+                "latin-1",
+                "l1",
+                "ibm819",
+                "cp819",
+                "iso-ir-100",
+                "csisolatin1",
+            ),
+            "latin-1",
+        ),
+    }
+)
+# How a document in an encoding that is not ASCII-compatible starts (XML 1.0 Appendix F):
+# byte-order marks of UTF-16/32, "<" as UTF-16 or UCS-4 without one, "<?xm" in EBCDIC.
+_NOT_ASCII_COMPATIBLE: Final = (
+    codecs.BOM_UTF16_LE,
+    codecs.BOM_UTF16_BE,
+    b"\x00",
+    b"<\x00",
+    b"\x4c\x6f\xa7\x94",
+)
 # At most 20 significant digits (xsd:unsignedLong): a longer number is invalid anyway, and
 # int() of a huge digit string raises ValueError (CPython's 4300-digit limit) or costs
 # quadratic time.
 _UINT_RE: Final = re.compile(r"\+?0*([0-9]{1,20})", re.ASCII)
-_UTF8_NAMES: Final = frozenset({"utf-8", "utf-8-sig"})
 
 
 _count_elements: Final = etree.XPath("count(//*)")
@@ -194,40 +234,58 @@ def _text(el: etree._Element | None) -> str:
     return str(el.text).strip()
 
 
-def _charset(content_type: str | None) -> str | None:
-    """A non-UTF-8 charset named by Content-Type and known to Python, else None."""
-    if not content_type:
-        return None
-    match = _CHARSET_RE.search(content_type)
-    if match is None:
-        return None
-    try:
-        name = codecs.lookup(match.group(1)).name
-    except LookupError:
-        return None  # unknown charset: fall back to the document's own rules
-    # UTF-8 is lxml's default; UTF-16/32 documents are recognised by lxml on their own.
-    if name in _UTF8_NAMES or name.startswith(("utf-16", "utf-32")):
-        return None
-    return name
+def _codec(name: bytes | str) -> str:
+    """The Python codec of an encoding name a CPE may use; anything else is refused (415)."""
+    if isinstance(name, bytes):
+        name = name.decode("ascii", "replace")
+    codec = _ENCODINGS.get(name.strip().lower())
+    if codec is None:
+        raise SoapError(415, "character encoding not supported")
+    return codec
+
+
+def _source_encoding(data: bytes, content_type: str | None) -> tuple[str, bool]:
+    """(the Python codec of ``data``, whether the document names it itself).
+
+    Only names are looked at, and only the encodings in ``_ENCODINGS`` pass (else
+    :class:`SoapError` 415): nothing is decoded here, and nothing else is ever decoded.
+    The XML declaration wins over Content-Type's charset (XML 1.0 Appendix F, as lxml
+    does); both must name an encoding we accept. Without either, UTF-8.
+    """
+    codec = "utf-8"
+    if content_type:
+        match = _CHARSET_RE.search(content_type)
+        if match is not None:
+            codec = _codec(match.group(1))
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]
+        codec = "utf-8"  # the BOM says so (a contradicting declaration: lxml refuses it)
+    elif data.startswith(_NOT_ASCII_COMPATIBLE):
+        raise SoapError(415, "character encoding not supported")
+    if not data.startswith(b"<?xml"):
+        return codec, False
+    decl = _DECL_RE.match(data, 0, _MAX_DECL)
+    if decl is None:
+        raise SoapError(400, "malformed XML")  # an XML declaration that does not end
+    encoding = _DECL_ENCODING_RE.search(decl.group())
+    if encoding is None:
+        return codec, False
+    return _codec(encoding.group(2)), True
 
 
 def _parse_xml(body: bytes, content_type: str | None) -> etree._Element:
-    data: bytes | str = body.lstrip(b" \t\r\n")  # some CPEs send a newline first
-    charset = _charset(content_type)
-    if (
-        charset is not None
-        and isinstance(data, bytes)
-        and not data.startswith(_BOMS)
-        and _DECL_WITH_ENCODING.match(data, 0, 256) is None
-    ):
+    data = body.lstrip(b" \t\r\n")  # some CPEs send a newline first
+    codec, declared = _source_encoding(data, content_type)
+    source: bytes | str = data
+    if codec != "utf-8" and not declared:
         # The document does not name its encoding, so the HTTP header does (ISO-8859-1
         # from some CPEs); lxml then gets text with no encoding declaration to contradict.
         try:
-            data = data.decode(charset)
-        except (UnicodeError, LookupError):  # LookupError: a codec that is not for text
+            source = data.decode(codec)
+        except UnicodeError:
             raise SoapError(400, "malformed XML") from None
     try:
-        return etree.fromstring(data, PARSER)
+        return etree.fromstring(source, PARSER)
     except (etree.LxmlError, ValueError):
         raise SoapError(400, "malformed XML") from None
 
