@@ -27,6 +27,8 @@ from cwmpgw.cwmp.messages import (
     GetRPCMethods,
     Inform,
     ParameterValue,
+    Repair,
+    RepairedValue,
     RpcResponse,
     SetParameterValuesFault,
     TransferComplete,
@@ -1055,6 +1057,130 @@ class HostileInputTests(SynchronousTestCase):
             b'<?xml version="1.0" encoding="UTF-8"' + b" " * 2000 + b"?><a/>",
         ):
             self.assertRefused(data, "malformed XML")
+
+
+SSID = "Device.WiFi.SSID.1.SSID"
+
+
+def with_control(body: bytes, **controls: bytes) -> bytes:
+    """``body`` with each ``@NAME@`` placeholder replaced by raw bytes (lxml, and so the
+    builders, cannot write what XML forbids; firmware can)."""
+    for name, raw in controls.items():
+        body = body.replace(f"@{name}@".encode(), raw)
+    return body
+
+
+class RepairTests(SynchronousTestCase):
+    """Issue 13: an Inform whose SSID holds U+0002 was refused (400 malformed XML) in every
+    session, and the CPE kept its events and sent it again for ever. What XML 1.0 forbids
+    (C0 controls but tab, CR, LF; raw or as references, which libxml2 refuses too) is now
+    replaced by U+FFFD, only after the strict parse failed, and the envelope says where."""
+
+    def inform(self, ssid: str, **controls: bytes) -> Envelope:
+        parameters = (*cpe_envelopes.DEFAULT_PARAMETERS, (SSID, ssid, "xsd:string"))
+        return parse_envelope(with_control(cpe_envelopes.inform(parameters=parameters), **controls))
+
+    def test_a_raw_control_character_in_a_value(self) -> None:
+        envelope = self.inform("Home@C@Net", C=b"\x02")
+        inform = envelope.message
+        assert isinstance(inform, Inform)
+        self.assertEqual(inform.parameters[-1], ParameterValue(SSID, "Home\ufffdNet"))
+        self.assertEqual(envelope.repaired, Repair(1, (RepairedValue(SSID, "Home\x02Net"),)))
+        self.assertEqual(inform.device_id, cpe_envelopes.DEFAULT_DEVICE)
+        self.assertEqual([e.code for e in inform.events], ["1 BOOT"])
+
+    def test_references_to_forbidden_characters(self) -> None:
+        # Escaped by a firmware that escapes everything below 0x20; &#65; and &amp; are fine.
+        envelope = self.inform(
+            "a@A@b@R@c@B@",
+            A=b"&amp;#2;",
+            R=b"&#2;&#x1F;&#x0000B;&#0;&#xFFFE;&#99999999999;\x7f",
+            B=b"&#65;",
+        )
+        inform = envelope.message
+        assert isinstance(inform, Inform)
+        self.assertEqual(inform.parameters[-1].value, "a&#2;b" + "\ufffd" * 6 + "\x7fcA")
+        assert envelope.repaired is not None
+        self.assertEqual(envelope.repaired.characters, 6)
+        self.assertEqual(
+            envelope.repaired.values,
+            (RepairedValue(SSID, "a&#2;b&#2;&#x1F;&#x0000B;&#0;&#xFFFE;&#99999999999;\x7fcA"),),
+        )
+
+    def test_every_forbidden_control_and_none_of_the_allowed(self) -> None:
+        forbidden = bytes([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20)])
+        envelope = self.inform("x@F@\ty", F=forbidden)
+        inform = envelope.message
+        assert isinstance(inform, Inform)
+        self.assertEqual(inform.parameters[-1].value, "x" + "\ufffd" * len(forbidden) + "\ty")
+        self.assertEqual(
+            envelope.repaired, Repair(29, (RepairedValue(SSID, f"x{forbidden.decode()}\ty"),))
+        )
+
+    def test_outside_a_value_it_is_counted(self) -> None:
+        body = with_control(
+            cpe_envelopes.inform(
+                device=DeviceId("Acme@C@", "00259E", "EG8145V5", "48575443A94196A5")
+            ),
+            C=b"\x1b",
+        )
+        envelope = parse_envelope(body)
+        inform = envelope.message
+        assert isinstance(inform, Inform)
+        self.assertEqual(inform.device_id.manufacturer, "Acme\ufffd")
+        self.assertEqual(envelope.repaired, Repair(1, ()))
+
+    def test_in_an_answer_and_in_other_encodings(self) -> None:
+        answer = with_control(
+            cpe_envelopes.rpc_response(
+                "GetParameterValues",
+                "t.1",
+                parameters=((SSID, "Caf\u00e9@C@", "xsd:string"), ("Device.X", "1", "xsd:int")),
+            ),
+            C=b"\x03",
+        )
+        for body, content_type in (
+            (answer, None),
+            (answer.split(b"?>", 1)[1].decode().encode("latin-1"), "text/xml; charset=ISO-8859-1"),
+            (
+                b'<?xml version="1.0" encoding="ISO-8859-1"?>'
+                + answer.split(b"?>", 1)[1].decode().encode("latin-1"),
+                None,
+            ),
+        ):
+            envelope = parse_envelope(body, content_type=content_type)
+            message = envelope.message
+            assert isinstance(message, RpcResponse)
+            self.assertEqual(message.parameters[0], ParameterValue(SSID, "Caf\u00e9\ufffd"))
+            self.assertEqual(message.parameters[1], ParameterValue("Device.X", "1", "xsd:int"))
+            self.assertEqual(envelope.repaired, Repair(1, (RepairedValue(SSID, "Caf\u00e9\x03"),)))
+            self.assertEqual(envelope.request_id, "t.1")
+
+    def test_private_use_characters_of_the_cpe_are_kept(self) -> None:
+        """The repair marks its places with private-use characters; a document that has
+        some of its own is still repaired (without the per-value report)."""
+        envelope = self.inform("\U000f0000@P@@C@", P=b"&#xF0001;", C=b"\x02")
+        inform = envelope.message
+        assert isinstance(inform, Inform)
+        self.assertEqual(inform.parameters[-1].value, "\U000f0000\U000f0001\ufffd")
+        self.assertEqual(envelope.repaired, Repair(1, ()))
+
+    def test_well_formed_input_is_not_touched(self) -> None:
+        self.assertIsNone(self.inform("Home\tNet@R@", R=b"&#10;&#65;").repaired)
+        self.assertIsNone(parse_envelope(PROTOCOL_9_1).repaired)
+
+    def test_what_stays_unreadable_is_still_400(self) -> None:
+        body = cpe_envelopes.inform()
+        for data in (
+            body.replace(b"<RetryCount>", b"<RetryCount>\x02")[:-40],  # truncated as well
+            body.replace(b"<cwmp:Inform>", b"<cwmp:Inf\x02orm>"),  # in a tag name
+            body.replace(b"<RetryCount>", b"<Retry\x02Count>"),
+            b"\x02" + body,  # before the root: "<?xml" cannot follow
+            body.replace(b"</DeviceId>", b"\xff\x02</DeviceId>"),  # and not UTF-8 either
+        ):
+            with self.assertRaises(SoapError) as cm:
+                parse_envelope(data)
+            self.assertEqual((cm.exception.status, cm.exception.reason), (400, "malformed XML"))
 
 
 class EncodingTests(SynchronousTestCase):

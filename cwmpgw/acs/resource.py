@@ -278,6 +278,12 @@ class AcsResource(Resource):
                     device_id=live.device_id if live else None,
                     reason=e.reason,
                 )
+                if live is not None and live.channel is channel:
+                    # On the session's own (authenticated) connection this may have been
+                    # the answer to an ACS request: the engine decides (a task must not
+                    # wait for ever for an answer that cannot be read).
+                    reply = await self.engine.unreadable(live, e.status, e.reason)
+                    return self._send(request, reply)
                 return self._send(request, Reply(e.status, reason=e.reason))
             except soap.InvalidMessage as e:
                 self._log.warn(

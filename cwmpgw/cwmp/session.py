@@ -34,6 +34,7 @@ from cwmpgw.cwmp.versions import Negotiated
 __all__ = [
     "ACS_METHODS",
     "AcsRequest",
+    "AnswerUnreadable",
     "CwmpSession",
     "Effect",
     "Outcome",
@@ -108,12 +109,22 @@ class ResponseReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class AnswerUnreadable:
+    """The CPE's answer to ``request`` could not be parsed (``reason``: the codec's).
+
+    It will not become readable by waiting: the sender should not count on an answer."""
+
+    request: AcsRequest
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class SessionEnded:
     outcome: Outcome
     reason: str = ""
 
 
-Effect = TransferReceived | ResponseReceived | SessionEnded
+Effect = TransferReceived | ResponseReceived | AnswerUnreadable | SessionEnded
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +282,22 @@ class CwmpSession:
         self._phase = _Phase.CLOSED
         self.outcome = outcome
         return SessionEnded(outcome, reason)
+
+    def unreadable(self, status: int, reason: str) -> Step:
+        """A POST of this session that could not be parsed was answered ``status``.
+
+        In the CPE's turn nothing changes: the CPE may send its request again. While an ACS
+        request is outstanding, the unreadable POST was its answer; the CPE, refused, ends
+        its session (TR-069 §3.7.1.4), so the session ends here too, as a protocol error,
+        and the request's sender learns that no answer will come.
+        """
+        pending = self._pending
+        if self._phase is not _Phase.ACS_TURN or pending is None:
+            return Step(Reply(status, reason=reason))
+        self._pending = None
+        why = f"the answer to {pending.method} was unreadable: {reason}"
+        step = self._close(Outcome.PROTOCOL_ERROR, Reply(status, reason=reason), why)
+        return Step(step.reply, (AnswerUnreadable(pending, reason), *step.effects))
 
     @property
     def may_end_quietly(self) -> bool:

@@ -39,6 +39,8 @@ from cwmpgw.cwmp.messages import (
     GetRPCMethods,
     Inform,
     ParameterValue,
+    Repair,
+    RepairedValue,
     RpcResponse,
     SetParameterValuesFault,
     TransferComplete,
@@ -290,6 +292,121 @@ def _parse_xml(body: bytes, content_type: str | None) -> etree._Element:
         raise SoapError(400, "malformed XML") from None
 
 
+# What XML 1.0 forbids that CPEs send: C0 controls (an SSID with U+0002), raw or as
+# character references, which libxml2 refuses as well. The references are matched whatever
+# their value and checked one by one (leading zeros are not digits of value).
+_FORBIDDEN_RE: Final = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]|&#(x[0-9A-Fa-f]+|[0-9]+);"
+)
+_DECL_TEXT_RE: Final = re.compile(r"<\?xml\s[^>]*?\?>")
+# While repairing, the n-th replaced character becomes U+F0000 + n (Supplementary Private
+# Use Area-A, valid in XML), so that the parsed tree says where each one was; U+FFFD
+# replaces them all once that is known.
+_SENTINEL_BASE: Final = 0xF0000
+_SENTINELS: Final = 0xFFFE
+_SENTINEL_RE: Final = re.compile("[\U000f0000-\U000ffffd]")
+_REPLACEMENT: Final = "\ufffd"
+
+
+def _xml_char(code: int) -> bool:
+    """Whether XML 1.0 allows this code point (its production ``Char``)."""
+    return (
+        code in (0x9, 0xA, 0xD)
+        or 0x20 <= code <= 0xD7FF
+        or 0xE000 <= code <= 0xFFFD
+        or 0x10000 <= code <= 0x10FFFF
+    )
+
+
+def _replace_forbidden(text: str, marked: bool) -> tuple[str, list[str]] | None:
+    """``text`` with every forbidden character (or reference to one) replaced, and those,
+    in order; None if ``marked`` and the text has characters that look like our marks."""
+    replaced: list[str] = []
+    conflict = False
+
+    def replace(match: re.Match[str]) -> str:
+        nonlocal conflict
+        ref = match.group(1)
+        if ref is not None:
+            digits, base = (ref[1:], 16) if ref[0] == "x" else (ref, 10)
+            digits = digits.lstrip("0") or "0"
+            code = int(digits, base) if len(digits) <= 8 else -1
+            if _xml_char(code):
+                conflict = conflict or _SENTINEL_BASE <= code < _SENTINEL_BASE + _SENTINELS
+                return match.group()
+        replaced.append(match.group())
+        n = len(replaced) - 1
+        return chr(_SENTINEL_BASE + n) if marked and n < _SENTINELS else _REPLACEMENT
+
+    if marked and _SENTINEL_RE.search(text) is not None:
+        return None
+    fixed = _FORBIDDEN_RE.sub(replace, text)
+    return None if marked and conflict else (fixed, replaced)
+
+
+def _unmark(text: str) -> str:
+    return _SENTINEL_RE.sub(_REPLACEMENT, text)
+
+
+def _restore(root: etree._Element, replaced: list[str]) -> tuple[RepairedValue, ...]:
+    """Put U+FFFD where the marks are; the ParameterValueStruct Values that had some."""
+    values: list[RepairedValue] = []
+
+    def raw(match: re.Match[str]) -> str:
+        return replaced[ord(match.group()) - _SENTINEL_BASE]
+
+    for el in root.iter(etree.Element):
+        text = el.text
+        if text is not None and _SENTINEL_RE.search(text) is not None:
+            parent = el.getparent()
+            if (
+                _local(el.tag) == "Value"
+                and parent is not None
+                and _local(parent.tag) == "ParameterValueStruct"
+            ):
+                name = _unmark(_text(_child_map(parent).get("Name")))
+                values.append(RepairedValue(name, _SENTINEL_RE.sub(raw, text)))
+            el.text = _unmark(text)
+        tail = el.tail
+        if tail is not None and _SENTINEL_RE.search(tail) is not None:
+            el.tail = _unmark(tail)
+        for key, value in el.attrib.items():
+            if _SENTINEL_RE.search(value) is not None:
+                el.set(key, _unmark(value))
+    return tuple(values)
+
+
+def _parse_repaired(body: bytes, content_type: str | None) -> tuple[etree._Element, Repair] | None:
+    """Parse a document the strict parse refused, with what XML 1.0 forbids replaced by
+    U+FFFD (issue 13: one control character in an SSID must not lock a device out for
+    ever). None if it has nothing to replace or is still unreadable. Only ever called
+    after the strict parse failed, so well-formed input pays nothing for it."""
+    data = body.lstrip(b" \t\r\n")
+    codec, _ = _source_encoding(data, content_type)
+    try:
+        text = data.decode("utf-8-sig" if codec == "utf-8" else codec)
+    except UnicodeError:
+        return None
+    decl = _DECL_TEXT_RE.match(text)
+    if decl is not None:  # lxml refuses text that names an encoding; it is decoded now
+        text = text[decl.end() :]
+    marked = True
+    result = _replace_forbidden(text, marked)
+    if result is None:  # our marks would be ambiguous: U+FFFD, without the values
+        marked = False
+        result = _replace_forbidden(text, marked)
+        assert result is not None
+    fixed, replaced = result
+    if not replaced:
+        return None
+    try:
+        root = etree.fromstring(fixed, PARSER)
+    except (etree.LxmlError, ValueError):
+        return None
+    values = _restore(root, replaced) if marked else ()
+    return root, Repair(len(replaced), values)
+
+
 def _check_limits(root: etree._Element, max_depth: int, max_elements: int) -> None:
     docinfo = root.getroottree().docinfo
     if docinfo.doctype or docinfo.internalDTD is not None or docinfo.externalDTD is not None:
@@ -316,7 +433,14 @@ def parse_envelope(
     Raises :class:`SoapError` for input that is not a usable SOAP/CWMP envelope and
     :class:`InvalidMessage` for a CWMP request with invalid content.
     """
-    root = _parse_xml(body, content_type)
+    repair: Repair | None = None
+    try:
+        root = _parse_xml(body, content_type)
+    except SoapError as e:
+        repaired = _parse_repaired(body, content_type) if e.status == 400 else None
+        if repaired is None:
+            raise
+        root, repair = repaired
     _check_limits(root, max_depth, max_elements)
     if root.tag != _ENVELOPE_TAG:
         raise SoapError(400, "not a SOAP 1.1 envelope")
@@ -369,6 +493,7 @@ def parse_envelope(
         message=message,
         session_timeout=session_timeout,
         supported_versions=supported_versions,
+        repaired=repair,
     )
 
 
