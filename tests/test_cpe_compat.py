@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from cwmpgw.tasks.memory import MemoryTaskService
 from cwmpgw.tasks.runner import TaskRunner
 from tests import cpe_envelopes as cpe
+from tests import digest_client
 from tests.memhttp import Connection, MemoryAcs, digest_post
 from tests.schema import assert_valid
 
@@ -158,4 +159,49 @@ class UnreadableAnswerTests(Base):
         self.assertEqual(conn.post(b"<cwmp:TransferComplete").status, 400)
         self.assertEqual(conn.post(cpe.transfer_complete()).status, 200)
         self.assertEqual(conn.post(b"").status, 204)
+        self.assertEqual([e["outcome"] for e in self.events("session.closed")], ["completed"])
+
+
+class HttpToleranceTests(Base):
+    """Two habits of real HTTP clients in CPEs that cost a device its session or its
+    access: a Digest ``uri`` written as the absolute ACS URL (RFC 7616 allows it), and the
+    session cookie echoed the RFC 2965 way on a new connection."""
+
+    def digest(self, conn: Connection, body: bytes, uri: str, cookie: str = "") -> int:
+        headers = {"Cookie": cookie} if cookie else {}
+        first = conn.post(body, headers)
+        if first.status != 401:
+            return first.status
+        challenge = digest_client.pick(first.headers["www-authenticate"])
+        headers["Authorization"] = digest_client.authorization(challenge, USER, PASSWORD, uri=uri)
+        return conn.post(body, headers).status
+
+    def test_absolute_digest_uri_and_rfc2965_cookie_echo(self) -> None:
+        conn = self.acs.connect()
+        self.assertEqual(self.digest(conn, cpe.inform(), "http://acs.test/"), 200)
+        assert conn.cookie is not None
+        value = conn.cookie.split("=", 1)[1]
+        conn.close()  # the CPE goes on with its session on a new connection
+        again = self.acs.connect()
+        cookie = f'$Version="1"; cwmpgw_session="{value}"; $Path="/"'
+        self.assertEqual(self.digest(again, b"", "http://ACS.test:80/", cookie), 204)
+        self.assertEqual([e["outcome"] for e in self.events("session.closed")], ["completed"])
+        self.assertEqual(self.events("auth.failed"), [])
+
+    def test_an_absolute_uri_of_another_resource_is_refused(self) -> None:
+        for uri in ("http://acs.test/other", "http://elsewhere.test/", "https://acs.test/"):
+            conn = self.acs.connect()
+            self.assertEqual(self.digest(conn, cpe.inform(), uri), 401, uri)
+        reasons = [e["reason"] for e in self.events("auth.failed")]
+        self.assertEqual(reasons, ["bad digest header: digest uri does not match request"] * 3)
+
+    def test_rfc2965_cookie_echo_alone(self) -> None:
+        conn = self.acs.connect()
+        self.assertEqual(self.digest(conn, cpe.inform(), "/"), 200)
+        assert conn.cookie is not None
+        value = conn.cookie.split("=", 1)[1]
+        conn.close()
+        again = self.acs.connect()
+        cookie = f'$Version = "1" ; cwmpgw_session = "{value}" ; $Path = "/"'
+        self.assertEqual(self.digest(again, b"", "/", cookie), 204)
         self.assertEqual([e["outcome"] for e in self.events("session.closed")], ["completed"])
