@@ -49,9 +49,7 @@ COOKIE_NAME = "cwmpgw_session"
 # Some CPEs separate cookies with "," instead of ";" (PROTOCOL.md §2.3); some echo it the
 # RFC 2965 way, between $Version and $Path attributes, with the value quoted and blanks
 # around "=": $Version="1"; cwmpgw_session="<32 hex>"; $Path="/".
-_COOKIE_RE = re.compile(
-    r"(?:^|[;,]\s*)" + COOKIE_NAME + r'\s*=\s*("?)([0-9a-f]{32})\1(?=$|[;,\s])'
-)
+_COOKIE_RE = re.compile(r"(?:^|[;,]\s*)" + COOKIE_NAME + r'\s*=\s*("?)([0-9a-f]{32})\1(?=$|[;,\s])')
 
 
 @dataclass(frozen=True, slots=True)
