@@ -445,9 +445,10 @@ class AcsEngine:
                         "could not record a transfer of {device_id}; not acknowledging it",
                         device_id=live.device_id,
                     )
-                    return Reply(
-                        200, soap.acs_fault(live.machine.namespace, None, 8002, "Internal error")
-                    )
+                    # 8005 Retry request, with the request's cwmp:ID: the CPE keeps the
+                    # report and sends it again (TR-069 A.5); it is stored once then.
+                    namespace = live.machine.namespace
+                    return Reply(200, soap.acs_fault(namespace, effect.request_id, 8005))
             elif isinstance(effect, ResponseReceived):
                 if self._metrics is not None:
                     result = "fault" if isinstance(effect.response, CpeFault) else "ok"
@@ -488,7 +489,8 @@ class AcsEngine:
                 str(message.fault_code),
                 getattr(message, "command_key", "") or getattr(message, "transfer_url", ""),
             ]
-        first = await self._devices.record_transfer(live.device_id, ":".join(parts), data)
+        key = ":".join(parts)
+        first = await self._devices.record_transfer(live.device_id, key, data)
         await self._requests.transfer_completed(live, message)
         if not first:
             self._log.info(
@@ -498,6 +500,17 @@ class AcsEngine:
             return
         data.update({"session_id": live.session_id, "autonomous": autonomous, "success": success})
         await self.publish(event_type, data, _device_ref(live.device_id, live.device))
+        try:
+            await self._devices.transfer_published(live.device_id, key)
+        except Exception:
+            # Acknowledged all the same: a re-delivery (rare after an acknowledgement) would
+            # publish it again, which is better than never.
+            log_call_failure(
+                self._log,
+                Failure(),
+                "could not mark the completion report of {device_id} as published",
+                device_id=live.device_id,
+            )
 
     def _session_ended(self, live: LiveSession, ended: SessionEnded) -> None:
         """Report a session's end once, whatever ended it."""

@@ -95,9 +95,11 @@ class AcsRequest:
 @dataclass(frozen=True, slots=True)
 class TransferReceived:
     """The CPE reported a finished transfer (TransferComplete or AutonomousTransferComplete)
-    or deployment-unit change ((Autonomous)DUStateChangeComplete)."""
+    or deployment-unit change ((Autonomous)DUStateChangeComplete). ``request_id`` is its
+    cwmp:ID: a fault answering it instead of the acknowledgement must echo it."""
 
     message: CompletionReport
+    request_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,12 +216,12 @@ class CwmpSession:
         if isinstance(message, TransferComplete):
             return Step(
                 Reply(200, soap.transfer_complete_response(ns, rid)),
-                (TransferReceived(message),),
+                (TransferReceived(message, rid),),
             )
         if isinstance(message, AutonomousTransferComplete):
             return Step(
                 Reply(200, soap.autonomous_transfer_complete_response(ns, rid)),
-                (TransferReceived(message),),
+                (TransferReceived(message, rid),),
             )
         if isinstance(message, DUStateChangeComplete):
             return Step(
@@ -227,7 +229,7 @@ class CwmpSession:
                     200,
                     soap.du_state_change_complete_response(ns, rid, autonomous=message.autonomous),
                 ),
-                (TransferReceived(message),),
+                (TransferReceived(message, rid),),
             )
         assert isinstance(message, UnknownRequest)
         return Step(Reply(200, soap.acs_fault(ns, rid, 8000)))

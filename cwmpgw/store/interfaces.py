@@ -68,7 +68,11 @@ class IDeviceStore(Interface):
         """Create or update the device; fires True if the device was not known before."""
 
     def record_transfer(device_id: str, key: str, data: dict[str, Any]) -> Deferred[bool]:
-        """Record a (possibly re-delivered) transfer result; True the first time for ``key``."""
+        """Record a (possibly re-delivered) transfer result; True until :meth:`transfer_published`
+        was called for ``key`` (a write whose answer was lost may have stored it unseen)."""
+
+    def transfer_published(device_id: str, key: str) -> Deferred[None]:
+        """The event of the transfer result ``key`` is out: re-deliveries are only stored."""
 
     def get_device(
         device_id: str, parameters: Sequence[str] | None = None

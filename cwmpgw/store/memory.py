@@ -44,6 +44,7 @@ class MemoryDeviceStore:
     def __init__(self) -> None:
         self.devices: dict[str, dict[str, Any]] = {}
         self.transfers: dict[tuple[str, str], dict[str, Any]] = {}
+        self.published: set[tuple[str, str]] = set()
 
     takes_session = False  # the engine takes its own lock
 
@@ -60,9 +61,12 @@ class MemoryDeviceStore:
         return succeed(new)
 
     def record_transfer(self, device_id: str, key: str, data: dict[str, Any]) -> Deferred[bool]:
-        first = (device_id, key) not in self.transfers
         self.transfers[(device_id, key)] = data
-        return succeed(first)
+        return succeed((device_id, key) not in self.published)
+
+    def transfer_published(self, device_id: str, key: str) -> Deferred[None]:
+        self.published.add((device_id, key))
+        return succeed(None)
 
     def get_device(
         self, device_id: str, parameters: Sequence[str] | None = None
@@ -107,6 +111,7 @@ class MemoryDeviceStore:
         existed = self.devices.pop(device_id, None) is not None
         for key in [k for k in self.transfers if k[0] == device_id]:
             del self.transfers[key]
+        self.published = {k for k in self.published if k[0] != device_id}
         return succeed(existed)
 
 

@@ -5,7 +5,9 @@ Key layout (all under the configured prefix, default ``cwmpgw:``):
 - ``device:<id>`` hash: DeviceId fields, first_seen, last_inform, last_source,
   cwmp_version, cwmp_namespace, connection_request_url, last_events, inform_count
 - ``device:<id>:params`` hash: parameter name -> JSON ``[value, xsi type]``
-- ``device:<id>:transfers`` hash: transfer key -> JSON result
+- ``device:<id>:transfers`` hash: transfer key -> JSON result; ``published:<key>`` -> 1
+  once its event is out (a report stored by a write whose answer was lost is published
+  on its re-delivery)
 - ``devices`` sorted set: device id scored by last inform time
 - ``cred:<username>`` hash: device_id and one HA1 per Digest algorithm
 - ``cred-by-device`` hash: device id -> username
@@ -68,7 +70,7 @@ return out
 """
 
 _RECORD_TRANSFER = """
-local first = redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0
+local first = redis.call('HEXISTS', KEYS[1], 'published:' .. ARGV[1]) == 0
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 if first then return 1 else return 0 end
 """
@@ -186,6 +188,12 @@ class RedisDeviceStore:
             _RECORD_TRANSFER, [self._key(device_id) + ":transfers"], [key, json.dumps(data)]
         )
         return d.addCallback(lambda first: bool(first))
+
+    def transfer_published(self, device_id: str, key: str) -> Deferred[None]:
+        d: Deferred[Any] = self._redis.hset(
+            self._key(device_id) + ":transfers", "published:" + key, "1"
+        )
+        return d.addCallback(lambda _: None)
 
     def get_device(
         self, device_id: str, parameters: Sequence[str] | None = None
