@@ -400,7 +400,9 @@ class TransferTests(Base):
         conn, _ = self.open_session()
         self.acs.devices.record_transfer = lambda *a: fail(ConnectionError("redis down"))  # type: ignore[method-assign]
         response = conn.post(cpe.transfer_complete())
-        self.assertIn(b"<FaultCode>8002</FaultCode>", response.body)
+        self.assertIn(b"<FaultCode>8005</FaultCode>", response.body)  # Retry request
+        self.assertIn(b">1</cwmp:ID>", response.body)  # the request's own ID echoed
+        assert_valid(response.body)
         self.assertNotIn(b"TransferCompleteResponse", response.body)
         self.flushLoggedErrors(ConnectionError)
 

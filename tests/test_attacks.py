@@ -14,6 +14,7 @@ sockets that must see no connection or datagram.
 from __future__ import annotations
 
 import ast
+import codecs
 import gzip
 import hmac
 import inspect
@@ -634,7 +635,7 @@ _FUZZ = settings(
     derandomize=False,
 )
 # Every answer the endpoint may give a CPE's POST; never 500.
-_STATUSES = {200, 204, 400, 401, 403, 413}
+_STATUSES = {200, 204, 400, 401, 403, 413, 415}  # 415: an encoding no CPE uses
 
 
 def _acs_request(body: bytes) -> tuple[str, str]:
@@ -647,6 +648,62 @@ def _acs_request(body: bytes) -> tuple[str, str]:
         if e.getparent() is not None and e.getparent().tag == f"{{{soap.SOAP_ENV}}}Body"
     ]
     return etree.QName(rpc).localname, str(ids[0])
+
+
+class CharsetAttackTests(SynchronousTestCase):
+    """Issue 12: the charset a body is decoded with is named by its sender, before any
+    authentication or admission control, and some codecs Python knows are quadratic (a
+    256 KiB POST with ``charset=punycode`` held the reactor for seconds). Only UTF-8,
+    US-ASCII and ISO-8859-1 are decoded; everything else is 415, and never decoded."""
+
+    def setUp(self) -> None:
+        self.acs = MemoryAcs()
+        self.acs.add_device(DEVICE_ID, USER, PASSWORD)
+        self.decoded = 0
+
+        def decode(data: bytes, errors: str = "strict") -> tuple[str, int]:
+            self.decoded += 1
+            return "", len(data)
+
+        def search(name: str) -> codecs.CodecInfo | None:
+            if name != "x_attack_canary":
+                return None
+            return codecs.CodecInfo(lambda s, e="strict": (b"", len(s)), decode, name=name)
+
+        codecs.register(search)
+        self.addCleanup(codecs.unregister, search)
+
+    def test_slow_charsets_are_415_and_never_decoded(self) -> None:
+        inform = cpe.inform().split(b"?>", 1)[1].lstrip()  # so that the charset applies
+        slow = b"<" + b"x" * (self.acs.resource.max_body_bytes - 1)  # punycode: seconds
+        for charset, body in (
+            ("x-attack-canary", inform),
+            ("punycode", slow),
+            ('"punycode"', inform),
+            ("utf-7", inform),
+            ("unicode_escape", slow),
+            ("utf-16", inform),
+        ):
+            conn = self.acs.connect(peer="198.51.100.7")
+            response = conn.post(body, {"Content-Type": f"text/xml; charset={charset}"})
+            self.assertEqual(
+                (response.status, response.body),
+                (415, b"character encoding not supported\n"),
+                charset,
+            )
+        self.assertEqual(self.decoded, 0)
+        self.assertEqual(self.acs.bus.events, [])
+        self.assertEqual(self.acs.devices.devices, {})
+        # What CPEs send still works: ISO-8859-1 without a declaration, and US-ASCII.
+        for charset in ("ISO-8859-1", "us-ascii"):
+            conn = self.acs.connect()
+            headers = {"Content-Type": f"text/xml; charset={charset}"}
+            first = conn.post(inform, headers)
+            self.assertEqual(first.status, 401)
+            challenge = digest_client.pick(first.headers["www-authenticate"])
+            headers["Authorization"] = digest_client.authorization(challenge, USER, PASSWORD)
+            self.assertEqual(conn.post(inform, headers).status, 200, charset)
+            self.assertEqual(conn.post(b"").status, 204)
 
 
 class FuzzTests(SynchronousTestCase):
@@ -1191,6 +1248,33 @@ class BodyAttackGatewayTests(GatewayBase):
         self.assertLess(growth[0], 64 * MiB)
         exchanges = await self.session("body-cpe", "body-pw", serial=_serial("B"))
         self.assertEqual([e.status for e in exchanges], [200, 204])
+
+
+class CharsetAttackGatewayTests(GatewayBase):
+    """Issue 12 over TLS: a 256 KiB POST with a charset Python decodes in quadratic time
+    is 415 from the real gateway, and a good session runs while such POSTs keep coming."""
+
+    async def test_slow_charset_is_415(self) -> None:
+        await self.start()
+        await self.add_device(_serial("C"), "charset-cpe", "charset-pw")
+        cap = self.service.config.acs.max_body_bytes
+        slow = b"<" + b"x" * (cap - 1)
+
+        def attack() -> list[int]:
+            return [
+                self.exchange(slow, {"Content-Type": f"text/xml; charset={charset}"}).status
+                for charset in ("punycode", "PUNYCODE", "unicode_escape", "utf-7", "hz")
+            ]
+
+        results = await gatherResults(
+            [deferToThread(attack), self.session("charset-cpe", "charset-pw", serial=_serial("C"))]
+        )
+        self.assertEqual(results[0], [415] * 5)
+        self.assertEqual([e.status for e in results[1]], [200, 204])
+        refused = await deferToThread(
+            self.exchange, slow, {"Content-Type": "text/xml; charset=punycode"}
+        )
+        self.assertEqual(refused.body, b"character encoding not supported\n")
 
 
 class RawCpe:

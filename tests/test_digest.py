@@ -532,6 +532,50 @@ class RefusalTests(FactoryTestCase):
         header = authorization(self.challenge(), uri="/acs")
         self.assertRefused(header, "uri", make_request(uri=b"/acs?x=1"))
 
+    def test_absolute_uri_of_the_same_resource(self) -> None:
+        """RFC 7616 §3.4.6: the uri may be the absolute form of the request-target; a CPE
+        that sends the ACS URL it was given was refused for ever before (issue 13)."""
+
+        def request(
+            target: bytes = URI, host: bytes | None = b"acs.example", secure: bool = True
+        ) -> DummyRequest:
+            r = make_request(uri=target)
+            if host is not None:
+                r.requestHeaders.setRawHeaders(b"host", [host])
+            r.isSecure = lambda: secure  # type: ignore[attr-defined]
+            return r
+
+        for uri, req in (
+            ("https://acs.example/acs", request()),
+            ("HTTPS://ACS.example:443/acs", request()),
+            ("https://acs.example:443/acs", request(host=b"ACS.EXAMPLE")),
+            ("https://acs.example:7547/acs", request(host=b"acs.example:7547")),
+            ("http://acs.example/acs", request(secure=False)),
+            ("http://acs.example:80/acs", request(secure=False)),
+            ("https://acs.example/acs?x=1", request(b"/acs?x=1")),
+            ("https://acs.example", request(b"/")),
+            ("https://[2001:db8::1]:7547/acs", request(host=b"[2001:db8::1]:7547")),
+        ):
+            creds = self.decode(authorization(self.challenge(), uri=uri), req)
+            self.assertEqual(creds.uri, uri)  # the hash is over what the CPE sent
+            self.assertTrue(creds.checkPassword(PASSWORD), uri)
+        for uri, req in (
+            ("https://acs.example/other", request()),  # another path
+            ("https://acs.example/acs", request(b"/acs?x=1")),  # another query
+            ("https://acs.example/acs?x=1", request()),
+            ("https://evil.example/acs", request()),  # another host
+            ("https://acs.example:8443/acs", request()),  # another port
+            ("https://acs.example:7547/acs", request(host=b"acs.example")),
+            ("http://acs.example/acs", request()),  # http named on a TLS connection
+            ("https://acs.example/acs", request(secure=False)),
+            ("https://acs.example/acs", request(host=None)),  # no Host to compare with
+            ("https://user@acs.example/acs", request()),  # userinfo
+            ("ftp://acs.example/acs", request()),
+            ("//acs.example/acs", request()),
+            ("https://acs.example/acs#frag", request()),
+        ):
+            self.assertRefused(authorization(self.challenge(), uri=uri), "uri", req)
+
     def test_wrong_method(self) -> None:
         """The response was computed for GET but the request is a POST: the digest fails."""
         creds = self.decode(authorization(self.challenge(), method="GET"))

@@ -24,6 +24,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+from lxml import etree
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock, deferLater
@@ -50,8 +51,9 @@ from cwmpgw.store.memory import MemoryCredentialStore, MemoryDeviceStore
 from cwmpgw.web.digest import ha1
 from tests import cpe_client
 from tests import cpe_envelopes as cpe
-from tests.memhttp import MemoryAcs, digest_post
+from tests.memhttp import MemoryAcs, digest_post, parse_responses
 from tests.redis_server import READY_MARKER, unique_prefix
+from tests.schema import assert_valid
 from tests.test_acs_http import OneRequest
 
 SERIAL_A, SERIAL_B = "22275K2000315", "22275K2000316"
@@ -169,24 +171,43 @@ class InMemoryOutageTests(SynchronousTestCase):
         self.assertEqual([e.data["outcome"] for e in closed], ["completed"])
         self.assertEqual(acs.engine.registry.sessions(), [])
 
-    def test_transfer_write_cannot_hang_it_times_out_into_fault_8002(self) -> None:
+    def test_transfer_write_cannot_hang_it_times_out_into_fault_8005(self) -> None:
+        """Issue 13: the TransferComplete got 8002 Internal error without its cwmp:ID; a
+        CPE request that cannot be stored gets 8005 Retry request echoing the ID, and the
+        CPE's retry once Redis answers again is stored (and published) once."""
         acs, availability = self.acs()
         conn = acs.connect(secure=True)
         self.assertEqual(digest_post(conn, cpe.inform(), "cpe1", "secret1").status, 200)
         # Redis accepted the connection and never answers (hung, or a partition).
+        record_transfer = acs.devices.record_transfer
         acs.devices.record_transfer = lambda *a: availability.guard(  # type: ignore[method-assign]
             lambda: Deferred()
         )
+        report = cpe.transfer_complete(request_id="tc-0815")
         conn.transport.clear()
-        conn.protocol.dataReceived(_raw_post(cpe.transfer_complete(), conn.cookie))
+        conn.protocol.dataReceived(_raw_post(report, conn.cookie))
         self.assertEqual(conn.transport.value(), b"")  # waiting for Redis...
         acs.clock.advance(availability.call_timeout)
-        response = conn.transport.value()
-        self.assertIn(b"200 OK", response)
-        self.assertIn(b"8002", response)  # not acknowledged: the CPE sends it again later
+        (response,) = parse_responses(conn.transport.value())
+        self.assertEqual(response.status, 200)
+        assert_valid(response.body)
+        fault = etree.fromstring(response.body)
+        self.assertEqual(fault.findtext(".//{urn:dslforum-org:cwmp-1-2}ID"), "tc-0815")
+        self.assertEqual(fault.findtext(".//FaultCode"), "8005")
+        self.assertEqual(fault.findtext(".//FaultString"), "Retry request")
         self.assertEqual(acs.bus.of_type("transfer.complete"), [])
         # Logged as one warning, not a traceback: trial fails a test that logs an error.
         self.assertEqual(self.flushLoggedErrors(), [])
+        # Redis is back; the CPE retries (TR-069 §3.7.1.6), the same request, twice over.
+        acs.devices.record_transfer = record_transfer  # type: ignore[method-assign]
+        for _ in range(2):
+            again = conn.post(report)
+            self.assertEqual(again.status, 200)
+            assert_valid(again.body)
+            self.assertIn(b"TransferCompleteResponse", again.body)
+            self.assertIn(b">tc-0815</cwmp:ID>", again.body)
+        self.assertEqual(len(acs.bus.of_type("transfer.complete")), 1)
+        self.assertEqual(len(acs.devices.transfers), 1)
 
     def test_engine_refuses_an_inform_without_touching_the_store(self) -> None:
         clock = Clock()
@@ -483,11 +504,11 @@ class GatewayRedisOutageTests(TestCase):
         await deferToThread(self.redis.kill)
         await self.until(lambda: not service.availability.available, "the gateway to notice")
 
-        # The session under way: its transfer cannot be stored (fault 8002, the CPE
-        # keeps it), and it ends cleanly; its session.closed goes to the spool.
+        # The session under way: its transfer cannot be stored (fault 8005 Retry request,
+        # the CPE keeps it), and it ends cleanly; its session.closed goes to the spool.
         tc = await deferToThread(b.post, cpe_client.TRANSFER_COMPLETE)
         self.assertEqual(tc.status, 200)
-        self.assertIn(b"8002", tc.body)
+        self.assertIn(b"<FaultCode>8005</FaultCode>", tc.body)
         self.assertEqual((await deferToThread(b.post, "")).status, 204)
         await deferToThread(b.close)
         # A new session: answered at once, 503 with Retry-After (the CPE retries later).
@@ -576,4 +597,38 @@ class GatewayRedisOutageTests(TestCase):
                 ("session.closed", b.session_id),
             ],
         )
+        self.flush_outage_errors()
+
+    async def test_a_transfer_complete_during_a_stall_gets_8005_and_is_stored_once(self) -> None:
+        """Issue 13 with a real redis-server, stopped (SIGSTOP: connected, silent) while a
+        CPE reports a finished download: 8005 Retry request echoing its cwmp:ID, not 8002
+        without it; the CPE's retry once Redis answers again is stored and published once."""
+        a = OpenSession(self.url, USER_A, self.cafile, SERIAL_A)
+        self.addCleanup(a.close)
+        self.assertEqual((await deferToThread(a.inform)).status, 200)
+        process = self.redis.process
+        assert process is not None
+        os.kill(process.pid, signal.SIGSTOP)
+        self.addCleanup(lambda: process.poll() is None and os.kill(process.pid, signal.SIGCONT))
+        stalled = await deferToThread(a.post, cpe_client.TRANSFER_COMPLETE)
+        os.kill(process.pid, signal.SIGCONT)
+        self.assertEqual(stalled.status, 200)
+        assert_valid(stalled.body)
+        fault = etree.fromstring(stalled.body)
+        self.assertEqual(fault.findtext(".//{urn:dslforum-org:cwmp-1-2}ID"), "1002")
+        self.assertEqual(fault.findtext(".//FaultCode"), "8005")
+        await self.until(lambda: self.service.availability.available, "redis to answer again")
+        for _ in range(2):  # the CPE's retry, and a retry of that (its answer lost, say)
+            retried = await deferToThread(a.post, cpe_client.TRANSFER_COMPLETE)
+            self.assertEqual(retried.status, 200)
+            assert_valid(retried.body)
+            self.assertIn(b"TransferCompleteResponse", retried.body)
+            self.assertIn(b">1002</cwmp:ID>", retried.body)
+        self.assertEqual((await deferToThread(a.post, "")).status, 204)
+        await self.service.spool.whenDrained().addTimeout(60, reactor)
+        await self.until(
+            lambda: any(e["type"] == "session.closed" for e in self.stream()), "session.closed"
+        )
+        reports = [e for e in self.stream() if e["type"] == "transfer.complete"]
+        self.assertEqual([e["data"]["command_key"] for e in reports], ["fw-42"])
         self.flush_outage_errors()

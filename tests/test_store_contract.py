@@ -253,6 +253,8 @@ class StoreContract:
         self.assertTrue(await self.devices.record_transfer(DEVICE_ID, "tc:k", {"a": 1}))  # type: ignore[attr-defined]
         self.assertFalse(await self.devices.record_transfer(DEVICE_ID, "tc:k", {"a": 1}))  # type: ignore[attr-defined]
         self.assertTrue(await self.devices.record_transfer(DEVICE_ID, "tc:other", {"a": 2}))  # type: ignore[attr-defined]
+        await self.devices.delete_device(DEVICE_ID)
+        self.assertTrue(await self.devices.record_transfer(DEVICE_ID, "tc:k", {"a": 1}))  # type: ignore[attr-defined]
 
     async def test_credentials(self) -> None:
         self.assertIsNone(await self.credentials.get("u1"))  # type: ignore[attr-defined]

@@ -9,6 +9,7 @@ could not be stored keeps its events and retries, as TR-069 makes it do.
 
 from __future__ import annotations
 
+import base64
 import itertools
 from dataclasses import asdict, replace
 from typing import Any
@@ -38,6 +39,7 @@ from cwmpgw.cwmp.messages import (
     RpcResponse,
 )
 from cwmpgw.cwmp.session import (
+    AnswerUnreadable,
     CwmpSession,
     Effect,
     Outcome,
@@ -58,6 +60,22 @@ from cwmpgw.store.interfaces import IDeviceStore, InformRecord
 from cwmpgw.store.sessionlock import Superseded
 
 __all__ = ["AcsEngine"]
+
+
+# What an envelope.repaired event lists at most: the event stays small whatever was sent.
+_MAX_REPAIRED_LISTED = 16
+_MAX_RAW_BYTES = 256
+
+
+def _method_name(envelope: Envelope) -> str:
+    message = envelope.message
+    if isinstance(message, RpcResponse):
+        return message.method + "Response"
+    if isinstance(message, CpeFault):
+        return "Fault"
+    if isinstance(message, DUStateChangeComplete) and message.autonomous:
+        return "AutonomousDUStateChangeComplete"
+    return type(message).__name__
 
 
 def _device_ref(device_id: str, d: DeviceId) -> dict[str, str]:
@@ -196,6 +214,7 @@ class AcsEngine:
             },
             dev,
         )
+        self._report_repair(envelope, machine.session_id, device_id, dev)
         timeout = max(self._session_timeout, float(envelope.session_timeout or 0))
         live = LiveSession(
             machine=machine,
@@ -229,6 +248,13 @@ class AcsEngine:
         self._busy.add(live.session_id)
         try:
             self.registry.touch(live)
+            if envelope is not None:
+                self._report_repair(
+                    envelope,
+                    live.session_id,
+                    live.device_id,
+                    _device_ref(live.device_id, live.device),
+                )
             step = live.machine.receive(envelope)
             reply = step.reply
             if self._metrics is not None and envelope is not None:
@@ -258,6 +284,83 @@ class AcsEngine:
             return reply
         finally:
             self._busy.discard(live.session_id)
+
+    async def unreadable(self, live: LiveSession, status: int, reason: str) -> Reply:
+        """A POST of ``live`` that could not be parsed, on its authenticated connection: what
+        to answer. While an ACS request is outstanding it was the answer, and the session
+        ends (its request's sender is told first, so a task fails rather than hang)."""
+        if live.session_id in self._busy:
+            return Reply(400, reason="another request of this session is in progress")
+        self._busy.add(live.session_id)
+        try:
+            step = live.machine.unreadable(status, reason)
+            for effect in step.effects:
+                if isinstance(effect, AnswerUnreadable):
+                    self._log.warn(
+                        "session {session_id} of {device_id}: the answer to {cwmp_method} "
+                        "was unreadable ({reason}); ending the session",
+                        session_id=live.session_id,
+                        device_id=live.device_id,
+                        cwmp_method=effect.request.method,
+                        reason=reason,
+                    )
+            for effect in step.effects:
+                try:
+                    await self._apply(live, (effect,))
+                except Exception:
+                    # The session ends all the same: its task is then run again.
+                    log_call_failure(
+                        self._log,
+                        Failure(),
+                        "could not record the unreadable answer of {device_id}",
+                        device_id=live.device_id,
+                    )
+            assert step.reply is not None
+            return step.reply
+        finally:
+            self._busy.discard(live.session_id)
+
+    def _report_repair(
+        self, envelope: Envelope, session_id: str, device_id: str, dev: dict[str, str]
+    ) -> None:
+        """Publish ``envelope.repaired`` for an envelope read only once repaired (a warning:
+        nobody waits for it, and a failure to publish it fails nothing)."""
+        repair = envelope.repaired
+        if repair is None:
+            return
+        listed = repair.values[:_MAX_REPAIRED_LISTED]
+        method = _method_name(envelope)
+        self._log.warn(
+            "{cwmp_method} of {device_id} held {count} characters XML forbids; replaced "
+            "by U+FFFD (parameters: {names})",
+            cwmp_method=method,
+            device_id=device_id,
+            count=repair.characters,
+            names=[v.name for v in listed],
+        )
+        d = self.publish(
+            "envelope.repaired",
+            {
+                "session_id": session_id,
+                "method": method,
+                "characters": repair.characters,
+                "parameters": [
+                    {
+                        "name": v.name,
+                        "raw": base64.b64encode(v.raw.encode()[:_MAX_RAW_BYTES]).decode(),
+                    }
+                    for v in listed
+                ],
+                "parameters_omitted": len(repair.values) - len(listed),
+            },
+            dev,
+        )
+        d.addErrback(
+            lambda f: self._log.failure(
+                "could not publish envelope.repaired for {device_id}", f, device_id=device_id
+            )
+        )
+        self._track(d)
 
     async def _acs_turn(self, live: LiveSession) -> Reply:
         """The ACS's turn: its next request, or the end of the session.
@@ -301,14 +404,17 @@ class AcsEngine:
                         "could not record a transfer of {device_id}; not acknowledging it",
                         device_id=live.device_id,
                     )
-                    return Reply(
-                        200, soap.acs_fault(live.machine.namespace, None, 8002, "Internal error")
-                    )
+                    # 8005 Retry request, with the request's cwmp:ID: the CPE keeps the
+                    # report and sends it again (TR-069 A.5); it is stored once then.
+                    namespace = live.machine.namespace
+                    return Reply(200, soap.acs_fault(namespace, effect.request_id, 8005))
             elif isinstance(effect, ResponseReceived):
                 if self._metrics is not None:
                     result = "fault" if isinstance(effect.response, CpeFault) else "ok"
                     self._metrics.rpcs.labels(effect.request.method, result).inc()
                 await self._requests.answered(live, effect.request, effect.response)
+            elif isinstance(effect, AnswerUnreadable):
+                await self._requests.answer_unreadable(live, effect.request, effect.reason)
             elif isinstance(effect, SessionEnded):
                 self.registry.ended(live, effect)
         return None

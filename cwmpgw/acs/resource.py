@@ -46,8 +46,10 @@ __all__ = [
 ]
 
 COOKIE_NAME = "cwmpgw_session"
-# Some CPEs separate cookies with "," instead of ";" (PROTOCOL.md §2.3).
-_COOKIE_RE = re.compile(r"(?:^|[;,]\s*)" + COOKIE_NAME + r"=([0-9a-f]{32})(?=$|[;,\s])")
+# Some CPEs separate cookies with "," instead of ";" (PROTOCOL.md §2.3); some echo it the
+# RFC 2965 way, between $Version and $Path attributes, with the value quoted and blanks
+# around "=": $Version="1"; cwmpgw_session="<32 hex>"; $Path="/".
+_COOKIE_RE = re.compile(r"(?:^|[;,]\s*)" + COOKIE_NAME + r'\s*=\s*("?)([0-9a-f]{32})\1(?=$|[;,\s])')
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +158,7 @@ def _cookie(request: Request) -> str | None:
     if not header:
         return None
     match = _COOKIE_RE.search(header.decode("latin-1"))
-    return match.group(1) if match else None
+    return match.group(2) if match else None
 
 
 class AcsResource(Resource):
@@ -276,6 +278,12 @@ class AcsResource(Resource):
                     device_id=live.device_id if live else None,
                     reason=e.reason,
                 )
+                if live is not None and live.channel is channel:
+                    # On the session's own (authenticated) connection this may have been
+                    # the answer to an ACS request: the engine decides (a task must not
+                    # wait for ever for an answer that cannot be read).
+                    reply = await self.engine.unreadable(live, e.status, e.reason)
+                    return self._send(request, reply)
                 return self._send(request, Reply(e.status, reason=e.reason))
             except soap.InvalidMessage as e:
                 self._log.warn(

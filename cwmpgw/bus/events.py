@@ -38,6 +38,7 @@ EVENT_TYPES = frozenset(
         "session.closed",
         "auth.failed",
         "auth.blocked",
+        "envelope.repaired",
         "credentials.changed",
         "task.queued",
         "task.done",

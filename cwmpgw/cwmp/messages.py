@@ -22,6 +22,8 @@ __all__ = [
     "GetRPCMethods",
     "Inform",
     "ParameterValue",
+    "Repair",
+    "RepairedValue",
     "RpcResponse",
     "SetParameterValuesFault",
     "TransferComplete",
@@ -161,6 +163,25 @@ class CpeFault:
     set_parameter_values_faults: tuple[SetParameterValuesFault, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class RepairedValue:
+    """A ParameterValueStruct whose Value held characters XML 1.0 forbids."""
+
+    name: str
+    raw: str  # the Value as sent: the forbidden characters, or their references (&#2;)
+
+
+@dataclass(frozen=True, slots=True)
+class Repair:
+    """An envelope that was only readable once the characters XML 1.0 forbids (C0
+    controls other than tab, CR and LF, raw or as character references) were replaced by
+    U+FFFD. ``values`` are the ParameterValueStruct Values among the places repaired; the
+    others (a DeviceId field, a FaultString…) are only counted in ``characters``."""
+
+    characters: int
+    values: tuple[RepairedValue, ...] = ()
+
+
 CpeMessage = (
     Inform
     | TransferComplete
@@ -185,6 +206,7 @@ class Envelope:
     message: CpeMessage
     session_timeout: int | None = None  # cwmp:SessionTimeout (CWMP 1.3+), Inform only
     supported_versions: tuple[str, ...] | None = None  # cwmp:SupportedCWMPVersions (1.4)
+    repaired: Repair | None = None  # readable only once forbidden characters were replaced
 
 
 #: What a CPE sends to report the end of work an ACS (or the CPE itself) started earlier.

@@ -34,6 +34,7 @@ from cwmpgw.cwmp.versions import Negotiated
 __all__ = [
     "ACS_METHODS",
     "AcsRequest",
+    "AnswerUnreadable",
     "CwmpSession",
     "Effect",
     "Outcome",
@@ -94,9 +95,11 @@ class AcsRequest:
 @dataclass(frozen=True, slots=True)
 class TransferReceived:
     """The CPE reported a finished transfer (TransferComplete or AutonomousTransferComplete)
-    or deployment-unit change ((Autonomous)DUStateChangeComplete)."""
+    or deployment-unit change ((Autonomous)DUStateChangeComplete). ``request_id`` is its
+    cwmp:ID: a fault answering it instead of the acknowledgement must echo it."""
 
     message: CompletionReport
+    request_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,12 +111,22 @@ class ResponseReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class AnswerUnreadable:
+    """The CPE's answer to ``request`` could not be parsed (``reason``: the codec's).
+
+    It will not become readable by waiting: the sender should not count on an answer."""
+
+    request: AcsRequest
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class SessionEnded:
     outcome: Outcome
     reason: str = ""
 
 
-Effect = TransferReceived | ResponseReceived | SessionEnded
+Effect = TransferReceived | ResponseReceived | AnswerUnreadable | SessionEnded
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,12 +216,12 @@ class CwmpSession:
         if isinstance(message, TransferComplete):
             return Step(
                 Reply(200, soap.transfer_complete_response(ns, rid)),
-                (TransferReceived(message),),
+                (TransferReceived(message, rid),),
             )
         if isinstance(message, AutonomousTransferComplete):
             return Step(
                 Reply(200, soap.autonomous_transfer_complete_response(ns, rid)),
-                (TransferReceived(message),),
+                (TransferReceived(message, rid),),
             )
         if isinstance(message, DUStateChangeComplete):
             return Step(
@@ -216,7 +229,7 @@ class CwmpSession:
                     200,
                     soap.du_state_change_complete_response(ns, rid, autonomous=message.autonomous),
                 ),
-                (TransferReceived(message),),
+                (TransferReceived(message, rid),),
             )
         assert isinstance(message, UnknownRequest)
         return Step(Reply(200, soap.acs_fault(ns, rid, 8000)))
@@ -271,6 +284,22 @@ class CwmpSession:
         self._phase = _Phase.CLOSED
         self.outcome = outcome
         return SessionEnded(outcome, reason)
+
+    def unreadable(self, status: int, reason: str) -> Step:
+        """A POST of this session that could not be parsed was answered ``status``.
+
+        In the CPE's turn nothing changes: the CPE may send its request again. While an ACS
+        request is outstanding, the unreadable POST was its answer; the CPE, refused, ends
+        its session (TR-069 §3.7.1.4), so the session ends here too, as a protocol error,
+        and the request's sender learns that no answer will come.
+        """
+        pending = self._pending
+        if self._phase is not _Phase.ACS_TURN or pending is None:
+            return Step(Reply(status, reason=reason))
+        self._pending = None
+        why = f"the answer to {pending.method} was unreadable: {reason}"
+        step = self._close(Outcome.PROTOCOL_ERROR, Reply(status, reason=reason), why)
+        return Step(step.reply, (AnswerUnreadable(pending, reason), *step.effects))
 
     @property
     def may_end_quietly(self) -> bool:

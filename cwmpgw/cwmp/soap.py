@@ -10,8 +10,9 @@ name whatever their namespace, whitespace from pretty-printing is ignored, array
 are ignored and ``xsi:type`` is normalised to the ``xsd:`` prefix.
 
 Errors come in two kinds. :class:`SoapError` means the input cannot be answered with a
-CWMP fault (HTTP 400/413). :class:`InvalidMessage` means a well-formed CWMP envelope whose
-request is invalid: the caller answers it with ACS fault 8003 in the CPE's namespace.
+CWMP fault (HTTP 400/413, or 415 for a character encoding no CPE uses).
+:class:`InvalidMessage` means a well-formed CWMP envelope whose request is invalid: the
+caller answers it with ACS fault 8003 in the CPE's namespace.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import codecs
 import re
 from collections.abc import Callable, Sequence
 from functools import lru_cache
+from types import MappingProxyType
 from typing import Any, Final
 
 from lxml import etree  # type: ignore[import-untyped,unused-ignore]
@@ -37,6 +39,8 @@ from cwmpgw.cwmp.messages import (
     GetRPCMethods,
     Inform,
     ParameterValue,
+    Repair,
+    RepairedValue,
     RpcResponse,
     SetParameterValuesFault,
     TransferComplete,
@@ -142,14 +146,52 @@ _FAULT_TAG: Final = f"{{{SOAP_ENV}}}Fault"
 _XSI_TYPE: Final = f"{{{XSI}}}type"
 _XSI_1999_TYPE: Final = f"{{{XSI_1999}}}type"
 
-_DECL_WITH_ENCODING: Final = re.compile(rb"<\?xml[^>]*?\sencoding\s*=", re.ASCII)
-_BOMS: Final = (codecs.BOM_UTF8, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
-_CHARSET_RE: Final = re.compile(r"""charset\s*=\s*["']?([A-Za-z0-9._:+-]+)""", re.IGNORECASE)
+_CHARSET_RE: Final = re.compile(r"""charset\s*=\s*["']?([^"';,\s]*)""", re.IGNORECASE)
+# The XML declaration and the encoding it names (EncName of XML 1.0 §4.3.3); a declaration
+# longer than _MAX_DECL is not one a CPE writes.
+_DECL_RE: Final = re.compile(rb"<\?xml\s[^>]*?\?>", re.ASCII)
+_DECL_ENCODING_RE: Final = re.compile(rb"""\sencoding\s*=\s*(["'])([^"']*)\1""", re.ASCII)
+_MAX_DECL: Final = 1024
+#: The encodings CPEs use, by the names they go by (IANA names and aliases, lower case),
+#: each to the Python codec that decodes it. Python's other codecs include quadratic ones
+#: (punycode: seconds for 256 KiB) and libxml2 (by way of iconv) knows hundreds more:
+#: neither ever sees a CPE's body. UTF-16 is left out: no CPE was found that sends it.
+_ENCODINGS: Final = MappingProxyType(
+    {
+        **dict.fromkeys(("utf-8", "utf8"), "utf-8"),
+        **dict.fromkeys(
+            ("us-ascii", "ascii", "ansi_x3.4-1968", "iso646-us", "us", "csascii"), "ascii"
+        ),
+        **dict.fromkeys(
+            (
+                "iso-8859-1",
+                "iso8859-1",
+                "iso_8859-1",
+                "latin1",
+                "latin-1",
+                "l1",
+                "ibm819",
+                "cp819",
+                "iso-ir-100",
+                "csisolatin1",
+            ),
+            "latin-1",
+        ),
+    }
+)
+# How a document in an encoding that is not ASCII-compatible starts (XML 1.0 Appendix F):
+# byte-order marks of UTF-16/32, "<" as UTF-16 or UCS-4 without one, "<?xm" in EBCDIC.
+_NOT_ASCII_COMPATIBLE: Final = (
+    codecs.BOM_UTF16_LE,
+    codecs.BOM_UTF16_BE,
+    b"\x00",
+    b"<\x00",
+    b"\x4c\x6f\xa7\x94",
+)
 # At most 20 significant digits (xsd:unsignedLong): a longer number is invalid anyway, and
 # int() of a huge digit string raises ValueError (CPython's 4300-digit limit) or costs
 # quadratic time.
 _UINT_RE: Final = re.compile(r"\+?0*([0-9]{1,20})", re.ASCII)
-_UTF8_NAMES: Final = frozenset({"utf-8", "utf-8-sig"})
 
 
 _count_elements: Final = etree.XPath("count(//*)")
@@ -194,42 +236,175 @@ def _text(el: etree._Element | None) -> str:
     return str(el.text).strip()
 
 
-def _charset(content_type: str | None) -> str | None:
-    """A non-UTF-8 charset named by Content-Type and known to Python, else None."""
-    if not content_type:
-        return None
-    match = _CHARSET_RE.search(content_type)
-    if match is None:
-        return None
-    try:
-        name = codecs.lookup(match.group(1)).name
-    except LookupError:
-        return None  # unknown charset: fall back to the document's own rules
-    # UTF-8 is lxml's default; UTF-16/32 documents are recognised by lxml on their own.
-    if name in _UTF8_NAMES or name.startswith(("utf-16", "utf-32")):
-        return None
-    return name
+def _codec(name: bytes | str) -> str:
+    """The Python codec of an encoding name a CPE may use; anything else is refused (415)."""
+    if isinstance(name, bytes):
+        name = name.decode("ascii", "replace")
+    codec = _ENCODINGS.get(name.strip().lower())
+    if codec is None:
+        raise SoapError(415, "character encoding not supported")
+    return codec
+
+
+def _source_encoding(data: bytes, content_type: str | None) -> tuple[str, bool]:
+    """(the Python codec of ``data``, whether the document names it itself).
+
+    Only names are looked at, and only the encodings in ``_ENCODINGS`` pass (else
+    :class:`SoapError` 415): nothing is decoded here, and nothing else is ever decoded.
+    The XML declaration wins over Content-Type's charset (XML 1.0 Appendix F, as lxml
+    does); both must name an encoding we accept. Without either, UTF-8.
+    """
+    codec = "utf-8"
+    if content_type:
+        match = _CHARSET_RE.search(content_type)
+        if match is not None:
+            codec = _codec(match.group(1))
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]
+        codec = "utf-8"  # the BOM says so (a contradicting declaration: lxml refuses it)
+    elif data.startswith(_NOT_ASCII_COMPATIBLE):
+        raise SoapError(415, "character encoding not supported")
+    if not data.startswith(b"<?xml"):
+        return codec, False
+    decl = _DECL_RE.match(data, 0, _MAX_DECL)
+    if decl is None:
+        raise SoapError(400, "malformed XML")  # an XML declaration that does not end
+    encoding = _DECL_ENCODING_RE.search(decl.group())
+    if encoding is None:
+        return codec, False
+    return _codec(encoding.group(2)), True
 
 
 def _parse_xml(body: bytes, content_type: str | None) -> etree._Element:
-    data: bytes | str = body.lstrip(b" \t\r\n")  # some CPEs send a newline first
-    charset = _charset(content_type)
-    if (
-        charset is not None
-        and isinstance(data, bytes)
-        and not data.startswith(_BOMS)
-        and _DECL_WITH_ENCODING.match(data, 0, 256) is None
-    ):
+    data = body.lstrip(b" \t\r\n")  # some CPEs send a newline first
+    codec, declared = _source_encoding(data, content_type)
+    source: bytes | str = data
+    if codec != "utf-8" and not declared:
         # The document does not name its encoding, so the HTTP header does (ISO-8859-1
         # from some CPEs); lxml then gets text with no encoding declaration to contradict.
         try:
-            data = data.decode(charset)
-        except (UnicodeError, LookupError):  # LookupError: a codec that is not for text
+            source = data.decode(codec)
+        except UnicodeError:
             raise SoapError(400, "malformed XML") from None
     try:
-        return etree.fromstring(data, PARSER)
+        return etree.fromstring(source, PARSER)
     except (etree.LxmlError, ValueError):
         raise SoapError(400, "malformed XML") from None
+
+
+# What XML 1.0 forbids that CPEs send: C0 controls (an SSID with U+0002), raw or as
+# character references, which libxml2 refuses as well. The references are matched whatever
+# their value and checked one by one (leading zeros are not digits of value).
+_FORBIDDEN_RE: Final = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]|&#(x[0-9A-Fa-f]+|[0-9]+);"
+)
+_DECL_TEXT_RE: Final = re.compile(r"<\?xml\s[^>]*?\?>")
+# While repairing, the n-th replaced character becomes U+F0000 + n (Supplementary Private
+# Use Area-A, valid in XML), so that the parsed tree says where each one was; U+FFFD
+# replaces them all once that is known.
+_SENTINEL_BASE: Final = 0xF0000
+_SENTINELS: Final = 0xFFFE
+_SENTINEL_RE: Final = re.compile("[\U000f0000-\U000ffffd]")
+_REPLACEMENT: Final = "\ufffd"
+
+
+def _xml_char(code: int) -> bool:
+    """Whether XML 1.0 allows this code point (its production ``Char``)."""
+    return (
+        code in (0x9, 0xA, 0xD)
+        or 0x20 <= code <= 0xD7FF
+        or 0xE000 <= code <= 0xFFFD
+        or 0x10000 <= code <= 0x10FFFF
+    )
+
+
+def _replace_forbidden(text: str, marked: bool) -> tuple[str, list[str]] | None:
+    """``text`` with every forbidden character (or reference to one) replaced, and those,
+    in order; None if ``marked`` and the text has characters that look like our marks."""
+    replaced: list[str] = []
+    conflict = False
+
+    def replace(match: re.Match[str]) -> str:
+        nonlocal conflict
+        ref = match.group(1)
+        if ref is not None:
+            digits, base = (ref[1:], 16) if ref[0] == "x" else (ref, 10)
+            digits = digits.lstrip("0") or "0"
+            code = int(digits, base) if len(digits) <= 8 else -1
+            if _xml_char(code):
+                conflict = conflict or _SENTINEL_BASE <= code < _SENTINEL_BASE + _SENTINELS
+                return match.group()
+        replaced.append(match.group())
+        n = len(replaced) - 1
+        return chr(_SENTINEL_BASE + n) if marked and n < _SENTINELS else _REPLACEMENT
+
+    if marked and _SENTINEL_RE.search(text) is not None:
+        return None
+    fixed = _FORBIDDEN_RE.sub(replace, text)
+    return None if marked and conflict else (fixed, replaced)
+
+
+def _unmark(text: str) -> str:
+    return _SENTINEL_RE.sub(_REPLACEMENT, text)
+
+
+def _restore(root: etree._Element, replaced: list[str]) -> tuple[RepairedValue, ...]:
+    """Put U+FFFD where the marks are; the ParameterValueStruct Values that had some."""
+    values: list[RepairedValue] = []
+
+    def raw(match: re.Match[str]) -> str:
+        return replaced[ord(match.group()) - _SENTINEL_BASE]
+
+    for el in root.iter(etree.Element):
+        text = el.text
+        if text is not None and _SENTINEL_RE.search(text) is not None:
+            parent = el.getparent()
+            if (
+                _local(el.tag) == "Value"
+                and parent is not None
+                and _local(parent.tag) == "ParameterValueStruct"
+            ):
+                name = _unmark(_text(_child_map(parent).get("Name")))
+                values.append(RepairedValue(name, _SENTINEL_RE.sub(raw, text)))
+            el.text = _unmark(text)
+        tail = el.tail
+        if tail is not None and _SENTINEL_RE.search(tail) is not None:
+            el.tail = _unmark(tail)
+        for key, value in el.attrib.items():
+            if _SENTINEL_RE.search(value) is not None:
+                el.set(key, _unmark(value))
+    return tuple(values)
+
+
+def _parse_repaired(body: bytes, content_type: str | None) -> tuple[etree._Element, Repair] | None:
+    """Parse a document the strict parse refused, with what XML 1.0 forbids replaced by
+    U+FFFD (issue 13: one control character in an SSID must not lock a device out for
+    ever). None if it has nothing to replace or is still unreadable. Only ever called
+    after the strict parse failed, so well-formed input pays nothing for it."""
+    data = body.lstrip(b" \t\r\n")
+    codec, _ = _source_encoding(data, content_type)
+    try:
+        text = data.decode("utf-8-sig" if codec == "utf-8" else codec)
+    except UnicodeError:
+        return None
+    decl = _DECL_TEXT_RE.match(text)
+    if decl is not None:  # lxml refuses text that names an encoding; it is decoded now
+        text = text[decl.end() :]
+    marked = True
+    result = _replace_forbidden(text, marked)
+    if result is None:  # our marks would be ambiguous: U+FFFD, without the values
+        marked = False
+        result = _replace_forbidden(text, marked)
+        assert result is not None
+    fixed, replaced = result
+    if not replaced:
+        return None
+    try:
+        root = etree.fromstring(fixed, PARSER)
+    except (etree.LxmlError, ValueError):
+        return None
+    values = _restore(root, replaced) if marked else ()
+    return root, Repair(len(replaced), values)
 
 
 def _check_limits(root: etree._Element, max_depth: int, max_elements: int) -> None:
@@ -258,7 +433,14 @@ def parse_envelope(
     Raises :class:`SoapError` for input that is not a usable SOAP/CWMP envelope and
     :class:`InvalidMessage` for a CWMP request with invalid content.
     """
-    root = _parse_xml(body, content_type)
+    repair: Repair | None = None
+    try:
+        root = _parse_xml(body, content_type)
+    except SoapError as e:
+        repaired = _parse_repaired(body, content_type) if e.status == 400 else None
+        if repaired is None:
+            raise
+        root, repair = repaired
     _check_limits(root, max_depth, max_elements)
     if root.tag != _ENVELOPE_TAG:
         raise SoapError(400, "not a SOAP 1.1 envelope")
@@ -311,6 +493,7 @@ def parse_envelope(
         message=message,
         session_timeout=session_timeout,
         supported_versions=supported_versions,
+        repaired=repair,
     )
 
 

@@ -213,6 +213,22 @@ class TaskRunner:
         if state.plan.outcome != "running":
             await self._finish(session, state)
 
+    def answer_unreadable(
+        self, session: LiveSession, request: AcsRequest, reason: str
+    ) -> Deferred[None]:
+        """The task fails, saying why: the CPE would most likely answer the same way again
+        (and, asked again, carry out the request again)."""
+        state = request.ref
+        assert isinstance(state, _Running)
+        state.outstanding = False
+        state.plan.on_fault(
+            {
+                "reason": f"the CPE's answer to {request.method} could not be read ({reason}); "
+                "it may have carried the request out"
+            }
+        )
+        return Deferred.fromCoroutine(self._finish(session, state))
+
     async def _finish(self, session: LiveSession, state: _Running) -> None:
         self._running.pop(session.session_id, None)
         plan, task = state.plan, state.task

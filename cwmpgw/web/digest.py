@@ -373,6 +373,44 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+# An absolute URI in the Digest uri parameter: scheme, authority (no userinfo), target.
+_ABSOLUTE_URI_RE = re.compile(r"(https?)://([^/?#@\s]+)([/?][^#\s]*)?", re.IGNORECASE)
+_DEFAULT_PORTS = {"http": ":80", "https": ":443"}
+
+
+def _authority(authority: str, scheme: str) -> str:
+    authority = authority.lower()
+    default = _DEFAULT_PORTS[scheme]
+    return authority[: -len(default)] if authority.endswith(default) else authority
+
+
+def _same_resource(uri: str, request: IRequest) -> bool:
+    """Whether the Digest ``uri`` names the resource of this request (RFC 7616 §3.4.6).
+
+    Usually it is the request-target itself. Some CPEs send the absolute URL they were
+    given as the ACS URL (RFC 7616 allows the absolute form): it names the same resource
+    only with the same path and query, the scheme of this connection (https on TLS) and
+    the authority of the Host header (default ports aside, host case-insensitive).
+    """
+    request_uri: bytes = request.uri
+    if uri.encode("utf-8") == request_uri:
+        return True
+    match = _ABSOLUTE_URI_RE.fullmatch(uri)
+    if match is None:
+        return False
+    scheme, authority, target = match.group(1).lower(), match.group(2), match.group(3) or "/"
+    if target.startswith("?"):
+        target = "/" + target
+    if target.encode("utf-8") != request_uri:
+        return False
+    if scheme != ("https" if request.isSecure() else "http"):
+        return False
+    host = request.getHeader(b"host")
+    if not host:
+        return False
+    return _authority(authority, scheme) == _authority(host.decode("latin-1"), scheme)
+
+
 @implementer(ICredentialFactory)
 class DigestCredentialFactory:
     """RFC 7616 Digest (qop=auth; MD5 and SHA-256) with stateless nonces and replay checks.
@@ -510,8 +548,7 @@ class DigestCredentialFactory:
         if len(digest) != _HEX_LENGTH[algorithm] or not _HEX_RE.fullmatch(digest):
             raise LoginFailed("malformed response digest")
         uri = params["uri"]
-        request_uri: bytes = request.uri
-        if uri.encode("utf-8") != request_uri:
+        if not _same_resource(uri, request):
             raise LoginFailed("digest uri does not match request")
         nonce = params["nonce"]
         issued_ms = self._verify_nonce(nonce)
