@@ -95,6 +95,9 @@ class UnreachableQueue:
     def answered(self, session: LiveSession, request: AcsRequest, response: Any) -> Deferred[None]:
         return succeed(None)
 
+    def rejected(self, session: LiveSession, request: AcsRequest, reason: str) -> Deferred[None]:
+        return succeed(None)
+
     def transfer_completed(self, session: LiveSession, message: Any) -> Deferred[None]:
         return succeed(None)
 

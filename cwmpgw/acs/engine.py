@@ -72,6 +72,10 @@ class IRequestSource(Interface):
     ) -> Deferred[None]:
         """The CPE answered ``request``; fires once the answer is recorded."""
 
+    def rejected(session: LiveSession, request: AcsRequest, reason: str) -> Deferred[None]:
+        """The CPE's answer to ``request`` could not be taken (it was too large): the
+        request failed for ``reason``, and sending it again would fail the same way."""
+
     def transfer_completed(
         session: LiveSession,
         message: CompletionReport,
@@ -96,6 +100,9 @@ class NoRequests:
     def answered(
         self, session: LiveSession, request: AcsRequest, response: RpcResponse | CpeFault
     ) -> Deferred[None]:
+        return succeed(None)
+
+    def rejected(self, session: LiveSession, request: AcsRequest, reason: str) -> Deferred[None]:
         return succeed(None)
 
     def transfer_completed(
@@ -314,6 +321,39 @@ class AcsEngine:
             await self._apply(live, step.effects)
             reply = step.reply
         return reply
+
+    def answer_too_large(self, live: LiveSession, size: int | None, limit: int) -> None:
+        """A POST of this session was refused (413) for its size.
+
+        The request it answered fails with the reason (the CPE would send the same answer
+        again: no retry) and the session ends; the HTTP layer closes the connection.
+        """
+        amount = f"more than {limit}" if size is None else str(size)
+        reason = f"answer too large: {amount} bytes > limit {limit} bytes"
+        pending = live.machine.pending
+        self._log.warn(
+            "session {session_id} of {device_id}: {reason} (answering {cwmp_method})",
+            session_id=live.session_id,
+            device_id=live.device_id,
+            reason=reason,
+            cwmp_method=pending.method if pending is not None else None,
+        )
+
+        async def fail() -> None:
+            if pending is not None:
+                await self._requests.rejected(live, pending, reason)
+            self.registry.end(live, Outcome.PROTOCOL_ERROR, reason)
+
+        d = Deferred.fromCoroutine(fail())
+        d.addErrback(
+            lambda f: log_call_failure(
+                self._log,
+                f,
+                "could not fail the request of {device_id} answered too large",
+                device_id=live.device_id,
+            )
+        )
+        self._track(d)
 
     def _superseded(self, live: LiveSession) -> Reply:
         self.registry.end(live, Outcome.SUPERSEDED, "a newer session on another node")

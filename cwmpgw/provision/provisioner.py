@@ -303,6 +303,22 @@ class Provisioner:
             await self._rotations.mark_confirmed(session.device_id, True)
             await self._publish(session, {"phase": "confirmed", "username": session.device_id})
 
+    def rejected(self, session: LiveSession, request: AcsRequest, reason: str) -> Deferred[None]:
+        if not isinstance(request.ref, _Step):
+            return self._inner.rejected(session, request, reason)
+        step = request.ref
+        state = self._sessions.get(session.session_id)
+        if state is not None and state.steps and state.steps[0] is step:
+            state.steps.pop(0)
+            state.outstanding = None
+        self._log.warn(
+            "{device_id}: the answer to its {kind} was refused: {reason}",
+            device_id=session.device_id,
+            kind=step.kind,
+            reason=reason,
+        )
+        return succeed(None)
+
     def promoted(self, device_id: str, username: str) -> None:
         """The device authenticated with its new credential: the switch is complete."""
 

@@ -214,6 +214,23 @@ class TaskRunner:
         if state.plan.outcome != "running":
             await self._finish(session, state)
 
+    def rejected(self, session: LiveSession, request: AcsRequest, reason: str) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._rejected(session, request, reason))
+
+    async def _rejected(self, session: LiveSession, request: AcsRequest, reason: str) -> None:
+        state = request.ref
+        assert isinstance(state, _Running)
+        state.outstanding = False
+        self._log.warn(
+            "task {task_id} ({task_type}) of {device_id} failed: {reason}",
+            task_id=state.task.id,
+            task_type=state.task.type,
+            device_id=session.device_id,
+            reason=reason,
+        )
+        state.plan.on_fault({"reason": reason})
+        await self._finish(session, state)
+
     async def _finish(self, session: LiveSession, state: _Running) -> None:
         self._running.pop(session.session_id, None)
         plan, task = state.plan, state.task
