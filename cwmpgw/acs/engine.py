@@ -508,9 +508,10 @@ class AcsEngine:
         if self._metrics is not None:
             self._metrics.auth_failures.inc()
         self._log.warn(
-            "authentication failed from {peer} (user {username!r}): {reason}",
+            "authentication failed from {peer} (user {username!r}, device {device_id}): {reason}",
             peer=peer,
             username=username,
+            device_id=make_device_id(device) if device is not None else None,
             reason=reason,
         )
         ref = _device_ref(make_device_id(device), device) if device is not None else None

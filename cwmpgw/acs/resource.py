@@ -514,9 +514,11 @@ class AcsResource(Resource):
         retry = await self._failed(peer, claims, device, device_id)
         if retry is not None:
             self._log.info(
-                "refused {peer} (user {username!r}): too many failed authentications",
+                "refused {peer} (user {username!r}, device {device_id}): too many failed "
+                "authentications",
                 peer=peer,
                 username=result.username,
+                device_id=device_id,
             )
             self._too_many(request, retry)
             return None
