@@ -348,6 +348,8 @@ class AcsConfig:
     rsa_key_file: str = _setting("", _optional_file)
     hostname: str = _setting("", _hostname)
     max_body_bytes: int = _setting(262144, _int(1024, 16777216))
+    max_session_body_bytes: int = _setting(33554432, _int(1024, 268435456))
+    min_session_upload_rate: int = _setting(16384, _int(1, 1073741824))
     session_timeout: int = _setting(30, _int(5, 3600))
     max_session_timeout: int = _setting(300, _int(5, 86400))
     hold_requests: bool = _setting(False, _bool)
@@ -715,6 +717,12 @@ def _cross_check(
                 "auth.bootstrap_password: required when auth.unknown_devices = 'enroll' "
                 "(or set auth.bootstrap_password_file)"
             )
+
+    if acs.get("max_session_body_bytes", 2**31) < acs.get("max_body_bytes", 0):
+        errors.append(
+            "acs.max_session_body_bytes: must be at least acs.max_body_bytes "
+            f"({acs['max_body_bytes']}), got {acs['max_session_body_bytes']}"
+        )
 
     if acs.get("retry_after_max", 0) < acs.get("retry_after_min", 0):
         errors.append("acs.retry_after_max: must be at least acs.retry_after_min")

@@ -152,10 +152,11 @@ class IRequestSource(Interface):
         """The CPE reported a finished transfer or deployment-unit change (a Download or a
         ChangeDUState of an earlier task may be finished)."""
 
-    def answer_unreadable(session: LiveSession, request: AcsRequest, reason: str) -> Deferred[None]:
-        """The CPE's answer to ``request`` could not be parsed (``reason``); the session then
-        ends. Resending would most likely get the same answer: the request's work should
-        end here, saying why, rather than run again. Fires once that is recorded."""
+    def answer_unusable(session: LiveSession, request: AcsRequest, reason: str) -> Deferred[None]:
+        """The CPE's answer to ``request`` could not be used (unreadable, or too large), for
+        ``reason``; the session then ends. Resending would most likely get the same answer:
+        the request's work should end here, saying why, rather than run again. Fires once
+        that is recorded."""
 
     def session_ended(session: LiveSession) -> Deferred[None] | None:
         """The session is over: a request sent but not answered must run again later.
@@ -183,7 +184,7 @@ class NoRequests:
     ) -> Deferred[None]:
         return succeed(None)
 
-    def answer_unreadable(
+    def answer_unusable(
         self, session: LiveSession, request: AcsRequest, reason: str
     ) -> Deferred[None]:
         return succeed(None)

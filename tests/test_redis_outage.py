@@ -97,6 +97,11 @@ class UnreachableQueue:
     def answered(self, session: LiveSession, request: AcsRequest, response: Any) -> Deferred[None]:
         return succeed(None)
 
+    def answer_unusable(
+        self, session: LiveSession, request: AcsRequest, reason: str
+    ) -> Deferred[None]:
+        return succeed(None)
+
     def transfer_completed(self, session: LiveSession, message: Any) -> Deferred[None]:
         return succeed(None)
 

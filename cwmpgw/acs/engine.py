@@ -387,6 +387,39 @@ class AcsEngine:
             reply = step.reply
         return reply
 
+    def answer_too_large(self, live: LiveSession, size: int | None, limit: int) -> None:
+        """A POST of this session was refused (413) for its size.
+
+        The request it answered fails with the reason (the CPE would send the same answer
+        again: no retry) and the session ends; the HTTP layer closes the connection.
+        """
+        amount = f"more than {limit}" if size is None else str(size)
+        reason = f"answer too large: {amount} bytes > limit {limit} bytes"
+        pending = live.machine.pending
+        self._log.warn(
+            "session {session_id} of {device_id}: {reason} (answering {cwmp_method})",
+            session_id=live.session_id,
+            device_id=live.device_id,
+            reason=reason,
+            cwmp_method=pending.method if pending is not None else None,
+        )
+
+        async def fail() -> None:
+            if pending is not None:
+                await self._requests.answer_unusable(live, pending, reason)
+            self.registry.end(live, Outcome.PROTOCOL_ERROR, reason)
+
+        d = Deferred.fromCoroutine(fail())
+        d.addErrback(
+            lambda f: log_call_failure(
+                self._log,
+                f,
+                "could not fail the request of {device_id} answered too large",
+                device_id=live.device_id,
+            )
+        )
+        self._track(d)
+
     def _superseded(self, live: LiveSession) -> Reply:
         self.registry.end(live, Outcome.SUPERSEDED, "a newer session on another node")
         return Reply(204)
@@ -414,7 +447,11 @@ class AcsEngine:
                     self._metrics.rpcs.labels(effect.request.method, result).inc()
                 await self._requests.answered(live, effect.request, effect.response)
             elif isinstance(effect, AnswerUnreadable):
-                await self._requests.answer_unreadable(live, effect.request, effect.reason)
+                reason = (
+                    f"the CPE's answer to {effect.request.method} could not be read"
+                    f" ({effect.reason}); it may have carried the request out"
+                )
+                await self._requests.answer_unusable(live, effect.request, reason)
             elif isinstance(effect, SessionEnded):
                 self.registry.ended(live, effect)
         return None
@@ -554,9 +591,10 @@ class AcsEngine:
         if self._metrics is not None:
             self._metrics.auth_failures.inc()
         self._log.warn(
-            "authentication failed from {peer} (user {username!r}): {reason}",
+            "authentication failed from {peer} (user {username!r}, device {device_id}): {reason}",
             peer=peer,
             username=username,
+            device_id=make_device_id(device) if device is not None else None,
             reason=reason,
         )
         ref = _device_ref(make_device_id(device), device) if device is not None else None

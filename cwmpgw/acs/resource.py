@@ -46,6 +46,11 @@ __all__ = [
 ]
 
 COOKIE_NAME = "cwmpgw_session"
+#: Elements an envelope may hold before its sender has proved a session (an Inform has a
+#: few hundred); inside one, one per BYTES_PER_ELEMENT bytes of the session body cap (a
+#: discovery answer has about one per 40 bytes).
+MAX_ELEMENTS = 20_000
+BYTES_PER_ELEMENT = 16
 # Some CPEs separate cookies with "," instead of ";" (PROTOCOL.md §2.3); some echo it the
 # RFC 2965 way, between $Version and $Path attributes, with the value quoted and blanks
 # around "=": $Version="1"; cwmpgw_session="<32 hex>"; $Path="/".
@@ -71,6 +76,11 @@ class AcsChannel(HardenedChannel):
     cwmp_session: LiveSession | None = None
     auth_failures: int = 0
     session_idle: float = 300.0
+    # What a sender that has proved its session may send: acs.max_session_body_bytes, and
+    # read_timeout plus the body's size at acs.min_session_upload_rate to send it.
+    session_body_bytes: int | None = None
+    session_upload_rate: float = 16384.0
+    _read_extension = 0.0  # seconds granted past read_timeout to the request being read
 
     def has_session(self) -> bool:
         live = self.cwmp_session
@@ -78,6 +88,56 @@ class AcsChannel(HardenedChannel):
 
     def idle_timeout(self) -> float:
         return self.session_idle if self.has_session() else self.limits.idle_timeout
+
+    def proven_session(self) -> LiveSession | None:
+        """The open session the sender of the request being read has proved it belongs to.
+
+        The session this connection authenticated for; or, for a POST that continues a
+        session on a new connection (it authenticates again before being answered), the
+        session its cookie names, a 128-bit secret sent to that device only, when it comes
+        from the address the session was opened from.
+        """
+        if self.has_session():
+            return self.cwmp_session
+        site = getattr(self, "site", None)
+        if not self.requests or not isinstance(site, AcsSite):
+            return None
+        live = site.engine.registry.by_cookie(_cookie(self.requests[-1]))
+        if live is None or live.machine.closed or live.peer != self.peer():
+            return None
+        return live
+
+    def body_limit(self) -> int:
+        if self.session_body_bytes is not None and self.proven_session() is not None:
+            return self.session_body_bytes
+        return self.limits.max_body_bytes
+
+    def read_time_left(self) -> float:
+        """Inside a session a large body may take its size at the minimum upload rate."""
+        if self.session_body_bytes is None or self.proven_session() is None:
+            return 0.0
+        content = getattr(self.requests[-1], "content", None)
+        received = content.tell() if content is not None else 0
+        more = received / self.session_upload_rate - self._read_extension
+        if more <= 0:
+            return 0.0
+        more = max(more, 1.0)
+        self._read_extension += more
+        return more
+
+    def allContentReceived(self) -> None:
+        self._read_extension = 0.0
+        super().allContentReceived()
+
+    def refuse(self, status: int, reason: str) -> None:
+        if status == 413 and not self.refused:
+            live = self.proven_session()
+            site = getattr(self, "site", None)
+            if live is not None and isinstance(site, AcsSite):
+                limit = self.body_limit()
+                length = self.length if self.length and self.length > limit else None
+                site.engine.answer_too_large(live, length, limit)
+        super().refuse(status, reason)
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         super().connectionLost(reason)
@@ -106,6 +166,8 @@ class AcsSite(HardenedSite):
         max_header_bytes: int = 16384,
         max_headers: int = 100,
         max_body_bytes: int | None = None,
+        max_session_body_bytes: int | None = None,
+        min_session_upload_rate: float = 16384.0,
         max_requests_per_connection: int = 1000,
         read_timeout: float = 30.0,
         max_connections: int = 0,
@@ -136,11 +198,19 @@ class AcsSite(HardenedSite):
             **kwargs,
         )
         self.session_idle = timeout
+        self.session_body_bytes = (
+            resource.max_session_body_bytes
+            if max_session_body_bytes is None
+            else max_session_body_bytes
+        )
+        self.session_upload_rate = float(min_session_upload_rate)
 
     def buildProtocol(self, addr: Any) -> Any:
         channel = super().buildProtocol(addr)
         if isinstance(channel, AcsChannel):
             channel.session_idle = self.session_idle
+            channel.session_body_bytes = self.session_body_bytes
+            channel.session_upload_rate = self.session_upload_rate
         return channel
 
     def drain(self) -> None:
@@ -153,7 +223,7 @@ class AcsSite(HardenedSite):
                     channel.loseConnection()
 
 
-def _cookie(request: Request) -> str | None:
+def _cookie(request: Any) -> str | None:
     header = request.getHeader(b"cookie")
     if not header:
         return None
@@ -185,6 +255,7 @@ class AcsResource(Resource):
         credentials: ICredentialStore,
         *,
         max_body_bytes: int = 262_144,
+        max_session_body_bytes: int | None = None,
         path: str = "/",
         throttle: IAuthThrottle | None = None,
         certificates: ClientCertificates | None = None,
@@ -195,6 +266,8 @@ class AcsResource(Resource):
         self._auth = authenticator
         self._credentials = credentials
         self._max_body = max_body_bytes
+        # Inside an authenticated session (see AcsChannel.body_limit); by default the same.
+        self._max_session_body = max(max_body_bytes, max_session_body_bytes or 0)
         self._path = path.encode()
         self._throttle = throttle
         self._certificates = certificates
@@ -204,6 +277,10 @@ class AcsResource(Resource):
     @property
     def max_body_bytes(self) -> int:
         return self._max_body
+
+    @property
+    def max_session_body_bytes(self) -> int:
+        return self._max_session_body
 
     def render(self, request: Request) -> bytes | int:
         if request.method != b"POST":
@@ -240,10 +317,11 @@ class AcsResource(Resource):
     async def _handle(self, request: Request) -> None:
         peer = _peer(request)
         channel: Any = request.channel
+        # The channel's cap: small until the sender has proved its session, then large.
+        limit = channel.body_limit() if isinstance(channel, AcsChannel) else self._max_body
         length = request.getHeader(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self._max_body:
-            self._log.warn("body of {length} bytes from {peer} refused", length=length, peer=peer)
-            return self._send(request, Reply(413, reason="body too large"))
+        if length is not None and length.isdigit() and int(length) > limit:
+            return self._too_large(request, peer, channel, int(length), limit)
         encoding = (request.getHeader(b"content-encoding") or b"").strip().lower()
         if encoding not in (b"", b"identity"):
             # Never decompressed (no gzip bomb can grow past the body cap): say so clearly
@@ -256,9 +334,9 @@ class AcsResource(Resource):
             request.setHeader(b"accept-encoding", b"identity")
             return self._send(request, Reply(415, reason="Content-Encoding not supported"))
         assert request.content is not None
-        body = request.content.read(self._max_body + 1)
-        if len(body) > self._max_body:
-            return self._send(request, Reply(413, reason="body too large"))
+        body = request.content.read(limit + 1)
+        if len(body) > limit or getattr(request, "body_too_large", False):
+            return self._too_large(request, peer, channel, None, limit)
 
         live = self.engine.registry.by_cookie(_cookie(request))
         if live is None and isinstance(channel, AcsChannel) and channel.cwmp_session is not None:
@@ -269,7 +347,9 @@ class AcsResource(Resource):
         if body.strip():
             try:
                 envelope = soap.parse_envelope(
-                    body, content_type=_str(request.getHeader(b"content-type"))
+                    body,
+                    content_type=_str(request.getHeader(b"content-type")),
+                    max_elements=max(MAX_ELEMENTS, limit // BYTES_PER_ELEMENT),
                 )
             except soap.SoapError as e:
                 self._log.warn(
@@ -324,6 +404,22 @@ class AcsResource(Resource):
         reply = await self.engine.continue_session(live, envelope)
         self._send(request, reply)
         return None
+
+    def _too_large(
+        self, request: Request, peer: str, channel: Any, length: int | None, limit: int
+    ) -> None:
+        live = channel.proven_session() if isinstance(channel, AcsChannel) else None
+        if live is not None:
+            self.engine.answer_too_large(live, length, limit)
+        else:
+            self._log.warn(
+                "body of {length} bytes from {peer} refused (limit {limit} before authentication)",
+                length="more than " + str(limit) if length is None else length,
+                peer=peer,
+                limit=limit,
+            )
+        request.setHeader(b"connection", b"close")
+        self._send(request, Reply(413, reason="body too large"))
 
     def _admit(self, request: Request, inform: Inform) -> tuple[str, int] | None:
         """Why a new session must wait, and for how long; None if it may start.
@@ -432,9 +528,11 @@ class AcsResource(Resource):
         retry = await self._failed(peer, claims, device, device_id)
         if retry is not None:
             self._log.info(
-                "refused {peer} (user {username!r}): too many failed authentications",
+                "refused {peer} (user {username!r}, device {device_id}): too many failed "
+                "authentications",
                 peer=peer,
                 username=result.username,
+                device_id=device_id,
             )
             self._too_many(request, retry)
             return None

@@ -149,6 +149,7 @@ async def make_site(
         authenticator,
         credentials,
         max_body_bytes=acs.max_body_bytes,
+        max_session_body_bytes=acs.max_session_body_bytes,
         path=acs.path,
         throttle=throttle,
         certificates=(
@@ -169,6 +170,7 @@ async def make_site(
         max_connections_per_source=acs.max_connections_per_source,
         first_byte_timeout=acs.first_byte_timeout,
         idle_timeout=acs.idle_timeout,
+        min_session_upload_rate=acs.min_session_upload_rate,
     )
 
 

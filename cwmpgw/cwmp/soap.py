@@ -417,6 +417,128 @@ def _check_limits(root: etree._Element, max_depth: int, max_elements: int) -> No
         raise SoapError(400, "XML nested too deeply")
 
 
+#: Bodies larger than this are parsed incrementally (see :func:`_parse_streaming`).
+STREAM_ABOVE: Final = 262_144
+_STREAM_CHUNK: Final = 65_536
+_LIST_ITEM_DEPTH: Final = 5  # Envelope / Body / <Method>Response / ParameterList / item
+
+
+class _Streamed:
+    """What the incremental parse already mapped: per ParameterList of a response, its
+    parameters and its body-tree items (the elements themselves are gone)."""
+
+    __slots__ = ("error", "items", "parameters")
+
+    def __init__(self) -> None:
+        self.parameters: list[ParameterValue] = []
+        self.items: list[Any] = []
+        self.error: _Invalid | None = None
+
+
+def _stream_item(lists: dict[etree._Element, _Streamed], item: etree._Element) -> None:
+    """Map a finished ParameterList item of a response, then drop the finished elements."""
+    container = item.getparent()
+    streamed = lists.get(container)
+    if streamed is None:
+        streamed = lists[container] = _Streamed()
+    tag = item.tag
+    kind = tag[tag.rfind("}") + 1 :]
+    if streamed.error is None:
+        try:
+            parameter = _parameter_struct(item, kind)
+        except _Invalid as e:
+            streamed.error = e
+        else:
+            if parameter is not None:
+                streamed.parameters.append(parameter)
+            # The items of _value_list_tree / _tree, without building the generic tree.
+            if kind == "ParameterValueStruct" and parameter is not None:
+                streamed.items.append({"Name": parameter.name, "Value": parameter.value})
+            elif kind == "ParameterInfoStruct" and parameter is not None:
+                streamed.items.append({"Name": parameter.name, "Writable": parameter.value})
+            elif (
+                len(item)
+                or kind in _ARRAY_CONTAINERS
+                or item.get(_ARRAY_TYPE) is not None
+                or item.get("arrayType") is not None
+            ):
+                streamed.items.append(_tree(item, kind))
+            else:
+                streamed.items.append(_text(item))
+    # The usual iterparse clean-up: this item's subtree and the earlier (empty) siblings.
+    item.clear()
+    while item.getprevious() is not None:
+        del container[0]
+
+
+def _parse_streaming(
+    body: bytes, max_depth: int, max_elements: int
+) -> tuple[etree._Element, dict[etree._Element, _Streamed]] | None:
+    """Parse a large body incrementally, with the limits checked as elements arrive.
+
+    The answer to a discovery (GetParameterValues/Names of a whole tree) is megabytes and
+    hundreds of thousands of elements: parsed whole, libxml2's tree alone is about five
+    times the body. Here each item of a response's ParameterList is mapped when its end
+    tag arrives and then dropped, so the tree never holds more than one item; the DTD,
+    element-count and depth limits stop the parse as soon as they are broken, before the
+    rest is read. Same hardened parser settings as :data:`PARSER`.
+
+    Returns None for input this path does not take (a body that names a non-UTF-8 charset
+    or is malformed): the caller parses it whole, with the usual repairs.
+    """
+    parser = etree.XMLPullParser(
+        events=("start", "end"),
+        resolve_entities=False,
+        no_network=True,
+        huge_tree=False,
+        load_dtd=False,
+        dtd_validation=False,
+        remove_comments=True,
+        remove_pis=True,
+    )
+    lists: dict[etree._Element, _Streamed] = {}
+    data = memoryview(body.lstrip(b" \t\r\n"))
+    depth = count = 0
+    # Local names along the open path: a ParameterList item of a *Response is streamed.
+    path: list[str] = []
+    try:
+        for offset in range(0, len(data), _STREAM_CHUNK):
+            parser.feed(bytes(data[offset : offset + _STREAM_CHUNK]))
+            for event, element in parser.read_events():
+                tag = element.tag
+                if event == "start":
+                    if count == 0:
+                        _refuse_dtd(element)
+                    count += 1
+                    depth += 1
+                    if count > max_elements:
+                        raise SoapError(400, "too many elements")
+                    if depth > max_depth:
+                        raise SoapError(400, "XML nested too deeply")
+                    path.append(tag[tag.rfind("}") + 1 :] if type(tag) is str else "")
+                    continue
+                if (
+                    depth == _LIST_ITEM_DEPTH
+                    and path[3] == "ParameterList"
+                    and path[2].endswith("Response")
+                    and path[1] == "Body"
+                ):
+                    _stream_item(lists, element)
+                depth -= 1
+                path.pop()
+        root = parser.close()
+    except etree.LxmlError:
+        return None
+    _refuse_dtd(root)
+    return root, lists
+
+
+def _refuse_dtd(element: etree._Element) -> None:
+    docinfo = element.getroottree().docinfo
+    if docinfo.doctype or docinfo.internalDTD is not None or docinfo.externalDTD is not None:
+        raise SoapError(400, "DTD not allowed")
+
+
 def _cwmp_namespace(ns: str | None) -> str | None:
     return ns if ns is not None and _CWMP_NS_RE.fullmatch(ns) else None
 
@@ -434,14 +556,25 @@ def parse_envelope(
     :class:`InvalidMessage` for a CWMP request with invalid content.
     """
     repair: Repair | None = None
-    try:
-        root = _parse_xml(body, content_type)
-    except SoapError as e:
-        repaired = _parse_repaired(body, content_type) if e.status == 400 else None
-        if repaired is None:
-            raise
-        root, repair = repaired
-    _check_limits(root, max_depth, max_elements)
+    streamed: dict[etree._Element, _Streamed] = {}
+    parsed = None
+    if len(body) > STREAM_ABOVE:
+        # Names only (415 for an encoding we do not take), nothing decoded: a UTF-8 body
+        # streams, anything else is parsed whole below.
+        codec, _ = _source_encoding(body.lstrip(b" \t\r\n"), content_type)
+        if codec == "utf-8":
+            parsed = _parse_streaming(body, max_depth, max_elements)
+    if parsed is not None:
+        root, streamed = parsed
+    else:
+        try:
+            root = _parse_xml(body, content_type)
+        except SoapError as e:
+            repaired = _parse_repaired(body, content_type) if e.status == 400 else None
+            if repaired is None:
+                raise
+            root, repair = repaired
+        _check_limits(root, max_depth, max_elements)
     if root.tag != _ENVELOPE_TAG:
         raise SoapError(400, "not a SOAP 1.1 envelope")
     headers: list[etree._Element] = []
@@ -486,7 +619,7 @@ def parse_envelope(
     if namespace is None or namespace not in CWMP_NAMESPACES:
         raise SoapError(400, "unknown CWMP namespace")
 
-    message = _map_body(element, namespace, request_id)
+    message = _map_body(element, namespace, request_id, streamed)
     return Envelope(
         namespace=namespace,
         request_id=request_id,
@@ -574,50 +707,54 @@ def _parameter_list(container: etree._Element | None) -> tuple[ParameterValue, .
         tag = item.tag
         if type(tag) is not str:
             continue  # not an element (cannot happen with our parser; cheap to be sure)
-        kind = tag[tag.rfind("}") + 1 :]
-        if kind == "ParameterValueStruct":
-            # The hot path (~1000 per discovery GetParameterValuesResponse): plain iteration
-            # and inlined helpers, about three times faster than the generic code.
-            name = value = None
-            for part in item:
-                tag = part.tag
-                if type(tag) is not str:
-                    continue
-                local = tag[tag.rfind("}") + 1 :]
-                if local == "Name":
-                    if name is None:
-                        name = part
-                elif local == "Value" and value is None:
-                    value = part
-            if name is None:
-                raise _Invalid("ParameterValueStruct without Name")
-            if value is None:
-                type_ = "xsd:string"
-            else:
-                raw_type = value.get(_XSI_TYPE)
-                type_ = "xsd:string" if raw_type == "xsd:string" else _value_type(value)
-            name_text = name.text
-            result.append(
-                ParameterValue(
-                    "" if name_text is None else str(name_text).strip(),
-                    _value_text(value, type_),
-                    type_,
-                )
-            )
-            continue
-        fields = _child_map(item)
-        if kind == "ParameterInfoStruct":
-            name = fields.get("Name")
-            if name is None:
-                raise _Invalid("ParameterInfoStruct without Name")
-            result.append(ParameterValue(_text(name), _text(fields.get("Writable")), "xsd:boolean"))
-        elif kind == "ParameterAttributeStruct":
-            name = fields.get("Name")
-            if name is None:
-                raise _Invalid("ParameterAttributeStruct without Name")
-            notification = _text(fields.get("Notification"))
-            result.append(ParameterValue(_text(name), notification, "xsd:int"))
+        parameter = _parameter_struct(item, tag[tag.rfind("}") + 1 :])
+        if parameter is not None:
+            result.append(parameter)
     return tuple(result)
+
+
+def _parameter_struct(item: etree._Element, kind: str) -> ParameterValue | None:
+    """One item of a ParameterList (local name ``kind``); None for an unknown kind."""
+    if kind == "ParameterValueStruct":
+        # The hot path (thousands per discovery GetParameterValuesResponse): plain
+        # iteration and inlined helpers, about three times faster than the generic code.
+        name = value = None
+        for part in item:
+            tag = part.tag
+            if type(tag) is not str:
+                continue
+            local = tag[tag.rfind("}") + 1 :]
+            if local == "Name":
+                if name is None:
+                    name = part
+            elif local == "Value" and value is None:
+                value = part
+        if name is None:
+            raise _Invalid("ParameterValueStruct without Name")
+        if value is None:
+            type_ = "xsd:string"
+        else:
+            raw_type = value.get(_XSI_TYPE)
+            type_ = "xsd:string" if raw_type == "xsd:string" else _value_type(value)
+        name_text = name.text
+        return ParameterValue(
+            "" if name_text is None else str(name_text).strip(),
+            _value_text(value, type_),
+            type_,
+        )
+    if kind == "ParameterInfoStruct":
+        fields = _child_map(item)
+        name = fields.get("Name")
+        if name is None:
+            raise _Invalid("ParameterInfoStruct without Name")
+        return ParameterValue(_text(name), _text(fields.get("Writable")), "xsd:boolean")
+    if kind == "ParameterAttributeStruct":
+        fields = _child_map(item)
+        name = fields.get("Name")
+        if name is None:
+            raise _Invalid("ParameterAttributeStruct without Name")
+        return ParameterValue(_text(name), _text(fields.get("Notification")), "xsd:int")
+    return None
 
 
 def _inform(el: etree._Element) -> Inform:
@@ -865,7 +1002,11 @@ def _value_list_tree(container: etree._Element, parameters: tuple[ParameterValue
     return [{"Name": p.name, "Value": p.value} for p in parameters]
 
 
-def _rpc_response(el: etree._Element, method: str) -> RpcResponse:
+def _rpc_response(
+    el: etree._Element,
+    method: str,
+    streamed: dict[etree._Element, _Streamed] | None = None,
+) -> RpcResponse:
     leaves: dict[str, str] = {}
     parameters: tuple[ParameterValue, ...] = ()
     names: list[str] = []
@@ -873,6 +1014,14 @@ def _rpc_response(el: etree._Element, method: str) -> RpcResponse:
     for child in el.iterchildren(etree.Element):
         name = _local(child.tag)
         names.append(name)
+        done = streamed.get(child) if streamed else None
+        if done is not None:  # a ParameterList the incremental parse mapped already
+            if done.error is not None:
+                raise done.error
+            if name == "ParameterList":
+                parameters = tuple(done.parameters)
+            subtrees.append(done.items)
+            continue
         if name == "ParameterList":
             parameters = _parameter_list(child)
             subtrees.append(_value_list_tree(child, parameters))
@@ -885,7 +1034,12 @@ def _rpc_response(el: etree._Element, method: str) -> RpcResponse:
     )
 
 
-def _map_body(element: etree._Element, namespace: str, request_id: str | None) -> CpeMessage:
+def _map_body(
+    element: etree._Element,
+    namespace: str,
+    request_id: str | None,
+    streamed: dict[etree._Element, _Streamed] | None = None,
+) -> CpeMessage:
     name = _local(element.tag)
     try:
         if element.tag == _FAULT_TAG:
@@ -901,7 +1055,7 @@ def _map_body(element: etree._Element, namespace: str, request_id: str | None) -
         if name == "GetRPCMethods":
             return GetRPCMethods()
         if name.endswith("Response") and len(name) > len("Response"):
-            return _rpc_response(element, name[: -len("Response")])
+            return _rpc_response(element, name[: -len("Response")], streamed)
         return UnknownRequest(method=name)
     except _Invalid as e:
         raise InvalidMessage(namespace, request_id, str(e)) from None

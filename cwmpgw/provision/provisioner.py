@@ -330,15 +330,16 @@ class Provisioner:
             await self._rotations.mark_confirmed(session.device_id, True)
             await self._publish(session, {"phase": "confirmed", "username": session.device_id})
 
-    def answer_unreadable(
+    def answer_unusable(
         self, session: LiveSession, request: AcsRequest, reason: str
     ) -> Deferred[None]:
         if not isinstance(request.ref, _Step):
-            return self._inner.answer_unreadable(session, request, reason)
-        # As if the session had died mid-step: the CPE may or may not have taken the
-        # change, both cases are safe (see the module docs), and the next session tries again.
+            return self._inner.answer_unusable(session, request, reason)
+        # The session ends: as if it had died mid-step. The CPE may or may not have taken
+        # the change, both cases are safe (see the module docs), and the next session tries
+        # again.
         self._log.warn(
-            "{device_id}: the answer to its {kind} was unreadable ({reason})",
+            "{device_id}: the answer to its {kind} could not be used: {reason}",
             device_id=session.device_id,
             kind=request.ref.kind,
             reason=reason,

@@ -528,9 +528,10 @@ async def publish_task_event(events: IEventSink, node: str, task: Task) -> Task:
         await events.publish(task_event(task, node))
     except Exception:
         _log.failure(
-            "could not publish task.{status} for task {task_id}",
+            "could not publish task.{status} for task {task_id} of {device_id}",
             status=task.status,
             task_id=task.id,
+            device_id=task.device_id,
         )
     return task
 

@@ -213,21 +213,26 @@ class TaskRunner:
         if state.plan.outcome != "running":
             await self._finish(session, state)
 
-    def answer_unreadable(
+    def answer_unusable(
         self, session: LiveSession, request: AcsRequest, reason: str
     ) -> Deferred[None]:
-        """The task fails, saying why: the CPE would most likely answer the same way again
-        (and, asked again, carry out the request again)."""
+        """The task fails, saying why: asked again, the CPE would most likely answer the same
+        way (and carry the request out again)."""
+        return Deferred.fromCoroutine(self._unusable(session, request, reason))
+
+    async def _unusable(self, session: LiveSession, request: AcsRequest, reason: str) -> None:
         state = request.ref
         assert isinstance(state, _Running)
         state.outstanding = False
-        state.plan.on_fault(
-            {
-                "reason": f"the CPE's answer to {request.method} could not be read ({reason}); "
-                "it may have carried the request out"
-            }
+        self._log.warn(
+            "task {task_id} ({task_type}) of {device_id} failed: {reason}",
+            task_id=state.task.id,
+            task_type=state.task.type,
+            device_id=session.device_id,
+            reason=reason,
         )
-        return Deferred.fromCoroutine(self._finish(session, state))
+        state.plan.on_fault({"reason": reason})
+        await self._finish(session, state)
 
     async def _finish(self, session: LiveSession, state: _Running) -> None:
         self._running.pop(session.session_id, None)

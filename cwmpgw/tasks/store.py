@@ -574,8 +574,9 @@ class RedisTaskService:
             return True, new
         if reply == 0 or reply is None:
             self._log.info(
-                "task {task_id} vanished before it became {status}",
+                "task {task_id} of {device_id} vanished before it became {status}",
                 task_id=old.id,
+                device_id=old.device_id,
                 status=new.status,
             )
             return False, None
@@ -605,8 +606,9 @@ class RedisTaskService:
             if won:
                 return new
             self._log.warn(
-                "task {task_id} was no longer running; it stays {status}",
+                "task {task_id} of {device_id} was no longer running; it stays {status}",
                 task_id=task.id,
+                device_id=task.device_id,
                 status=current.status if current else "deleted",
             )
             return current or task

@@ -157,6 +157,11 @@ class HardenedChannel(HTTPChannel):
         """How long this connection may sit idle between requests now."""
         return self.limits.idle_timeout
 
+    def read_time_left(self) -> float:
+        """Asked when ``read_timeout`` (or the time this last granted) has passed on a
+        request still arriving: how many seconds more it may take (0: close it now)."""
+        return 0.0
+
     # -- deadlines ---------------------------------------------------------------------
 
     def peer(self) -> str:
@@ -192,6 +197,10 @@ class HardenedChannel(HTTPChannel):
 
     def _read_timed_out(self) -> None:
         self._deadline = None
+        more = self.read_time_left()
+        if more > 0 and self._clock is not None:
+            self._deadline = self._clock.callLater(more, self._read_timed_out)
+            return
         self._log.info(
             "request from {peer} not complete within {read_timeout}s; closing",
             peer=self.peer(),
