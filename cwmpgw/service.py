@@ -40,8 +40,8 @@ from cwmpgw.nbi.health import GatewayHealth
 from cwmpgw.provision.provisioner import Provisioner, RedisRotations
 from cwmpgw.store.redis import RedisConnReqCredentialStore, RedisCredentialStore, RedisDeviceStore
 from cwmpgw.tasks.expiry import expiry_service
+from cwmpgw.tasks.redis import RedisTaskService
 from cwmpgw.tasks.runner import TaskRunner
-from cwmpgw.tasks.store import RedisTaskService
 from cwmpgw.workers import WorkerPool
 
 __all__ = ["GatewayService", "make_service"]

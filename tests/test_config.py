@@ -611,3 +611,14 @@ def test_provision_preset_values() -> None:
         )
     text = str(e.value)
     assert "provision.values: [0].value:" in text
+
+
+def test_task_defaults_are_the_configuration_defaults() -> None:
+    """One set of task defaults: the providers' (tasks.rules.DEFAULTS) are the config's."""
+    from dataclasses import asdict
+
+    from cwmpgw.config import parse_config
+    from cwmpgw.tasks.rules import DEFAULTS
+
+    tasks = parse_config({}).tasks
+    assert {k: getattr(tasks, k) for k in asdict(DEFAULTS)} == asdict(DEFAULTS)

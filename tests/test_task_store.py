@@ -536,7 +536,7 @@ class RedisTaskTests(TaskContract, TestCase):
         self.assertEqual(self.bus.published, [])
 
     def make(self, **kw: Any) -> Any:
-        from cwmpgw.tasks.store import RedisTaskService
+        from cwmpgw.tasks.redis import RedisTaskService
 
         kw.setdefault("events", self.bus)
         kw.setdefault("clock", self.clock)
@@ -552,7 +552,7 @@ class RedisTaskTests(TaskContract, TestCase):
         would) still leaves every event in the stream, once, in the order of the changes,
         and heard on pub/sub."""
         from cwmpgw.bus.listener import EventListener
-        from cwmpgw.tasks.store import RedisTaskService
+        from cwmpgw.tasks.redis import RedisTaskService
 
         prefix = unique_prefix()  # apart from the stream the cleanup compares with self.bus
         await self.redis.execute_command("HSET", f"{prefix}device:{DEV}", "id", DEV)
@@ -704,7 +704,7 @@ class TwoNodeTests(TestCase):
     async def setUp(self) -> None:  # type: ignore[override]
         from cwmpgw.bus.listener import EventListener
         from cwmpgw.bus.redis import RedisEventBus
-        from cwmpgw.tasks.store import RedisTaskService
+        from cwmpgw.tasks.redis import RedisTaskService
 
         self.redis = await connect(self, self.redis_server)
         prefix = unique_prefix()
@@ -760,7 +760,7 @@ class HangingRedis:
 
 class EdgeTests(SynchronousTestCase):
     def test_wait_fails_instead_of_hanging_when_redis_is_silent(self) -> None:
-        from cwmpgw.tasks.store import RedisTaskService
+        from cwmpgw.tasks.redis import RedisTaskService
 
         clock = Clock()
         service = RedisTaskService(

@@ -11,8 +11,8 @@ from cwmpgw.bus.listener import EventListener
 from cwmpgw.config import Config
 from cwmpgw.provision.provisioner import Provisioner, RedisRotations
 from cwmpgw.store.interfaces import IConnReqCredentialStore, ICredentialStore
+from cwmpgw.tasks.redis import RedisTaskService
 from cwmpgw.tasks.runner import TaskRunner
-from cwmpgw.tasks.store import RedisTaskService
 
 __all__ = ["make_provisioner", "make_task_service"]
 

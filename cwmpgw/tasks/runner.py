@@ -44,9 +44,9 @@ from cwmpgw.cwmp.messages import (
 from cwmpgw.cwmp.session import AcsRequest
 from cwmpgw.sessions import IRequestSource, LiveSession
 from cwmpgw.store.interfaces import IDeviceStore
-from cwmpgw.tasks.memory import transfer_outcome
 from cwmpgw.tasks.model import Task
 from cwmpgw.tasks.plans import Plan, plan_for
+from cwmpgw.tasks.rules import transfer_outcome
 
 __all__ = ["TaskRunner"]
 

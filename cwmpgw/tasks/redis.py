@@ -37,8 +37,16 @@ from cwmpgw.bus.events import Event, IEventSink, IStoredEvents
 from cwmpgw.bus.listener import EventListener
 from cwmpgw.bus.redis import EMIT_LUA, EventStream
 from cwmpgw.store.sessionlock import Superseded, owner_key
-from cwmpgw.tasks.memory import (
-    REPORT_TIMEOUT,
+from cwmpgw.tasks.model import (
+    FINAL_STATUSES,
+    IDEMPOTENCY_TTL,
+    IdempotencyConflict,
+    ITaskService,
+    Task,
+    UnknownDevice,
+)
+from cwmpgw.tasks.rules import (
+    DEFAULTS,
     build_task,
     idempotency_fingerprint,
     ignore_cancel,
@@ -50,14 +58,6 @@ from cwmpgw.tasks.memory import (
     task_from_json,
     task_to_json,
     transfer_outcome,
-)
-from cwmpgw.tasks.model import (
-    FINAL_STATUSES,
-    IDEMPOTENCY_TTL,
-    IdempotencyConflict,
-    ITaskService,
-    Task,
-    UnknownDevice,
 )
 
 __all__ = ["RedisTaskService"]
@@ -172,11 +172,11 @@ class RedisTaskService:
         clock: IReactorTime,
         node: str,
         listener: EventListener | None = None,
-        default_expiry: float = 604800,
-        max_attempts: int = 3,
-        keep_finished: int = 100,
-        gpv_batch: int = 100,
-        report_timeout: float = REPORT_TIMEOUT,
+        default_expiry: float = DEFAULTS.default_expiry,
+        max_attempts: int = DEFAULTS.max_attempts,
+        keep_finished: int = DEFAULTS.keep_finished,
+        gpv_batch: int = DEFAULTS.gpv_batch,
+        report_timeout: float = DEFAULTS.report_timeout,
         stream_maxlen: int = 100_000,
     ) -> None:
         self._redis = redis
