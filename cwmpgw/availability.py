@@ -29,6 +29,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from cwmpgw.waiters import Waiters
+
 __all__ = [
     "AdmitWhileAvailable",
     "GuardedRedis",
@@ -150,7 +152,7 @@ class RedisAvailability:
         self._tick_call: IDelayedCall | None = None
         self._running = False
         self._subscribers: dict[object, Callable[[bool], None]] = {}
-        self._waiting: list[Deferred[None]] = []
+        self._waiting: Waiters[None] = Waiters()
 
     @classmethod
     def for_txredisapi(cls, pool: Any, **kwargs: Any) -> RedisAvailability:
@@ -180,9 +182,7 @@ class RedisAvailability:
         """Fires once Redis is available (at once if it is now); cancellable."""
         if self._observe():
             return succeed(None)
-        d: Deferred[None] = Deferred(self._waiting.remove)
-        self._waiting.append(d)
-        return d
+        return self._waiting.wait()
 
     def subscribe(self, callback: Callable[[bool], None]) -> Callable[[], None]:
         """Call ``callback(available)`` on every change; returns the unsubscribe function."""
@@ -303,9 +303,7 @@ class RedisAvailability:
             except Exception:
                 self._log.failure("a redis availability subscriber failed")
         if up:
-            waiting, self._waiting = self._waiting, []
-            for d in waiting:
-                d.callback(None)
+            self._waiting.fire(None)
 
 
 class GuardedRedis:

@@ -18,6 +18,8 @@ from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStrea
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from cwmpgw.waiters import Waiters
+
 __all__ = ["FunctionPart", "Listener", "OrderedTree", "Part"]
 
 
@@ -114,7 +116,7 @@ class OrderedTree(MultiService):
         super().__init__()  # type: ignore[no-untyped-call]
         self._steps = steps
         self._started: Deferred[None] | None = None
-        self._waiting: list[Deferred[None]] = []
+        self._waiting: Waiters[None] = Waiters()
 
     def startService(self) -> None:
         Service.startService(self)  # children are added, and so started, one by one
@@ -131,14 +133,12 @@ class OrderedTree(MultiService):
                 await child.whenStarted()
 
     def _start_ended(self, result: object) -> None:
-        waiting, self._waiting = self._waiting, []
-        for d in waiting:
-            if isinstance(result, Failure):
-                d.errback(result)
-            else:
-                d.callback(None)
+        waited = bool(self._waiting)
         if isinstance(result, Failure):
-            self.start_failed(result, waited=bool(waiting))
+            self._waiting.fail(result)
+            self.start_failed(result, waited=waited)
+        else:
+            self._waiting.fire(None)
 
     def start_failed(self, failure: Failure, *, waited: bool) -> None:
         """Starting failed; ``waited``: somebody was told (else only this log line is)."""
@@ -146,12 +146,9 @@ class OrderedTree(MultiService):
 
     def whenStarted(self) -> Deferred[None]:
         """Fires once every child is up; errbacks if starting failed."""
-        d: Deferred[None] = Deferred()
         if self._started is not None and self._started.called:
-            d.callback(None)
-        else:
-            self._waiting.append(d)
-        return d
+            return succeed(None)
+        return self._waiting.wait()
 
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)

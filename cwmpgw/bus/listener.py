@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from cwmpgw.availability import revive_stopped_factory
+from cwmpgw.waiters import Waiters
 
 __all__ = ["EventListener"]
 
@@ -66,7 +67,7 @@ class EventListener(Service):
         self._factory: Any = None
         self._protocol: Any = None
         self._subscribed = False
-        self._when_subscribed: list[Deferred[None]] = []
+        self._when_subscribed: Waiters[None] = Waiters()
 
     # -- API -----------------------------------------------------------------------------
 
@@ -127,9 +128,7 @@ class EventListener(Service):
         """Fires once the pattern subscription is live (at once if it is now)."""
         if self._subscribed:
             return succeed(None)
-        d: Deferred[None] = Deferred(lambda d: self._when_subscribed.remove(d))
-        self._when_subscribed.append(d)
-        return d
+        return self._when_subscribed.wait()
 
     @property
     def subscribed(self) -> bool:
@@ -185,9 +184,7 @@ class EventListener(Service):
                 return
             self._log.info("listening for events on {pattern}", pattern=self.pattern)
             self._subscribed = True
-            waiting, self._when_subscribed = self._when_subscribed, []
-            for d in waiting:
-                d.callback(None)
+            self._when_subscribed.fire(None)
 
         def failed(failure: Any) -> None:
             self._log.failure("could not subscribe to {pattern}", failure, pattern=self.pattern)

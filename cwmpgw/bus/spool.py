@@ -35,6 +35,7 @@ from zope.interface import Interface, implementer
 
 from cwmpgw.availability import RedisAvailability, Unavailable
 from cwmpgw.bus.events import Event, IEventSink
+from cwmpgw.waiters import Waiters
 
 __all__ = [
     "ISpoolWriter",
@@ -211,7 +212,7 @@ class SpoolingEventSink:
         self._retry: IDelayedCall | None = None
         self._unsubscribe: Any = None
         self._stopping = False
-        self._idle: list[Deferred[None]] = []  # whenDrained()
+        self._idle: Waiters[None] = Waiters()  # whenDrained()
         self._quiet: list[Deferred[None]] = []  # stop(): no live publish, no replay
         self.replayed = 0  # events written by replays of this run
         self.duplicates = 0  # spooled events a replay found stored already
@@ -241,9 +242,7 @@ class SpoolingEventSink:
         """Fires once nothing is spooled or waiting to be (at once if so now)."""
         if self._drained():
             return succeed(None)
-        d: Deferred[None] = Deferred(self._idle.remove)
-        self._idle.append(d)
-        return d
+        return self._idle.wait()
 
     def _drained(self) -> bool:
         return (
@@ -482,9 +481,7 @@ class SpoolingEventSink:
             for d in quiet:
                 d.callback(None)
         if self._idle and self._drained():
-            idle, self._idle = self._idle, []
-            for d in idle:
-                d.callback(None)
+            self._idle.fire(None)
 
 
 def _line(item: _Item) -> str:

@@ -30,6 +30,8 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from cwmpgw.waiters import Waiters
+
 __all__ = [
     "EmbeddedRedisService",
     "EmbeddedRedisStopped",
@@ -181,12 +183,12 @@ class EmbeddedRedisService(Service):
         self._process: IProcessTransport | None = None
         self._protocol: _RedisProcessProtocol | None = None
         self._ready = False
-        self._ready_waiters: list[defer.Deferred[None]] = []
+        self._ready_waiters: Waiters[None] = Waiters()
         self._next_delay = restart_delay
         self._restart_call: IDelayedCall | None = None
         self._kill_call: IDelayedCall | None = None
         self._stopping = False
-        self._stop_waiters: list[defer.Deferred[None]] = []
+        self._stop_waiters: Waiters[None] = Waiters()
 
     # -- where to connect ------------------------------------------------------------------
 
@@ -230,14 +232,7 @@ class EmbeddedRedisService(Service):
         """Fire once the current child accepts connections (at once if it already does)."""
         if self._ready:
             return defer.succeed(None)
-
-        def cancel(d: defer.Deferred[None]) -> None:
-            if d in self._ready_waiters:
-                self._ready_waiters.remove(d)
-
-        d: defer.Deferred[None] = defer.Deferred(cancel)
-        self._ready_waiters.append(d)
-        return d
+        return self._ready_waiters.wait()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -256,9 +251,7 @@ class EmbeddedRedisService(Service):
         if self._restart_call is not None and self._restart_call.active():
             self._restart_call.cancel()
         self._restart_call = None
-        waiters, self._ready_waiters = self._ready_waiters, []
-        for waiter in waiters:
-            waiter.errback(EmbeddedRedisStopped("the embedded Redis service was stopped"))
+        self._ready_waiters.fail(EmbeddedRedisStopped("the embedded Redis service was stopped"))
         if self._process is None:
             return defer.succeed(None)
         if not self._stopping:
@@ -266,9 +259,7 @@ class EmbeddedRedisService(Service):
             self._log.info("Stopping redis-server (pid {pid})", pid=self.pid)
             self._signal("TERM")
             self._kill_call = self._clock.callLater(self._stop_timeout, self._kill)
-        done: defer.Deferred[None] = defer.Deferred()
-        self._stop_waiters.append(done)
-        return done
+        return self._stop_waiters.wait()
 
     # -- internals -------------------------------------------------------------------------
 
@@ -342,9 +333,7 @@ class EmbeddedRedisService(Service):
     def _became_ready(self) -> None:
         self._ready = True
         self._next_delay = self._restart_delay
-        waiters, self._ready_waiters = self._ready_waiters, []
-        for waiter in waiters:
-            waiter.callback(None)
+        self._ready_waiters.fire(None)
 
     def _process_ended(self, protocol: _RedisProcessProtocol, reason: Failure) -> None:
         if protocol is not self._protocol:
@@ -361,9 +350,7 @@ class EmbeddedRedisService(Service):
         if self._stopping:
             self._log.info("redis-server (pid {pid}) stopped: {how}", pid=pid, how=how)
             self._stopping = False
-            stop_waiters, self._stop_waiters = self._stop_waiters, []
-            for waiter in stop_waiters:
-                waiter.callback(None)
+            self._stop_waiters.fire(None)
             return
         if not self.running:
             return

@@ -19,13 +19,15 @@ ALLOWED: dict[str, set[str]] = {
     # The sans-IO CWMP codec and session machine: nothing of ours.
     "cwmp": set(),
     "logs": set(),
+    # Deferreds waiting for one thing to happen (whenReady, whenDrained …).
+    "waiters": set(),
     "config": {"cwmp"},
     # HTTP pieces shared by the server and the clients (the hardened site, Digest).
     "web": set(),
     # Redis availability: every Redis user goes through it.
-    "availability": set(),
-    "bus": {"availability", "config"},
-    "store": {"availability", "bus", "cwmp"},
+    "availability": {"waiters"},
+    "bus": {"availability", "config", "waiters"},
+    "store": {"availability", "bus", "cwmp", "waiters"},
     # Live sessions and the seam the ACS asks in its turn (the task layer plugs in).
     "sessions": {"cwmp"},
     "metrics": {"bus"},
@@ -40,6 +42,7 @@ ALLOWED: dict[str, set[str]] = {
     # The composition and the entry points.
     "workers": {"config"},
     "app": {
+        "waiters",
         "acs",
         "availability",
         "bus",
