@@ -179,7 +179,7 @@ class DeviceBlockTests(ThrottledBase):
         self.throttle = MemoryAuthThrottle(
             clock=self.acs.clock, max_failures_per_source=3, max_failures_per_device=3
         )
-        self.acs.resource._throttle = self.throttle
+        self.acs.resource._gate._throttle = self.throttle
         for _ in range(3):
             self.attempt(ATTACKER)
         self.assertEqual(

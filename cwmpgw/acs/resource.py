@@ -10,9 +10,7 @@ absolute read deadline per request that trickled bytes do not extend.
 
 from __future__ import annotations
 
-import math
 import re
-from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -22,15 +20,14 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from cwmpgw.acs.admission import AdmissionControl
-from cwmpgw.acs.auth import AuthFailure, CpeAuthenticator, Identity
-from cwmpgw.acs.certs import certificate_identity, matches, peer_certificate
+from cwmpgw.acs.auth import CpeAuthenticator
 from cwmpgw.acs.engine import AcsEngine
-from cwmpgw.acs.throttle import Block, Claims, IAuthThrottle
+from cwmpgw.acs.gate import AuthGate, ClientCertificates, Refusal
+from cwmpgw.acs.throttle import IAuthThrottle
 from cwmpgw.availability import is_backend_failure, log_call_failure
-from cwmpgw.bus.events import device_ref, format_ts
 from cwmpgw.cwmp import soap
 from cwmpgw.cwmp.deviceid import device_id as make_device_id
-from cwmpgw.cwmp.messages import DeviceId, Envelope, Inform
+from cwmpgw.cwmp.messages import Envelope, Inform
 from cwmpgw.cwmp.session import Reply
 from cwmpgw.sessions import LiveSession
 from cwmpgw.store.interfaces import ICredentialStore
@@ -55,14 +52,6 @@ BYTES_PER_ELEMENT = 16
 # RFC 2965 way, between $Version and $Path attributes, with the value quoted and blanks
 # around "=": $Version="1"; cwmpgw_session="<32 hex>"; $Path="/".
 _COOKIE_RE = re.compile(r"(?:^|[;,]\s*)" + COOKIE_NAME + r'\s*=\s*("?)([0-9a-f]{32})\1(?=$|[;,\s])')
-
-
-@dataclass(frozen=True, slots=True)
-class ClientCertificates:
-    """How a verified client certificate names its device (acs.client_identity[_match])."""
-
-    field: str = "cn"
-    match: str = "device_id"
 
 
 class AcsChannel(HardenedChannel):
@@ -263,14 +252,13 @@ class AcsResource(Resource):
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.engine = engine
-        self._auth = authenticator
-        self._credentials = credentials
+        self._gate = AuthGate(
+            engine, authenticator, credentials, throttle=throttle, certificates=certificates
+        )
         self._max_body = max_body_bytes
         # Inside an authenticated session (see AcsChannel.body_limit); by default the same.
         self._max_session_body = max(max_body_bytes, max_session_body_bytes or 0)
         self._path = path.encode()
-        self._throttle = throttle
-        self._certificates = certificates
         self._admission = admission
         self.draining = False
 
@@ -389,15 +377,9 @@ class AcsResource(Resource):
             self._log.info("POST without a session from {peer}", peer=peer)
             return self._send(request, Reply(400, reason="no session: start with an Inform"))
         if live.channel is not channel:
-            identity = await self._authenticate(request, peer, live.device, live.device_id)
-            if identity is None:
-                return None
-            refusal = await self._auth.authorize(identity, live.device_id, self._credentials)
-            if refusal is not None:
-                return await self._refuse(
-                    request, peer, identity.username, live.device, live.device_id, refusal
-                )
-            await self._succeeded(peer, (identity.username, live.device_id))
+            verdict = await self._gate.check(request, peer, live.device, live.device_id)
+            if isinstance(verdict, Refusal):
+                return self._refused(request, verdict)
             live.channel = channel
             if isinstance(channel, AcsChannel):
                 channel.cwmp_session = live
@@ -433,7 +415,7 @@ class AcsResource(Resource):
         if self._admission is None:
             return None
         if request.getHeader(b"authorization") is None and (
-            self._certificates is None or peer_certificate(request.transport) is None
+            not self._gate.has_certificate(request)
         ):
             return None
         retry = self._admission.admit((e.code for e in inform.events), len(self.engine.registry))
@@ -447,17 +429,9 @@ class AcsResource(Resource):
         inform = envelope.message
         assert isinstance(inform, Inform)
         device_id = make_device_id(inform.device_id)
-        identity = await self._authenticate(request, peer, inform.device_id, device_id)
-        if identity is None:
-            return None
-        refusal = await self._auth.authorize(identity, device_id, self._credentials)
-        if refusal is not None:
-            return await self._refuse(
-                request, peer, identity.username, inform.device_id, device_id, refusal
-            )
-        await self._succeeded(peer, (identity.username, device_id))
-        if isinstance(channel, AcsChannel):
-            channel.auth_failures = 0
+        identity = await self._gate.check(request, peer, inform.device_id, device_id)
+        if isinstance(identity, Refusal):
+            return self._refused(request, identity)
         try:
             live, reply = await self.engine.start_session(
                 envelope, peer=peer, channel=channel, authenticated_as=identity.username
@@ -483,162 +457,10 @@ class AcsResource(Resource):
         self._send(request, reply)
         return None
 
-    async def _authenticate(
-        self, request: Request, peer: str, device: DeviceId, device_id: str
-    ) -> Identity | None:
-        """The identity the request proves, or None after answering 401/403/429 ourselves."""
-        if self._certificates is not None:
-            cert = peer_certificate(request.transport)
-            if cert is not None:
-                # TLS verified it against our CA; here it must name this very device.
-                names = certificate_identity(cert, self._certificates.field)
-                if matches(names, device, device_id, self._certificates.match):
-                    label = names.values[0] if names.values else ""
-                    return Identity(f"certificate:{label}", device_id, "certificate")
-                await self._refuse(
-                    request,
-                    peer,
-                    "certificate:" + ",".join(names.values)[:128],
-                    device,
-                    device_id,
-                    "the client certificate does not name this device",
-                )
-                return None
-        result = await self._auth.authenticate(request)
-        if isinstance(result, Identity):
-            return result
-        if result.challenge_only or result.stale:
-            # Not failures, so never counted nor refused by a block: a challenge.
-            if result.stale or request.getHeader(b"authorization"):
-                self._log.debug(
-                    "challenged {peer} (user {username!r}): {reason}",
-                    peer=peer,
-                    username=result.username,
-                    reason=result.reason,
-                )
-            self._challenge(request, result)
-            return None
-        self.engine.auth_failed(
-            peer=peer, reason=result.reason, username=result.username, device=device
-        )
-        channel: Any = request.channel
-        if isinstance(channel, AcsChannel):
-            channel.auth_failures += 1
-        claims = [c for c in (result.username, device_id) if c]
-        retry = await self._failed(peer, claims, device, device_id)
-        if retry is not None:
-            self._log.info(
-                "refused {peer} (user {username!r}, device {device_id}): too many failed "
-                "authentications",
-                peer=peer,
-                username=result.username,
-                device_id=device_id,
-            )
-            self._too_many(request, retry)
-            return None
-        self._challenge(request, result)
-        return None
-
-    def _challenge(self, request: Request, failure: AuthFailure) -> None:
-        channel: Any = request.channel
-        for value in self._auth.challenges(request, stale=failure.stale):
-            request.responseHeaders.addRawHeader(b"www-authenticate", value)
-        if isinstance(channel, AcsChannel) and channel.auth_failures >= 2:
-            request.setHeader(b"connection", b"close")
-        self._send(request, Reply(401, reason="authentication required"))
-
-    async def _refuse(
-        self,
-        request: Request,
-        peer: str,
-        username: str,
-        device: DeviceId,
-        device_id: str,
-        reason: str,
-    ) -> None:
-        """Valid credentials that may not speak for this device: counted for the device."""
-        self.engine.auth_failed(peer=peer, reason=reason, username=username, device=device)
-        await self._failed(peer, [device_id], device, device_id, check=False)
-        request.setHeader(b"connection", b"close")
-        self._send(request, Reply(403, reason="these credentials may not speak for this device"))
-
-    def _too_many(self, request: Request, retry: float) -> None:
-        request.setHeader(b"retry-after", str(max(1, math.ceil(retry))).encode())
-        request.setHeader(b"connection", b"close")
-        self._send(request, Reply(429, reason="too many failed authentications; retry later"))
-
-    # The throttle is a defence, not a dependency: if it fails, authentication still
-    # decides alone (and the failure is logged).
-    async def _blocked(self, peer: str, claims: Claims) -> float | None:
-        assert self._throttle is not None
-        try:
-            return await self._throttle.blocked(peer, claims)
-        except Exception:
-            log_call_failure(
-                self._log, Failure(), "could not check the auth blocks of {peer}", peer=peer
-            )
-            return None
-
-    async def _failed(
-        self,
-        peer: str,
-        claims: list[str],
-        device: DeviceId,
-        device_id: str,
-        *,
-        check: bool = True,
-    ) -> float | None:
-        """Count a failure, report the blocks it starts; the wait if this attempt is blocked."""
-        if self._throttle is None:
-            return None
-        try:
-            blocks = await self._throttle.failed(peer, claims)
-        except Exception:
-            log_call_failure(
-                self._log,
-                Failure(),
-                "could not count a failed authentication from {peer}",
-                peer=peer,
-            )
-            return None
-        for block in blocks:
-            ref = None
-            if block.kind == "device" and block.key == device_id:
-                ref = device_ref(
-                    device_id,
-                    device.oui,
-                    device.product_class,
-                    device.serial_number,
-                    device.manufacturer,
-                )
-            self._report(block, ref)
-        return await self._blocked(peer, claims) if check else None
-
-    async def _succeeded(self, peer: str, claims: tuple[str, str]) -> None:
-        if self._throttle is None:
-            return
-        try:
-            await self._throttle.succeeded(peer, claims)
-        except Exception:
-            log_call_failure(
-                self._log, Failure(), "could not clear the failure count of {peer}", peer=peer
-            )
-
-    def _report(self, block: Block, ref: dict[str, str] | None) -> None:
-        until = format_ts(block.until)
-        self._log.warn(
-            "blocking {kind} {key} until {until} after {failures} failed authentications",
-            kind=block.kind,
-            key=block.key,
-            until=until,
-            failures=block.failures,
-        )
-        d = self.engine.publish(
-            "auth.blocked",
-            {"kind": block.kind, "key": block.key, "until": until, "failures": block.failures},
-            ref,
-        )
-        d.addErrback(lambda f: self._log.failure("could not publish auth.blocked", f))
+    def _refused(self, request: Request, refusal: Refusal) -> None:
+        for name, value in refusal.headers:
+            request.responseHeaders.addRawHeader(name, value)
+        self._send(request, Reply(refusal.status, reason=refusal.reason))
 
     def _send(self, request: Request, reply: Reply) -> None:
         if is_gone(request):
