@@ -48,7 +48,7 @@ def api(gateway: Gateway, method: str, path: str, body: Any = None) -> Any:
 async def one(reactor: Any, parameters: int) -> dict[str, Any]:
     from cwmpgw.sim import Fleet, credential_templates
     from cwmpgw.sim.tr181 import large_tr181
-    from tests.redis_server import RedisServer
+    from tests.support.redis_server import RedisServer
 
     work = Path(tempfile.mkdtemp(prefix="bench-bigmodel-"))
     redis = RedisServer().start()

@@ -233,7 +233,7 @@ async def wake_path(
     concurrency: int,
     work: Path,
 ) -> tuple[Result, dict[str, Any]]:
-    from tests.redis_server import RedisServer
+    from tests.support.redis_server import RedisServer
 
     redis = RedisServer().start()
     service = None

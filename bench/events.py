@@ -51,7 +51,7 @@ def subscribe(
 
 async def main(reactor: Any, args: argparse.Namespace) -> None:
     from cwmpgw.sim.fleet import Rate
-    from tests.redis_server import RedisServer
+    from tests.support.redis_server import RedisServer
 
     work = Path(tempfile.mkdtemp(prefix="bench-events-"))
     redis = RedisServer().start()

@@ -39,7 +39,7 @@ class Idle(Protocol):
 
 
 async def main(reactor: Any, connections: int, batch: int) -> None:
-    from tests.redis_server import RedisServer
+    from tests.support.redis_server import RedisServer
 
     work = Path(tempfile.mkdtemp(prefix="bench-idle-"))
     redis = RedisServer().start()

@@ -85,7 +85,7 @@ async def run_fleet(reactor: Any, fleet: Any, count: int) -> Any:
 
 
 async def main(reactor: Any, args: argparse.Namespace) -> None:
-    from tests.redis_server import RedisServer
+    from tests.support.redis_server import RedisServer
 
     work = Path(tempfile.mkdtemp(prefix="bench-sessions-"))
     redis = RedisServer().start()

@@ -51,7 +51,7 @@ def api(gateway: Gateway, method: str, path: str, body: Any = None) -> Any:
 def main(args: argparse.Namespace) -> None:
     import redis as redis_py
 
-    from tests.redis_server import RedisServer
+    from tests.support.redis_server import RedisServer
 
     work = Path(tempfile.mkdtemp(prefix="bench-soak-"))
     redis = RedisServer().start()

@@ -30,7 +30,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
     import redis as redis_py
 
     from cwmpgw.sim.fleet import Storm
-    from tests.redis_server import RedisServer
+    from tests.support.redis_server import RedisServer
 
     work = Path(tempfile.mkdtemp(prefix="bench-storm-"))
     redis = RedisServer().start()

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import settings
 
-from tests.redis_server import RedisServer
+from tests.support.redis_server import RedisServer
 
 # Speed is measured in bench/, never asserted in a test: no per-example deadline, which
 # fails at random on a slow or shared CI machine whatever the code does.

@@ -3,7 +3,7 @@
 Kept apart from :mod:`cwmpgw.cwmp.soap`, which is the ACS's side: the simulator must be
 able to disagree with the gateway's codec (it tests it). Everything here is built with
 lxml, and every builder's output is schema-valid in the namespace it is written in
-(tests/test_sim.py checks each against the BBF schemas).
+(tests/integration/test_sim.py checks each against the BBF schemas).
 
 Reading is defensive like the gateway's: one hardened parser (no entities, no network,
 no DTD), children matched by local name whatever their namespace.

@@ -1,6 +1,6 @@
 """What the ACS needs from storage, as interfaces with a Redis and an in-memory provider.
 
-Both providers run through one contract test (tests/test_store_contract.py).
+Both providers run through one contract test (tests/integration/test_store_contract.py).
 """
 
 from __future__ import annotations

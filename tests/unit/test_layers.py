@@ -8,11 +8,12 @@ fails, and so does a cycle between packages.
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-ROOT = Path(__file__).resolve().parents[2] / "cwmpgw"
+from tests.support.paths import REPO
+
+ROOT = REPO / "cwmpgw"
 
 # Package (or top-level module) → what it may import besides itself. Lowest layer first.
 ALLOWED: dict[str, set[str]] = {

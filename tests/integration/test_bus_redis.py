@@ -1,0 +1,91 @@
+"""Events reach a real Redis: a subscriber gets the JSON envelope, the stream keeps it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from twisted.internet import defer, reactor
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from cwmpgw.bus.events import Event, format_ts, new_event_id
+from tests.support.redis_server import unique_prefix
+
+
+class EnvelopeTests(SynchronousTestCase):
+    def test_envelope_shape(self) -> None:
+        e = Event(type="inform", ts=1_700_000_000.5, node="n1", data={"x": 1}, device={"id": "d"})
+        d = json.loads(e.to_json())
+        self.assertEqual(d["v"], 1)
+        self.assertEqual(d["ts"], "2023-11-14T22:13:20.500Z")
+        self.assertEqual(
+            (d["type"], d["node"], d["data"], d["device"]), ("inform", "n1", {"x": 1}, {"id": "d"})
+        )
+        self.assertEqual(len(d["id"]), 28)
+
+    def test_unknown_type_refused(self) -> None:
+        self.assertRaises(ValueError, Event, type="nope", ts=1.0, node="n", data={})
+
+    def test_ids_unique_and_time_ordered(self) -> None:
+        ids = [new_event_id(1000.0 + i / 1000) for i in range(50)]
+        self.assertEqual(len(set(ids)), 50)
+        self.assertEqual(ids, sorted(ids))
+
+    def test_format_ts_milliseconds(self) -> None:
+        self.assertEqual(format_ts(0.007), "1970-01-01T00:00:00.007Z")
+        # Seconds and fraction from the same truncated count: never rounded up a second.
+        self.assertEqual(format_ts(1.9999996), "1970-01-01T00:00:01.999Z")
+        # The per-second cache follows the clock both ways.
+        self.assertEqual(format_ts(1795626617.8777), "2026-11-25T17:10:17.877Z")
+        self.assertEqual(format_ts(1795626618.0), "2026-11-25T17:10:18.000Z")
+        self.assertEqual(format_ts(1795626617.5), "2026-11-25T17:10:17.500Z")
+
+
+@pytest.mark.usefixtures("redis_for_class")
+class RedisBusTests(TestCase):
+    redis_server: Any
+
+    async def test_publish_reaches_subscriber_and_stream(self) -> None:
+        import txredisapi
+
+        from cwmpgw.bus.redis import RedisEventBus
+
+        prefix = unique_prefix()
+        received: defer.Deferred[tuple[str, str]] = defer.Deferred()
+
+        class Sub(txredisapi.SubscriberProtocol):  # type: ignore[misc]
+            def messageReceived(self, pattern: str, channel: str, message: str) -> None:
+                if not received.called:
+                    received.callback((channel, message))
+
+        factory = txredisapi.SubscriberFactory()
+        factory.protocol = Sub
+        factory.continueTrying = False
+        from twisted.internet.endpoints import TCP4ClientEndpoint
+
+        sub = await TCP4ClientEndpoint(
+            reactor, self.redis_server.host, self.redis_server.port
+        ).connect(factory)
+        self.addCleanup(sub.transport.loseConnection)
+        await sub.psubscribe(prefix + "events:*")
+
+        redis = await txredisapi.Connection(
+            self.redis_server.host, self.redis_server.port, convertNumbers=False
+        )
+        self.addCleanup(redis.disconnect)
+        bus = RedisEventBus(redis, prefix, stream_maxlen=1000)
+        event = Event(
+            type="session.closed", ts=1_700_000_000.0, node="n1", data={"outcome": "completed"}
+        )
+        await bus.publish(event)
+
+        channel, message = await received.addTimeout(10, reactor)
+        self.assertEqual(channel, prefix + "events:session.closed")
+        self.assertEqual(json.loads(message)["id"], event.id)
+        entries = await redis.execute_command("XRANGE", prefix + "events", "-", "+")
+        self.assertEqual(len(entries), 1)
+        fields = entries[0][1]
+        as_dict = dict(zip(fields[::2], fields[1::2], strict=True))
+        self.assertEqual(as_dict["type"], "session.closed")
+        self.assertEqual(json.loads(as_dict["event"]), event.to_dict())

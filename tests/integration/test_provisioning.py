@@ -1,0 +1,316 @@
+"""Zero-touch credentials over real TLS: enrol, switch safely, rotate; no secret leaks.
+
+The CPE is tests/support/cpe_client.py. In the ACS's turn it applies what the gateway sets, as a
+router does: the new ManagementServer.Username/Password are used from its next session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+import pytest
+from lxml import etree
+from twisted.internet import reactor
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import TestCase
+
+from tests.support import cpe_client
+from tests.support.cpe_envelopes import cpe_fault, typical_response
+from tests.support.gateway import acs_url, cafile, import_credentials, start_gateway
+from tests.support.redis_server import unique_prefix
+
+DEVICE_ID = "9CA2F4-EC220_G5_V3-22275K2000315"
+BOOTSTRAP_USER, BOOTSTRAP_PASSWORD = "bootstrap", "shared-bootstrap-secret-1"
+
+
+class ApplyingCpe:
+    """Answers the gateway's SetParameterValues by applying them (or with a fault)."""
+
+    def __init__(self, *, fault: int | None = None, drop: bool = False, stun: bool = True) -> None:
+        self.values: dict[str, str] = {}
+        self.methods: list[str] = []
+        self.fault = fault
+        self.drop = drop
+        self.stun = stun  # False: a data model without ManagementServer.STUN* (fault 9005)
+
+    def __call__(self, envelope: bytes) -> str:
+        root = etree.fromstring(envelope)
+        request = root.find("{http://schemas.xmlsoap.org/soap/envelope/}Body")[0]
+        method = etree.QName(request).localname
+        request_id = root.find(".//{urn:dslforum-org:cwmp-1-2}ID").text
+        self.methods.append(method)
+        if self.drop:
+            raise ConnectionAbortedError("the CPE loses power mid-session")
+        if self.fault is not None and method == "SetParameterValues":
+            return cpe_fault(
+                request_id, self.fault, "Attempt to set a non-writable parameter"
+            ).decode()
+        if method == "SetParameterValues":
+            values = {
+                pvs.findtext("Name"): pvs.findtext("Value") or ""
+                for pvs in request.iter("ParameterValueStruct")
+            }
+            unknown = [n for n in values if ".ManagementServer.STUN" in n and not self.stun]
+            if unknown:
+                return cpe_fault(
+                    request_id,
+                    9003,
+                    "Invalid arguments",
+                    [(n, 9005, "Invalid parameter name") for n in unknown],
+                ).decode()
+            self.values.update(values)
+        return typical_response(method, request_id).decode()
+
+    def credential(self) -> tuple[str, str]:
+        ms = "Device.ManagementServer."
+        return self.values[ms + "Username"], self.values[ms + "Password"]
+
+
+@pytest.mark.usefixtures("redis_for_class")
+class ProvisioningTests(TestCase):
+    redis_server: Any
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        import redis
+
+        self.logged: list[str] = []
+        observer = lambda event: self.logged.append(repr(event))  # noqa: E731
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.dir = tempfile.mkdtemp(prefix="cwmpgw-prov-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.prefix = unique_prefix()
+        self.service = await start_gateway(
+            self,
+            self.dir,
+            self.redis_server.url,
+            self.prefix,
+            auth={
+                "unknown_devices": "enroll",
+                "bootstrap_username": BOOTSTRAP_USER,
+                "bootstrap_password": BOOTSTRAP_PASSWORD,
+            },
+            connreq={"stun": True, "stun_interface": "127.0.0.1", "stun_port": 0},
+            # Zero-touch provisioning as shipped, plus presets.
+            provision={
+                "credentials": True,
+                "periodic_inform": True,
+                "values": [
+                    {"name": "Time.NTPServer1", "value": "pool.ntp.org"},
+                    {
+                        "name": "Device.ManagementServer.CWMPRetryMinimumWaitInterval",
+                        "value": 10,
+                        "type": "xsd:unsignedInt",
+                    },
+                ],
+            },
+        )
+        self.url = acs_url(self.service)
+        self.cafile = cafile(self.dir)
+        self.redis = redis.Redis(
+            self.redis_server.host, self.redis_server.port, decode_responses=True
+        )
+        self.addCleanup(self.redis.close)
+
+    def session(
+        self, user: str, password: str, cpe: ApplyingCpe | None = None, event: str = "1 BOOT"
+    ) -> Any:
+        return deferToThread(
+            cpe_client.run_session,
+            self.url,
+            user,
+            password,
+            cafile=self.cafile,
+            answer=cpe,
+            event=event,
+        )
+
+    def events(self, type_: str) -> list[dict[str, Any]]:
+        out = [json.loads(f["event"]) for _, f in self.redis.xrange(self.prefix + "events")]
+        return [e for e in out if e["type"] == type_]
+
+    def assertNowhere(self, *secrets: str) -> None:
+        """No secret in any log event, event, task or other Redis value of this run."""
+        dump = "\n".join(self.logged) + json.dumps(self.redis.xrange(self.prefix + "events"))
+        for key in self.redis.scan_iter(self.prefix + "*"):
+            kind = self.redis.type(key)
+            if kind == "hash":
+                dump += json.dumps(self.redis.hgetall(key))
+            elif kind == "string":
+                dump += self.redis.get(key) or ""
+        for secret in secrets:
+            self.assertNotIn(secret, dump)
+
+    async def test_enrolment_ends_with_unique_credentials_in_use(self) -> None:
+        cpe = ApplyingCpe()
+        exchanges = await self.session(BOOTSTRAP_USER, BOOTSTRAP_PASSWORD, cpe, "0 BOOTSTRAP")
+        self.assertEqual(exchanges[-1].status, 204)
+        # Credentials, STUN credentials (on their own: see below), presets.
+        self.assertEqual(cpe.methods, ["SetParameterValues"] * 3)
+        username, password = cpe.credential()
+        self.assertEqual(username, DEVICE_ID)
+        self.assertGreaterEqual(len(password), 32)  # 24 random bytes, base64url
+        ms = "Device.ManagementServer."
+        cr_user, cr_password = (
+            cpe.values[ms + "ConnectionRequestUsername"],
+            cpe.values[ms + "ConnectionRequestPassword"],
+        )
+        stun_user, stun_password = cpe.values[ms + "STUNUsername"], cpe.values[ms + "STUNPassword"]
+        self.assertEqual(stun_user, DEVICE_ID)
+        self.assertGreaterEqual(len(stun_password), 32)
+        self.assertNotIn(stun_password, (password, cr_password))
+        self.assertEqual(cpe.values[ms + "PeriodicInformEnable"], "true")
+        self.assertIn(ms + "PeriodicInformTime", cpe.values)
+        self.assertEqual(cpe.values["Device.Time.NTPServer1"], "pool.ntp.org")
+        self.assertEqual(cpe.values[ms + "CWMPRetryMinimumWaitInterval"], "10")
+        # The gateway can now answer connection requests with what it set, and verify
+        # the CPE's STUN bindings with it.
+        cr = await self.service.connreq_credentials.get(DEVICE_ID)
+        self.assertEqual((cr.username, cr.password), (cr_user, cr_password))
+        stun_passwords = await self.service.connreq_credentials.stun_passwords(DEVICE_ID)
+        self.assertEqual(stun_passwords, (stun_password,))
+        await self.assert_binding(stun_password.encode())
+
+        again = await self.session(username, password, ApplyingCpe())
+        self.assertEqual([e.status for e in again], [200, 204])  # nothing more to set
+        phases = [e["data"]["phase"] for e in self.events("credentials.changed")]
+        self.assertEqual(phases, ["sent", "confirmed", "active"])
+        # The bootstrap credential no longer speaks for this device.
+        refused = await self.session(BOOTSTRAP_USER, BOOTSTRAP_PASSWORD)
+        self.assertEqual(refused[0].status, 403)
+        self.assertNowhere(password, cr_password, stun_password, BOOTSTRAP_PASSWORD)
+
+    async def assert_binding(self, key: bytes) -> None:
+        """A binding signed with ``key`` reaches the gateway's STUN server and is recorded;
+        the same one unsigned is not."""
+        from cwmpgw.connreq import stun
+
+        answers: list[stun.StunMessage] = []
+        client = DatagramProtocol()
+        client.datagramReceived = lambda data, addr: answers.append(stun.parse(data))  # type: ignore[method-assign]
+        port = reactor.listenUDP(0, client, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        to = ("127.0.0.1", self.service.stun_port.getHost().port)
+        binding = self.prefix + "stun:" + DEVICE_ID
+        for integrity_key, expected in ((None, stun.CLASS_ERROR), (key, stun.CLASS_SUCCESS)):
+            request = stun.StunMessage(
+                stun.BINDING,
+                stun.CLASS_REQUEST,
+                b"\x00" + os.urandom(15),  # classic RFC 3489, as Annex G CPEs speak it
+                (
+                    (stun.CONNECTION_REQUEST_BINDING, stun.CONNECTION_REQUEST_BINDING_VALUE),
+                    (stun.USERNAME, stun.encode_username(DEVICE_ID)),
+                ),
+                False,
+            )
+            answers.clear()
+            port.write(stun.build(request, integrity_key=integrity_key), to)
+            for _ in range(100):
+                if answers and (expected == stun.CLASS_ERROR or self.redis.exists(binding)):
+                    break
+                await deferLater(reactor, 0.05, lambda: None)
+            self.assertEqual([a.cls for a in answers], [expected])
+            self.assertEqual(bool(self.redis.exists(binding)), expected == stun.CLASS_SUCCESS)
+
+    async def test_cpe_without_stun_keeps_its_new_credentials(self) -> None:
+        """The STUN parameters go in a SetParameterValues of their own: a data model
+        without them refuses that one only, and nothing else is lost."""
+        cpe = ApplyingCpe(stun=False)
+        exchanges = await self.session(BOOTSTRAP_USER, BOOTSTRAP_PASSWORD, cpe, "0 BOOTSTRAP")
+        self.assertEqual(exchanges[-1].status, 204)
+        self.assertEqual(cpe.methods, ["SetParameterValues"] * 3)
+        self.assertNotIn("Device.ManagementServer.STUNPassword", cpe.values)
+        self.assertEqual(await self.service.connreq_credentials.stun_passwords(DEVICE_ID), ())
+        cr = await self.service.connreq_credentials.get(DEVICE_ID)
+        self.assertEqual(
+            cr.password, cpe.values["Device.ManagementServer.ConnectionRequestPassword"]
+        )
+        self.assertIn("Device.ManagementServer.PeriodicInformTime", cpe.values)
+        done = await self.session(*cpe.credential(), ApplyingCpe(stun=False))
+        self.assertEqual([e.status for e in done], [200, 204])  # not asked again every session
+        phases = [e["data"]["phase"] for e in self.events("credentials.changed")]
+        self.assertEqual(phases, ["sent", "confirmed", "active"])
+
+    async def test_refused_switch_leaves_the_device_working(self) -> None:
+        cpe = ApplyingCpe(fault=9008)
+        exchanges = await self.session(BOOTSTRAP_USER, BOOTSTRAP_PASSWORD, cpe, "0 BOOTSTRAP")
+        self.assertEqual(exchanges[-1].status, 204)
+        self.assertEqual(self.events("credentials.changed")[-1]["data"]["phase"], "failed")
+        self.assertEqual(self.redis.hlen(self.prefix + "cred-pending-by-device"), 0)
+        # The old (bootstrap) credential still works, and the gateway tries again.
+        retry = ApplyingCpe()
+        again = await self.session(BOOTSTRAP_USER, BOOTSTRAP_PASSWORD, retry)
+        self.assertEqual(again[-1].status, 204)
+        self.assertTrue(retry.values)
+        done = await self.session(*retry.credential())
+        self.assertEqual([e.status for e in done], [200, 204])
+
+    async def test_session_lost_mid_switch_loses_nothing(self) -> None:
+        with self.assertRaises(ConnectionAbortedError):
+            await self.session(
+                BOOTSTRAP_USER, BOOTSTRAP_PASSWORD, ApplyingCpe(drop=True), "0 BOOTSTRAP"
+            )
+        self.service.engine.registry.end_all(
+            __import__("cwmpgw.cwmp.session", fromlist=["Outcome"]).Outcome.TIMEOUT
+        )
+        cpe = ApplyingCpe()
+        again = await self.session(BOOTSTRAP_USER, BOOTSTRAP_PASSWORD, cpe)
+        self.assertEqual(again[-1].status, 204)
+        self.assertEqual([e.status for e in await self.session(*cpe.credential())], [200, 204])
+
+    async def test_rotation_on_demand(self) -> None:
+        result = await deferToThread(
+            import_credentials,
+            f"device_id,username,password\n{DEVICE_ID},{DEVICE_ID},first-password-123\n",
+            self.dir,
+            "--redis",
+            self.redis_server.url,
+            "--prefix",
+            self.prefix,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        plain = await self.session(DEVICE_ID, "first-password-123", ApplyingCpe())
+        self.assertEqual([e.status for e in plain], [200, 204])  # nothing to set
+        rotate = await deferToThread(
+            subprocess.run,
+            [
+                sys.executable,
+                "-m",
+                "cwmpgw.credentials",
+                "--redis",
+                self.redis_server.url,
+                "--prefix",
+                self.prefix,
+                "rotate",
+                DEVICE_ID,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        self.assertEqual(rotate.returncode, 0, rotate.stderr)
+        cpe = ApplyingCpe()
+        await self.session(DEVICE_ID, "first-password-123", cpe)
+        username, password = cpe.credential()
+        self.assertEqual(username, DEVICE_ID)
+        # A rotation gives new STUN credentials too.
+        stun_password = cpe.values["Device.ManagementServer.STUNPassword"]
+        self.assertEqual(
+            await self.service.connreq_credentials.stun_passwords(DEVICE_ID), (stun_password,)
+        )
+        # Until the CPE uses the new password, the old one still works...
+        self.assertEqual((await self.session(DEVICE_ID, "first-password-123"))[-1].status, 204)
+        # ...then the new one replaces it.
+        self.assertEqual([e.status for e in await self.session(username, password)], [200, 204])
+        self.assertEqual((await self.session(DEVICE_ID, "first-password-123"))[0].status, 401)
+        self.assertNowhere(password, stun_password)
