@@ -23,7 +23,7 @@ from cwmpgw.acs.resource import AcsSite
 from cwmpgw.app import acs as acs_part
 from cwmpgw.app import nbi as nbi_part
 from cwmpgw.app.connreq import ConnreqPart, guard_policy
-from cwmpgw.app.metrics import make_metrics, redis_sampler
+from cwmpgw.app.metrics import ReactorLag, make_metrics, redis_sampler
 from cwmpgw.app.redis import START_TIMEOUT, RedisPart
 from cwmpgw.app.tree import FunctionPart, Listener, OrderedTree
 from cwmpgw.availability import GuardedRedis, RedisAvailability
@@ -92,6 +92,7 @@ class GatewayService(OrderedTree):
                 self._step_commands,
                 self._step_metrics,
                 self._step_sampler,
+                self._step_lag,
                 self._step_workers,
             ]
         )
@@ -361,6 +362,11 @@ class GatewayService(OrderedTree):
         if not self.config.metrics.enabled:
             return None
         return redis_sampler(self._reactor, self.metrics, *self._up())
+
+    def _step_lag(self) -> Service | None:
+        if not self.config.metrics.enabled:
+            return None
+        return ReactorLag(self._reactor, self.metrics)
 
     def _step_workers(self) -> WorkerPool | None:
         if self.config.gateway.workers <= 1:

@@ -34,6 +34,7 @@ from cwmpgw.cwmp.messages import DeviceId, Envelope, Inform
 from cwmpgw.cwmp.session import Reply
 from cwmpgw.sessions import LiveSession
 from cwmpgw.store.interfaces import ICredentialStore
+from cwmpgw.web.budget import SourceBudget
 from cwmpgw.web.site import ConnectionLimits, HardenedChannel, HardenedSite, is_gone
 
 __all__ = [
@@ -184,6 +185,7 @@ class AcsResource(Resource):
         throttle: IAuthThrottle | None = None,
         certificates: ClientCertificates | None = None,
         admission: AdmissionControl | None = None,
+        budget: SourceBudget | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.engine = engine
@@ -194,6 +196,7 @@ class AcsResource(Resource):
         self._throttle = throttle
         self._certificates = certificates
         self._admission = admission
+        self._budget = budget
         self.draining = False
 
     @property
@@ -267,6 +270,8 @@ class AcsResource(Resource):
 
         envelope: Envelope | None = None
         if body.strip():
+            if self._over_budget(request, peer, channel, len(body)):
+                return None
             try:
                 envelope = soap.parse_envelope(
                     body, content_type=_str(request.getHeader(b"content-type"))
@@ -318,6 +323,25 @@ class AcsResource(Resource):
         reply = await self.engine.continue_session(live, envelope)
         self._send(request, reply)
         return None
+
+    def _over_budget(self, request: Request, peer: str, channel: Any, size: int) -> bool:
+        """Whether ``peer`` has spent its budget of unauthenticated bytes (then answered 503).
+
+        Parsing is the dearest work a stranger can cause, so a body that does not come on a
+        connection carrying an authenticated session is charged to its source address first
+        (:class:`~cwmpgw.web.budget.SourceBudget`).
+        """
+        if self._budget is None or _authenticated(channel):
+            return False
+        wait = self._budget.charge(peer, size)
+        if wait is None:
+            return False
+        self.engine.note_over_budget()
+        self._log.debug("refused {peer}: over its budget of unauthenticated bytes", peer=peer)
+        request.setHeader(b"retry-after", str(max(1, math.ceil(wait))).encode())
+        request.setHeader(b"connection", b"close")
+        self._send(request, Reply(503, reason="too much unauthenticated data; retry later"))
+        return True
 
     def _admit(self, request: Request, inform: Inform) -> tuple[str, int] | None:
         """Why a new session must wait, and for how long; None if it may start.
