@@ -417,3 +417,34 @@ class WholeAnswerTests(GatewayBase):
         length, received, reset = await deferToThread(slow_reader)
         self.assertGreater(length, 32 * 1024)
         self.assertEqual((received, reset), (length, False))
+
+
+class BudgetTests(GatewayBase):
+    """The per-address budget of unauthenticated bytes over TLS: an address that has spent
+    it gets 503 with Retry-After and Connection: close, unparsed and counted; another
+    address's CPE, and the session of a CPE already in, are not affected."""
+
+    async def test_an_address_over_budget_is_refused_before_parsing(self) -> None:
+        inform = cpe_client.INFORM.format(serial=_serial("B0"), event="1 BOOT", cr_url="")
+        # Room for two Informs (a session's challenge and its authenticated Inform).
+        burst = 2 * len(inform) + 100
+        await self.start(
+            acs={"unauthenticated_bytes_per_second": 1, "unauthenticated_burst_bytes": burst}
+        )
+        await self.add_device(_serial("B1"), "budget-cpe", "budget-pw")
+        refusals = self.service.metrics.budget_refusals
+
+        def spend() -> list[Any]:
+            return [self.exchange(inform.encode()) for _ in range(3)]
+
+        first, second, third = await deferToThread(spend)
+        self.assertEqual((first.status, second.status, third.status), (401, 401, 503))
+        self.assertEqual(third.header("connection"), "close")
+        self.assertGreater(int(third.header("retry-after") or 0), 100)
+        self.assertIsNone(third.header("www-authenticate"))
+        self.assertEqual(refusals._value.get(), 1)
+        exchanges = await self.session(
+            "budget-cpe", "budget-pw", serial=_serial("B1"), source_address="127.0.0.2"
+        )
+        self.assertEqual([e.status for e in exchanges], [200, 204])
+        self.assertEqual(refusals._value.get(), 1)
