@@ -28,6 +28,8 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
+from cwmpgw.web.trim import FloodMemory
+
 __all__ = [
     "CappedRequest",
     "ConnectionGate",
@@ -391,6 +393,8 @@ class HardenedSite(Site):
         self._sources: dict[HardenedChannel, str] = {}
         self._on_refused = on_refused
         self.refused_connections = 0
+        # The memory of a connection flood goes back to the system once it has drained.
+        self.flood_memory = FloodMemory()
 
     def over_cap(self, addr: IAddress | None) -> str | None:
         """Which cap a new connection from ``addr`` would break ("total", "source"), if any."""
@@ -419,6 +423,7 @@ class HardenedSite(Site):
             self.open_connections.add(channel)
             self._sources[channel] = source
             self._per_source[source] = self._per_source.get(source, 0) + 1
+            self.flood_memory.note(len(self.open_connections), self.reactor.seconds())
         return channel
 
     def forget(self, channel: HardenedChannel) -> None:
@@ -431,6 +436,7 @@ class HardenedSite(Site):
                 self._per_source[source] = left
             else:
                 self._per_source.pop(source, None)
+            self.flood_memory.note(len(self.open_connections), self.reactor.seconds())
 
     def abort_all(self) -> None:
         for channel in list(self.open_connections):
