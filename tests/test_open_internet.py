@@ -12,7 +12,9 @@ Against the code before commit afca948 (the hardened base), each of these fails:
 connections were accepted under the TLS wrapper and never served nor closed (the client's
 read times out); a connection with no session waited the 300 s session timeout; a client
 streaming after a 413 was read for as long as it kept sending; the API had no read
-deadline (Twisted's idle timeout restarts on every byte) and no connection cap.
+deadline (Twisted's idle timeout restarts on every byte) and no connection cap; there
+was no budget. The slow reader of WholeAnswerTests failed on afca948 itself, whose linger
+aborted every TLS close after 2 s.
 """
 
 from __future__ import annotations
