@@ -79,6 +79,9 @@ class Gateway:
     extra: str = ""
     acs_extra: str = "max_new_sessions_per_second = 0"
     redis_extra: str = ""
+    # The benches measure sessions, not the brute-force defence or the metrics listener.
+    auth_extra: str = "max_failures_per_source = 0\nmax_failures_per_device = 0"
+    metrics_extra: str = "enabled = false"
     acs_port: int = field(default_factory=free_port)
     nbi_port: int = field(default_factory=free_port)
     process: subprocess.Popen[str] | None = None
@@ -107,8 +110,7 @@ hostname = "localhost"
 max_connections = 0
 max_sessions = 10000000
 [auth]
-max_failures_per_source = 0
-max_failures_per_device = 0
+{self.auth_extra}
 [redis]
 url = "{self.redis_url}"
 prefix = "{self.prefix}"
@@ -117,7 +119,7 @@ prefix = "{self.prefix}"
 port = {self.nbi_port}
 token_sha256 = ["{token_sha256(self.token)}"]
 [metrics]
-enabled = false
+{self.metrics_extra}
 [connreq]
 stun = false
 allowed_networks = ["127.0.0.0/8"]

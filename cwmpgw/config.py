@@ -372,6 +372,8 @@ class AcsConfig:
     drain_timeout: int = _setting(10, _int(0, 3600))
     read_timeout: int = _setting(30, _int(1, 3600))
     max_requests_per_connection: int = _setting(1000, _int(1, 1000000))
+    unauthenticated_bytes_per_second: int = _setting(2097152, _int(0, 1073741824))
+    unauthenticated_burst_bytes: int = _setting(8388608, _int(1024, 1073741824))
 
     @property
     def certificate_hostname(self) -> str:

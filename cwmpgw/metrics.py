@@ -24,6 +24,8 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Sessions last from a few hundred milliseconds to minutes (a slow CPE, many tasks).
 _SESSION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 _REDIS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5)
+# A healthy reactor runs a timer within a few ms; a stall of 100 ms delays every connection.
+_LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
 class Metrics:
@@ -79,6 +81,23 @@ class Metrics:
         )
         self.admission_rejections = Counter(
             "cwmpgw_admission_rejections", "New sessions shed by admission control.", registry=r
+        )
+        self.budget_refusals = Counter(
+            "cwmpgw_budget_refusals",
+            "Unauthenticated requests answered 503 unparsed: their address was over its"
+            " budget of body bytes (acs.unauthenticated_bytes_per_second).",
+            registry=r,
+        )
+        self.reactor_lag = Histogram(
+            "cwmpgw_reactor_lag_seconds",
+            "How late the event loop ran a timer due every few ms: its stalls.",
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
+        self.reactor_lag_max = Gauge(
+            "cwmpgw_reactor_lag_max_seconds",
+            "The longest stall of the event loop in the last 10 to 20 seconds.",
+            registry=r,
         )
         self.redis_latency = Histogram(
             "cwmpgw_redis_latency_seconds",

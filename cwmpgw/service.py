@@ -23,7 +23,7 @@ from cwmpgw.acs.resource import AcsSite
 from cwmpgw.app import acs as acs_part
 from cwmpgw.app import nbi as nbi_part
 from cwmpgw.app.connreq import ConnreqPart
-from cwmpgw.app.metrics import make_metrics, redis_sampler
+from cwmpgw.app.metrics import ReactorLag, make_metrics, redis_sampler
 from cwmpgw.app.redis import RedisPart
 from cwmpgw.app.state import StatePart, spool_name
 from cwmpgw.app.tasks import make_provisioner, make_task_service
@@ -96,6 +96,7 @@ class GatewayService(OrderedTree):
                 self._step_commands,
                 self._step_metrics,
                 self._step_sampler,
+                self._step_lag,
                 self._step_workers,
             ]
         )
@@ -302,6 +303,10 @@ class GatewayService(OrderedTree):
     def _step_sampler(self) -> Service | None:
         enabled = self.config.metrics.enabled
         return redis_sampler(self._reactor, self.metrics, *self._up()) if enabled else None
+
+    def _step_lag(self) -> Service | None:
+        enabled = self.config.metrics.enabled
+        return ReactorLag(self._reactor, self.metrics) if enabled else None
 
     def _step_workers(self) -> WorkerPool | None:
         if self.config.gateway.workers <= 1:

@@ -576,6 +576,11 @@ class AcsEngine:
         if self._metrics is not None:
             self._metrics.admission_rejections.inc()
 
+    def note_over_budget(self) -> None:
+        """An unauthenticated body was refused unparsed: its address was over budget."""
+        if self._metrics is not None:
+            self._metrics.budget_refusals.inc()
+
     def shutdown(self) -> None:
         self.registry.end_all(Outcome.SHUTDOWN, "the gateway is stopping")
 

@@ -10,6 +10,7 @@ absolute read deadline per request that trickled bytes do not extend.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -31,6 +32,7 @@ from cwmpgw.cwmp.messages import Envelope, Inform
 from cwmpgw.cwmp.session import Reply
 from cwmpgw.sessions import LiveSession
 from cwmpgw.store.interfaces import ICredentialStore
+from cwmpgw.web.budget import SourceBudget
 from cwmpgw.web.site import ConnectionLimits, HardenedChannel, HardenedSite, is_gone
 
 __all__ = [
@@ -249,6 +251,7 @@ class AcsResource(Resource):
         throttle: IAuthThrottle | None = None,
         certificates: ClientCertificates | None = None,
         admission: AdmissionControl | None = None,
+        budget: SourceBudget | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.engine = engine
@@ -260,6 +263,7 @@ class AcsResource(Resource):
         self._max_session_body = max(max_body_bytes, max_session_body_bytes or 0)
         self._path = path.encode()
         self._admission = admission
+        self._budget = budget
         self.draining = False
 
     @property
@@ -333,6 +337,8 @@ class AcsResource(Resource):
 
         envelope: Envelope | None = None
         if body.strip():
+            if self._over_budget(request, peer, channel, len(body)):
+                return None
             try:
                 envelope = soap.parse_envelope(
                     body,
@@ -402,6 +408,25 @@ class AcsResource(Resource):
             )
         request.setHeader(b"connection", b"close")
         self._send(request, Reply(413, reason="body too large"))
+
+    def _over_budget(self, request: Request, peer: str, channel: Any, size: int) -> bool:
+        """Whether ``peer`` has spent its budget of unauthenticated bytes (then answered 503).
+
+        Parsing is the dearest work a stranger can cause, so a body that does not come on a
+        connection carrying an authenticated session is charged to its source address first
+        (:class:`~cwmpgw.web.budget.SourceBudget`).
+        """
+        if self._budget is None or (isinstance(channel, AcsChannel) and channel.has_session()):
+            return False
+        wait = self._budget.charge(peer, size)
+        if wait is None:
+            return False
+        self.engine.note_over_budget()
+        self._log.debug("refused {peer}: over its budget of unauthenticated bytes", peer=peer)
+        request.setHeader(b"retry-after", str(max(1, math.ceil(wait))).encode())
+        request.setHeader(b"connection", b"close")
+        self._send(request, Reply(503, reason="too much unauthenticated data; retry later"))
+        return True
 
     def _admit(self, request: Request, inform: Inform) -> tuple[str, int] | None:
         """Why a new session must wait, and for how long; None if it may start.

@@ -37,6 +37,7 @@ from cwmpgw.metrics import Metrics
 from cwmpgw.sessions import IRequestSource
 from cwmpgw.store.interfaces import ICredentialStore, IDeviceStore
 from cwmpgw.store.sessionlock import RedisSessionLock
+from cwmpgw.web.budget import SourceBudget
 from cwmpgw.web.digest import DigestCredentialFactory
 from cwmpgw.web.site import ConnectionGate
 
@@ -159,6 +160,15 @@ async def make_site(
         ),
         # While Redis is down a new session is answered 503 before any Redis work.
         admission=AdmitWhileAvailable(availability, rate_limits),  # type: ignore[arg-type]
+        budget=(
+            SourceBudget(
+                reactor,
+                rate=acs.unauthenticated_bytes_per_second,
+                burst=acs.unauthenticated_burst_bytes,
+            )
+            if acs.unauthenticated_bytes_per_second
+            else None
+        ),
     )
     return AcsSite(
         resource,

@@ -23,9 +23,12 @@ from typing import Any
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
+
+from cwmpgw.web.trim import FloodMemory
 
 __all__ = [
     "CappedRequest",
@@ -135,6 +138,8 @@ class HardenedChannel(HTTPChannel):
     _deadline: IDelayedCall | None = None
     _first_byte: IDelayedCall | None = None
     _linger: IDelayedCall | None = None
+    _closing = False  # loseConnection was called: what the peer sends now is dropped
+    _sent_while_closing = 0
     _clock: IReactorTime | None = None
 
     def configure(self, limits: ConnectionLimits, clock: IReactorTime) -> None:
@@ -183,6 +188,10 @@ class HardenedChannel(HTTPChannel):
             transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            # Answered and closing: nothing more is read as a request.
+            self._sent_while_closing += len(data)
+            return
         if self._first_byte is not None and data:
             # TLS done (we only see decrypted bytes) and a request begun: read_timeout now.
             self._first_byte.cancel()
@@ -304,19 +313,39 @@ class HardenedChannel(HTTPChannel):
             self.loseConnection()
 
     def loseConnection(self) -> None:
-        """Close after what is written; stop reading, and abort if the peer lingers.
+        """Close after what is written, giving a peer that lingers ``limits.linger``.
 
         Over TLS a clean close waits for the peer's close_notify, and a client that never
         sends one (but keeps streaming) would hold the connection for as long as it likes.
+        A refused connection stops being read at once and is aborted after the linger (its
+        answer is a few bytes). After a normal answer nothing more is taken from the peer
+        (what it sends is dropped), and after the linger: a peer that sent anything since
+        is aborted; a silent one (slowly reading a large answer) gets a plain TCP close
+        instead of the TLS goodbye, which hands what is written to the kernel to deliver,
+        and is aborted only if it has not taken the rest within ``limits.read_timeout``.
         """
         transport: Any = self.transport
         if transport is None:
             return
         if self._linger is None and self._clock is not None:
-            self._linger = self._clock.callLater(self.limits.linger, self._abort)
-            if not getattr(transport, "disconnecting", False):
+            self._closing = True
+            self._linger = self._clock.callLater(self.limits.linger, self._lingered)
+            if self.refused and not getattr(transport, "disconnecting", False):
                 transport.pauseProducing()
         super().loseConnection()  # type: ignore[no-untyped-call]
+
+    def _lingered(self) -> None:
+        self._linger = None
+        if self.refused or self._sent_while_closing:
+            return self._abort()
+        transport: Any = self.transport
+        if transport is None or self._clock is None:
+            return
+        # Under TLS: close the TCP connection without waiting for the peer's close_notify.
+        bottom = transport.transport if isinstance(transport, TLSMemoryBIOProtocol) else None
+        if bottom is not None:
+            bottom.loseConnection()
+        self._linger = self._clock.callLater(self.limits.read_timeout, self._abort)
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self._cancel_deadline()
@@ -373,6 +402,8 @@ class HardenedSite(Site):
         self._sources: dict[HardenedChannel, str] = {}
         self._on_refused = on_refused
         self.refused_connections = 0
+        # The memory of a connection flood goes back to the system once it has drained.
+        self.flood_memory = FloodMemory()
 
     def over_cap(self, addr: IAddress | None) -> str | None:
         """Which cap a new connection from ``addr`` would break ("total", "source"), if any."""
@@ -401,6 +432,7 @@ class HardenedSite(Site):
             self.open_connections.add(channel)
             self._sources[channel] = source
             self._per_source[source] = self._per_source.get(source, 0) + 1
+            self.flood_memory.note(len(self.open_connections), self.reactor.seconds())
         return channel
 
     def forget(self, channel: HardenedChannel) -> None:
@@ -413,6 +445,7 @@ class HardenedSite(Site):
                 self._per_source[source] = left
             else:
                 self._per_source.pop(source, None)
+            self.flood_memory.note(len(self.open_connections), self.reactor.seconds())
 
     def abort_all(self) -> None:
         for channel in list(self.open_connections):

@@ -50,7 +50,7 @@ from cwmpgw.tasks.runner import TaskRunner
 from cwmpgw.web import digest as digest_module
 from tests.support import cpe_client, digest_client
 from tests.support import cpe_envelopes as cpe
-from tests.support.attackkit import GatewayBase, RawCpe, _read_response
+from tests.support.attackkit import GatewayBase, RawCpe, _read_response, _serial
 from tests.support.fuzz import mutate_bytes
 from tests.support.memhttp import Connection, MemoryAcs, Response, digest_post, parse_responses
 
@@ -1041,10 +1041,6 @@ class DigestAttackTests(SynchronousTestCase):
 
 # ---------------------------------------------------------------------------------------
 # The whole gateway on 127.0.0.1: real TLS, real Redis
-
-
-def _serial(i: int | str) -> str:
-    return f"ATK{i}"
 
 
 class XmlAttackGatewayTests(GatewayBase):

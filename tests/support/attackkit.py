@@ -154,3 +154,7 @@ def _read_response(sock: ssl.SSLSocket, data: bytes = b"") -> Response:
         rest += more
     (response,) = parse_responses(head + b"\r\n\r\n" + rest[:length])
     return response
+
+
+def _serial(i: int | str) -> str:
+    return f"ATK{i}"

@@ -137,6 +137,7 @@ class MemoryAcs:
     hold_requests: bool = False
     requests: IRequestSource | None = None
     admission: Any = None
+    budget: Any = None  # SourceBudget of unauthenticated bytes
     lock: Any = None
     node: str = "test-node"
     max_body_bytes: int = 262_144
@@ -185,6 +186,7 @@ class MemoryAcs:
             max_body_bytes=self.max_body_bytes,
             throttle=self.throttle,
             admission=self.admission,
+            budget=self.budget,
         )
         self.site = AcsSite(self.resource, reactor=self.clock, **self.site_options)
 
