@@ -266,6 +266,7 @@ class GatewayService(OrderedTree):
             node=self.node,
             realm=self.config.auth.realm,
             config=self.config.provision,
+            devices=self.devices,
         )
         return expiry_service(self.tasks, availability, self._reactor)
 
