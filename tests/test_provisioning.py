@@ -141,9 +141,12 @@ class ApplyingCpe:
         return self.values[ms + "Username"], self.values[ms + "Password"]
 
 
-@pytest.mark.usefixtures("redis_for_class")
-class ProvisioningTests(TestCase):
+class GatewayCase(TestCase):
+    """A gateway enrolling with the bootstrap credential, with presets; ``auth`` adds
+    settings to its ``[auth]``."""
+
     redis_server: Any
+    auth: dict[str, Any] = {}
 
     async def setUp(self) -> None:  # type: ignore[override]
         import redis
@@ -164,6 +167,7 @@ class ProvisioningTests(TestCase):
                 "unknown_devices": "enroll",
                 "bootstrap_username": BOOTSTRAP_USER,
                 "bootstrap_password": BOOTSTRAP_PASSWORD,
+                **self.auth,
             },
             connreq={"stun": True, "stun_interface": "127.0.0.1", "stun_port": 0},
             # Zero-touch provisioning as shipped, plus presets.
@@ -188,7 +192,12 @@ class ProvisioningTests(TestCase):
         self.addCleanup(self.redis.close)
 
     def session(
-        self, user: str, password: str, cpe: ApplyingCpe | None = None, event: str = "1 BOOT"
+        self,
+        user: str,
+        password: str,
+        cpe: ApplyingCpe | None = None,
+        event: str = "1 BOOT",
+        serial: str = "22275K2000315",
     ) -> Any:
         return deferToThread(
             cpe_client.run_session,
@@ -198,6 +207,7 @@ class ProvisioningTests(TestCase):
             cafile=self.cafile,
             answer=cpe,
             event=event,
+            serial=serial,
         )
 
     def events(self, type_: str) -> list[dict[str, Any]]:
@@ -216,6 +226,9 @@ class ProvisioningTests(TestCase):
         for secret in secrets:
             self.assertNotIn(secret, dump)
 
+
+@pytest.mark.usefixtures("redis_for_class")
+class ProvisioningTests(GatewayCase):
     async def test_enrolment_ends_with_unique_credentials_in_use(self) -> None:
         cpe = ApplyingCpe()
         exchanges = await self.session(BOOTSTRAP_USER, BOOTSTRAP_PASSWORD, cpe, "0 BOOTSTRAP")
@@ -463,3 +476,75 @@ class ProvisioningTests(TestCase):
         self.assertEqual([e.status for e in await self.session(username, password)], [200, 204])
         self.assertEqual((await self.session(DEVICE_ID, "first-password-123"))[0].status, 401)
         self.assertNowhere(password, stun_password)
+
+
+@pytest.mark.usefixtures("redis_for_class")
+class StuckBootstrapTests(GatewayCase):
+    """A CPE that confirms its new credentials but keeps the bootstrap one (firmware that
+    computes its Authorization once): reported once, after auth.bootstrap_stuck_after."""
+
+    auth = {"bootstrap_stuck_after": 3}
+
+    async def test_reported_once_after_n_sessions(self) -> None:
+        cpe = ApplyingCpe()
+        await self.session(*BOOTSTRAP_CREDENTIAL, cpe, "0 BOOTSTRAP")
+        confirmed = self.events("credentials.changed")[-1]
+        self.assertEqual(confirmed["data"]["phase"], "confirmed")
+        for _ in range(2):
+            self.assertEqual(
+                [e.status for e in await self.session(*BOOTSTRAP_CREDENTIAL)], [200, 204]
+            )
+        self.assertEqual(self.events("credentials.stuck"), [])
+        for _ in range(2):  # the third reaches the threshold; the fourth says nothing new
+            self.assertEqual(
+                [e.status for e in await self.session(*BOOTSTRAP_CREDENTIAL)], [200, 204]
+            )
+        (stuck,) = self.events("credentials.stuck")
+        self.assertEqual(stuck["device"]["id"], DEVICE_ID)
+        data = stuck["data"]
+        self.assertEqual((data["sessions"], data["username"]), (3, BOOTSTRAP_USER))
+        self.assertEqual((data["policy"], data["refused_from"]), ("accept", None))
+        self.assertLessEqual(data["since"], stuck["ts"])
+        self.assertGreaterEqual(data["since"], confirmed["ts"][:19])
+        (line,) = [e for e in self.logged if "still authenticates with the bootstrap" in e]
+        self.assertIn(DEVICE_ID, line)
+        metrics = self.service.metrics.render().decode()
+        self.assertIn("cwmpgw_credentials_stuck_total 1.0", metrics)
+        self.assertIn("cwmpgw_bootstrap_refused_total 0.0", metrics)
+        # Once it uses its own credential, the bootstrap one is done with, as before.
+        self.assertEqual([e.status for e in await self.session(*cpe.credential())], [200, 204])
+        self.assertEqual((await self.session(*BOOTSTRAP_CREDENTIAL))[0].status, 403)
+        self.assertEqual(len(self.events("credentials.stuck")), 1)
+        self.assertFalse(self.redis.exists(self.prefix + "bootstrap-use:" + DEVICE_ID))
+
+
+@pytest.mark.usefixtures("redis_for_class")
+class RefusedBootstrapTests(GatewayCase):
+    """auth.bootstrap_after_confirm = "refuse": past the grace period (0 here) the
+    bootstrap credential no longer speaks for a device that confirmed its own."""
+
+    auth = {"bootstrap_after_confirm": "refuse", "bootstrap_grace": 0, "bootstrap_stuck_after": 1}
+
+    async def test_refused_for_that_device_only(self) -> None:
+        cpe = ApplyingCpe()
+        await self.session(*BOOTSTRAP_CREDENTIAL, cpe, "0 BOOTSTRAP")
+        refused = await self.session(*BOOTSTRAP_CREDENTIAL)
+        self.assertEqual([e.status for e in refused], [401])
+        self.assertEqual(refused[0].headers.get("connection"), "close")
+        self.assertTrue(refused[0].challenges)  # asked again: it may re-read its credential
+        (stuck,) = self.events("credentials.stuck")
+        self.assertEqual(stuck["data"]["policy"], "refuse")
+        self.assertEqual(stuck["data"]["refused_from"], stuck["data"]["since"])  # grace 0
+        (failed,) = self.events("auth.failed")
+        self.assertEqual(failed["device"]["id"], DEVICE_ID)
+        self.assertIn("bootstrap credential refused", failed["data"]["reason"])
+        # Not a guess: nothing counted towards the brute-force blocks.
+        self.assertEqual(list(self.redis.scan_iter(self.prefix + "authfail:*")), [])
+        self.assertIn("cwmpgw_bootstrap_refused_total 1.0", self.service.metrics.render().decode())
+        # Another device that never had a credential of its own still enrols with it.
+        other = ApplyingCpe()
+        enrolled = await self.session(*BOOTSTRAP_CREDENTIAL, other, "0 BOOTSTRAP", "OTHER00042")
+        self.assertEqual([enrolled[0].status, enrolled[-1].status], [200, 204])
+        self.assertEqual(other.credential()[0], "9CA2F4-EC220_G5_V3-OTHER00042")
+        # And the refused device gets in with the credential it was given.
+        self.assertEqual([e.status for e in await self.session(*cpe.credential())], [200, 204])

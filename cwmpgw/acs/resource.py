@@ -23,6 +23,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from cwmpgw.acs.admission import AdmissionControl
 from cwmpgw.acs.auth import AuthFailure, CpeAuthenticator, Identity
+from cwmpgw.acs.bootstrap import BootstrapWatch
 from cwmpgw.acs.certs import certificate_identity, matches, peer_certificate
 from cwmpgw.acs.engine import AcsEngine
 from cwmpgw.acs.throttle import Block, Claims, IAuthThrottle
@@ -184,8 +185,10 @@ class AcsResource(Resource):
         throttle: IAuthThrottle | None = None,
         certificates: ClientCertificates | None = None,
         admission: AdmissionControl | None = None,
+        bootstrap: BootstrapWatch | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
+        self._bootstrap = bootstrap
         self.engine = engine
         self._auth = authenticator
         self._credentials = credentials
@@ -353,6 +356,9 @@ class AcsResource(Resource):
             return await self._refuse(
                 request, peer, identity.username, inform.device_id, device_id, refusal
             )
+        if identity.bootstrap and self._bootstrap is not None:
+            if await self._bootstrap_refused(request, peer, identity, inform.device_id, device_id):
+                return None
         await self._succeeded(peer, (identity.username, device_id))
         if isinstance(channel, AcsChannel):
             channel.auth_failures = 0
@@ -380,6 +386,67 @@ class AcsResource(Resource):
             request.setHeader(b"set-cookie", cookie.encode())
         self._send(request, reply)
         return None
+
+    async def _bootstrap_refused(
+        self, request: Request, peer: str, identity: Identity, device: DeviceId, device_id: str
+    ) -> bool:
+        """A session opened with the bootstrap credential by a device that confirmed its
+        own (:mod:`cwmpgw.acs.bootstrap`): reported once, refused after the grace period
+        if the policy says so (then answered here: True)."""
+        assert self._bootstrap is not None
+        verdict = await self._bootstrap.session(device_id)
+        use, policy = verdict.use, self._bootstrap.policy
+        if use is None:
+            return False
+        if use.report:
+            since = format_ts(use.confirmed_at)
+            self._log.warn(
+                "{device_id} confirmed its own credentials at {since} but still authenticates"
+                " with the bootstrap credential ({sessions} sessions since)",
+                device_id=device_id,
+                since=since,
+                sessions=use.sessions,
+            )
+            self.engine.note_stuck_bootstrap(refused=False)
+            ref = device_ref(
+                device_id,
+                device.oui,
+                device.product_class,
+                device.serial_number,
+                device.manufacturer,
+            )
+            data = {
+                "username": identity.username,
+                "sessions": use.sessions,
+                "since": since,
+                "policy": "refuse" if policy.refuse else "accept",
+                "refused_from": format_ts(use.confirmed_at + policy.grace)
+                if policy.refuse
+                else None,
+            }
+            try:
+                await self.engine.publish("credentials.stuck", data, ref)
+            except Exception:
+                log_call_failure(
+                    self._log,
+                    Failure(),
+                    "could not publish credentials.stuck for {device_id}",
+                    device_id=device_id,
+                )
+        if not verdict.refused:
+            return False
+        # The credential is right, so this is no guess: not counted towards any block.
+        # The 401 asks once more; firmware that re-reads its credential then gets in.
+        self.engine.note_stuck_bootstrap(refused=True)
+        self.engine.auth_failed(
+            peer=peer,
+            reason="bootstrap credential refused: the device confirmed its own",
+            username=identity.username,
+            device=device,
+        )
+        request.setHeader(b"connection", b"close")
+        self._challenge(request, AuthFailure("bootstrap credential refused"))
+        return True
 
     async def _authenticate(
         self, request: Request, peer: str, device: DeviceId, device_id: str

@@ -18,6 +18,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from cwmpgw.acs.admission import AdmissionControl
 from cwmpgw.acs.auth import CpeAuthenticator, DeviceCredentialsChecker
+from cwmpgw.acs.bootstrap import BootstrapPolicy, BootstrapWatch
 from cwmpgw.acs.engine import AcsEngine
 from cwmpgw.acs.nonceclaims import RedisNonceClaims, shared_nonce_secret
 from cwmpgw.acs.resource import AcsResource, AcsSite, ClientCertificates
@@ -152,6 +153,19 @@ async def make_site(
         ),
         # While Redis is down a new session is answered 503 before any Redis work.
         admission=AdmitWhileAvailable(availability, rate_limits),  # type: ignore[arg-type]
+        bootstrap=(
+            BootstrapWatch(
+                credentials,
+                reactor,
+                BootstrapPolicy(
+                    stuck_after=auth.bootstrap_stuck_after,
+                    refuse=auth.bootstrap_after_confirm == "refuse",
+                    grace=auth.bootstrap_grace,
+                ),
+            )
+            if enroll
+            else None
+        ),
     )
     return AcsSite(
         resource,
