@@ -546,5 +546,10 @@ class RefusedBootstrapTests(GatewayCase):
         enrolled = await self.session(*BOOTSTRAP_CREDENTIAL, other, "0 BOOTSTRAP", "OTHER00042")
         self.assertEqual([enrolled[0].status, enrolled[-1].status], [200, 204])
         self.assertEqual(other.credential()[0], "9CA2F4-EC220_G5_V3-OTHER00042")
-        # And the refused device gets in with the credential it was given.
-        self.assertEqual([e.status for e in await self.session(*cpe.credential())], [200, 204])
+        # Deleting the device (say, before a factory reset) lets it enrol afresh.
+        self.assertTrue(await self.service.directory.delete_device(DEVICE_ID))
+        again = ApplyingCpe()
+        enrolled = await self.session(*BOOTSTRAP_CREDENTIAL, again, "0 BOOTSTRAP")
+        self.assertEqual([enrolled[0].status, enrolled[-1].status], [200, 204])
+        # And the device gets in with the credential it was given.
+        self.assertEqual([e.status for e in await self.session(*again.credential())], [200, 204])
