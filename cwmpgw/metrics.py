@@ -53,6 +53,17 @@ class Metrics:
         self.auth_failures = Counter(
             "cwmpgw_auth_failures", "Failed CPE authentications.", registry=r
         )
+        self.credentials_stuck = Counter(
+            "cwmpgw_credentials_stuck",
+            "Devices reported (credentials.stuck) for still authenticating with the"
+            " bootstrap credential after confirming their own.",
+            registry=r,
+        )
+        self.bootstrap_refused = Counter(
+            "cwmpgw_bootstrap_refused",
+            "Informs refused because the bootstrap credential's grace for the device ended.",
+            registry=r,
+        )
         self.connection_requests = Counter(
             "cwmpgw_connection_requests",
             "Connection requests, by method and outcome.",

@@ -214,6 +214,7 @@ class GatewayService(OrderedTree):
             self.rotations,
             credentials=self.credentials,
             connreq_credentials=self.connreq_credentials,
+            devices=self.devices,
             events=self.events,
         )
         return expiry_service(self.tasks, availability, self._reactor)

@@ -581,6 +581,12 @@ class AcsEngine:
         if self._metrics is not None:
             self._metrics.budget_refusals.inc()
 
+    def note_stuck_bootstrap(self, *, refused: bool) -> None:
+        """A device that confirmed its own credential was reported (credentials.stuck), or
+        refused, for authenticating with the bootstrap credential."""
+        if self._metrics is not None:
+            (self._metrics.bootstrap_refused if refused else self._metrics.credentials_stuck).inc()
+
     def shutdown(self) -> None:
         self.registry.end_all(Outcome.SHUTDOWN, "the gateway is stopping")
 

@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from cwmpgw.acs.auth import AuthFailure, CpeAuthenticator, Identity
+from cwmpgw.acs.bootstrap import BootstrapWatch
 from cwmpgw.acs.certs import certificate_identity, matches, peer_certificate
 from cwmpgw.acs.engine import AcsEngine
 from cwmpgw.acs.throttle import Block, Claims, IAuthThrottle
@@ -63,12 +64,14 @@ class AuthGate:
         *,
         throttle: IAuthThrottle | None = None,
         certificates: ClientCertificates | None = None,
+        bootstrap: BootstrapWatch | None = None,
     ) -> None:
         self._engine = engine
         self._auth = authenticator
         self._credentials = credentials
         self._throttle = throttle
         self.certificates = certificates
+        self._bootstrap = bootstrap
 
     async def check(
         self, request: Request, peer: str, device: DeviceId, device_id: str
@@ -81,6 +84,10 @@ class AuthGate:
         refusal = await self._auth.authorize(identity, device_id, self._credentials)
         if refusal is not None:
             return await self._forbidden(peer, identity.username, device, device_id, refusal)
+        if identity.bootstrap and self._bootstrap is not None:
+            stuck = await self._stuck_bootstrap(request, peer, identity, device, device_id)
+            if stuck is not None:
+                return stuck
         await self._succeeded(peer, (identity.username, device_id))
         channel: Any = request.channel
         if channel is not None and hasattr(channel, "auth_failures"):
@@ -170,6 +177,59 @@ class AuthGate:
             ((b"connection", b"close"),),
         )
 
+    async def _stuck_bootstrap(
+        self, request: Request, peer: str, identity: Identity, device: DeviceId, device_id: str
+    ) -> Refusal | None:
+        """A session opened with the bootstrap credential by a device that confirmed its
+        own (:mod:`cwmpgw.acs.bootstrap`): reported once, refused after the grace period
+        if the policy says so."""
+        assert self._bootstrap is not None
+        verdict = await self._bootstrap.session(device_id)
+        use, policy = verdict.use, self._bootstrap.policy
+        if use is None:
+            return None
+        if use.report:
+            since = format_ts(use.confirmed_at)
+            self._log.warn(
+                "{device_id} confirmed its own credentials at {since} but still authenticates"
+                " with the bootstrap credential ({sessions} sessions since)",
+                device_id=device_id,
+                since=since,
+                sessions=use.sessions,
+            )
+            self._engine.note_stuck_bootstrap(refused=False)
+            data = {
+                "username": identity.username,
+                "sessions": use.sessions,
+                "since": since,
+                "policy": "refuse" if policy.refuse else "accept",
+                "refused_from": (
+                    format_ts(use.confirmed_at + policy.grace) if policy.refuse else None
+                ),
+            }
+            try:
+                await self._engine.publish("credentials.stuck", data, _ref(device_id, device))
+            except Exception:
+                log_call_failure(
+                    self._log,
+                    Failure(),
+                    "could not publish credentials.stuck for {device_id}",
+                    device_id=device_id,
+                )
+        if not verdict.refused:
+            return None
+        # The credential is right, so this is no guess: not counted towards any block.
+        # The 401 asks once more; firmware that re-reads its credential then gets in.
+        self._engine.note_stuck_bootstrap(refused=True)
+        self._engine.auth_failed(
+            peer=peer,
+            reason="bootstrap credential refused: the device confirmed its own",
+            username=identity.username,
+            device=device,
+        )
+        challenge = self._challenge(request, AuthFailure("bootstrap credential refused"))
+        return Refusal(401, challenge.reason, (*challenge.headers, (b"connection", b"close")))
+
     # -- the throttle ---------------------------------------------------------------------
 
     async def _blocked(self, peer: str, claims: Claims) -> float | None:
@@ -205,15 +265,11 @@ class AuthGate:
             )
             return None
         for block in blocks:
-            ref = None
-            if block.kind == "device" and block.key == device_id:
-                ref = device_ref(
-                    device_id,
-                    device.oui,
-                    device.product_class,
-                    device.serial_number,
-                    device.manufacturer,
-                )
+            ref = (
+                _ref(device_id, device)
+                if block.kind == "device" and block.key == device_id
+                else None
+            )
             self._report(block, ref)
         return await self._blocked(peer, claims) if check else None
 
@@ -242,3 +298,9 @@ class AuthGate:
             ref,
         )
         d.addErrback(lambda f: self._log.failure("could not publish auth.blocked", f))
+
+
+def _ref(device_id: str, device: DeviceId) -> dict[str, str]:
+    return device_ref(
+        device_id, device.oui, device.product_class, device.serial_number, device.manufacturer
+    )

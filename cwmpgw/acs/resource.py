@@ -22,6 +22,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from cwmpgw.acs.admission import AdmissionControl
 from cwmpgw.acs.auth import CpeAuthenticator
+from cwmpgw.acs.bootstrap import BootstrapWatch
 from cwmpgw.acs.engine import AcsEngine
 from cwmpgw.acs.gate import AuthGate, ClientCertificates, Refusal
 from cwmpgw.acs.throttle import IAuthThrottle
@@ -252,11 +253,17 @@ class AcsResource(Resource):
         certificates: ClientCertificates | None = None,
         admission: AdmissionControl | None = None,
         budget: SourceBudget | None = None,
+        bootstrap: BootstrapWatch | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.engine = engine
         self._gate = AuthGate(
-            engine, authenticator, credentials, throttle=throttle, certificates=certificates
+            engine,
+            authenticator,
+            credentials,
+            throttle=throttle,
+            certificates=certificates,
+            bootstrap=bootstrap,
         )
         self._max_body = max_body_bytes
         # Inside an authenticated session (see AcsChannel.body_limit); by default the same.

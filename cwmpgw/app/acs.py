@@ -19,6 +19,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from cwmpgw.acs.admission import AdmissionControl
 from cwmpgw.acs.auth import CpeAuthenticator, DeviceCredentialsChecker
+from cwmpgw.acs.bootstrap import BootstrapPolicy, BootstrapWatch
 from cwmpgw.acs.engine import AcsEngine
 from cwmpgw.acs.nonceclaims import RedisNonceClaims, shared_nonce_secret
 from cwmpgw.acs.resource import AcsResource, AcsSite, ClientCertificates
@@ -167,6 +168,19 @@ async def make_site(
                 burst=acs.unauthenticated_burst_bytes,
             )
             if acs.unauthenticated_bytes_per_second
+            else None
+        ),
+        bootstrap=(
+            BootstrapWatch(
+                credentials,
+                reactor,
+                BootstrapPolicy(
+                    stuck_after=auth.bootstrap_stuck_after,
+                    refuse=auth.bootstrap_after_confirm == "refuse",
+                    grace=auth.bootstrap_grace,
+                ),
+            )
+            if enroll
             else None
         ),
     )

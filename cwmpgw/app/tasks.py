@@ -10,7 +10,7 @@ from cwmpgw.bus.events import IEventSink
 from cwmpgw.bus.listener import EventListener
 from cwmpgw.config import Config
 from cwmpgw.provision.provisioner import Provisioner, RedisRotations
-from cwmpgw.store.interfaces import IConnReqCredentialStore, ICredentialStore
+from cwmpgw.store.interfaces import IConnReqCredentialStore, ICredentialStore, IDeviceStore
 from cwmpgw.tasks.redis import RedisTaskService
 from cwmpgw.tasks.runner import TaskRunner
 
@@ -50,11 +50,13 @@ def make_provisioner(
     *,
     credentials: ICredentialStore,
     connreq_credentials: IConnReqCredentialStore,
+    devices: IDeviceStore,
     events: IEventSink,
 ) -> Provisioner:
     return Provisioner(
         runner,
         credentials=credentials,
+        devices=devices,
         connreq_credentials=connreq_credentials,
         rotations=rotations,
         events=events,

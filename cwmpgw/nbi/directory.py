@@ -86,6 +86,9 @@ class DeviceDirectory:
         async def delete() -> bool:
             existed = await self._devices.delete_device(device_id)
             await self._credentials.delete(device_id)
+            # A credential being given is forgotten too (and with it the count of sessions
+            # opened with the bootstrap credential since): the device may enrol afresh.
+            await self._credentials.drop_pending(device_id)
             await self._connreq.delete(device_id)
             if self._tasks is not None:
                 # Its queued tasks must not run if a device with this id comes back.

@@ -18,6 +18,13 @@ from cwmpgw.cwmp.messages import DeviceId, EventStruct, ParameterValue
 
 __all__ = [
     "DEVICE_FIELDS",
+    "NAME_ABSENT",
+    "NAME_LISTED",
+    "NAME_PRESENT",
+    "NAME_READ_ONLY",
+    "NAME_UNLISTED",
+    "NAME_WRITABLE",
+    "BootstrapUse",
     "ConnReqCredential",
     "IConnReqCredentialStore",
     "ICredentialStore",
@@ -67,6 +74,15 @@ DEVICE_FIELDS: Final[Mapping[str, Mapping[str, Any]]] = MappingProxyType(
         },
     }
 )
+
+
+#: What is known of a parameter name on a device (:meth:`IDeviceStore.parameter_names`).
+NAME_PRESENT: Final = "present"  # it reported a value (Inform, GetParameterValues)
+NAME_WRITABLE: Final = "writable"  # GetParameterNames says so
+NAME_READ_ONLY: Final = "read-only"  # GetParameterNames says so, or a set faulted 9008
+NAME_ABSENT: Final = "absent"  # a set faulted 9005: the data model has no such name
+NAME_LISTED: Final = "listed"  # an object path whose children GetParameterNames listed
+NAME_UNLISTED: Final = "unlisted"  # an object path GetParameterNames could not list
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +160,14 @@ class IDeviceStore(Interface):
     def update_parameters(device_id: str, values: list[tuple[str, str, str]]) -> Deferred[None]:
         """Write (name, value, xsi type) into the device's parameter cache."""
 
+    def parameter_names(device_id: str, names: Sequence[str]) -> Deferred[dict[str, str]]:
+        """What is known of these names on the device, one of the ``NAME_*`` values each:
+        what :meth:`note_parameter_names` remembered, else ``present`` for a cached value.
+        A name nothing is known of is left out."""
+
+    def note_parameter_names(device_id: str, names: Mapping[str, str]) -> Deferred[None]:
+        """Remember what was learnt of the device's data model (name -> a ``NAME_*``)."""
+
     def list_devices(
         *, after: float | None, before: float | None, offset: int, count: int
     ) -> Deferred[list[dict[str, Any]]]:
@@ -151,7 +175,18 @@ class IDeviceStore(Interface):
         inform time, oldest first, for paging."""
 
     def delete_device(device_id: str) -> Deferred[bool]:
-        """Forget the record, its parameters and its transfers; True if it existed."""
+        """Forget the record, its parameters, what is known of its names and its transfers;
+        True if it existed."""
+
+
+@dataclass(frozen=True, slots=True)
+class BootstrapUse:
+    """Sessions a device authenticated with the bootstrap credential after it confirmed
+    its own (see :meth:`ICredentialStore.bootstrap_used`)."""
+
+    sessions: int
+    confirmed_at: float  # Unix seconds
+    report: bool  # this session is the one that reached the reporting threshold
 
 
 class ICredentialStore(Interface):
@@ -179,6 +214,16 @@ class ICredentialStore(Interface):
 
     def drop_pending(device_id: str) -> Deferred[bool]:
         """Forget the device's pending credential (the change failed); True if there was one."""
+
+    def confirm_pending(device_id: str, at: float) -> Deferred[bool]:
+        """The CPE confirmed it applied its pending credential, at ``at`` (Unix seconds):
+        from now until the pending credential is promoted, replaced or dropped, sessions
+        authenticated with the bootstrap credential are counted. False if none is pending."""
+
+    def bootstrap_used(device_id: str, report_after: int) -> Deferred[BootstrapUse | None]:
+        """A session of the device authenticated with the bootstrap credential: None if it
+        has not confirmed a pending credential, else the count (this one included), and
+        ``report`` true for the one call that reaches ``report_after`` (0: never)."""
 
 
 @dataclass(frozen=True, slots=True)

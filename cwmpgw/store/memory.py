@@ -13,6 +13,8 @@ from zope.interface import implementer
 from cwmpgw.bus.events import Event
 from cwmpgw.store.interfaces import (
     DEVICE_FIELDS,
+    NAME_PRESENT,
+    BootstrapUse,
     ConnReqCredential,
     IConnReqCredentialStore,
     ICredentialStore,
@@ -106,6 +108,7 @@ class MemoryDeviceStore:
     def __init__(self) -> None:
         self.devices: dict[str, dict[str, Any]] = {}
         self.transfers: dict[tuple[str, str], dict[str, Any]] = {}
+        self.names: dict[str, dict[str, str]] = {}
 
     takes_session = False  # the engine takes its own lock
 
@@ -153,6 +156,21 @@ class MemoryDeviceStore:
                 dev["parameters"][name] = {"value": value, "type": type_}
         return succeed(None)
 
+    def parameter_names(self, device_id: str, names: Sequence[str]) -> Deferred[dict[str, str]]:
+        noted = self.names.get(device_id, {})
+        cached = self.devices.get(device_id, {}).get("parameters", {})
+        out: dict[str, str] = {}
+        for name in names:
+            if name in noted:
+                out[name] = noted[name]
+            elif name in cached:
+                out[name] = NAME_PRESENT
+        return succeed(out)
+
+    def note_parameter_names(self, device_id: str, names: Mapping[str, str]) -> Deferred[None]:
+        self.names.setdefault(device_id, {}).update(names)
+        return succeed(None)
+
     def list_devices(
         self, *, after: float | None, before: float | None, offset: int, count: int
     ) -> Deferred[list[dict[str, Any]]]:
@@ -167,6 +185,7 @@ class MemoryDeviceStore:
 
     def delete_device(self, device_id: str) -> Deferred[bool]:
         existed = self.devices.pop(device_id, None) is not None
+        self.names.pop(device_id, None)
         for key in [k for k in self.transfers if k[0] == device_id]:
             del self.transfers[key]
         return succeed(existed)
@@ -178,6 +197,7 @@ class MemoryCredentialStore:
         self.by_username: dict[str, StoredCredential] = {}
         self.by_device: dict[str, str] = {}
         self.pending: dict[str, StoredCredential] = {}
+        self.bootstrap_uses: dict[str, dict[str, float]] = {}
 
     def get(self, username: str) -> Deferred[StoredCredential | None]:
         return succeed(self.by_username.get(username))
@@ -208,6 +228,7 @@ class MemoryCredentialStore:
         if taken is not None and taken.device_id != device_id:
             return fail(ValueError(f"username {username!r} belongs to another device"))
         self.drop_pending(device_id)
+        self.bootstrap_uses.pop(device_id, None)
         self.pending[username] = StoredCredential(username, device_id, dict(ha1))
         return succeed(None)
 
@@ -218,14 +239,32 @@ class MemoryCredentialStore:
         pending = self.pending.pop(username, None)
         if pending is None:
             return succeed(False)
+        self.bootstrap_uses.pop(pending.device_id, None)
         return self.set(pending.device_id, username, pending.ha1).addCallback(lambda _: True)
 
     def drop_pending(self, device_id: str) -> Deferred[bool]:
         for username, cred in list(self.pending.items()):
             if cred.device_id == device_id:
                 del self.pending[username]
+                self.bootstrap_uses.pop(device_id, None)
                 return succeed(True)
         return succeed(False)
+
+    def confirm_pending(self, device_id: str, at: float) -> Deferred[bool]:
+        if not any(c.device_id == device_id for c in self.pending.values()):
+            return succeed(False)
+        self.bootstrap_uses[device_id] = {"confirmed_at": at, "sessions": 0, "reported": 0}
+        return succeed(True)
+
+    def bootstrap_used(self, device_id: str, report_after: int) -> Deferred[BootstrapUse | None]:
+        use = self.bootstrap_uses.get(device_id)
+        if use is None:
+            return succeed(None)
+        use["sessions"] += 1
+        report = 0 < report_after <= use["sessions"] and not use["reported"]
+        if report:
+            use["reported"] = 1
+        return succeed(BootstrapUse(int(use["sessions"]), use["confirmed_at"], report))
 
 
 @implementer(IConnReqCredentialStore)

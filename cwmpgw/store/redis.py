@@ -15,6 +15,12 @@ Key layout (all under the configured prefix, default ``cwmpgw:``):
 - ``cred-by-device`` hash: device id -> username
 - ``cred-pending:<username>`` hash, ``cred-pending-by-device`` hash: a credential being
   given to a device, accepted beside the current one until first used
+- ``device:<id>:names`` hash: parameter name -> what is known of it on the device
+  (``writable``, ``read-only``, ``absent``; ``listed``/``unlisted`` for an object path),
+  from GetParameterNames answers and SetParameterValues faults
+- ``bootstrap-use:<id>`` hash: confirmed_at, sessions, reported: the sessions a device
+  authenticated with the bootstrap credential after it confirmed its pending credential
+  (deleted with the pending credential)
 - ``crcred:<id>`` hash: connection-request username, password (encrypted), allow_basic;
   the STUN password (encrypted, its own context) and the pending ones being set
 
@@ -24,7 +30,7 @@ Each multi-key update is one Lua script: atomic, and one round trip on the hot p
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -33,6 +39,7 @@ from zope.interface import implementer
 from cwmpgw.bus.events import Event
 from cwmpgw.bus.redis import EMIT_LUA, EventStream
 from cwmpgw.store.interfaces import (
+    BootstrapUse,
     ConnReqCredential,
     IConnReqCredentialStore,
     ICredentialStore,
@@ -121,7 +128,7 @@ if owner and owner ~= ARGV[1] then
 end
 local old = redis.call('HGET', KEYS[2], ARGV[1])
 if old then redis.call('DEL', ARGV[3] .. 'cred-pending:' .. old) end
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], ARGV[3] .. 'bootstrap-use:' .. ARGV[1])
 redis.call('HSET', KEYS[1], 'device_id', ARGV[1], unpack(ARGV, 4))
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 return 1
@@ -137,7 +144,7 @@ if old and old ~= ARGV[1] then redis.call('DEL', ARGV[2] .. 'cred:' .. old) end
 redis.call('DEL', ARGV[2] .. 'cred:' .. ARGV[1])
 redis.call('HSET', ARGV[2] .. 'cred:' .. ARGV[1], unpack(fields))
 redis.call('HSET', KEYS[3], device, ARGV[1])
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], ARGV[2] .. 'bootstrap-use:' .. device)
 redis.call('HDEL', KEYS[2], device)
 return 1
 """
@@ -145,9 +152,44 @@ return 1
 _DROP_PENDING = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if not old then return 0 end
-redis.call('DEL', ARGV[2] .. 'cred-pending:' .. old)
+redis.call('DEL', ARGV[2] .. 'cred-pending:' .. old, ARGV[2] .. 'bootstrap-use:' .. ARGV[1])
 redis.call('HDEL', KEYS[1], ARGV[1])
 return 1
+"""
+
+# KEYS: cred-pending-by-device, bootstrap-use:<id>; ARGV: device id, confirmed at
+_CONFIRM_PENDING = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], 'confirmed_at', ARGV[2], 'sessions', 0)
+return 1
+"""
+
+# KEYS: bootstrap-use:<id>; ARGV: report after (0: never)
+_BOOTSTRAP_USED = """
+local at = redis.call('HGET', KEYS[1], 'confirmed_at')
+if not at then return false end
+local n = redis.call('HINCRBY', KEYS[1], 'sessions', 1)
+local report = 0
+local after = tonumber(ARGV[1])
+if after > 0 and n >= after then report = redis.call('HSETNX', KEYS[1], 'reported', n) end
+return {n, at, report}
+"""
+
+# KEYS: names hash, params hash; ARGV: names. What was noted, else present if cached.
+_PARAMETER_NAMES = """
+local out = {}
+for i, name in ipairs(ARGV) do
+  local noted = redis.call('HGET', KEYS[1], name)
+  if noted then
+    out[i] = noted
+  elseif redis.call('HEXISTS', KEYS[2], name) == 1 then
+    out[i] = 'present'
+  else
+    out[i] = ''
+  end
+end
+return out
 """
 
 _PROMOTE_CR = """
@@ -178,7 +220,7 @@ return 1
 
 _DELETE_DEVICE = """
 local existed = redis.call('DEL', KEYS[1])
-redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[5])
 redis.call('ZREM', KEYS[4], ARGV[1])
 return existed
 """
@@ -267,6 +309,26 @@ class RedisDeviceStore:
         d: Deferred[Any] = self._redis.execute_command("HSET", key + ":params", *args)
         return d.addCallback(lambda _: None)
 
+    def parameter_names(self, device_id: str, names: Sequence[str]) -> Deferred[dict[str, str]]:
+        if not names:
+            return succeed({})
+        key = self._key(device_id)
+        d: Deferred[Any] = self._redis.eval(
+            _PARAMETER_NAMES, [key + ":names", key + ":params"], list(names)
+        )
+        return d.addCallback(lambda known: {n: k for n, k in zip(names, known, strict=True) if k})
+
+    def note_parameter_names(self, device_id: str, names: Mapping[str, str]) -> Deferred[None]:
+        if not names:
+            return succeed(None)
+        args: list[str] = []
+        for name, known in names.items():
+            args += [name, known]
+        d: Deferred[Any] = self._redis.execute_command(
+            "HSET", self._key(device_id) + ":names", *args
+        )
+        return d.addCallback(lambda _: None)
+
     def list_devices(
         self, *, after: float | None, before: float | None, offset: int, count: int
     ) -> Deferred[list[dict[str, Any]]]:
@@ -290,7 +352,13 @@ class RedisDeviceStore:
         key = self._key(device_id)
         d: Deferred[Any] = self._redis.eval(
             _DELETE_DEVICE,
-            [key, key + ":params", key + ":transfers", self._prefix + "devices"],
+            [
+                key,
+                key + ":params",
+                key + ":transfers",
+                self._prefix + "devices",
+                key + ":names",
+            ],
             [device_id],
         )
         return d.addCallback(lambda n: bool(n))
@@ -378,6 +446,28 @@ class RedisCredentialStore:
             _DROP_PENDING, [self._prefix + "cred-pending-by-device"], [device_id, self._prefix]
         )
         return d.addCallback(lambda n: bool(n))
+
+    def confirm_pending(self, device_id: str, at: float) -> Deferred[bool]:
+        d: Deferred[Any] = self._redis.eval(
+            _CONFIRM_PENDING,
+            [self._prefix + "cred-pending-by-device", f"{self._prefix}bootstrap-use:{device_id}"],
+            [device_id, repr(at)],
+        )
+        return d.addCallback(lambda n: bool(n))
+
+    def bootstrap_used(self, device_id: str, report_after: int) -> Deferred[BootstrapUse | None]:
+        def use(reply: Any) -> BootstrapUse | None:
+            if not reply:
+                return None
+            sessions, at, report = reply
+            return BootstrapUse(int(sessions), float(at), bool(report))
+
+        d: Deferred[Any] = self._redis.eval(
+            _BOOTSTRAP_USED,
+            [f"{self._prefix}bootstrap-use:{device_id}"],
+            [str(max(0, report_after))],
+        )
+        return d.addCallback(use)
 
 
 @implementer(IConnReqCredentialStore)

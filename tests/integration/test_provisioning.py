@@ -30,17 +30,69 @@ from tests.support.redis_server import unique_prefix
 
 DEVICE_ID = "9CA2F4-EC220_G5_V3-22275K2000315"
 BOOTSTRAP_USER, BOOTSTRAP_PASSWORD = "bootstrap", "shared-bootstrap-secret-1"
+BOOTSTRAP_CREDENTIAL = (BOOTSTRAP_USER, BOOTSTRAP_PASSWORD)
+
+
+MS = "Device.ManagementServer."
+# A TR-181 ManagementServer as routers have it (name -> writable), and one other value.
+DATA_MODEL = {
+    **{
+        MS + name: writable
+        for name, writable in (
+            ("EnableCWMP", True),
+            ("URL", True),
+            ("Username", True),
+            ("Password", True),
+            ("PeriodicInformEnable", True),
+            ("PeriodicInformInterval", True),
+            ("PeriodicInformTime", True),
+            ("ParameterKey", False),
+            ("ConnectionRequestURL", False),
+            ("ConnectionRequestUsername", True),
+            ("ConnectionRequestPassword", True),
+            ("UpgradesManaged", True),
+            ("CWMPRetryMinimumWaitInterval", True),
+            ("CWMPRetryIntervalMultiplier", True),
+            ("STUNEnable", True),
+            ("STUNServerAddress", True),
+            ("STUNUsername", True),
+            ("STUNPassword", True),
+        )
+    },
+    "Device.Time.NTPServer1": True,
+}
+
+
+SPV = "SetParameterValues"
+ENROLMENT = [SPV, SPV, "GetParameterNames", SPV]
 
 
 class ApplyingCpe:
-    """Answers the gateway's SetParameterValues by applying them (or with a fault)."""
+    """Answers the gateway's requests as a router with :data:`DATA_MODEL` does: it
+    applies a SetParameterValues whole or not at all (fault 9003 naming each parameter
+    it lacks, 9005, or cannot write, 9008), and lists its parameters on
+    GetParameterNames."""
 
-    def __init__(self, *, fault: int | None = None, drop: bool = False, stun: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        fault: int | None = None,
+        drop: bool = False,
+        stun: bool = True,
+        lacks: tuple[str, ...] = (),
+        drop_on: str | None = None,
+    ) -> None:
         self.values: dict[str, str] = {}
         self.methods: list[str] = []
+        self.sets: list[list[str]] = []  # the names of every SetParameterValues received
         self.fault = fault
         self.drop = drop
-        self.stun = stun  # False: a data model without ManagementServer.STUN* (fault 9005)
+        self.drop_on = drop_on  # drop the session on a SetParameterValues of this name
+        self.model = {
+            n: w
+            for n, w in DATA_MODEL.items()
+            if n not in lacks and (stun or ".ManagementServer.STUN" not in n)
+        }
 
     def __call__(self, envelope: bytes) -> str:
         root = etree.fromstring(envelope)
@@ -54,19 +106,32 @@ class ApplyingCpe:
             return cpe_fault(
                 request_id, self.fault, "Attempt to set a non-writable parameter"
             ).decode()
+        if method == "GetParameterNames":
+            path = request.findtext("ParameterPath") or ""
+            next_level = request.findtext("NextLevel") in ("1", "true")
+            names = [
+                (n, w)
+                for n, w in self.model.items()
+                if n.startswith(path) and not (next_level and "." in n[len(path) :])
+            ]
+            return typical_response(method, request_id, parameters=names).decode()
         if method == "SetParameterValues":
             values = {
                 pvs.findtext("Name"): pvs.findtext("Value") or ""
                 for pvs in request.iter("ParameterValueStruct")
             }
-            unknown = [n for n in values if ".ManagementServer.STUN" in n and not self.stun]
-            if unknown:
-                return cpe_fault(
-                    request_id,
-                    9003,
-                    "Invalid arguments",
-                    [(n, 9005, "Invalid parameter name") for n in unknown],
-                ).decode()
+            self.sets.append(list(values))
+            if self.drop_on in values:
+                raise ConnectionAbortedError("a poor fault handler: the CPE drops the session")
+            refused = [
+                (n, 9005, "Invalid parameter name")
+                if n not in self.model
+                else (n, 9008, "Attempt to set a non-writable parameter")
+                for n in values
+                if not self.model.get(n)
+            ]
+            if refused:
+                return cpe_fault(request_id, 9003, "Invalid arguments", refused).decode()
             self.values.update(values)
         return typical_response(method, request_id).decode()
 
@@ -75,9 +140,12 @@ class ApplyingCpe:
         return self.values[ms + "Username"], self.values[ms + "Password"]
 
 
-@pytest.mark.usefixtures("redis_for_class")
-class ProvisioningTests(TestCase):
+class GatewayCase(TestCase):
+    """A gateway enrolling with the bootstrap credential, with presets; ``auth`` adds
+    settings to its ``[auth]``."""
+
     redis_server: Any
+    auth: dict[str, Any] = {}
 
     async def setUp(self) -> None:  # type: ignore[override]
         import redis
@@ -98,6 +166,7 @@ class ProvisioningTests(TestCase):
                 "unknown_devices": "enroll",
                 "bootstrap_username": BOOTSTRAP_USER,
                 "bootstrap_password": BOOTSTRAP_PASSWORD,
+                **self.auth,
             },
             connreq={"stun": True, "stun_interface": "127.0.0.1", "stun_port": 0},
             # Zero-touch provisioning as shipped, plus presets.
@@ -122,7 +191,12 @@ class ProvisioningTests(TestCase):
         self.addCleanup(self.redis.close)
 
     def session(
-        self, user: str, password: str, cpe: ApplyingCpe | None = None, event: str = "1 BOOT"
+        self,
+        user: str,
+        password: str,
+        cpe: ApplyingCpe | None = None,
+        event: str = "1 BOOT",
+        serial: str = "22275K2000315",
     ) -> Any:
         return deferToThread(
             cpe_client.run_session,
@@ -132,6 +206,7 @@ class ProvisioningTests(TestCase):
             cafile=self.cafile,
             answer=cpe,
             event=event,
+            serial=serial,
         )
 
     def events(self, type_: str) -> list[dict[str, Any]]:
@@ -150,12 +225,16 @@ class ProvisioningTests(TestCase):
         for secret in secrets:
             self.assertNotIn(secret, dump)
 
+
+@pytest.mark.usefixtures("redis_for_class")
+class ProvisioningTests(GatewayCase):
     async def test_enrolment_ends_with_unique_credentials_in_use(self) -> None:
         cpe = ApplyingCpe()
         exchanges = await self.session(BOOTSTRAP_USER, BOOTSTRAP_PASSWORD, cpe, "0 BOOTSTRAP")
         self.assertEqual(exchanges[-1].status, 204)
-        # Credentials, STUN credentials (on their own: see below), presets.
-        self.assertEqual(cpe.methods, ["SetParameterValues"] * 3)
+        # Credentials, STUN credentials (on their own: see below), then the presets: its
+        # Inform does not say whether it has PeriodicInformTime, so it is asked once.
+        self.assertEqual(cpe.methods, ENROLMENT)
         username, password = cpe.credential()
         self.assertEqual(username, DEVICE_ID)
         self.assertGreaterEqual(len(password), 32)  # 24 random bytes, base64url
@@ -227,7 +306,7 @@ class ProvisioningTests(TestCase):
         cpe = ApplyingCpe(stun=False)
         exchanges = await self.session(BOOTSTRAP_USER, BOOTSTRAP_PASSWORD, cpe, "0 BOOTSTRAP")
         self.assertEqual(exchanges[-1].status, 204)
-        self.assertEqual(cpe.methods, ["SetParameterValues"] * 3)
+        self.assertEqual(cpe.methods, ENROLMENT)
         self.assertNotIn("Device.ManagementServer.STUNPassword", cpe.values)
         self.assertEqual(await self.service.connreq_credentials.stun_passwords(DEVICE_ID), ())
         cr = await self.service.connreq_credentials.get(DEVICE_ID)
@@ -239,6 +318,88 @@ class ProvisioningTests(TestCase):
         self.assertEqual([e.status for e in done], [200, 204])  # not asked again every session
         phases = [e["data"]["phase"] for e in self.events("credentials.changed")]
         self.assertEqual(phases, ["sent", "confirmed", "active"])
+
+    async def test_cpe_without_periodic_inform_time_gets_its_interval(self) -> None:
+        """The default presets include PeriodicInformTime, which many CPEs lack: in one
+        atomic SetParameterValues it would make the CPE refuse the interval too."""
+        cpe = ApplyingCpe(lacks=(MS + "PeriodicInformTime",))
+        exchanges = await self.session(BOOTSTRAP_USER, BOOTSTRAP_PASSWORD, cpe, "0 BOOTSTRAP")
+        self.assertEqual(exchanges[-1].status, 204)
+        self.assertEqual(cpe.methods, ENROLMENT)  # asked what ManagementServer has, once
+        self.assertFalse([names for names in cpe.sets if MS + "PeriodicInformTime" in names])
+        self.assertEqual(cpe.values[MS + "PeriodicInformEnable"], "true")
+        self.assertEqual(cpe.values[MS + "PeriodicInformInterval"], "86400")
+        self.assertEqual(cpe.values["Device.Time.NTPServer1"], "pool.ntp.org")
+        self.assertEqual(cpe.values[MS + "CWMPRetryMinimumWaitInterval"], "10")
+        self.assertEqual(self.events("presets.failed") + self.events("presets.partial"), [])
+        # The answer is remembered: presets again (a factory reset) ask nothing.
+        again = ApplyingCpe(lacks=(MS + "PeriodicInformTime",))
+        await self.session(*cpe.credential(), again, "0 BOOTSTRAP")
+        self.assertEqual(again.methods, [SPV])
+        self.assertNotIn(MS + "PeriodicInformTime", again.sets[0])
+        self.assertIn(MS + "PeriodicInformInterval", again.values)
+
+    async def test_a_refused_preset_is_dropped_and_the_rest_applied(self) -> None:
+        """9003 with a 9005 for one value: the set is sent again without it, the rest is
+        applied, presets.partial says what was dropped, and it is never sent again."""
+        cpe = ApplyingCpe(lacks=("Device.Time.NTPServer1",))
+        exchanges = await self.session(BOOTSTRAP_USER, BOOTSTRAP_PASSWORD, cpe, "0 BOOTSTRAP")
+        self.assertEqual(exchanges[-1].status, 204)
+        self.assertEqual(cpe.methods, [*ENROLMENT, SPV])
+        self.assertIn("Device.Time.NTPServer1", cpe.sets[2])
+        self.assertNotIn("Device.Time.NTPServer1", cpe.sets[3])
+        self.assertEqual(cpe.values[MS + "PeriodicInformInterval"], "86400")
+        self.assertIn(MS + "PeriodicInformTime", cpe.values)
+        self.assertEqual(cpe.values[MS + "CWMPRetryMinimumWaitInterval"], "10")
+        (partial,) = self.events("presets.partial")
+        self.assertEqual(partial["device"]["id"], DEVICE_ID)
+        self.assertEqual(
+            partial["data"]["dropped"],
+            [{"name": "Device.Time.NTPServer1", "code": 9005, "string": "Invalid parameter name"}],
+        )
+        self.assertEqual(partial["data"]["remembered"], ["Device.Time.NTPServer1"])
+        self.assertEqual(sorted(partial["data"]["applied"]), sorted(cpe.sets[3]))
+        (line,) = [e for e in self.logged if "took its presets without" in e]
+        self.assertIn(DEVICE_ID, line)
+        self.assertIn("Device.Time.NTPServer1", line)
+        # Remembered for this device: the next presets leave it out from the start.
+        again = ApplyingCpe(lacks=("Device.Time.NTPServer1",))
+        await self.session(*cpe.credential(), again, "0 BOOTSTRAP")
+        self.assertEqual(again.methods, [SPV])
+        self.assertNotIn("Device.Time.NTPServer1", again.sets[0])
+        self.assertEqual(len(self.events("presets.partial")), 1)
+
+    async def test_a_cpe_that_drops_the_session_is_logged_and_not_asked_every_session(
+        self,
+    ) -> None:
+        """Some CPEs drop the session instead of answering with a fault: the gateway
+        says so, with the device id, and stops sending what they cannot take in every
+        session (one retry at once, then an hour, doubling)."""
+        from cwmpgw.cwmp.session import Outcome
+
+        first = ApplyingCpe(drop_on=MS + "PeriodicInformInterval")
+        second = ApplyingCpe(drop_on=MS + "PeriodicInformInterval")
+        for cpe in (first, second):
+            credential = first.credential() if cpe is second else BOOTSTRAP_CREDENTIAL
+            with self.assertRaises(ConnectionAbortedError):
+                await self.session(*credential, cpe, "0 BOOTSTRAP")
+            self.service.engine.registry.end_all(Outcome.TIMEOUT)
+            await self.service.engine.flush()
+        self.assertEqual(second.methods, [SPV])  # the presets only: credentials are done
+        lines = [e for e in self.logged if "without answering" in e]
+        self.assertEqual(len(lines), 2)
+        for line in lines:
+            self.assertIn(DEVICE_ID, line)
+            self.assertIn("SetParameterValues", line)
+        failed = [e["data"] for e in self.events("presets.failed")]
+        self.assertEqual(
+            [(f["reason"], f["unanswered"]) for f in failed], [("unanswered", 1), ("unanswered", 2)]
+        )
+        # The third session is left alone: nothing is sent, the session ends cleanly.
+        third = ApplyingCpe(drop_on=MS + "PeriodicInformInterval")
+        done = await self.session(*first.credential(), third, "0 BOOTSTRAP")
+        self.assertEqual([e.status for e in done], [200, 204])
+        self.assertEqual(third.methods, [])
 
     async def test_refused_switch_leaves_the_device_working(self) -> None:
         cpe = ApplyingCpe(fault=9008)
@@ -314,3 +475,80 @@ class ProvisioningTests(TestCase):
         self.assertEqual([e.status for e in await self.session(username, password)], [200, 204])
         self.assertEqual((await self.session(DEVICE_ID, "first-password-123"))[0].status, 401)
         self.assertNowhere(password, stun_password)
+
+
+@pytest.mark.usefixtures("redis_for_class")
+class StuckBootstrapTests(GatewayCase):
+    """A CPE that confirms its new credentials but keeps the bootstrap one (firmware that
+    computes its Authorization once): reported once, after auth.bootstrap_stuck_after."""
+
+    auth = {"bootstrap_stuck_after": 3}
+
+    async def test_reported_once_after_n_sessions(self) -> None:
+        cpe = ApplyingCpe()
+        await self.session(*BOOTSTRAP_CREDENTIAL, cpe, "0 BOOTSTRAP")
+        confirmed = self.events("credentials.changed")[-1]
+        self.assertEqual(confirmed["data"]["phase"], "confirmed")
+        for _ in range(2):
+            self.assertEqual(
+                [e.status for e in await self.session(*BOOTSTRAP_CREDENTIAL)], [200, 204]
+            )
+        self.assertEqual(self.events("credentials.stuck"), [])
+        for _ in range(2):  # the third reaches the threshold; the fourth says nothing new
+            self.assertEqual(
+                [e.status for e in await self.session(*BOOTSTRAP_CREDENTIAL)], [200, 204]
+            )
+        (stuck,) = self.events("credentials.stuck")
+        self.assertEqual(stuck["device"]["id"], DEVICE_ID)
+        data = stuck["data"]
+        self.assertEqual((data["sessions"], data["username"]), (3, BOOTSTRAP_USER))
+        self.assertEqual((data["policy"], data["refused_from"]), ("accept", None))
+        self.assertLessEqual(data["since"], stuck["ts"])
+        self.assertGreaterEqual(data["since"], confirmed["ts"][:19])
+        (line,) = [e for e in self.logged if "still authenticates with the bootstrap" in e]
+        self.assertIn(DEVICE_ID, line)
+        metrics = self.service.metrics.render().decode()
+        self.assertIn("cwmpgw_credentials_stuck_total 1.0", metrics)
+        self.assertIn("cwmpgw_bootstrap_refused_total 0.0", metrics)
+        # Once it uses its own credential, the bootstrap one is done with, as before.
+        self.assertEqual([e.status for e in await self.session(*cpe.credential())], [200, 204])
+        self.assertEqual((await self.session(*BOOTSTRAP_CREDENTIAL))[0].status, 403)
+        self.assertEqual(len(self.events("credentials.stuck")), 1)
+        self.assertFalse(self.redis.exists(self.prefix + "bootstrap-use:" + DEVICE_ID))
+
+
+@pytest.mark.usefixtures("redis_for_class")
+class RefusedBootstrapTests(GatewayCase):
+    """auth.bootstrap_after_confirm = "refuse": past the grace period (0 here) the
+    bootstrap credential no longer speaks for a device that confirmed its own."""
+
+    auth = {"bootstrap_after_confirm": "refuse", "bootstrap_grace": 0, "bootstrap_stuck_after": 1}
+
+    async def test_refused_for_that_device_only(self) -> None:
+        cpe = ApplyingCpe()
+        await self.session(*BOOTSTRAP_CREDENTIAL, cpe, "0 BOOTSTRAP")
+        refused = await self.session(*BOOTSTRAP_CREDENTIAL)
+        self.assertEqual([e.status for e in refused], [401])
+        self.assertEqual(refused[0].headers.get("connection"), "close")
+        self.assertTrue(refused[0].challenges)  # asked again: it may re-read its credential
+        (stuck,) = self.events("credentials.stuck")
+        self.assertEqual(stuck["data"]["policy"], "refuse")
+        self.assertEqual(stuck["data"]["refused_from"], stuck["data"]["since"])  # grace 0
+        (failed,) = self.events("auth.failed")
+        self.assertEqual(failed["device"]["id"], DEVICE_ID)
+        self.assertIn("bootstrap credential refused", failed["data"]["reason"])
+        # Not a guess: nothing counted towards the brute-force blocks.
+        self.assertEqual(list(self.redis.scan_iter(self.prefix + "authfail:*")), [])
+        self.assertIn("cwmpgw_bootstrap_refused_total 1.0", self.service.metrics.render().decode())
+        # Another device that never had a credential of its own still enrols with it.
+        other = ApplyingCpe()
+        enrolled = await self.session(*BOOTSTRAP_CREDENTIAL, other, "0 BOOTSTRAP", "OTHER00042")
+        self.assertEqual([enrolled[0].status, enrolled[-1].status], [200, 204])
+        self.assertEqual(other.credential()[0], "9CA2F4-EC220_G5_V3-OTHER00042")
+        # Deleting the device (say, before a factory reset) lets it enrol afresh.
+        self.assertTrue(await self.service.directory.delete_device(DEVICE_ID))
+        again = ApplyingCpe()
+        enrolled = await self.session(*BOOTSTRAP_CREDENTIAL, again, "0 BOOTSTRAP")
+        self.assertEqual([enrolled[0].status, enrolled[-1].status], [200, 204])
+        # And the device gets in with the credential it was given.
+        self.assertEqual([e.status for e in await self.session(*again.credential())], [200, 204])

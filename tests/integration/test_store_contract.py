@@ -122,6 +122,59 @@ class StoreContract:
         with self.assertRaises(ValueError):  # type: ignore[attr-defined]
             await self.credentials.set_pending("dev-1", "taken", {"MD5": "dd"})
 
+    async def test_bootstrap_use_counted_between_confirmation_and_promotion(self) -> None:
+        t = self  # the mixin's assertions come from the TestCase it is mixed into
+        # Nothing pending: nothing to confirm, nothing counted.
+        t.assertFalse(await self.credentials.confirm_pending("dev-1", 100.0))  # type: ignore[attr-defined]
+        t.assertIsNone(await self.credentials.bootstrap_used("dev-1", 2))  # type: ignore[attr-defined]
+        await self.credentials.set_pending("dev-1", "dev-1", {"MD5": "aa"})
+        t.assertIsNone(await self.credentials.bootstrap_used("dev-1", 2))  # type: ignore[attr-defined]
+        t.assertTrue(await self.credentials.confirm_pending("dev-1", 100.0))  # type: ignore[attr-defined]
+        uses = [await self.credentials.bootstrap_used("dev-1", 2) for _ in range(3)]
+        t.assertEqual(  # type: ignore[attr-defined]
+            [(u.sessions, u.confirmed_at, u.report) for u in uses if u is not None],
+            [(1, 100.0, False), (2, 100.0, True), (3, 100.0, False)],
+        )
+        # Never reported with 0; promotion, a new pending credential or a drop end it.
+        await self.credentials.set_pending("dev-2", "dev-2", {"MD5": "bb"})
+        await self.credentials.confirm_pending("dev-2", 5.0)
+        use = await self.credentials.bootstrap_used("dev-2", 0)
+        t.assertEqual((use.sessions, use.report), (1, False))  # type: ignore[union-attr,attr-defined]
+        await self.credentials.promote("dev-1")
+        t.assertIsNone(await self.credentials.bootstrap_used("dev-1", 2))  # type: ignore[attr-defined]
+        await self.credentials.set_pending("dev-2", "dev-2b", {"MD5": "cc"})
+        t.assertIsNone(await self.credentials.bootstrap_used("dev-2", 2))  # type: ignore[attr-defined]
+        await self.credentials.confirm_pending("dev-2", 6.0)
+        await self.credentials.drop_pending("dev-2")
+        t.assertIsNone(await self.credentials.bootstrap_used("dev-2", 2))  # type: ignore[attr-defined]
+
+    async def test_parameter_names_known(self) -> None:
+        t = self
+        ms = "Device.ManagementServer."
+        await self.devices.record_inform(record())  # reports ms + ConnectionRequestURL
+        names = [ms + "ConnectionRequestURL", ms + "PeriodicInformTime", ms + "STUNEnable", ms]
+        t.assertEqual(  # type: ignore[attr-defined]
+            await self.devices.parameter_names(DEVICE_ID, names),
+            {ms + "ConnectionRequestURL": "present"},
+        )
+        await self.devices.note_parameter_names(
+            DEVICE_ID,
+            {ms: "listed", ms + "STUNEnable": "writable", ms + "ConnectionRequestURL": "read-only"},
+        )
+        await self.devices.note_parameter_names(DEVICE_ID, {ms + "PeriodicInformTime": "absent"})
+        t.assertEqual(  # type: ignore[attr-defined]
+            await self.devices.parameter_names(DEVICE_ID, names),
+            {
+                ms + "ConnectionRequestURL": "read-only",
+                ms + "PeriodicInformTime": "absent",
+                ms + "STUNEnable": "writable",
+                ms: "listed",
+            },
+        )
+        t.assertEqual(await self.devices.parameter_names(DEVICE_ID, []), {})  # type: ignore[attr-defined]
+        await self.devices.delete_device(DEVICE_ID)
+        t.assertEqual(await self.devices.parameter_names(DEVICE_ID, names), {})  # type: ignore[attr-defined]
+
     async def test_connreq_pending_promoted_on_confirmation(self) -> None:
         await self.crcredentials.set("dev-1", ConnReqCredential("cr-old", "p-old"))
         await self.crcredentials.set_pending("dev-1", ConnReqCredential("cr-new", "p-new"))
