@@ -16,6 +16,7 @@ from typing import Any
 
 from twisted.application.service import IService, Service
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IListeningPort
 from twisted.python.failure import Failure
 
 from cwmpgw.acs.engine import AcsEngine
@@ -38,6 +39,7 @@ from cwmpgw.nbi.commands import CommandConsumer
 from cwmpgw.nbi.directory import DeviceDirectory
 from cwmpgw.nbi.health import GatewayHealth
 from cwmpgw.provision.provisioner import Provisioner, RedisRotations
+from cwmpgw.store.embedded import EmbeddedRedisService
 from cwmpgw.store.redis import RedisConnReqCredentialStore, RedisCredentialStore, RedisDeviceStore
 from cwmpgw.tasks.expiry import expiry_service
 from cwmpgw.tasks.redis import RedisTaskService
@@ -112,7 +114,7 @@ class GatewayService(OrderedTree):
         return self._redis.availability
 
     @property
-    def embedded_redis(self) -> Any:
+    def embedded_redis(self) -> EmbeddedRedisService | None:
         return self._redis.embedded
 
     @property
@@ -128,19 +130,19 @@ class GatewayService(OrderedTree):
         return self._acs.site if self._acs is not None else None
 
     @property
-    def acs_port(self) -> Any:
+    def acs_port(self) -> IListeningPort | None:
         return self._acs.port if self._acs is not None else None
 
     @property
-    def nbi_port(self) -> Any:
+    def nbi_port(self) -> IListeningPort | None:
         return self._nbi.port if self._nbi is not None else None
 
     @property
-    def metrics_port(self) -> Any:
+    def metrics_port(self) -> IListeningPort | None:
         return self._metrics.port if self._metrics is not None else None
 
     @property
-    def stun_port(self) -> Any:
+    def stun_port(self) -> IListeningPort | None:
         return self._connreq.stun_port if self._connreq is not None else None
 
     def whenStarted(self) -> Deferred[GatewayService]:  # type: ignore[override]
@@ -314,7 +316,8 @@ class GatewayService(OrderedTree):
             return None
         from cwmpgw.workers import child_config
 
-        port = self.acs_port.getHost().port
+        assert self.acs_port is not None
+        port: int = self.acs_port.getHost().port  # type: ignore[attr-defined]
         configs = {
             i: child_config(self.config, index=i, port=port, redis_url=self._redis.url)
             for i in range(1, self.config.gateway.workers)

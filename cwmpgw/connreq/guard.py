@@ -12,7 +12,7 @@ address costs nothing to forge, so its address is used as a target only when the
 rules allow that address anyway.  That is why the checks here do not even take one.
 
 Only IP literals are accepted: no DNS is ever done for a CPE-supplied name.  The
-functions never raise on any input; they return a L{Refusal} whose reason is safe
+functions never raise on any input; they return a :class:`Refusal` whose reason is safe
 to publish in an event.
 """
 
@@ -162,9 +162,9 @@ def _parse_port(text: str, default: int) -> Refusal | int:
 
 
 def parse_http_url(url: object, *, schemes: Iterable[str] = ("http", "https")) -> Refusal | Target:
-    """Parse a Connection Request URL into a L{Target}, with no address policy.
+    """Parse a Connection Request URL into a :class:`Target`, with no address policy.
 
-    The syntax rules of L{check_http_target}: an allowed scheme, no userinfo, an IP
+    The syntax rules of :func:`check_http_target`: an allowed scheme, no userinfo, an IP
     literal host, a valid port.  Used by the HTTP client too, so it never resolves a name.
     """
     if not isinstance(url, str) or not url:
@@ -252,7 +252,7 @@ def check_http_target(
     last_source: str | None,
     policy: GuardPolicy,
 ) -> Refusal | Target:
-    """May an HTTP Connection Request go to ``url``?  A normalized L{Target} if so.
+    """May an HTTP Connection Request go to ``url``?  A normalized :class:`Target` if so.
 
     ``last_source`` is the address the CPE last connected to the ACS from.
     """
@@ -271,7 +271,7 @@ def check_udp_target(
     last_source: str | None,
     policy: GuardPolicy,
 ) -> Refusal | Target:
-    """May a UDP Connection Request go to ``host``:``port``?  A L{Target} (scheme "udp") if so.
+    """May a UDP Connection Request go to ``host``:``port``? A :class:`Target` ("udp") if so.
 
     ``host`` is an IP literal, bare or bracketed IPv6; the same address rules as HTTP,
     whether the target came from the device's parameters or from its STUN binding.

@@ -13,7 +13,7 @@ the few headers it needs, a bounded body). Agent's pool, URI parsing, header obj
 and endpoint layers were the largest part of the CPU a connection request cost the
 gateway (bench/connreq.py: with the faster challenge parser, ~40% less per request).
 
-Every outcome is an L{HttpAttempt}; its ``detail`` never contains the password or
+Every outcome is an :class:`HttpAttempt`; its ``detail`` never contains the password or
 the Authorization value, nor the URL path (which the CPE may use as a secret).
 """
 
@@ -58,7 +58,7 @@ _MAX_DETAIL = 200
 class HttpAttempt:
     """How one Connection Request went.
 
-    ``outcome`` is one of L{OUTCOMES}: "busy" means the CPE answered 503;
+    ``outcome`` is one of :data:`OUTCOMES`: "busy" means the CPE answered 503;
     ``status`` is the last HTTP status received, if any; ``detail`` is safe to log.
     """
 
@@ -137,8 +137,8 @@ class _OneRequest(Protocol):
     drains at most ``max_body`` bytes of its body, then closes.
 
     ``done`` fires with (status, WWW-Authenticate values) once the answer is complete
-    (or the connection ends after its headers), or fails with L{_NoResponse} or
-    L{_BadResponse}; cancelling it aborts the connection. ``on_status`` is called with
+    (or the connection ends after its headers), or fails with :class:`_NoResponse` or
+    :class:`_BadResponse`; cancelling it aborts the connection. ``on_status`` is called with
     the final status as soon as the headers are read.
     """
 

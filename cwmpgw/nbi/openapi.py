@@ -21,9 +21,9 @@ from cwmpgw.tasks.plans import TASK_TYPES, args_schema
 __all__ = [
     "ROUTES",
     "SCHEMAS",
+    "Answer",
     "HeaderParam",
     "QueryParam",
-    "Reply",
     "Route",
     "build_document",
 ]
@@ -45,7 +45,7 @@ class HeaderParam:
 
 
 @dataclass(frozen=True, slots=True)
-class Reply:
+class Answer:
     """One documented response: its description, body schema (by name) and headers."""
 
     description: str
@@ -60,7 +60,7 @@ class Route:
     path: str  # "/devices/{device_id}/tasks"
     operation: str  # operationId; NbiResource's handler is ``_op_<operation>``
     summary: str
-    replies: Mapping[int, Reply]  # the route's own statuses; common errors are added
+    replies: Mapping[int, Answer]  # the route's own statuses; common errors are added
     description: str = ""
     public: bool = False  # no token needed
     query: tuple[QueryParam, ...] = ()
@@ -91,18 +91,18 @@ class Route:
                 return None
         return params
 
-    def statuses(self) -> dict[int, Reply]:
+    def statuses(self) -> dict[int, Answer]:
         """Every status this route may answer: its own plus the common errors."""
         out = dict(self.replies)
         if self.query or self.body:
-            out.setdefault(400, Reply("Invalid request: query or body.", "Error"))
+            out.setdefault(400, Answer("Invalid request: query or body.", "Error"))
         if self.body:
-            out.setdefault(413, Reply("The body is larger than nbi.max_body_bytes.", "Error"))
-            out.setdefault(415, Reply("The body is not application/json.", "Error"))
+            out.setdefault(413, Answer("The body is larger than nbi.max_body_bytes.", "Error"))
+            out.setdefault(415, Answer("The body is not application/json.", "Error"))
         if not self.public:
             out.setdefault(
                 401,
-                Reply(
+                Answer(
                     "Missing or invalid bearer token.",
                     "Error",
                     {"WWW-Authenticate": 'Always `Bearer realm="cwmpgw"`.'},
@@ -110,21 +110,21 @@ class Route:
             )
             out.setdefault(
                 503,
-                Reply(
+                Answer(
                     "The gateway's storage (Redis) is not answering; retry later.",
                     "Error",
                     {"Retry-After": "Seconds to wait before retrying."},
                 ),
             )
         out.setdefault(
-            500, Reply("An unexpected error; details are in the gateway's log.", "Error")
+            500, Answer("An unexpected error; details are in the gateway's log.", "Error")
         )
         return dict(sorted(out.items()))
 
 
 _TASK_HEADERS: Final = {"Location": "`/tasks/{task_id}`: where to poll the task."}
-_DEVICE_NOT_FOUND: Final = Reply("No such device.", "Error")
-_TASK_NOT_FOUND: Final = Reply("No such task.", "Error")
+_DEVICE_NOT_FOUND: Final = Answer("No such device.", "Error")
+_TASK_NOT_FOUND: Final = Answer("No such task.", "Error")
 
 ROUTES: Final[tuple[Route, ...]] = (
     Route(
@@ -133,8 +133,8 @@ ROUTES: Final[tuple[Route, ...]] = (
         "health",
         "Is this gateway node able to serve?",
         {
-            200: Reply("Healthy.", "Health"),
-            503: Reply("Not healthy (e.g. Redis unreachable).", "Health"),
+            200: Answer("Healthy.", "Health"),
+            503: Answer("Not healthy (e.g. Redis unreachable).", "Health"),
         },
         public=True,
     ),
@@ -143,7 +143,7 @@ ROUTES: Final[tuple[Route, ...]] = (
         "/openapi.json",
         "openapi",
         "This document.",
-        {200: Reply("The OpenAPI 3.1 document.", "OpenApiDocument")},
+        {200: Answer("The OpenAPI 3.1 document.", "OpenApiDocument")},
         public=True,
     ),
     Route(
@@ -151,7 +151,7 @@ ROUTES: Final[tuple[Route, ...]] = (
         "/devices",
         "list_devices",
         "List devices, a page at a time.",
-        {200: Reply("A page of devices (without their parameters).", "DeviceList")},
+        {200: Answer("A page of devices (without their parameters).", "DeviceList")},
         description=(
             "Devices ordered by their last Inform, oldest first. Pass `next_cursor` back as "
             "`cursor` for the next page; an empty `next_cursor` means there is none."
@@ -191,14 +191,14 @@ ROUTES: Final[tuple[Route, ...]] = (
         "/devices/{device_id}",
         "get_device",
         "A device's record and its cached parameters.",
-        {200: Reply("The device.", "Device"), 404: _DEVICE_NOT_FOUND},
+        {200: Answer("The device.", "Device"), 404: _DEVICE_NOT_FOUND},
     ),
     Route(
         "DELETE",
         "/devices/{device_id}",
         "delete_device",
         "Forget a device: record, parameters, credentials and tasks.",
-        {204: Reply("Deleted."), 404: _DEVICE_NOT_FOUND},
+        {204: Answer("Deleted."), 404: _DEVICE_NOT_FOUND},
     ),
     Route(
         "PUT",
@@ -206,9 +206,9 @@ ROUTES: Final[tuple[Route, ...]] = (
         "set_credentials",
         "Set the device's ACS credential and, optionally, its connection-request credential.",
         {
-            204: Reply("Stored. Passwords are never returned."),
-            404: Reply("The directory does not accept credentials for this device.", "Error"),
-            409: Reply("The username already belongs to another device.", "Error"),
+            204: Answer("Stored. Passwords are never returned."),
+            404: Answer("The directory does not accept credentials for this device.", "Error"),
+            409: Answer("The username already belongs to another device.", "Error"),
         },
         description=(
             "Works before the device's first contact (pre-provisioning) and replaces any "
@@ -224,7 +224,7 @@ ROUTES: Final[tuple[Route, ...]] = (
         "rotate_credentials",
         "Give the device new unique credentials (ACS and connection request) in its next session.",
         {
-            202: Reply("Requested; wake the device with a connection request to apply it now."),
+            202: Answer("Requested; wake the device with a connection request to apply it now."),
             404: _DEVICE_NOT_FOUND,
         },
         description=(
@@ -239,7 +239,7 @@ ROUTES: Final[tuple[Route, ...]] = (
         "/devices/{device_id}/tasks",
         "list_tasks",
         "The device's tasks: queued and running ones, then recent final ones.",
-        {200: Reply("The tasks, oldest first.", "TaskList"), 404: _DEVICE_NOT_FOUND},
+        {200: Answer("The tasks, oldest first.", "TaskList"), 404: _DEVICE_NOT_FOUND},
     ),
     Route(
         "POST",
@@ -247,7 +247,7 @@ ROUTES: Final[tuple[Route, ...]] = (
         "create_task",
         "Queue a task for the device's next session.",
         {
-            200: Reply(
+            200: Answer(
                 "With `wait`: the task became final in time. Without: the task an earlier "
                 "request with the same idempotency key queued, as it is now "
                 "(`Idempotent-Replayed: true`); nothing new was queued.",
@@ -255,12 +255,12 @@ ROUTES: Final[tuple[Route, ...]] = (
                 {**_TASK_HEADERS, "Idempotent-Replayed": "`true` when answered by a key."},
                 frozenset({"Idempotent-Replayed"}),
             ),
-            201: Reply("Queued (no `wait`).", "TaskCreated", _TASK_HEADERS),
-            202: Reply(
+            201: Answer("Queued (no `wait`).", "TaskCreated", _TASK_HEADERS),
+            202: Answer(
                 "With `wait`: not final yet; the task as it is now.", "TaskCreated", _TASK_HEADERS
             ),
             404: _DEVICE_NOT_FOUND,
-            422: Reply(
+            422: Answer(
                 "`idempotency_conflict`: the idempotency key was used in the last 24 hours "
                 "for another request (device, type, args or expires_in).",
                 "Error",
@@ -300,7 +300,7 @@ ROUTES: Final[tuple[Route, ...]] = (
         "/tasks/{task_id}",
         "get_task",
         "A task, whatever its status.",
-        {200: Reply("The task.", "Task"), 404: _TASK_NOT_FOUND},
+        {200: Answer("The task.", "Task"), 404: _TASK_NOT_FOUND},
     ),
     Route(
         "DELETE",
@@ -308,9 +308,9 @@ ROUTES: Final[tuple[Route, ...]] = (
         "cancel_task",
         "Cancel a queued task.",
         {
-            200: Reply("Cancelled (or it already was).", "Task"),
+            200: Answer("Cancelled (or it already was).", "Task"),
             404: _TASK_NOT_FOUND,
-            409: Reply("The task is running or already over; it was not cancelled.", "Error"),
+            409: Answer("The task is running or already over; it was not cancelled.", "Error"),
         },
     ),
 )

@@ -32,7 +32,7 @@ from cwmpgw.cwmp import values
 __all__ = [
     "BUILTIN_CSV",
     "DeviceModel",
-    "Identity",
+    "ModelIdentity",
     "Param",
     "Template",
     "TemplateError",
@@ -70,7 +70,7 @@ class Param(NamedTuple):
     access_list: tuple[str, ...] = ()
 
 
-class Identity(NamedTuple):
+class ModelIdentity(NamedTuple):
     """The Inform's DeviceId parts found in the template."""
 
     manufacturer: str
@@ -115,7 +115,7 @@ class Template:
         self,
         params: Mapping[str, Param],
         objects: Mapping[str, bool],
-        identity: Identity,
+        identity: ModelIdentity,
         source: str,
     ) -> None:
         self.params: Mapping[str, Param] = MappingProxyType(dict(params))
@@ -241,7 +241,9 @@ def parse_csv(text: str, source: str = "<csv>") -> Template:
     return Template(params, objects, identity, source)
 
 
-def _identity(root: str, params: Mapping[str, Param], device_id: Mapping[str, str]) -> Identity:
+def _identity(
+    root: str, params: Mapping[str, Param], device_id: Mapping[str, str]
+) -> ModelIdentity:
     info = f"{root}.DeviceInfo."
 
     def pick(key: str, *names: str) -> str:
@@ -253,7 +255,7 @@ def _identity(root: str, params: Mapping[str, Param], device_id: Mapping[str, st
                 return param.value.strip()
         return ""
 
-    return Identity(
+    return ModelIdentity(
         manufacturer=pick("Manufacturer", "Manufacturer"),
         oui=pick("OUI", "ManufacturerOUI").upper(),
         product_class=pick("ProductClass", "ProductClass", "ModelName"),

@@ -7,7 +7,7 @@ firmware is old and varied, so this side accepts RFC 7616 (qop=auth, MD5 or SHA-
 allows it for the device: Basic sends the password in clear over plain HTTP.
 
 Parsing is strict and bounded (a hostile CPE controls every byte of the challenge):
-anything malformed raises L{ChallengeError}, never another exception.
+anything malformed raises :class:`ChallengeError`, never another exception.
 """
 
 from __future__ import annotations
@@ -276,7 +276,7 @@ def _parse_value(raw: bytes) -> list[Challenge]:
 def parse_challenges(values: Sequence[bytes]) -> list[Challenge]:
     """Every challenge of every WWW-Authenticate value, in order.
 
-    Raises L{ChallengeError} if any value is malformed.
+    Raises :class:`ChallengeError` if any value is malformed.
     """
     challenges: list[Challenge] = []
     for raw in values:
@@ -343,7 +343,7 @@ def authorization(
     nc: int = 1,
     cnonce: str | None = None,
 ) -> bytes:
-    """The Authorization header value answering ``challenge`` (from L{choose}).
+    """The Authorization header value answering ``challenge`` (from :func:`choose`).
 
     ``uri`` is the request-target (path and query).  With qop, ``auth`` is preferred
     and ``auth-int`` used otherwise (a GET has an empty body); without qop the
