@@ -149,9 +149,11 @@ VirtualHost "{self.domain}"
         assert self._dir is not None
         if not re.fullmatch(r"[a-z0-9_-]+", user):
             raise ValueError("test accounts are lower-case letters, digits, - and _")
-        path = os.path.join(self._dir, "data", self.domain, "accounts", f"{user}.dat")
+        # Prosody's datamanager writes every non-alphanumeric byte of a name as %xx.
+        encoded = re.sub(r"[^A-Za-z0-9]", lambda m: f"%{ord(m.group()):02x}", user)
+        path = os.path.join(self._dir, "data", self.domain, "accounts", f"{encoded}.dat")
         with open(path + ".tmp", "w") as f:
-            f.write(f"return {{\n\t[\"password\"] = {_lua_string(password)};\n}};\n")
+            f.write(f'return {{\n\t["password"] = {_lua_string(password)};\n}};\n')
         os.replace(path + ".tmp", path)
         return f"{user}@{self.domain}"
 

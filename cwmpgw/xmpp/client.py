@@ -9,9 +9,11 @@ reactor, for as long as it runs:
 * SASL SCRAM-SHA-256 or SCRAM-SHA-1 (the server's signature is checked), else PLAIN —
   never before TLS, since the TLS step is required;
 * resource binding, then the stream is ``ready``;
-* a lost or refused connection is retried with an exponential back-off
-  (``twisted.application.internet.ClientService``), and a stream that stops answering
-  pings is dropped and made again.
+* a lost or refused connection, or a failed login, is retried after a delay that doubles
+  from ``retry_min`` up to ``retry_max`` (with jitter) and starts again once a login
+  succeeds; a stream that stops answering pings is dropped and made again.
+  (``ClientService`` is not used: its state machine breaks when a connection it has
+  rejected in ``prepareConnection`` closes afterwards, which is every failed login.)
 
 Stanzas: :meth:`send_iq` sends an IQ and fires with the result IQ (or fails with
 :class:`StanzaError`, or on timeout or a lost stream); :meth:`handle_iq` answers incoming
@@ -21,19 +23,26 @@ Stanzas: :meth:`send_iq` sends an IQ and fires with the result IQ (or fails with
 
 from __future__ import annotations
 
+import random
 import secrets
 from collections.abc import Callable
 from typing import Any
 
-from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    TimeoutError,
+    fail,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.words.protocols.jabber import client, sasl, xmlstream
+from twisted.words.protocols.jabber import client, sasl, sasl_mechanisms, xmlstream
 from twisted.words.protocols.jabber.error import StanzaError, exceptionFromStanza
 from twisted.words.protocols.jabber.jid import JID, InvalidFormat
 from twisted.words.xish import domish
@@ -62,9 +71,11 @@ def same_jid(a: str | JID | None, b: str | JID | None) -> bool:
     return bool(ja.full() == jb.full())
 
 
-class _Sasl(sasl.SASLInitiatingInitializer):  # type: ignore[misc]
+class _Sasl(sasl.SASLInitiatingInitializer):
     """SCRAM first (the password never leaves us), PLAIN only if the server has nothing
     better; this step runs only after STARTTLS, which is required."""
+
+    mechanism: Any
 
     def setMechanism(self) -> None:
         authenticator = self.xmlstream.authenticator
@@ -75,7 +86,7 @@ class _Sasl(sasl.SASLInitiatingInitializer):  # type: ignore[misc]
         else:
             raise sasl.SASLNoAcceptableMechanism()
         if name == "PLAIN":
-            self.mechanism = sasl.sasl_mechanisms.Plain(
+            self.mechanism = sasl_mechanisms.Plain(
                 None, authenticator.jid.user, authenticator.password
             )
         else:
@@ -88,26 +99,31 @@ class _Sasl(sasl.SASLInitiatingInitializer):  # type: ignore[misc]
             except (ScramError, sasl.SASLIncorrectEncodingError) as e:
                 self.xmlstream.removeObserver("/challenge", self.onChallenge)
                 self.xmlstream.removeObserver("/failure", self.onFailure)
-                self._deferred.errback(Failure(e))
+                self._fail(e)
                 return
-        super().onSuccess(success)
+        super().onSuccess(success)  # type: ignore[no-untyped-call]
 
     def onChallenge(self, element: domish.Element) -> None:
         try:
-            super().onChallenge(element)
+            super().onChallenge(element)  # type: ignore[no-untyped-call]
         except ScramError as e:
-            self._deferred.errback(Failure(e))
+            self._fail(e)
+
+    def _fail(self, error: Exception) -> None:
+        d = self._deferred
+        if d is not None and not d.called:
+            d.errback(Failure(error))
 
 
-class _Authenticator(client.XMPPAuthenticator):  # type: ignore[misc]
+class _Authenticator(client.XMPPAuthenticator):
     def associateWithStream(self, xs: xmlstream.XmlStream) -> None:
-        super().associateWithStream(xs)
+        super().associateWithStream(xs)  # type: ignore[no-untyped-call]
         xs.initializers = [
             client.CheckVersionInitializer(xs),
             xmlstream.TLSInitiatingInitializer(
                 xs, required=True, configurationForTLS=self._configurationForTLS
             ),
-            _Sasl(xs, required=True),
+            _Sasl(xs, required=True),  # type: ignore[no-untyped-call]
             client.BindInitializer(xs, required=True),
             client.SessionInitializer(xs, required=False),
         ]
@@ -150,13 +166,15 @@ class XmppClient:
         self._connect_timeout = connect_timeout
         self._keepalive = keepalive
         self._presence = presence
-        self._service = ClientService(
-            TCP4ClientEndpoint(reactor, host, port, timeout=connect_timeout),
-            _Factory(self),
-            retryPolicy=backoffPolicy(retry_min, retry_max, 2.0),
-            clock=reactor,
-            prepareConnection=self._prepare,
-        )
+        self._endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=connect_timeout)
+        self._factory = _Factory(self)
+        self._retry_min, self._retry_max = retry_min, retry_max
+        self._failures = 0
+        self._running = False
+        self._connecting: Deferred[Any] | None = None
+        self._retry: Any = None  # IDelayedCall
+        self._current: xmlstream.XmlStream | None = None  # connected, maybe not logged in
+        self._closed: Deferred[None] | None = None
         self._stream: xmlstream.XmlStream | None = None
         self._handlers: dict[tuple[str, str], Callable[[domish.Element], Any]] = {}
         self._pending: dict[str, tuple[str, Deferred[domish.Element]]] = {}
@@ -168,12 +186,62 @@ class XmppClient:
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
-        self._service.startService()
+        if not self._running:
+            self._running = True
+            self._connect()
 
     def stop(self) -> Deferred[None]:
+        """Stop reconnecting and close the stream; fires once the connection is closed."""
+        self._running = False
         self._stop_pinger()
-        d: Deferred[None] = maybeDeferred(self._service.stopService)
-        return d.addCallback(lambda _: None)
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        if self._connecting is not None:
+            self._connecting.cancel()
+        closed = self._closed
+        xs = self._current
+        if xs is None or closed is None or closed.called:
+            return succeed(None)
+        transport: Any = xs.transport
+        waiting: Deferred[None] = Deferred()
+        if transport is not None:
+            transport.loseConnection()
+            abort = self._reactor.callLater(5, transport.abortConnection)
+            waiting.addBoth(lambda r: abort.cancel() if abort.active() else None)
+        closed.addBoth(lambda _: waiting.callback(None))
+        return waiting
+
+    def _connect(self) -> None:
+        self._retry = None
+        if not self._running:
+            return
+        self._connecting = self._endpoint.connect(self._factory)
+
+        def connected(protocol: Any) -> Deferred[None]:
+            self._connecting = None
+            return self._prepare(protocol)
+
+        def failed(failure: Failure) -> None:
+            self._connecting = None
+            if self._running and not failure.check(CancelledError):
+                self._log.warn(
+                    "XMPP connection as {jid} failed: {reason}",
+                    jid=self._jid.userhost(),
+                    reason=failure.getErrorMessage() or repr(failure.value),
+                )
+            self._failed()
+
+        self._connecting.addCallback(connected).addErrback(failed)
+
+    def _failed(self) -> None:
+        """Schedule the next attempt, each delay twice the one before."""
+        if not self._running or self._retry is not None:
+            return
+        delay = min(self._retry_min * 2**self._failures, self._retry_max)
+        self._failures = min(self._failures + 1, 64)
+        delay += random.uniform(0, min(1.0, delay / 2))
+        self._retry = self._reactor.callLater(delay, self._connect)
 
     @property
     def ready(self) -> bool:
@@ -187,7 +255,7 @@ class XmppClient:
         self._ready_waiters.append(d)
 
         def expired(failure: Failure) -> bool:
-            failure.trap(CancelledError)
+            failure.trap(CancelledError, TimeoutError)
             if d in self._ready_waiters:
                 self._ready_waiters.remove(d)
             return False
@@ -231,8 +299,12 @@ class XmppClient:
     # -- the stream ----------------------------------------------------------------------
 
     def _new_stream(self) -> xmlstream.XmlStream:
-        authenticator = _Authenticator(self._jid, self._password, configurationForTLS=self._tls)
+        authenticator = _Authenticator(  # type: ignore[no-untyped-call]
+            self._jid, self._password, configurationForTLS=self._tls
+        )
         xs = xmlstream.XmlStream(authenticator)
+        self._current, self._closed = xs, Deferred()
+        closed = self._closed
         ready: Deferred[xmlstream.XmlStream] = Deferred()
         xs.cwmpgw_ready = ready  # type: ignore[attr-defined]
 
@@ -248,31 +320,41 @@ class XmppClient:
             if not ready.called:
                 ready.errback(reason if isinstance(reason, Failure) else Failure(ConnectionDone()))
             self._stream_lost(xs)
+            if self._current is xs:
+                self._current = None
+            if not closed.called:
+                closed.callback(None)
+            self._failed()
 
         xs.addObserver(xmlstream.STREAM_AUTHD_EVENT, authenticated)
         xs.addObserver(xmlstream.INIT_FAILED_EVENT, failed)
         xs.addObserver(xmlstream.STREAM_END_EVENT, ended)
         return xs
 
-    def _prepare(self, protocol: Any) -> Deferred[None]:
-        """ClientService's check of a new connection: ready once authenticated and bound,
-        rejected (and retried with back-off) if that fails or takes too long."""
-        ready: Deferred[xmlstream.XmlStream] = protocol.cwmpgw_ready
+    def _prepare(self, protocol: xmlstream.XmlStream) -> Deferred[None]:
+        """A new connection is usable once authenticated and bound; else it is dropped
+        (and the next attempt comes after the back-off)."""
+        ready: Deferred[xmlstream.XmlStream] = protocol.cwmpgw_ready  # type: ignore[attr-defined]
         ready.addTimeout(self._connect_timeout * 3, self._reactor)
 
         def up(xs: xmlstream.XmlStream) -> None:
+            if not self._running:
+                transport: Any = xs.transport
+                transport.loseConnection()
+                return
+            self._failures = 0
             self._stream_up(xs)
 
-        def down(failure: Failure) -> Failure:
-            self._log.warn(
-                "XMPP login as {jid} failed: {reason}",
-                jid=self._jid.userhost(),
-                reason=failure.getErrorMessage() or failure.type.__name__,
-            )
-            transport = getattr(protocol, "transport", None)
+        def down(failure: Failure) -> None:
+            if self._running:
+                self._log.warn(
+                    "XMPP login as {jid} failed: {reason}",
+                    jid=self._jid.userhost(),
+                    reason=failure.getErrorMessage() or repr(failure.value),
+                )
+            transport: Any = protocol.transport
             if transport is not None:
                 transport.abortConnection()
-            return failure
 
         return ready.addCallbacks(up, down)
 
@@ -286,9 +368,7 @@ class XmppClient:
         xs.addObserver('/iq[@type="set"]', self._request)
         if self._presence:
             xs.send(domish.Element((None, "presence")))
-        self._log.info(
-            "XMPP stream up as {jid}", jid=self.bound.full() if self.bound else ""
-        )
+        self._log.info("XMPP stream up as {jid}", jid=self.bound.full() if self.bound else "")
         if self._keepalive > 0:
             self._pinger = LoopingCall(self._ping)
             self._pinger.clock = self._reactor
@@ -322,9 +402,10 @@ class XmppClient:
         def dead(failure: Failure) -> None:
             if failure.check(StanzaError):
                 return  # an answer, even an error, means the stream is alive
-            if self._stream is xs and xs.transport is not None:
+            transport: Any = xs.transport
+            if self._stream is xs and transport is not None:
                 self._log.warn("XMPP server stopped answering: reconnecting")
-                xs.transport.abortConnection()
+                transport.abortConnection()
 
         d.addCallbacks(lambda _: None, dead)
 
@@ -343,7 +424,7 @@ class XmppClient:
             or (self.bound is not None and same_jid(sender, self.bound.host) and to == sender)
         ):
             return
-        iq.handled = True
+        iq.handled = True  # type: ignore[attr-defined]
         del self._pending[iq["id"]]
         if iq["type"] == "result":
             d.callback(iq)
@@ -351,14 +432,12 @@ class XmppClient:
             d.errback(exceptionFromStanza(iq))
 
     def _request(self, iq: domish.Element) -> None:
-        if iq.handled:
+        if getattr(iq, "handled", False):
             return
-        iq.handled = True
+        iq.handled = True  # type: ignore[attr-defined]
         xs = self._stream
         payload = iq.firstChildElement()
-        handler = (
-            self._handlers.get((payload.uri, payload.name)) if payload is not None else None
-        )
+        handler = self._handlers.get((payload.uri, payload.name)) if payload is not None else None
         if xs is None:
             return
         if payload is not None and (payload.uri, payload.name) == (NS_PING, "ping"):
@@ -373,9 +452,8 @@ class XmppClient:
                 xs.send(xmlstream.toResponse(iq, "result"))
 
         def refused(failure: Failure) -> None:
-            if failure.check(StanzaError):
-                error: StanzaError = failure.value
-            else:
+            error = failure.value
+            if not isinstance(error, StanzaError):
                 self._log.failure("handling an IQ failed", failure)
                 error = StanzaError("internal-server-error", "wait")
             if self._stream is xs:
