@@ -465,6 +465,53 @@ class ConnreqConfig:
     key_file: str = _setting("", _text)
 
 
+def _jid(value: object) -> str:
+    """ "" or ``user@domain`` with an optional ``/resource`` (checked lightly: the XMPP
+    library normalises it)."""
+    s = _text(value)
+    if s and not re.fullmatch(r"[^@/\s]+@[^@/\s]+(/[^\s]+)?", s):
+        raise _Invalid("must be a JID, user@domain or user@domain/resource")
+    return s
+
+
+def _domains(value: object) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise _Invalid(f"must be a list of domain names, not {_describe(value)}")
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not re.fullmatch(r"[A-Za-z0-9.-]+", item):
+            raise _Invalid(f"[{i}]: must be a domain name")
+        out.append(item.lower())
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class XmppConfig:
+    enabled: bool = _setting(False, _bool)
+    jid: str = _setting("", _jid)
+    password: str = _setting("", _secret, show=False)
+    password_file: str = _setting("", _optional_file)
+    server: str = _setting("", _hostname)
+    port: int = _setting(5222, _int(1, 65535))
+    cafile: str = _setting("", _optional_file)
+    tls_hostname: str = _setting("", _hostname)
+    connect_timeout: float = _setting(10.0, _number(0.5, 120))
+    timeout: float = _setting(10.0, _number(0.5, 120))
+    retry_min: float = _setting(1.0, _number(0.1, 600))
+    retry_max: float = _setting(60.0, _number(0.1, 3600))
+    keepalive: float = _setting(60.0, _number(0, 3600))
+    allowed_domains: tuple[str, ...] = _setting((), _domains)
+    prefer: bool = _setting(True, _bool)
+
+    @property
+    def domain(self) -> str:
+        return self.jid.partition("@")[2].partition("/")[0].lower()
+
+    @property
+    def bare_jid(self) -> str:
+        return self.jid.partition("/")[0]
+
+
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
     enabled: bool = _setting(True, _bool)
@@ -493,6 +540,7 @@ class Config:
     tasks: TasksConfig = field(default_factory=TasksConfig)
     nbi: NbiConfig = field(default_factory=NbiConfig)
     connreq: ConnreqConfig = field(default_factory=ConnreqConfig)
+    xmpp: XmppConfig = field(default_factory=XmppConfig)
     provision: ProvisionConfig = field(default_factory=ProvisionConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: str | None = None  # the file it came from; None = defaults and overrides only
@@ -507,6 +555,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "tasks": TasksConfig,
     "nbi": NbiConfig,
     "connreq": ConnreqConfig,
+    "xmpp": XmppConfig,
     "provision": ProvisionConfig,
     "metrics": MetricsConfig,
 }
@@ -752,6 +801,25 @@ def _cross_check(
     nbi_cert, nbi_key = bool(raw["nbi"].get("cert_file")), bool(raw["nbi"].get("key_file"))
     if nbi_cert != nbi_key:
         errors.append("nbi.cert_file: give both nbi.cert_file and nbi.key_file, or neither")
+
+    xmpp = values["xmpp"]
+    if xmpp.get("enabled"):
+        if not xmpp.get("jid"):
+            errors.append("xmpp.jid: required when xmpp.enabled = true (the gateway's JID)")
+        if xmpp.get("password") and raw["xmpp"].get("password_file"):
+            errors.append("xmpp.password_file: cannot be used together with xmpp.password")
+        elif not xmpp.get("password") and not raw["xmpp"].get("password_file"):
+            errors.append("xmpp.password: required when xmpp.enabled = true (or password_file)")
+    if xmpp.get("password_file") and not xmpp.get("password"):
+        path = xmpp["password_file"]
+        try:
+            with open(path, encoding="utf-8") as f:
+                xmpp["password"] = f.read().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+            errors.append(f"xmpp.password_file: cannot read {path}: {reason}")
+    if xmpp.get("retry_max", 60.0) < xmpp.get("retry_min", 1.0):
+        errors.append("xmpp.retry_max: must be at least xmpp.retry_min")
 
     if "url" in redis:
         # The check already accepted the URL; parsing again cannot fail.

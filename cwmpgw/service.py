@@ -2,9 +2,9 @@
 its parts.
 
 Children, in start order (each once the one before is up; stop is the reverse, so the
-embedded Redis goes last): Redis → the event listener → the event spool → connection
-requests → task expiry → the ACS listener → the API listener → the command stream →
-metrics → worker processes. Each is built by a small step below from what the steps
+embedded Redis goes last): Redis → the event listener → the event spool → the XMPP
+login → connection requests → task expiry → the ACS listener → the API listener → the
+command stream → metrics → worker processes. Each is built by a small step below from what the steps
 before it made; the parts themselves are made in :mod:`cwmpgw.app`.
 """
 
@@ -29,6 +29,7 @@ from cwmpgw.app.redis import RedisPart
 from cwmpgw.app.state import StatePart, spool_name
 from cwmpgw.app.tasks import make_provisioner, make_task_service
 from cwmpgw.app.tree import Listener, OrderedTree, Part
+from cwmpgw.app.xmpp import XmppPart
 from cwmpgw.availability import GuardedRedis, RedisAvailability
 from cwmpgw.bus.listener import EventListener
 from cwmpgw.bus.spool import SpoolingEventSink
@@ -75,6 +76,7 @@ class GatewayService(OrderedTree):
         self.devices: RedisDeviceStore | None = None
         self.credentials: RedisCredentialStore | None = None
         self.connreq_credentials: RedisConnReqCredentialStore | None = None
+        self._xmpp: XmppPart | None = None
         self._connreq: ConnreqPart | None = None
         self.tasks: RedisTaskService | None = None
         self.runner: TaskRunner | None = None
@@ -91,6 +93,7 @@ class GatewayService(OrderedTree):
                 self._step_redis,
                 self._step_listener,
                 self._step_state,
+                self._step_xmpp,
                 self._step_connreq,
                 self._step_tasks,
                 self._step_acs,
@@ -120,6 +123,10 @@ class GatewayService(OrderedTree):
     @property
     def connreq(self) -> ConnectionRequestService | None:
         return self._connreq.service if self._connreq is not None else None
+
+    @property
+    def xmpp(self) -> XmppPart | None:
+        return self._xmpp
 
     @property
     def engine(self) -> AcsEngine | None:
@@ -185,6 +192,12 @@ class GatewayService(OrderedTree):
         self.credentials, self.connreq_credentials = state.credentials, state.connreq_credentials
         return state
 
+    def _step_xmpp(self) -> XmppPart | None:
+        if not (self.config.connreq.enabled and self.config.xmpp.enabled):
+            return None
+        self._xmpp = XmppPart(self.config, self._reactor)
+        return self._xmpp
+
     def _step_connreq(self) -> ConnreqPart | None:
         if not self.config.connreq.enabled:
             return None
@@ -198,6 +211,7 @@ class GatewayService(OrderedTree):
             events=self.events,
             listener=self.listener,
             metrics=self.metrics,
+            xmpp=self._xmpp.requester if self._xmpp is not None else None,
         )
         return self._connreq
 

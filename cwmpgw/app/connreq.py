@@ -1,5 +1,6 @@
 """The connection-request part: the HTTP client, the STUN server and the UDP sender of
-TR-111, the guard, and the ``wake(device)`` service built on them."""
+TR-111, the guard, and the ``wake(device)`` service built on them (with the XMPP
+requester of Annex K when the ``xmpp`` part is configured)."""
 
 from __future__ import annotations
 
@@ -82,6 +83,7 @@ class ConnreqPart(Part):
         events: IEventSink,
         listener: Any,
         metrics: Metrics,
+        xmpp: Any | None = None,
     ) -> None:
         self.name = "connreq"
         cfg = config.connreq
@@ -127,6 +129,8 @@ class ConnreqPart(Part):
             stun_binding=self._state.binding,
             session_started=session_follows(listener),
             metrics=metrics,
+            xmpp=xmpp,
+            xmpp_first=config.xmpp.prefer,
         )
 
     def _record(self, binding: Binding) -> None:

@@ -20,7 +20,7 @@ OUTCOMES = ("ok", "unreachable", "auth_failed", "refused", "timeout", "busy", "e
 class WakeResult:
     outcome: str
     session_started: bool = False  # an Inform with "6 CONNECTION REQUEST" followed in time
-    method: str | None = None  # "http" or "udp": what reached the CPE
+    method: str | None = None  # "xmpp", "http" or "udp": what reached the CPE
     detail: str = ""  # safe to log and publish: never a credential
 
     def to_dict(self) -> dict[str, object]:

@@ -1,11 +1,13 @@
-"""wake(device): ask a CPE to open a session now, over HTTP or UDP, within the guard's rules.
+"""wake(device): ask a CPE to open a session now, over XMPP, HTTP or UDP, within the guard's
+rules.
 
 The order of work for one wake-up:
 1. coalesce with a wake-up of the same device already in flight on this node;
 2. refuse if the device was woken less than ``min_interval`` ago (on any node: Redis);
-3. pick the methods the device supports (HTTP ConnectionRequestURL, UDP via its STUN
-   binding or UDPConnectionRequestAddress), in the configured order; each target must pass
-   the guard, or it is refused with a ``connreq.refused`` event and nothing is sent (a
+3. pick the methods the device supports (XMPP to its ConnReqJabberID, HTTP
+   ConnectionRequestURL, UDP via its STUN binding or UDPConnectionRequestAddress), in the
+   configured order; each target must pass the guard (for XMPP: a JID on an allowed
+   domain), or it is refused with a ``connreq.refused`` event and nothing is sent (a
    STUN binding is no exception: it never widens what the guard allows);
 4. start listening for the device's "6 CONNECTION REQUEST" Inform *before* sending, so a
    fast CPE cannot be missed;
@@ -67,7 +69,7 @@ class RateLimiter:
 _WAKE_PARAMETERS: tuple[str, ...] = tuple(
     f"{root}.ManagementServer.{leaf}"
     for root in ("Device", "InternetGatewayDevice")
-    for leaf in ("STUNUsername", "UDPConnectionRequestAddress", "NATDetected")
+    for leaf in ("STUNUsername", "UDPConnectionRequestAddress", "NATDetected", "ConnReqJabberID")
 )
 
 
@@ -117,8 +119,12 @@ class ConnectionRequestService:
         stun_binding: Callable[[str], Deferred[tuple[str, int] | None]],
         session_started: Callable[[str, float], Deferred[bool]] | None,
         metrics: Any = None,
+        xmpp: Any | None = None,
+        xmpp_first: bool = True,
     ) -> None:
         self._clock = clock
+        self._xmpp = xmpp  # cwmpgw.connreq.xmpp.XmppConnectionRequester, or None
+        self._xmpp_first = xmpp_first
         self._config = config
         self._devices = devices
         self._credentials = credentials
@@ -206,6 +212,10 @@ class ConnectionRequestService:
         if self._udp is not None and udp_target is not None:
             nat = _param(params, ".ManagementServer.NATDetected").lower() in ("1", "true")
             methods.insert(0 if self._config.prefer == "udp" or (nat and binding) else 1, "udp")
+        # Annex K: the JID is reported (forced inform) only by CPEs with XMPP enabled.
+        jid = _param(params, ".ManagementServer.ConnReqJabberID").strip()
+        if self._xmpp is not None and jid:
+            methods.insert(0 if self._xmpp_first else len(methods), "xmpp")
         if not methods:
             return await self._refuse(ref, None, "the device reported no connection-request URL")
         if not await self._claim_interval(device_id, self._config.min_interval):
@@ -222,7 +232,9 @@ class ConnectionRequestService:
         last = WakeResult("refused", detail="no method could be used")
         try:
             for method in methods:
-                if method == "http":
+                if method == "xmpp":
+                    last = await self._try_xmpp(ref, jid, credential)
+                elif method == "http":
                     last = await self._try_http(ref, url, device, credential)
                 else:
                     assert udp_target is not None
@@ -281,6 +293,25 @@ class ConnectionRequestService:
             await self._publish(
                 "connreq.failed", ref, {**result.to_dict(), "status": attempt.status}
             )
+        return result
+
+    async def _try_xmpp(
+        self, ref: dict[str, str], jid: str, credential: ConnReqCredential
+    ) -> WakeResult:
+        xmpp = self._xmpp
+        assert xmpp is not None
+        reason = xmpp.check_target(jid)
+        if reason is not None:
+            return await self._refuse(ref, "xmpp", reason, jid)
+        await self._publish("connreq.sent", ref, {"method": "xmpp", "target": jid, "attempt": 1})
+        # All XMPP requests go through one server: the per-destination limit is per JID.
+        attempt = await self._limited(
+            "xmpp:" + jid,
+            lambda: xmpp.request(jid, credential.username, credential.password),
+        )
+        result = WakeResult(attempt.outcome, False, "xmpp", attempt.detail)
+        if attempt.outcome != "ok":
+            await self._publish("connreq.failed", ref, {**result.to_dict(), "status": None})
         return result
 
     async def _try_udp(

@@ -144,6 +144,9 @@ class Template:
             self.ms + "ParameterKey",
             self.ms + "ConnectionRequestURL",
             self.ms + "AliasBasedAddressing",
+            # Forced when the CPE does XMPP connection requests (Annex K); the simulator
+            # sends it only once a device has a JID (see SimDevice's Inform).
+            self.ms + "ConnReqJabberID",
         ]
         found = [n for n in wanted if n in self.params]
         if self.root == "InternetGatewayDevice":
@@ -308,6 +311,9 @@ Device.ManagementServer.AliasBasedAddressing,false,false,false,xsd:boolean
 Device.ManagementServer.STUNEnable,false,true,false,xsd:boolean
 Device.ManagementServer.NATDetected,false,false,false,xsd:boolean
 Device.ManagementServer.SupportedConnReqMethods,false,false,HTTP,xsd:string
+Device.ManagementServer.ConnReqXMPPConnection,false,true,,xsd:string
+Device.ManagementServer.ConnReqAllowedJabberIDs,false,true,,xsd:string
+Device.ManagementServer.ConnReqJabberID,false,false,,xsd:string
 Device.Time.Enable,false,true,true,xsd:boolean
 Device.Time.NTPServer1,false,true,pool.ntp.org,xsd:string
 Device.Time.LocalTimeZone,false,true,UTC,xsd:string

@@ -729,8 +729,9 @@ class CpeSession:
         parameters = []
         for name in names:
             param = model.read(name)
-            if param is not None:
-                parameters.append((name, param.value, param.type))
+            if param is None or (name.endswith(".ConnReqJabberID") and not param.value):
+                continue  # no XMPP session: not an XMPP-capable CPE as far as the ACS knows
+            parameters.append((name, param.value, param.type))
         return cwmp.inform(
             self.namespace,
             self._next_id(),

@@ -79,6 +79,7 @@ from cwmpgw.sim.device import (
     credential_templates,
     parse_device_id,
 )
+from cwmpgw.sim.xmpp import XmppCpes, XmppSettings
 from cwmpgw.web.digest_client import (
     Challenge,
     ChallengeError,
@@ -565,6 +566,7 @@ class Fleet:
         bootstrap: bool = True,
         connreq_listen: tuple[str, int] | None = None,
         connreq_host: str | None = None,
+        xmpp: XmppSettings | None = None,
         connect_timeout: float = 10.0,
         request_timeout: float = 30.0,
         drain_timeout: float = 30.0,
@@ -596,6 +598,8 @@ class Fleet:
         self._connreq_listen = connreq_listen
         self._connreq_host = connreq_host
         self.listener: ConnectionRequestListener | None = None
+        self._xmpp_settings = xmpp
+        self.xmpp: XmppCpes | None = None
 
         base = template or builtin_template()
         ms = base.ms
@@ -691,6 +695,9 @@ class Fleet:
                 for device in self.devices:
                     device.model.set(name, listener.register(device))
             self.listener = listener
+        if self._xmpp_settings is not None:
+            self.xmpp = XmppCpes(self.reactor, self._xmpp_settings, self._connection_request)
+            await self.xmpp.start(self.devices)
         self._started = True
         self.stats = FleetStats(started=self.reactor.seconds())
 
@@ -710,6 +717,8 @@ class Fleet:
         await self._drain(self.drain_timeout)
         if self.listener is not None:
             await self.listener.stop()
+        if self.xmpp is not None:
+            await self.xmpp.stop()
 
     def interrupt(self) -> None:
         """End the current run now (as if its count or duration were reached)."""

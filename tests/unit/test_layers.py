@@ -25,6 +25,8 @@ ALLOWED: dict[str, set[str]] = {
     "config": {"cwmp"},
     # HTTP pieces shared by the server and the clients (the hardened site, Digest).
     "web": set(),
+    # XMPP shared by the gateway and the simulator's CPEs (Annex K): the client, the stanza.
+    "xmpp": set(),
     # Redis availability: every Redis user goes through it.
     "availability": {"waiters"},
     "bus": {"availability", "config", "waiters"},
@@ -36,10 +38,10 @@ ALLOWED: dict[str, set[str]] = {
     "acs": {"availability", "bus", "cwmp", "sessions", "store", "web"},
     "tasks": {"availability", "bus", "cwmp", "sessions", "store"},
     "provision": {"bus", "config", "cwmp", "sessions", "store", "web"},
-    "connreq": {"availability", "bus", "config", "store", "web"},
+    "connreq": {"availability", "bus", "config", "store", "web", "xmpp"},
     "nbi": {"availability", "bus", "config", "connreq", "store", "tasks", "web"},
     # The simulator is a CPE: it shares only the codec-free pieces, never the ACS.
-    "sim": {"cwmp", "web"},
+    "sim": {"cwmp", "web", "xmpp"},
     # The composition and the entry points.
     "workers": {"config"},
     "app": {
@@ -57,6 +59,7 @@ ALLOWED: dict[str, set[str]] = {
         "tasks",
         "web",
         "workers",
+        "xmpp",
     },
     "service": {
         "acs",
