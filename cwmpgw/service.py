@@ -23,6 +23,7 @@ from cwmpgw.acs.resource import AcsSite
 from cwmpgw.app import acs as acs_part
 from cwmpgw.app import nbi as nbi_part
 from cwmpgw.app.connreq import ConnreqPart
+from cwmpgw.app.fleet import online_window
 from cwmpgw.app.metrics import make_metrics, redis_sampler
 from cwmpgw.app.redis import RedisPart
 from cwmpgw.app.state import StatePart, spool_name
@@ -33,6 +34,7 @@ from cwmpgw.bus.listener import EventListener
 from cwmpgw.bus.spool import SpoolingEventSink
 from cwmpgw.config import Config
 from cwmpgw.connreq.waker import ConnectionRequestService
+from cwmpgw.fleet.inventory import RedisInventory
 from cwmpgw.metrics import MeteredEventSink, Metrics
 from cwmpgw.nbi.commands import CommandConsumer
 from cwmpgw.nbi.directory import DeviceDirectory
@@ -82,6 +84,7 @@ class GatewayService(OrderedTree):
         self._nbi: Listener | None = None
         self._metrics: Listener | None = None
         self.directory: DeviceDirectory | None = None
+        self.inventory: RedisInventory | None = None
         self.commands: CommandConsumer | None = None
         self.workers: WorkerPool | None = None
         super().__init__(
@@ -254,11 +257,18 @@ class GatewayService(OrderedTree):
         if not self.config.nbi.enabled:
             return None
         assert self.devices and self.credentials and self.connreq_credentials and self.tasks
+        self.inventory = RedisInventory(
+            self._up()[0],
+            self.config.redis.prefix,
+            clock=self._reactor,
+            online_window=online_window(self.config),
+        )
         self.directory = DeviceDirectory(
             self.devices,
             self.credentials,
             self.connreq_credentials,
             realm=self.config.auth.realm,
+            inventory=self.inventory,
             tasks=self.tasks,
             rotations=self.rotations,
         )

@@ -32,7 +32,8 @@ from cwmpgw.config import NbiConfig
 from cwmpgw.connreq.interfaces import IConnectionRequester, WakeResult
 from cwmpgw.nbi.api import NbiResource, NbiSite, parse_task_request
 from cwmpgw.nbi.auth import IAuthorizer, OpenAuthorizer, TokenAuthorizer, make_authorizer
-from cwmpgw.nbi.interfaces import DeviceFilter, IDeviceDirectory, IHealth
+from cwmpgw.fleet.selector import Selector
+from cwmpgw.nbi.interfaces import IDeviceDirectory, IHealth
 from cwmpgw.nbi.openapi import ROUTES, build_document
 from cwmpgw.nbi.tokens import ensure_token_file, main, new_token, token_sha256
 from cwmpgw.store.memory import device_view
@@ -83,24 +84,33 @@ class FakeDirectory:
         }
 
     def list_devices(
-        self, filter: DeviceFilter, *, cursor: str, limit: int
+        self, selector: Selector, *, cursor: str, limit: int
     ) -> Deferred[tuple[list[dict[str, Any]], str]]:
         if self.fail_with is not None:
             return fail(self.fail_with)
-        rows = sorted(self.devices.values(), key=lambda d: (d["last_inform"], d["id"]))
         rows = [
             {k: v for k, v in d.items() if k != "parameters"}
-            for d in rows
-            if d["id"].startswith(filter.id_prefix)
-            and (not filter.oui or d["oui"] == filter.oui)
-            and (not filter.product_class or d["product_class"] == filter.product_class)
-            and (filter.informed_after is None or d["last_inform"] >= filter.informed_after)
-            and (filter.informed_before is None or d["last_inform"] < filter.informed_before)
+            for _, d in sorted(self.devices.items())
+            if selector.matches(d, tags=d["tags"], now=NOW, online_window=600)
+            and d["id"] > cursor
         ]
-        start = int(cursor or 0)
-        page = rows[start : start + limit]
-        more = start + limit < len(rows)
-        return succeed((page, str(start + limit) if more else ""))
+        page = rows[:limit]
+        more = len(rows) > limit
+        return succeed((page, page[-1]["id"] if more else ""))
+
+    def change_tags(self, device_id: str, add: Any, remove: Any) -> Deferred[list[str] | None]:
+        if device_id not in self.devices:
+            return succeed(None)
+        tags = (set(self.devices[device_id]["tags"]) - set(remove)) | set(add)
+        self.devices[device_id]["tags"] = sorted(tags)
+        return succeed(sorted(tags))
+
+    def tag_counts(self) -> Deferred[dict[str, int]]:
+        counts: dict[str, int] = {}
+        for d in self.devices.values():
+            for t in d["tags"]:
+                counts[t] = counts.get(t, 0) + 1
+        return succeed(counts)
 
     def get_device(self, device_id: str, parameters: Any = None) -> Deferred[dict[str, Any] | None]:
         if self.fail_with is not None:
@@ -640,7 +650,7 @@ class DeviceTests(SynchronousTestCase):
 
     def test_list(self) -> None:
         body = self.api.call("GET", "/devices").json()
-        self.assertEqual([d["id"] for d in body["devices"]], [DEV, DEV2, ODD])
+        self.assertEqual([d["id"] for d in body["devices"]], [ODD, DEV2, DEV])  # by id
         self.assertEqual(body["next_cursor"], "")
         self.assertNotIn("parameters", body["devices"][0])
 
@@ -649,7 +659,7 @@ class DeviceTests(SynchronousTestCase):
         self.assertEqual(len(first["devices"]), 2)
         self.assertNotEqual(first["next_cursor"], "")
         second = self.api.call("GET", f"/devices?limit=2&cursor={first['next_cursor']}").json()
-        self.assertEqual([d["id"] for d in second["devices"]], [ODD])
+        self.assertEqual([d["id"] for d in second["devices"]], [DEV])
         self.assertEqual(second["next_cursor"], "")
 
     def test_filters(self) -> None:
@@ -658,12 +668,12 @@ class DeviceTests(SynchronousTestCase):
             self.assertEqual(r.status, 200, r.body)
             return [d["id"] for d in r.json()["devices"]]
 
-        self.assertEqual(ids("oui=00259E"), [DEV2, ODD])
+        self.assertEqual(ids("oui=00259E"), [ODD, DEV2])
         self.assertEqual(ids("oui=00259E&product_class=HG8245"), [DEV2])
         self.assertEqual(ids("id_prefix=9CA2"), [DEV])
-        self.assertEqual(ids(f"informed_after={int(NOW - 50)}"), [DEV2, ODD])
-        self.assertEqual(ids("informed_after=2023-11-14T22:12:30Z"), [DEV2, ODD])  # NOW - 50
-        self.assertEqual(ids("informed_after=2023-11-14T23:12:30.000%2B01:00"), [DEV2, ODD])
+        self.assertEqual(ids(f"informed_after={int(NOW - 50)}"), [ODD, DEV2])
+        self.assertEqual(ids("informed_after=2023-11-14T22:12:30Z"), [ODD, DEV2])  # NOW - 50
+        self.assertEqual(ids("informed_after=2023-11-14T23:12:30.000%2B01:00"), [ODD, DEV2])
         self.assertEqual(ids(f"informed_before={NOW - 50}"), [DEV])
         self.assertEqual(ids("informed_before=2023-11-14T22:12:30Z"), [DEV])
 

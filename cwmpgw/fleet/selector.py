@@ -47,6 +47,7 @@ from typing import Any, Final
 __all__ = [
     "EQUALITY_FIELDS",
     "SELECTOR_SCHEMA",
+    "QUERY_TERMS",
     "Network",
     "Selector",
     "SelectorError",
@@ -483,9 +484,8 @@ SELECTOR_SCHEMA: Final[Mapping[str, Any]] = {
         },
         "parameters": {
             "type": "object",
-            "maxProperties": _MAX_PARAMS,
             "additionalProperties": {"type": ["string", "number", "boolean"]},
-            "description": "Cached parameter value equals this (name → value).",
+            "description": f"Cached parameter value equals this (name → value; at most {_MAX_PARAMS}).",
         },
     },
     "examples": [{"oui": "9CA2F4", "tags": ["pilot"], "online": True}],

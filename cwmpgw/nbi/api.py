@@ -29,8 +29,10 @@ from twisted.web.server import NOT_DONE_YET, Request
 from cwmpgw.availability import is_backend_failure
 from cwmpgw.connreq.interfaces import IConnectionRequester, WakeResult
 from cwmpgw.nbi.auth import CHALLENGE, IAuthorizer
-from cwmpgw.nbi.interfaces import DeviceFilter, IDeviceDirectory, IHealth
+from cwmpgw.fleet.selector import SelectorError, parse_query, valid_tag
+from cwmpgw.nbi.interfaces import IDeviceDirectory, IHealth
 from cwmpgw.nbi.openapi import ROUTES, Route, build_document
+from cwmpgw.store.interfaces import MAX_TAGS
 from cwmpgw.tasks.model import (
     IdempotencyConflict,
     ITaskService,
@@ -48,6 +50,7 @@ __all__ = [
     "NbiSite",
     "TaskRequest",
     "parse_json",
+    "parse_tag_change",
     "parse_task_request",
     "task_error_message",
 ]
@@ -149,6 +152,27 @@ def parse_task_request(obj: Any, *, device_id: str | None = None) -> TaskRequest
     if key is not None:
         key = _text(key, "idempotency_key", max_length=128)
     return TaskRequest(device_id, task_type, args, expires_in, key)
+
+
+def parse_tag_change(obj: Any) -> tuple[list[str], list[str]]:
+    """``{"add": [...], "remove": [...]}`` (the API's body, a command entry's ``tags``)."""
+    if not isinstance(obj, dict):
+        _bad("the body must be a JSON object")
+    _only(obj, ("add", "remove", "device_id"))
+    out: list[list[str]] = []
+    for key in ("add", "remove"):
+        tags = obj.get(key) or []
+        if not isinstance(tags, list):
+            _bad(f"{key}: expected a list of tags")
+        if len(tags) > MAX_TAGS:
+            _bad(f"{key}: at most {MAX_TAGS} tags")
+        for i, tag in enumerate(tags):
+            if not valid_tag(tag):
+                _bad(f"{key}[{i}]: a tag is 1 to 64 characters of A-Z a-z 0-9 _ . : @ + -")
+        out.append(sorted(set(tags)))
+    if not out[0] and not out[1]:
+        _bad("add or remove: give at least one tag")
+    return out[0], out[1]
 
 
 def _device_id(value: Any, where: str) -> str:
@@ -436,16 +460,38 @@ class NbiResource(Resource):
             if not re.fullmatch(r"\d{1,4}", q["limit"]) or not 1 <= int(q["limit"]) <= 1000:
                 _bad("limit: an integer from 1 to 1000")
             limit = int(q["limit"])
-        filter_ = DeviceFilter(
-            id_prefix=_query_text(q, "id_prefix"),
-            oui=_query_text(q, "oui"),
-            product_class=_query_text(q, "product_class"),
-            informed_after=_time(q, "informed_after"),
-            informed_before=_time(q, "informed_before"),
-        )
+        for name, value in q.items():
+            _query_text(q, name, 1024 if name in ("cursor", "id_prefix", "parameter") else 256)
+        try:
+            selector = parse_query(q)
+        except SelectorError as e:
+            _bad(str(e).lstrip(".: "))
         cursor = _query_text(q, "cursor", 1024)
-        devices, next_cursor = await self._devices.list_devices(filter_, cursor=cursor, limit=limit)
+        devices, next_cursor = await self._devices.list_devices(
+            selector, cursor=cursor, limit=limit
+        )
         return _Answer(200, {"devices": devices, "next_cursor": next_cursor})
+
+    async def _op_list_tags(self, call: _Call) -> _Answer:
+        return _Answer(200, {"tags": await self._devices.tag_counts()})
+
+    async def _op_change_tags(self, call: _Call) -> _Answer:
+        device_id = _path_device(call)
+        add, remove = parse_tag_change(call.body)
+        try:
+            tags = await self._devices.change_tags(device_id, add, remove)
+        except ValueError as e:
+            raise ApiError(409, "too_many_tags", str(e)) from None
+        if tags is None:
+            raise _no_device(device_id)
+        self._log.info(
+            "{principal} tagged {device_id}: +{add} -{remove}",
+            principal=call.principal,
+            device_id=device_id,
+            add=",".join(add),
+            remove=",".join(remove),
+        )
+        return _Answer(200, {"id": device_id, "tags": tags})
 
     async def _op_get_device(self, call: _Call) -> _Answer:
         device_id = _path_device(call)

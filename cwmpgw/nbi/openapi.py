@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from cwmpgw.connreq.interfaces import OUTCOMES
+from cwmpgw.fleet.selector import QUERY_TERMS, SELECTOR_SCHEMA
 from cwmpgw.store.interfaces import DEVICE_FIELDS
 from cwmpgw.tasks.model import STATUSES
 from cwmpgw.tasks.plans import TASK_TYPES, args_schema
@@ -122,6 +123,17 @@ class Route:
         return dict(sorted(out.items()))
 
 
+_QUERY_SCHEMAS: Final[Mapping[str, Mapping[str, Any]]] = {
+    "informed_after": {"type": "string", "examples": ["2025-05-25T22:24:29Z", "1748211869"]},
+    "informed_before": {"type": "string", "examples": ["2025-05-26T00:00:00+02:00"]},
+    "informed_within": {"type": "number", "minimum": 0},
+    "not_informed_within": {"type": "number", "minimum": 0},
+    "online": {"type": "boolean"},
+    "parameter": {"type": "string", "examples": ["Device.DeviceInfo.ProvisioningCode=ABC"]},
+    "tags": {"type": "string", "examples": ["pilot,north"]},
+    "not_tags": {"type": "string", "examples": ["lab"]},
+    "source": {"type": "string", "examples": ["203.0.113.0/24", "2001:db8::/32"]},
+}
 _TASK_HEADERS: Final = {"Location": "`/tasks/{task_id}`: where to poll the task."}
 _DEVICE_NOT_FOUND: Final = Reply("No such device.", "Error")
 _TASK_NOT_FOUND: Final = Reply("No such task.", "Error")
@@ -153,26 +165,16 @@ ROUTES: Final[tuple[Route, ...]] = (
         "List devices, a page at a time.",
         {200: Reply("A page of devices (without their parameters).", "DeviceList")},
         description=(
-            "Devices ordered by their last Inform, oldest first. Pass `next_cursor` back as "
-            "`cursor` for the next page; an empty `next_cursor` means there is none."
+            "Devices selected by the query's terms (all must hold), ordered by id. Pass "
+            "`next_cursor` back as `cursor` for the next page; an empty `next_cursor` means "
+            "there is none. A selective query may answer a short page, even an empty one, "
+            "with a `next_cursor`: keep following it. Devices informing while you page "
+            "are neither skipped nor repeated."
         ),
         query=(
-            QueryParam(
-                "id_prefix", {"type": "string", "maxLength": 256}, "Device ids starting with this."
-            ),
-            QueryParam("oui", {"type": "string", "maxLength": 256}, "Exact OUI."),
-            QueryParam(
-                "product_class", {"type": "string", "maxLength": 256}, "Exact ProductClass."
-            ),
-            QueryParam(
-                "informed_after",
-                {"type": "string", "examples": ["2025-05-25T22:24:29Z", "1748211869"]},
-                "Last Inform at or after this time: RFC 3339 or Unix seconds.",
-            ),
-            QueryParam(
-                "informed_before",
-                {"type": "string", "examples": ["2025-05-26T00:00:00+02:00", "1748300000.5"]},
-                "Last Inform before this time: RFC 3339 or Unix seconds.",
+            *(
+                QueryParam(name, _QUERY_SCHEMAS.get(name, {"type": "string"}), text)
+                for name, text in QUERY_TERMS.items()
             ),
             QueryParam(
                 "cursor",
@@ -185,6 +187,26 @@ ROUTES: Final[tuple[Route, ...]] = (
                 "Page size.",
             ),
         ),
+    ),
+    Route(
+        "GET",
+        "/tags",
+        "list_tags",
+        "Every tag in use and how many devices carry it.",
+        {200: Reply("Tag → number of devices.", "TagCounts")},
+    ),
+    Route(
+        "POST",
+        "/devices/{device_id}/tags",
+        "change_tags",
+        "Add and remove tags of a device.",
+        {
+            200: Reply("The device's tags now.", "DeviceTags"),
+            404: _DEVICE_NOT_FOUND,
+            409: Reply("`too_many_tags`: the device would have more than 64 tags.", "Error"),
+        },
+        description="Removals first, then additions; adding a tag it has is no change.",
+        body="TagChange",
     ),
     Route(
         "GET",
@@ -324,6 +346,7 @@ _PATH_PARAMS: Final[Mapping[str, tuple[Mapping[str, Any], str]]] = {
 }
 
 _TIME: Final = {"type": "number", "description": "Unix seconds."}
+_TAG: Final = {"type": "string", "pattern": "^[A-Za-z0-9_.:@+-]{1,64}$"}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -452,6 +475,30 @@ SCHEMAS: Final[Mapping[str, Mapping[str, Any]]] = {
             "devices": {"type": "array", "items": {"$ref": "#/components/schemas/DeviceSummary"}},
             "next_cursor": {"type": "string", "description": "Empty when this is the last page."},
         },
+    },
+    "Selector": dict(SELECTOR_SCHEMA),
+    "TagCounts": {
+        "type": "object",
+        "required": ["tags"],
+        "additionalProperties": False,
+        "properties": {
+            "tags": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 1}}
+        },
+    },
+    "TagChange": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "add": {"type": "array", "maxItems": 64, "items": _TAG},
+            "remove": {"type": "array", "maxItems": 64, "items": _TAG},
+        },
+        "examples": [{"add": ["pilot"], "remove": ["staging"]}],
+    },
+    "DeviceTags": {
+        "type": "object",
+        "required": ["id", "tags"],
+        "additionalProperties": False,
+        "properties": {"id": {"type": "string"}, "tags": {"type": "array", "items": _TAG}},
     },
     "Credentials": {
         "type": "object",
