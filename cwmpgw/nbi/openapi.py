@@ -572,6 +572,7 @@ SCHEMAS: Final[Mapping[str, Mapping[str, Any]]] = {
                 "description": "{code, string, parameters?} from the CPE, or {reason}.",
             },
             "command_key": {"type": "string"},
+            "bulk": {"type": "string", "description": "The bulk task it is part of, or empty."},
         },
         "oneOf": [_ref(_name(t, "Task")) for t in TASK_TYPES],
         "discriminator": {
