@@ -30,9 +30,7 @@ def make_record(i: int, rng: random.Random, ts: float | None = None) -> InformRe
     oui, pc = rng.choice(OUIS), rng.choice(CLASSES)
     serial = f"SN{i:05d}"
     device = DeviceId("Vendor", oui, pc, serial)
-    source = rng.choice(
-        ("203.0.113.", "198.51.100.", "192.0.2.")
-    ) + str(rng.randrange(1, 255))
+    source = rng.choice(("203.0.113.", "198.51.100.", "192.0.2.")) + str(rng.randrange(1, 255))
     if rng.random() < 0.1:
         source = f"2001:db8:{rng.randrange(4):x}::{i:x}"
     params = (

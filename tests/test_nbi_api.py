@@ -30,9 +30,9 @@ from zope.interface.verify import verifyObject
 
 from cwmpgw.config import NbiConfig
 from cwmpgw.connreq.interfaces import IConnectionRequester, WakeResult
+from cwmpgw.fleet.selector import Selector
 from cwmpgw.nbi.api import NbiResource, NbiSite, parse_task_request
 from cwmpgw.nbi.auth import IAuthorizer, OpenAuthorizer, TokenAuthorizer, make_authorizer
-from cwmpgw.fleet.selector import Selector
 from cwmpgw.nbi.interfaces import IDeviceDirectory, IHealth
 from cwmpgw.nbi.openapi import ROUTES, build_document
 from cwmpgw.nbi.tokens import ensure_token_file, main, new_token, token_sha256
@@ -91,8 +91,7 @@ class FakeDirectory:
         rows = [
             {k: v for k, v in d.items() if k != "parameters"}
             for _, d in sorted(self.devices.items())
-            if selector.matches(d, tags=d["tags"], now=NOW, online_window=600)
-            and d["id"] > cursor
+            if selector.matches(d, tags=d["tags"], now=NOW, online_window=600) and d["id"] > cursor
         ]
         page = rows[:limit]
         more = len(rows) > limit

@@ -23,9 +23,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from cwmpgw.bus.memory import MemoryEventBus
 from cwmpgw.cwmp.messages import DeviceId, EventStruct, ParameterValue
+from cwmpgw.fleet.inventory import MemoryInventory
 from cwmpgw.nbi.api import NbiResource, NbiSite
 from cwmpgw.nbi.auth import TokenAuthorizer
-from cwmpgw.fleet.inventory import MemoryInventory
 from cwmpgw.nbi.directory import DeviceDirectory
 from cwmpgw.nbi.tokens import token_sha256
 from cwmpgw.provision.provisioner import MemoryRotations
@@ -347,7 +347,9 @@ class ConformanceTests(SynchronousTestCase):
         self.call("POST", dev_path(DEV, "/tags"), 409, {"add": [f"t{i}" for i in range(64)]})
         self.call("POST", nope + "/tags", 404, {"add": ["pilot"]})
         tags_url = dev_path(DEV, "/tags")
-        self.call("POST", tags_url, 413, raw=b" " * 5000, headers={"Content-Type": "application/json"})
+        self.call(
+            "POST", tags_url, 413, raw=b" " * 5000, headers={"Content-Type": "application/json"}
+        )
         self.call("POST", tags_url, 415, raw=b"{}", headers={"Content-Type": "text/plain"})
         self.assertEqual(self.call("GET", "/tags", 200), {"tags": {"north": 1, "pilot": 1}})
         page = self.call("GET", "/devices?tags=pilot", 200)
@@ -534,7 +536,9 @@ class DocsTests(SynchronousTestCase):
         text = self.read()
         section = text[text.index("### `GET /devices`\n") :]
         table = section[section.index("| query | meaning |") :].split("\n\n")[0]
-        documented = set(re.findall(r"`(\w+)`", "".join(r.split("|")[1] for r in table.splitlines())))
+        documented = set(
+            re.findall(r"`(\w+)`", "".join(r.split("|")[1] for r in table.splitlines()))
+        )
         (route,) = [r for r in ROUTES if r.operation == "list_devices"]
         self.assertEqual(documented, {q.name for q in route.query})
 

@@ -27,7 +27,6 @@ from zope.interface import Interface, implementer
 from cwmpgw.fleet.selector import Selector
 from cwmpgw.store.indexes import (
     IPV6_SHIFT,
-    all_key,
     field_key,
     source_key,
     tag_counts_key,

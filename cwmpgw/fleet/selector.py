@@ -46,8 +46,8 @@ from typing import Any, Final
 
 __all__ = [
     "EQUALITY_FIELDS",
-    "SELECTOR_SCHEMA",
     "QUERY_TERMS",
+    "SELECTOR_SCHEMA",
     "Network",
     "Selector",
     "SelectorError",
@@ -232,9 +232,7 @@ class Selector:
         have = set(tags)
         if any(t not in have for t in self.tags) or any(t in have for t in self.not_tags):
             return False
-        if self.source is not None and not self.source.contains(
-            str(record.get("last_source", ""))
-        ):
+        if self.source is not None and not self.source.contains(str(record.get("last_source", ""))):
             return False
         window = self.window(now, online_window)
         if (window.low is not None or window.high is not None) and not window.contains(
@@ -295,8 +293,10 @@ def _values(value: Any, where: str) -> tuple[str, ...]:
         raise SelectorError("give at least one value", where)
     if len(items) > _MAX_VALUES:
         raise SelectorError(f"at most {_MAX_VALUES} values", where)
-    where_i = (lambda i: f"{where}[{i}]") if isinstance(value, list) else (lambda i: where)
-    return tuple(sorted({_text(v, where_i(i)) for i, v in enumerate(items)}))
+    listed = isinstance(value, list)
+    return tuple(
+        sorted({_text(v, f"{where}[{i}]" if listed else where) for i, v in enumerate(items)})
+    )
 
 
 def _tags(value: Any, where: str) -> tuple[str, ...]:
@@ -485,7 +485,9 @@ SELECTOR_SCHEMA: Final[Mapping[str, Any]] = {
         "parameters": {
             "type": "object",
             "additionalProperties": {"type": ["string", "number", "boolean"]},
-            "description": f"Cached parameter value equals this (name → value; at most {_MAX_PARAMS}).",
+            "description": (
+                f"Cached parameter value equals this (name → value; at most {_MAX_PARAMS})."
+            ),
         },
     },
     "examples": [{"oui": "9CA2F4", "tags": ["pilot"], "online": True}],

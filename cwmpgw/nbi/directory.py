@@ -101,4 +101,3 @@ class DeviceDirectory:
             raise RuntimeError("credential rotation is not configured")
         d: Deferred[None] = self._rotations.request(device_id)
         return d
-

@@ -318,6 +318,66 @@ ROUTES: Final[tuple[Route, ...]] = (
         body="TaskRequest",
     ),
     Route(
+        "POST",
+        "/bulk",
+        "create_bulk",
+        "Queue one task for every device a selector (or a list of ids) names.",
+        {
+            202: Reply(
+                "Started; follow it at `Location`.", "Bulk", {"Location": "`/bulk/{bulk_id}`."}
+            ),
+            200: Reply(
+                "The bulk an earlier request with the same idempotency key started, as it "
+                "is now (`Idempotent-Replayed: true`).",
+                "Bulk",
+                {"Location": "`/bulk/{bulk_id}`.", "Idempotent-Replayed": "`true`."},
+            ),
+            422: Reply(
+                "`idempotency_conflict`: the key was used for another bulk request.", "Error"
+            ),
+        },
+        description=(
+            "The gateway fans the task out as ordinary queued tasks (each in its device's "
+            "queue, with its own `task.*` events and the bulk's id in `bulk`), at most "
+            "`fleet.bulk_rate` devices per second (or `rate`, if lower); with "
+            "`connection_request`, each device is also woken, at `connreq.rate`. The "
+            "task's arguments are checked first: a 400 `invalid_task` names the culprit."
+        ),
+        headers=(
+            HeaderParam(
+                "Idempotency-Key",
+                "1 to 128 printable ASCII characters: the same as `idempotency_key`.",
+            ),
+        ),
+        body="BulkRequest",
+    ),
+    Route(
+        "GET",
+        "/bulk",
+        "list_bulk",
+        "The 100 most recent bulk tasks, newest first.",
+        {200: Reply("The bulks.", "BulkList")},
+    ),
+    Route(
+        "GET",
+        "/bulk/{bulk_id}",
+        "get_bulk",
+        "A bulk task and its counts.",
+        {200: Reply("The bulk.", "Bulk"), 404: Reply("No such bulk.", "Error")},
+    ),
+    Route(
+        "DELETE",
+        "/bulk/{bulk_id}",
+        "cancel_bulk",
+        "Cancel a bulk task: no more devices, and its queued tasks are cancelled.",
+        {
+            202: Reply("Cancelling: its queued tasks are being cancelled.", "Bulk"),
+            200: Reply("It was already over (complete or cancelled).", "Bulk"),
+            404: Reply("No such bulk.", "Error"),
+        },
+        description="Running tasks finish; they are counted as they end.",
+    ),
+    Route(
         "GET",
         "/tasks/{task_id}",
         "get_task",
@@ -343,6 +403,7 @@ _PATH_PARAMS: Final[Mapping[str, tuple[Mapping[str, Any], str]]] = {
         "The device id (`OUI-ProductClass-SerialNumber`), URL-encoded: each `%` in it as `%25`.",
     ),
     "task_id": ({"type": "string", "minLength": 1, "maxLength": 128}, "The task id."),
+    "bulk_id": ({"type": "string", "minLength": 1, "maxLength": 128}, "The bulk id."),
 }
 
 _TIME: Final = {"type": "number", "description": "Unix seconds."}
@@ -499,6 +560,113 @@ SCHEMAS: Final[Mapping[str, Mapping[str, Any]]] = {
         "required": ["id", "tags"],
         "additionalProperties": False,
         "properties": {"id": {"type": "string"}, "tags": {"type": "array", "items": _TAG}},
+    },
+    "BulkRequest": {
+        "type": "object",
+        "required": ["task"],
+        "additionalProperties": False,
+        "properties": {
+            "selector": _ref("Selector"),
+            "device_ids": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 100000,
+                "items": {"type": "string", "minLength": 1, "maxLength": 1024},
+            },
+            "task": {
+                "type": "object",
+                "required": ["type"],
+                "additionalProperties": False,
+                "properties": {
+                    "type": {"type": "string", "enum": list(TASK_TYPES)},
+                    "args": {"type": "object"},
+                    "expires_in": {"type": "number", "exclusiveMinimum": 0},
+                },
+                "description": "As the body of `POST /devices/{device_id}/tasks`.",
+            },
+            "connection_request": {"type": "boolean", "default": False},
+            "rate": {
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "description": "Devices per second (at most fleet.bulk_rate).",
+            },
+            "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 128},
+        },
+        "description": "Exactly one of `selector` and `device_ids`.",
+        "examples": [
+            {
+                "selector": {"oui": "9CA2F4", "tags": ["pilot"]},
+                "task": {"type": "Reboot"},
+                "connection_request": True,
+            }
+        ],
+    },
+    "Bulk": {
+        "type": "object",
+        "required": [
+            "id",
+            "status",
+            "created",
+            "updated",
+            "task",
+            "connection_request",
+            "fanned_out",
+            "counts",
+        ],
+        "additionalProperties": False,
+        "properties": {
+            "id": {"type": "string"},
+            "status": {
+                "type": "string",
+                "enum": ["running", "cancelling", "complete", "cancelled"],
+            },
+            "created": _TIME,
+            "updated": _TIME,
+            "selector": {"type": "object"},
+            "device_ids": {"type": "integer", "description": "How many ids were given."},
+            "task": {"type": "object"},
+            "connection_request": {"type": "boolean"},
+            "fanned_out": {
+                "type": "boolean",
+                "description": "Every selected device has its task.",
+            },
+            "counts": {
+                "type": "object",
+                "required": [
+                    "matched",
+                    "queued",
+                    "pending",
+                    "done",
+                    "failed",
+                    "expired",
+                    "cancelled",
+                    "skipped",
+                ],
+                "additionalProperties": False,
+                "properties": {
+                    name: {"type": "integer", "minimum": 0}
+                    for name in (
+                        "matched",
+                        "queued",
+                        "pending",
+                        "done",
+                        "failed",
+                        "expired",
+                        "cancelled",
+                        "skipped",
+                    )
+                },
+                "description": (
+                    "`matched` devices so far = `queued` (tasks created) + `skipped` "
+                    "(gone before their turn); `pending` = queued minus the final ones."
+                ),
+            },
+        },
+    },
+    "BulkList": {
+        "type": "object",
+        "required": ["bulk"],
+        "properties": {"bulk": {"type": "array", "items": _ref("Bulk")}},
     },
     "Credentials": {
         "type": "object",

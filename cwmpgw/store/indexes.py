@@ -30,8 +30,8 @@ __all__ = [
     "field_key",
     "source_key",
     "source_score",
-    "tag_key",
     "tag_counts_key",
+    "tag_key",
 ]
 
 #: The record fields with an equality index.

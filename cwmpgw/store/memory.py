@@ -23,10 +23,10 @@ from cwmpgw.store.interfaces import (
 )
 
 __all__ = [
+    "VERSION_PARAMETERS",
     "MemoryConnReqCredentialStore",
     "MemoryCredentialStore",
     "MemoryDeviceStore",
-    "VERSION_PARAMETERS",
     "device_fields",
     "device_view",
 ]

@@ -34,16 +34,16 @@ from zope.interface import implementer
 
 from cwmpgw.bus.events import Event
 from cwmpgw.bus.redis import EMIT_LUA, EventStream
+from cwmpgw.store.indexes import source_score
 from cwmpgw.store.interfaces import (
+    MAX_TAGS,
     ConnReqCredential,
     IConnReqCredentialStore,
     ICredentialStore,
     IDeviceStore,
-    MAX_TAGS,
     InformRecord,
     StoredCredential,
 )
-from cwmpgw.store.indexes import source_score
 from cwmpgw.store.memory import device_fields, device_view
 from cwmpgw.store.secretbox import SecretBox
 from cwmpgw.store.sessionlock import owner_key
