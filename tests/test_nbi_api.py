@@ -30,6 +30,7 @@ from zope.interface.verify import verifyObject
 
 from cwmpgw.config import NbiConfig
 from cwmpgw.connreq.interfaces import IConnectionRequester, WakeResult
+from cwmpgw.fleet.bulk import MemoryBulkService
 from cwmpgw.fleet.selector import Selector
 from cwmpgw.nbi.api import NbiResource, NbiSite, parse_task_request
 from cwmpgw.nbi.auth import IAuthorizer, OpenAuthorizer, TokenAuthorizer, make_authorizer
@@ -352,6 +353,7 @@ class Api:
             clock=self.clock,
             max_body_bytes=self.max_body_bytes,
             max_wait=self.max_wait,
+            bulks=MemoryBulkService(self.clock),
         )
         self.site = NbiSite(self.resource, reactor=self.clock)
 
@@ -521,7 +523,7 @@ class AuthTests(SynchronousTestCase):
 
     def test_every_protected_route_needs_the_token(self) -> None:
         for route in ROUTES:
-            path = route.path.format(device_id=DEV, task_id="task1")
+            path = route.path.format(device_id=DEV, task_id="task1", bulk_id="bulk1")
             r = self.api.call(route.method, path, {} if route.body else None, token=None)
             if route.public:
                 self.assertEqual(r.status, 200, route)
@@ -1171,12 +1173,15 @@ class OpenApiTests(SynchronousTestCase):
         ]
 
     def fill(self, path: str, task_id: str) -> str:
+        path = path.replace("{bulk_id}", self.bulk_id)
         return path.replace("{device_id}", quote(DEV, safe="")).replace("{task_id}", task_id)
 
     def new_task(self) -> str:
         """A fresh gateway (earlier requests may have deleted the device) with one task."""
         self.api = Api()
         task_id: str = self.api.call("POST", dev_path(DEV, "/tasks"), GPV).json()["id"]
+        bulk = {"selector": {}, "task": {"type": "Reboot"}}
+        self.bulk_id: str = self.api.call("POST", "/bulk", bulk).json()["id"]
         return task_id
 
     def documented(self, op: dict[str, Any], r: Response) -> dict[str, Any]:
@@ -1285,6 +1290,7 @@ class OpenApiTests(SynchronousTestCase):
                     schema = op["requestBody"]["content"]["application/json"]["schema"]
                     body = example(self.doc, schema)
                 unknown = url.replace(quote(DEV, safe=""), "nope").replace(task_id, "nope")
+                unknown = unknown.replace(self.bulk_id, "nope")
                 r = self.api.call(method, unknown, body)
                 self.assertEqual(r.status, 404, (method, unknown))
                 tries.append(r)

@@ -23,6 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from cwmpgw.bus.memory import MemoryEventBus
 from cwmpgw.cwmp.messages import DeviceId, EventStruct, ParameterValue
+from cwmpgw.fleet.bulk import MemoryBulkService
 from cwmpgw.fleet.inventory import MemoryInventory
 from cwmpgw.nbi.api import NbiResource, NbiSite
 from cwmpgw.nbi.auth import TokenAuthorizer
@@ -159,6 +160,7 @@ class Gateway:
             rotations=MemoryRotations(),
         )
         self.health = FakeHealth()
+        self.bulks = MemoryBulkService(self.clock)
         self.resource = NbiResource(
             tasks=self.tasks,
             devices=self.directory,
@@ -168,6 +170,7 @@ class Gateway:
             clock=self.clock,
             max_body_bytes=4096,
             max_wait=60,
+            bulks=self.bulks,
         )
         self.site = NbiSite(self.resource, reactor=self.clock)
         self.inform(DEV, "TP-Link", NOW - 100.5, events=("0 BOOTSTRAP", "1 BOOT"))
@@ -346,6 +349,30 @@ class ConformanceTests(SynchronousTestCase):
         self.call("POST", dev_path(DEV, "/tags"), 400, {})
         self.call("POST", dev_path(DEV, "/tags"), 409, {"add": [f"t{i}" for i in range(64)]})
         self.call("POST", nope + "/tags", 404, {"add": ["pilot"]})
+        # bulk tasks
+        bulk_body = {"selector": {"tags": ["pilot"]}, "task": {"type": "Reboot"}}
+        bulk = self.call("POST", "/bulk", 202, {**bulk_body, "idempotency_key": "k1"})
+        self.call("POST", "/bulk", 200, {**bulk_body, "idempotency_key": "k1"})
+        self.call(
+            "POST",
+            "/bulk",
+            422,
+            {**bulk_body, "task": {"type": "FactoryReset"}, "idempotency_key": "k1"},
+        )
+        self.call("POST", "/bulk", 400, {"selector": {"colour": "red"}, "task": {"type": "Reboot"}})
+        self.call("POST", "/bulk", 400, {"device_ids": ["a"], "task": {"type": "Rebooot"}})
+        self.call("POST", "/bulk", 400, {"task": {"type": "Reboot"}})
+        self.call(
+            "POST", "/bulk", 413, raw=b" " * 5000, headers={"Content-Type": "application/json"}
+        )
+        self.call("POST", "/bulk", 415, raw=b"{}", headers={"Content-Type": "text/plain"})
+        self.call("GET", "/bulk", 200)
+        self.call("GET", "/bulk/" + bulk["id"], 200)
+        self.call("GET", "/bulk/nope", 404)
+        self.call("DELETE", "/bulk/" + bulk["id"], 202)
+        gw.bulks.raw[bulk["id"]]["status"] = "cancelled"
+        self.call("DELETE", "/bulk/" + bulk["id"], 200)
+        self.call("DELETE", "/bulk/nope", 404)
         tags_url = dev_path(DEV, "/tags")
         self.call(
             "POST", tags_url, 413, raw=b" " * 5000, headers={"Content-Type": "application/json"}
@@ -416,7 +443,11 @@ class ConformanceTests(SynchronousTestCase):
         # 401 without a token, 500 for a bug and 503 for storage trouble, on every route
         for path, item in self.doc["paths"].items():
             for method, op in item.items():
-                url = path.replace("{device_id}", quote(DEV2, safe="")).replace("{task_id}", "t1")
+                url = (
+                    path.replace("{device_id}", quote(DEV2, safe=""))
+                    .replace("{task_id}", "t1")
+                    .replace("{bulk_id}", "b1")
+                )
                 if op.get("security") != []:
                     self.call(method.upper(), url, 401, token=None)
                 for error, status in ((RuntimeError("bug"), 500), (ConnectionRefusedError(), 503)):
@@ -457,6 +488,7 @@ class ConformanceTests(SynchronousTestCase):
             "TaskRequest": {"type": "Reboot"},
             "Credentials": {"username": "u", "password": "p"},
             "TagChange": {"add": ["pilot"]},
+            "BulkRequest": {"selector": {}, "task": {"type": "Reboot"}},
         }[name]
 
 

@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from twisted.application.internet import TimerService
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
@@ -58,6 +58,7 @@ __all__ = [
     "BulkRequest",
     "BulkRunner",
     "IBulkService",
+    "MemoryBulkService",
     "RedisBulkService",
     "parse_bulk_request",
 ]
@@ -614,3 +615,67 @@ class BulkRunner(TimerService):
             )
         except Exception:
             self._log.failure("could not publish bulk.progress")
+
+
+@implementer(IBulkService)
+class MemoryBulkService:
+    """Bulks kept in memory, not fanned out (the API's tests): same answers as Redis."""
+
+    def __init__(self, clock: IReactorTime, *, default_expiry: float = 604800) -> None:
+        self._clock = clock
+        self._default_expiry = default_expiry
+        self.raw: dict[str, dict[str, str]] = {}
+        self._keys: dict[str, tuple[str, str]] = {}
+
+    def create_from_json(self, obj: Any) -> Deferred[dict[str, Any]]:
+        async def run() -> dict[str, Any]:
+            bulk, _ = await self.create(parse_bulk_request(obj))
+            return bulk
+
+        return Deferred.fromCoroutine(run())
+
+    def create(self, request: BulkRequest) -> Deferred[tuple[dict[str, Any], bool]]:
+        async def run() -> tuple[dict[str, Any], bool]:
+            digest = request.fingerprint()
+            key = request.idempotency_key
+            if key is not None and key in self._keys:
+                prior_id, prior_digest = self._keys[key]
+                if prior_digest != digest:
+                    raise BulkConflict("already used for another bulk request", "idempotency_key")
+                return _view(prior_id, self.raw[prior_id]), True
+            now = self._clock.seconds()
+            bulk_id = "b" + new_task_id(now)[1:]
+            raw = {
+                "status": "running",
+                "created": repr(now),
+                "updated": repr(now),
+                "task": json.dumps(request.task),
+                "connection_request": "1" if request.connection_request else "0",
+                "fanned": "0",
+            }
+            if request.selector is not None:
+                raw["selector"] = json.dumps(request.selector.to_dict())
+            else:
+                raw["id_count"] = str(len(request.ids or []))
+            self.raw[bulk_id] = raw
+            if key is not None:
+                self._keys[key] = (bulk_id, digest)
+            return _view(bulk_id, raw), False
+
+        return Deferred.fromCoroutine(run())
+
+    def get(self, bulk_id: str) -> Deferred[dict[str, Any] | None]:
+        raw = self.raw.get(bulk_id)
+        return succeed(_view(bulk_id, raw) if raw else None)
+
+    def recent(self, limit: int) -> Deferred[list[dict[str, Any]]]:
+        newest = sorted(self.raw, key=lambda b: float(self.raw[b]["created"]), reverse=True)
+        return succeed([_view(b, self.raw[b]) for b in newest[:limit]])
+
+    def cancel(self, bulk_id: str) -> Deferred[dict[str, Any] | None]:
+        raw = self.raw.get(bulk_id)
+        if raw is None:
+            return succeed(None)
+        if raw["status"] == "running":
+            raw["status"] = "cancelling"
+        return succeed(_view(bulk_id, raw))
