@@ -197,7 +197,7 @@ class FleetIntegrationTests(TestCase):
         self.assertEqual(progress[-1]["counts"]["done"], len(pilot))
 
         # A second bulk, by id list, cancelled before the devices come back.
-        body = {"device_ids": ids[:50] + ["nobody-X-1"], "task": {"type": "Reboot"}}
+        body = {"device_ids": [*ids[:50], "nobody-X-1"], "task": {"type": "Reboot"}}
         status, bulk = await self.api(service, "POST", "/bulk", body)
         self.assertEqual(status, 202)
         second = bulk["id"]
