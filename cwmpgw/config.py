@@ -31,6 +31,7 @@ __all__ = [
     "ConfigError",
     "ConnreqConfig",
     "EventsConfig",
+    "FleetConfig",
     "GatewayConfig",
     "MetricsConfig",
     "NbiConfig",
@@ -531,6 +532,19 @@ class ProvisionConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetConfig:
+    # A device is online if it informed within this many seconds; 0: twice
+    # provision.periodic_inform_interval.
+    online_window: int = _setting(0, _int(0, 31536000))
+    # Bulk tasks: devices given their task per second, per bulk (without connection
+    # requests; with them, connreq.rate paces), and how often the fan-out runs.
+    bulk_rate: float = _setting(200.0, _number(0.1, 100000))
+    bulk_tick: float = _setting(1.0, _number(0.05, 60))
+    # Profiles are re-read from Redis at most this often by each node.
+    profile_cache: float = _setting(5.0, _number(0, 3600))
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     acs: AcsConfig = field(default_factory=AcsConfig)
@@ -543,6 +557,7 @@ class Config:
     xmpp: XmppConfig = field(default_factory=XmppConfig)
     provision: ProvisionConfig = field(default_factory=ProvisionConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
     source: str | None = None  # the file it came from; None = defaults and overrides only
 
 
@@ -558,6 +573,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "xmpp": XmppConfig,
     "provision": ProvisionConfig,
     "metrics": MetricsConfig,
+    "fleet": FleetConfig,
 }
 
 

@@ -4,8 +4,9 @@ its parts.
 Children, in start order (each once the one before is up; stop is the reverse, so the
 embedded Redis goes last): Redis → the event listener → the event spool → the XMPP
 login → connection requests → task expiry → the ACS listener → the API listener → the
-command stream → metrics → worker processes. Each is built by a small step below from what the steps
-before it made; the parts themselves are made in :mod:`cwmpgw.app`.
+command stream → the bulk-task fan-out → metrics → worker processes. Each is built by a
+small step below from what the steps before it made; the parts themselves are made in
+:mod:`cwmpgw.app`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from cwmpgw.acs.resource import AcsSite
 from cwmpgw.app import acs as acs_part
 from cwmpgw.app import nbi as nbi_part
 from cwmpgw.app.connreq import ConnreqPart
+from cwmpgw.app.fleet import make_bulk_runner, make_bulks, make_inventory
 from cwmpgw.app.metrics import ReactorLag, make_metrics, redis_sampler
 from cwmpgw.app.redis import RedisPart
 from cwmpgw.app.state import StatePart, spool_name
@@ -35,6 +37,8 @@ from cwmpgw.bus.listener import EventListener
 from cwmpgw.bus.spool import SpoolingEventSink
 from cwmpgw.config import Config
 from cwmpgw.connreq.waker import ConnectionRequestService
+from cwmpgw.fleet.bulk import BulkRunner, RedisBulkService
+from cwmpgw.fleet.inventory import RedisInventory
 from cwmpgw.metrics import MeteredEventSink, Metrics
 from cwmpgw.nbi.commands import CommandConsumer
 from cwmpgw.nbi.directory import DeviceDirectory
@@ -86,6 +90,9 @@ class GatewayService(OrderedTree):
         self._nbi: Listener | None = None
         self._metrics: Listener | None = None
         self.directory: DeviceDirectory | None = None
+        self.inventory: RedisInventory | None = None
+        self.bulks: RedisBulkService | None = None
+        self.bulk_runner: BulkRunner | None = None
         self.commands: CommandConsumer | None = None
         self.workers: WorkerPool | None = None
         super().__init__(
@@ -99,6 +106,7 @@ class GatewayService(OrderedTree):
                 self._step_acs,
                 self._step_api,
                 self._step_commands,
+                self._step_bulk,
                 self._step_metrics,
                 self._step_sampler,
                 self._step_lag,
@@ -272,11 +280,14 @@ class GatewayService(OrderedTree):
         if not self.config.nbi.enabled:
             return None
         assert self.devices and self.credentials and self.connreq_credentials and self.tasks
+        self.inventory = make_inventory(self.config, self._reactor, self._up()[0])
+        self.bulks = make_bulks(self.config, self._reactor, self._up()[0])
         self.directory = DeviceDirectory(
             self.devices,
             self.credentials,
             self.connreq_credentials,
             realm=self.config.auth.realm,
+            inventory=self.inventory,
             tasks=self.tasks,
             rotations=self.rotations,
         )
@@ -295,6 +306,7 @@ class GatewayService(OrderedTree):
                 listener=self.listener,
                 spool=self.spool,
             ),
+            bulks=self.bulks,
         )
         return self._nbi
 
@@ -309,8 +321,25 @@ class GatewayService(OrderedTree):
             dedicated=self._redis.dedicated,
             tasks=self.tasks,
             events=self.events,
+            tagger=self.devices,
+            bulks=self.bulks,
         )
         return self.commands
+
+    def _step_bulk(self) -> BulkRunner | None:
+        if not self.config.nbi.enabled:
+            return None
+        assert self.bulks and self.tasks and self.inventory and self.events
+        self.bulk_runner = make_bulk_runner(
+            self.config,
+            self._reactor,
+            self.bulks,
+            tasks=self.tasks,
+            inventory=self.inventory,
+            events=self.events,
+            waker=self.connreq,
+        )
+        return self.bulk_runner
 
     def _step_metrics(self) -> Listener | None:
         if self.config.metrics.enabled:

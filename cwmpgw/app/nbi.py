@@ -13,6 +13,7 @@ from cwmpgw.app.tree import Listener
 from cwmpgw.bus.events import IEventSink
 from cwmpgw.config import Config
 from cwmpgw.connreq.interfaces import IConnectionRequester
+from cwmpgw.fleet.bulk import IBulkService
 from cwmpgw.nbi.api import NbiResource, NbiSite
 from cwmpgw.nbi.auth import make_authorizer
 from cwmpgw.nbi.commands import CommandConsumer
@@ -32,6 +33,7 @@ def make_api(
     directory: IDeviceDirectory,
     waker: IConnectionRequester | None,
     health: GatewayHealth,
+    bulks: IBulkService | None = None,
 ) -> Listener:
     cfg = config.nbi
     resource = NbiResource(
@@ -43,6 +45,9 @@ def make_api(
         clock=reactor,
         max_body_bytes=cfg.max_body_bytes,
         max_wait=cfg.max_wait,
+        bulks=bulks,
+        default_expiry=config.tasks.default_expiry,
+        gpv_batch=config.tasks.gpv_batch,
     )
     site = NbiSite(resource, reactor=reactor)
     endpoint: IStreamServerEndpoint
@@ -72,6 +77,8 @@ def make_commands(
     dedicated: Any,
     tasks: ITaskService,
     events: IEventSink,
+    tagger: Any = None,
+    bulks: IBulkService | None = None,
 ) -> CommandConsumer:
     """The command stream's consumer; its blocking reads use a connection of their own."""
     consumer = CommandConsumer(
@@ -82,6 +89,8 @@ def make_commands(
         events=events,
         clock=reactor,
         node=config.gateway.node_name,
+        tagger=tagger,
+        bulks=bulks,
     )
     consumer.name = "commands"
     return consumer

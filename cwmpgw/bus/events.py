@@ -53,6 +53,10 @@ EVENT_TYPES = frozenset(
         "connreq.succeeded",
         "connreq.failed",
         "connreq.refused",
+        "tags.changed",
+        "bulk.progress",
+        "profile.applied",
+        "profile.failed",
     }
 )
 

@@ -28,9 +28,12 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from cwmpgw.availability import is_backend_failure
 from cwmpgw.connreq.interfaces import IConnectionRequester, WakeResult
+from cwmpgw.fleet.bulk import BulkConflict, BulkError, IBulkService, parse_bulk_request
+from cwmpgw.fleet.selector import SelectorError, parse_query, valid_tag
 from cwmpgw.nbi.auth import CHALLENGE, IAuthorizer
-from cwmpgw.nbi.interfaces import DeviceFilter, IDeviceDirectory, IHealth
+from cwmpgw.nbi.interfaces import IDeviceDirectory, IHealth
 from cwmpgw.nbi.openapi import ROUTES, Route, build_document
+from cwmpgw.store.interfaces import MAX_TAGS
 from cwmpgw.tasks.model import (
     IdempotencyConflict,
     ITaskService,
@@ -48,6 +51,7 @@ __all__ = [
     "NbiSite",
     "TaskRequest",
     "parse_json",
+    "parse_tag_change",
     "parse_task_request",
     "task_error_message",
 ]
@@ -151,6 +155,27 @@ def parse_task_request(obj: Any, *, device_id: str | None = None) -> TaskRequest
     return TaskRequest(device_id, task_type, args, expires_in, key)
 
 
+def parse_tag_change(obj: Any) -> tuple[list[str], list[str]]:
+    """``{"add": [...], "remove": [...]}`` (the API's body, a command entry's ``tags``)."""
+    if not isinstance(obj, dict):
+        _bad("the body must be a JSON object")
+    _only(obj, ("add", "remove", "device_id"))
+    out: list[list[str]] = []
+    for key in ("add", "remove"):
+        tags = obj.get(key) or []
+        if not isinstance(tags, list):
+            _bad(f"{key}: expected a list of tags")
+        if len(tags) > MAX_TAGS:
+            _bad(f"{key}: at most {MAX_TAGS} tags")
+        for i, tag in enumerate(tags):
+            if not valid_tag(tag):
+                _bad(f"{key}[{i}]: a tag is 1 to 64 characters of A-Z a-z 0-9 _ . : @ + -")
+        out.append(sorted(set(tags)))
+    if not out[0] and not out[1]:
+        _bad("add or remove: give at least one tag")
+    return out[0], out[1]
+
+
 def _device_id(value: Any, where: str) -> str:
     return _text(value, where, max_length=_MAX_DEVICE_ID)
 
@@ -241,9 +266,15 @@ class NbiResource(Resource):
         clock: IReactorTime,
         max_body_bytes: int,
         max_wait: float,
+        bulks: IBulkService | None = None,
+        default_expiry: float = 604800,
+        gpv_batch: int = 100,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._tasks = tasks
+        self._bulks = bulks
+        self._default_expiry = default_expiry
+        self._gpv_batch = gpv_batch
         self._devices = devices
         self._waker = waker
         self._health = health
@@ -436,16 +467,38 @@ class NbiResource(Resource):
             if not re.fullmatch(r"\d{1,4}", q["limit"]) or not 1 <= int(q["limit"]) <= 1000:
                 _bad("limit: an integer from 1 to 1000")
             limit = int(q["limit"])
-        filter_ = DeviceFilter(
-            id_prefix=_query_text(q, "id_prefix"),
-            oui=_query_text(q, "oui"),
-            product_class=_query_text(q, "product_class"),
-            informed_after=_time(q, "informed_after"),
-            informed_before=_time(q, "informed_before"),
-        )
+        for name in q:
+            _query_text(q, name, 1024 if name in ("cursor", "id_prefix", "parameter") else 256)
+        try:
+            selector = parse_query(q)
+        except SelectorError as e:
+            _bad(str(e).lstrip(".: "))
         cursor = _query_text(q, "cursor", 1024)
-        devices, next_cursor = await self._devices.list_devices(filter_, cursor=cursor, limit=limit)
+        devices, next_cursor = await self._devices.list_devices(
+            selector, cursor=cursor, limit=limit
+        )
         return _Answer(200, {"devices": devices, "next_cursor": next_cursor})
+
+    async def _op_list_tags(self, call: _Call) -> _Answer:
+        return _Answer(200, {"tags": await self._devices.tag_counts()})
+
+    async def _op_change_tags(self, call: _Call) -> _Answer:
+        device_id = _path_device(call)
+        add, remove = parse_tag_change(call.body)
+        try:
+            tags = await self._devices.change_tags(device_id, add, remove)
+        except ValueError as e:
+            raise ApiError(409, "too_many_tags", str(e)) from None
+        if tags is None:
+            raise _no_device(device_id)
+        self._log.info(
+            "{principal} tagged {device_id}: +{add} -{remove}",
+            principal=call.principal,
+            device_id=device_id,
+            add=",".join(add),
+            remove=",".join(remove),
+        )
+        return _Answer(200, {"id": device_id, "tags": tags})
 
     async def _op_get_device(self, call: _Call) -> _Answer:
         device_id = _path_device(call)
@@ -613,6 +666,66 @@ class NbiResource(Resource):
 
         return Deferred.fromCoroutine(wait())
 
+    # -- bulk tasks --------------------------------------------------------------------------
+
+    def _bulk_service(self) -> IBulkService:
+        if self._bulks is None:
+            raise ApiError(404, "not_found", "bulk tasks are not enabled on this gateway")
+        return self._bulks
+
+    async def _op_create_bulk(self, call: _Call) -> _Answer:
+        bulks = self._bulk_service()
+        body = call.body
+        header = call.request.getHeader(b"idempotency-key")
+        if header is not None and isinstance(body, dict):
+            header_key = header.decode("latin-1").strip()
+            if body.get("idempotency_key", header_key) != header_key:
+                _bad("idempotency_key: differs from the Idempotency-Key header")
+            body = {**body, "idempotency_key": header_key}
+        try:
+            request = parse_bulk_request(
+                body, default_expiry=self._default_expiry, gpv_batch=self._gpv_batch
+            )
+        except BulkError as e:
+            code = "invalid_task" if e.path.startswith("task") else "invalid_request"
+            raise ApiError(400, code, str(e)) from None
+        try:
+            bulk, again = await bulks.create(request)
+        except BulkConflict as e:
+            raise ApiError(422, "idempotency_conflict", str(e)) from None
+        self._log.info(
+            "{principal} started bulk {bulk_id} ({task_type})"
+            if not again
+            else "{principal} repeated the request of bulk {bulk_id} ({task_type})",
+            principal=call.principal,
+            bulk_id=bulk["id"],
+            task_type=request.task["type"],
+        )
+        headers = {"Location": "/bulk/" + bulk["id"]}
+        if again:
+            headers["Idempotent-Replayed"] = "true"
+        return _Answer(200 if again else 202, bulk, headers)
+
+    async def _op_list_bulk(self, call: _Call) -> _Answer:
+        return _Answer(200, {"bulk": await self._bulk_service().recent(100)})
+
+    async def _op_get_bulk(self, call: _Call) -> _Answer:
+        bulk_id = _path_bulk(call)
+        bulk = await self._bulk_service().get(bulk_id)
+        if bulk is None:
+            raise _no_bulk(bulk_id)
+        return _Answer(200, bulk)
+
+    async def _op_cancel_bulk(self, call: _Call) -> _Answer:
+        bulk_id = _path_bulk(call)
+        bulk = await self._bulk_service().cancel(bulk_id)
+        if bulk is None:
+            raise _no_bulk(bulk_id)
+        self._log.info(
+            "{principal} cancelled bulk {bulk_id}", principal=call.principal, bulk_id=bulk_id
+        )
+        return _Answer(202 if bulk["status"] == "cancelling" else 200, bulk)
+
     async def _op_get_task(self, call: _Call) -> _Answer:
         task_id = _path_task(call)
         task = await self._tasks.get(task_id)
@@ -745,6 +858,17 @@ def _path_task(call: _Call) -> str:
     if not _TASK_ID_RE.fullmatch(task_id):
         raise _no_task(task_id)
     return task_id
+
+
+def _path_bulk(call: _Call) -> str:
+    bulk_id = call.params["bulk_id"]
+    if not _TASK_ID_RE.fullmatch(bulk_id):
+        raise _no_bulk(bulk_id)
+    return bulk_id
+
+
+def _no_bulk(bulk_id: str) -> ApiError:
+    return ApiError(404, "bulk_not_found", f"no bulk {_show(bulk_id)}")
 
 
 def _no_device(device_id: str) -> ApiError:

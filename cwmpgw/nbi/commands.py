@@ -29,7 +29,13 @@ from twisted.python.failure import Failure
 
 from cwmpgw.availability import is_backend_failure
 from cwmpgw.bus.events import Event, IEventSink, device_ref
-from cwmpgw.nbi.api import ApiError, parse_json, parse_task_request, task_error_message
+from cwmpgw.nbi.api import (
+    ApiError,
+    parse_json,
+    parse_tag_change,
+    parse_task_request,
+    task_error_message,
+)
 from cwmpgw.tasks.model import ITaskService, TaskError, UnknownDevice, replayed
 
 __all__ = ["MAX_COMMAND_BYTES", "CommandConsumer"]
@@ -77,6 +83,8 @@ class CommandConsumer(Service):
         claim_idle_ms: int = 60000,
         max_attempts: int = 5,
         stop_grace: float = 10.0,
+        tagger: Any = None,
+        bulks: Any = None,
     ) -> None:
         """``redis`` (the shared pool) carries XGROUP, XAUTOCLAIM and XACK; ``connect()``
         fires with the dedicated connection for XREADGROUP, closed again on stop. A lazy
@@ -90,6 +98,8 @@ class CommandConsumer(Service):
         self.key = f"{prefix}commands"
         self._connect = connect
         self._tasks = tasks
+        self._tagger = tagger  # change_tags(device_id, add, remove), for ``tags`` entries
+        self._bulks = bulks  # an IBulkService, for ``bulk`` entries
         self._events = events
         self._clock = clock
         self._node = node
@@ -338,6 +348,9 @@ class CommandConsumer(Service):
         if fields is None:  # deleted from the stream while pending: nothing to do
             await self._ack(entry_id)
             return
+        if "tags" in fields or "bulk" in fields:
+            await self._process_fleet(entry_id, fields)
+            return
         device_id: str | None = None
         try:
             device_id, req = _parse(fields)
@@ -382,6 +395,69 @@ class CommandConsumer(Service):
         await self._ack(entry_id)
         self._attempts.pop(entry_id, None)
 
+    async def _process_fleet(self, entry_id: str, fields: dict[str, str]) -> None:
+        """A ``tags`` entry (add/remove a device's tags) or a ``bulk`` entry (a bulk task)."""
+        kind = "tags" if "tags" in fields else "bulk"
+        device_id: str | None = None
+        try:
+            body = _field_json(fields, kind)
+            if kind == "tags":
+                device_id = _device_of(body)
+                await self._tag(entry_id, body)
+            else:
+                await self._bulk(entry_id, body)
+        except _Rejected as r:
+            await self._reject(entry_id, r.reason, r.device_id or device_id)
+        except CancelledError:
+            raise
+        except Exception as e:
+            attempts = self._attempts.get(entry_id, 0) + 1
+            if is_backend_failure(e) or attempts < self._max_attempts:
+                if not is_backend_failure(e):
+                    self._attempts[entry_id] = attempts
+                raise
+            self._log.failure("command {entry_id} failed; rejecting it", entry_id=entry_id)
+            await self._reject(entry_id, f"internal error while processing {kind}", device_id)
+        await self._ack(entry_id)
+        self._attempts.pop(entry_id, None)
+
+    async def _tag(self, entry_id: str, body: Any) -> None:
+        if self._tagger is None:
+            raise _Rejected("tags are not handled by this gateway")
+        device_id = _device_of(body)
+        if device_id is None:
+            raise _Rejected("device_id: required")
+        try:
+            add, remove = parse_tag_change(body)
+        except ApiError as e:
+            raise _Rejected(e.message, device_id) from None
+        try:
+            tags = await self._tagger.change_tags(device_id, add, remove)
+        except ValueError as e:
+            raise _Rejected(str(e), device_id) from None
+        if tags is None:
+            raise _Rejected(f"unknown device {device_id}", device_id)
+        await self._events.publish(
+            Event(
+                type="tags.changed",
+                ts=self._clock.seconds(),
+                node=self._node,
+                data={"entry_id": entry_id, "added": add, "removed": remove, "tags": tags},
+                device=device_ref(device_id),
+            )
+        )
+
+    async def _bulk(self, entry_id: str, body: Any) -> None:
+        if self._bulks is None:
+            raise _Rejected("bulk tasks are not handled by this gateway")
+        try:
+            bulk = await self._bulks.create_from_json(body)
+        except ValueError as e:
+            raise _Rejected(str(e)) from None
+        self._log.info(
+            "command {entry_id} started bulk {bulk_id}", entry_id=entry_id, bulk_id=bulk["id"]
+        )
+
     async def _reject(self, entry_id: str, reason: str, device_id: str | None) -> None:
         self._log.warn("command {entry_id} rejected: {reason}", entry_id=entry_id, reason=reason)
         await self._events.publish(
@@ -396,6 +472,21 @@ class CommandConsumer(Service):
 
     async def _ack(self, entry_id: str) -> None:
         await self._redis.execute_command("XACK", self.key, self._group, entry_id)
+
+
+def _field_json(fields: dict[str, str], name: str) -> Any:
+    raw = fields[name]
+    if len(raw) > MAX_COMMAND_BYTES:
+        raise _Rejected(f"field {name!r} is larger than {MAX_COMMAND_BYTES} bytes")
+    try:
+        return parse_json(raw)
+    except ValueError as e:
+        raise _Rejected(f"field {name!r} is not valid JSON: {e}") from None
+
+
+def _device_of(body: Any) -> str | None:
+    device_id = body.get("device_id") if isinstance(body, dict) else None
+    return device_id if isinstance(device_id, str) and device_id else None
 
 
 def _parse(fields: dict[str, str]) -> tuple[str | None, Any]:

@@ -1,8 +1,7 @@
 """The device directory the northbound API reads and edits, over the stores.
 
-Listing filters on the device records page by page (the ``devices`` index is ordered by
-last inform), so a filter that matches few devices costs a scan of the index; the cursor
-is the position in that index.
+Listing is the inventory's query (:mod:`cwmpgw.fleet.inventory`): indexed, in device-id
+order, the cursor being the last id a page examined.
 """
 
 from __future__ import annotations
@@ -13,7 +12,9 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from cwmpgw.nbi.interfaces import DeviceFilter, IDeviceDirectory
+from cwmpgw.fleet.inventory import IInventory
+from cwmpgw.fleet.selector import Selector
+from cwmpgw.nbi.interfaces import IDeviceDirectory
 from cwmpgw.store.interfaces import (
     ConnReqCredential,
     IConnReqCredentialStore,
@@ -25,9 +26,6 @@ from cwmpgw.web.digest import ha1
 
 __all__ = ["DeviceDirectory"]
 
-_SCAN_CHUNK = 200
-_MAX_SCANNED = 20_000  # per request: a page may come back short, with a cursor to go on
-
 
 @implementer(IDeviceDirectory)
 class DeviceDirectory:
@@ -38,6 +36,7 @@ class DeviceDirectory:
         connreq_credentials: IConnReqCredentialStore,
         *,
         realm: str,
+        inventory: IInventory,
         tasks: ITaskService | None = None,
         rotations: Any = None,
     ) -> None:
@@ -45,37 +44,22 @@ class DeviceDirectory:
         self._credentials = credentials
         self._connreq = connreq_credentials
         self._realm = realm
+        self._inventory = inventory
         self._tasks = tasks
         self._rotations = rotations
 
     def list_devices(
-        self, filter: DeviceFilter, *, cursor: str, limit: int
+        self, selector: Selector, *, cursor: str, limit: int
     ) -> Deferred[tuple[list[dict[str, Any]], str]]:
-        return Deferred.fromCoroutine(self._list(filter, cursor, limit))
+        return self._inventory.query(selector, cursor=cursor, limit=limit)
 
-    async def _list(
-        self, filter: DeviceFilter, cursor: str, limit: int
-    ) -> tuple[list[dict[str, Any]], str]:
-        offset = int(cursor) if cursor.isdigit() else 0
-        found: list[dict[str, Any]] = []
-        scanned = 0
-        while len(found) < limit and scanned < _MAX_SCANNED:
-            chunk = await self._devices.list_devices(
-                after=filter.informed_after,
-                before=filter.informed_before,
-                offset=offset,
-                count=_SCAN_CHUNK,
-            )
-            if not chunk:
-                return found, ""
-            for record in chunk:
-                offset += 1
-                scanned += 1
-                if _matches(record, filter):
-                    found.append(record)
-                    if len(found) == limit:
-                        break
-        return found, str(offset)
+    def change_tags(
+        self, device_id: str, add: Sequence[str], remove: Sequence[str]
+    ) -> Deferred[list[str] | None]:
+        return self._devices.change_tags(device_id, add, remove)
+
+    def tag_counts(self) -> Deferred[dict[str, int]]:
+        return self._inventory.tag_counts()
 
     def get_device(
         self, device_id: str, parameters: Sequence[str] | None = None
@@ -120,11 +104,3 @@ class DeviceDirectory:
             raise RuntimeError("credential rotation is not configured")
         d: Deferred[None] = self._rotations.request(device_id)
         return d
-
-
-def _matches(record: dict[str, Any], f: DeviceFilter) -> bool:
-    return (
-        str(record.get("id", "")).startswith(f.id_prefix)
-        and (not f.oui or record.get("oui") == f.oui)
-        and (not f.product_class or record.get("product_class") == f.product_class)
-    )

@@ -3,29 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
-__all__ = ["DeviceFilter", "IDeviceDirectory", "IHealth"]
+from cwmpgw.fleet.selector import Selector
 
-
-@dataclass(frozen=True, slots=True)
-class DeviceFilter:
-    id_prefix: str = ""
-    oui: str = ""
-    product_class: str = ""
-    informed_after: float | None = None  # Unix seconds, inclusive
-    informed_before: float | None = None
+__all__ = ["IDeviceDirectory", "IHealth"]
 
 
 class IDeviceDirectory(Interface):
     def list_devices(
-        filter: DeviceFilter, *, cursor: str, limit: int
+        selector: Selector, *, cursor: str, limit: int
     ) -> Deferred[tuple[list[dict[str, Any]], str]]:
-        """A page of device records (without parameters) and the next cursor ("" = end)."""
+        """A page of the selected device records (without parameters), in id order, and
+        the next cursor ("" = end)."""
+
+    def change_tags(
+        device_id: str, add: Sequence[str], remove: Sequence[str]
+    ) -> Deferred[list[str] | None]:
+        """Add and remove tags; the device's tags after, or None for an unknown device.
+        Raises ValueError past the per-device limit."""
+
+    def tag_counts() -> Deferred[dict[str, int]]:
+        """Every tag in use and how many devices carry it."""
 
     def get_device(
         device_id: str, parameters: Sequence[str] | None = None

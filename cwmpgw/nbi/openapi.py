@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from cwmpgw.connreq.interfaces import OUTCOMES
+from cwmpgw.fleet.selector import QUERY_TERMS, SELECTOR_SCHEMA
 from cwmpgw.store.interfaces import DEVICE_FIELDS
 from cwmpgw.tasks.model import STATUSES
 from cwmpgw.tasks.plans import TASK_TYPES, args_schema
@@ -122,6 +123,17 @@ class Route:
         return dict(sorted(out.items()))
 
 
+_QUERY_SCHEMAS: Final[Mapping[str, Mapping[str, Any]]] = {
+    "informed_after": {"type": "string", "examples": ["2025-05-25T22:24:29Z", "1748211869"]},
+    "informed_before": {"type": "string", "examples": ["2025-05-26T00:00:00+02:00"]},
+    "informed_within": {"type": "number", "minimum": 0},
+    "not_informed_within": {"type": "number", "minimum": 0},
+    "online": {"type": "boolean"},
+    "parameter": {"type": "string", "examples": ["Device.DeviceInfo.ProvisioningCode=ABC"]},
+    "tags": {"type": "string", "examples": ["pilot,north"]},
+    "not_tags": {"type": "string", "examples": ["lab"]},
+    "source": {"type": "string", "examples": ["203.0.113.0/24", "2001:db8::/32"]},
+}
 _TASK_HEADERS: Final = {"Location": "`/tasks/{task_id}`: where to poll the task."}
 _DEVICE_NOT_FOUND: Final = Answer("No such device.", "Error")
 _TASK_NOT_FOUND: Final = Answer("No such task.", "Error")
@@ -153,26 +165,16 @@ ROUTES: Final[tuple[Route, ...]] = (
         "List devices, a page at a time.",
         {200: Answer("A page of devices (without their parameters).", "DeviceList")},
         description=(
-            "Devices ordered by their last Inform, oldest first. Pass `next_cursor` back as "
-            "`cursor` for the next page; an empty `next_cursor` means there is none."
+            "Devices selected by the query's terms (all must hold), ordered by id. Pass "
+            "`next_cursor` back as `cursor` for the next page; an empty `next_cursor` means "
+            "there is none. A selective query may answer a short page, even an empty one, "
+            "with a `next_cursor`: keep following it. Devices informing while you page "
+            "are neither skipped nor repeated."
         ),
         query=(
-            QueryParam(
-                "id_prefix", {"type": "string", "maxLength": 256}, "Device ids starting with this."
-            ),
-            QueryParam("oui", {"type": "string", "maxLength": 256}, "Exact OUI."),
-            QueryParam(
-                "product_class", {"type": "string", "maxLength": 256}, "Exact ProductClass."
-            ),
-            QueryParam(
-                "informed_after",
-                {"type": "string", "examples": ["2025-05-25T22:24:29Z", "1748211869"]},
-                "Last Inform at or after this time: RFC 3339 or Unix seconds.",
-            ),
-            QueryParam(
-                "informed_before",
-                {"type": "string", "examples": ["2025-05-26T00:00:00+02:00", "1748300000.5"]},
-                "Last Inform before this time: RFC 3339 or Unix seconds.",
+            *(
+                QueryParam(name, _QUERY_SCHEMAS.get(name, {"type": "string"}), text)
+                for name, text in QUERY_TERMS.items()
             ),
             QueryParam(
                 "cursor",
@@ -185,6 +187,26 @@ ROUTES: Final[tuple[Route, ...]] = (
                 "Page size.",
             ),
         ),
+    ),
+    Route(
+        "GET",
+        "/tags",
+        "list_tags",
+        "Every tag in use and how many devices carry it.",
+        {200: Answer("Tag → number of devices.", "TagCounts")},
+    ),
+    Route(
+        "POST",
+        "/devices/{device_id}/tags",
+        "change_tags",
+        "Add and remove tags of a device.",
+        {
+            200: Answer("The device's tags now.", "DeviceTags"),
+            404: _DEVICE_NOT_FOUND,
+            409: Answer("`too_many_tags`: the device would have more than 64 tags.", "Error"),
+        },
+        description="Removals first, then additions; adding a tag it has is no change.",
+        body="TagChange",
     ),
     Route(
         "GET",
@@ -296,6 +318,66 @@ ROUTES: Final[tuple[Route, ...]] = (
         body="TaskRequest",
     ),
     Route(
+        "POST",
+        "/bulk",
+        "create_bulk",
+        "Queue one task for every device a selector (or a list of ids) names.",
+        {
+            202: Answer(
+                "Started; follow it at `Location`.", "Bulk", {"Location": "`/bulk/{bulk_id}`."}
+            ),
+            200: Answer(
+                "The bulk an earlier request with the same idempotency key started, as it "
+                "is now (`Idempotent-Replayed: true`).",
+                "Bulk",
+                {"Location": "`/bulk/{bulk_id}`.", "Idempotent-Replayed": "`true`."},
+            ),
+            422: Answer(
+                "`idempotency_conflict`: the key was used for another bulk request.", "Error"
+            ),
+        },
+        description=(
+            "The gateway fans the task out as ordinary queued tasks (each in its device's "
+            "queue, with its own `task.*` events and the bulk's id in `bulk`), at most "
+            "`fleet.bulk_rate` devices per second (or `rate`, if lower); with "
+            "`connection_request`, each device is also woken, at `connreq.rate`. The "
+            "task's arguments are checked first: a 400 `invalid_task` names the culprit."
+        ),
+        headers=(
+            HeaderParam(
+                "Idempotency-Key",
+                "1 to 128 printable ASCII characters: the same as `idempotency_key`.",
+            ),
+        ),
+        body="BulkRequest",
+    ),
+    Route(
+        "GET",
+        "/bulk",
+        "list_bulk",
+        "The 100 most recent bulk tasks, newest first.",
+        {200: Answer("The bulks.", "BulkList")},
+    ),
+    Route(
+        "GET",
+        "/bulk/{bulk_id}",
+        "get_bulk",
+        "A bulk task and its counts.",
+        {200: Answer("The bulk.", "Bulk"), 404: Answer("No such bulk.", "Error")},
+    ),
+    Route(
+        "DELETE",
+        "/bulk/{bulk_id}",
+        "cancel_bulk",
+        "Cancel a bulk task: no more devices, and its queued tasks are cancelled.",
+        {
+            202: Answer("Cancelling: its queued tasks are being cancelled.", "Bulk"),
+            200: Answer("It was already over (complete or cancelled).", "Bulk"),
+            404: Answer("No such bulk.", "Error"),
+        },
+        description="Running tasks finish; they are counted as they end.",
+    ),
+    Route(
         "GET",
         "/tasks/{task_id}",
         "get_task",
@@ -321,9 +403,11 @@ _PATH_PARAMS: Final[Mapping[str, tuple[Mapping[str, Any], str]]] = {
         "The device id (`OUI-ProductClass-SerialNumber`), URL-encoded: each `%` in it as `%25`.",
     ),
     "task_id": ({"type": "string", "minLength": 1, "maxLength": 128}, "The task id."),
+    "bulk_id": ({"type": "string", "minLength": 1, "maxLength": 128}, "The bulk id."),
 }
 
 _TIME: Final = {"type": "number", "description": "Unix seconds."}
+_TAG: Final = {"type": "string", "pattern": "^[A-Za-z0-9_.:@+-]{1,64}$"}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -453,6 +537,137 @@ SCHEMAS: Final[Mapping[str, Mapping[str, Any]]] = {
             "next_cursor": {"type": "string", "description": "Empty when this is the last page."},
         },
     },
+    "Selector": dict(SELECTOR_SCHEMA),
+    "TagCounts": {
+        "type": "object",
+        "required": ["tags"],
+        "additionalProperties": False,
+        "properties": {
+            "tags": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 1}}
+        },
+    },
+    "TagChange": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "add": {"type": "array", "maxItems": 64, "items": _TAG},
+            "remove": {"type": "array", "maxItems": 64, "items": _TAG},
+        },
+        "examples": [{"add": ["pilot"], "remove": ["staging"]}],
+    },
+    "DeviceTags": {
+        "type": "object",
+        "required": ["id", "tags"],
+        "additionalProperties": False,
+        "properties": {"id": {"type": "string"}, "tags": {"type": "array", "items": _TAG}},
+    },
+    "BulkRequest": {
+        "type": "object",
+        "required": ["task"],
+        "additionalProperties": False,
+        "properties": {
+            "selector": _ref("Selector"),
+            "device_ids": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 100000,
+                "items": {"type": "string", "minLength": 1, "maxLength": 1024},
+            },
+            "task": {
+                "type": "object",
+                "required": ["type"],
+                "additionalProperties": False,
+                "properties": {
+                    "type": {"type": "string", "enum": list(TASK_TYPES)},
+                    "args": {"type": "object"},
+                    "expires_in": {"type": "number", "exclusiveMinimum": 0},
+                },
+                "description": "As the body of `POST /devices/{device_id}/tasks`.",
+            },
+            "connection_request": {"type": "boolean", "default": False},
+            "rate": {
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "description": "Devices per second (at most fleet.bulk_rate).",
+            },
+            "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 128},
+        },
+        "description": "Exactly one of `selector` and `device_ids`.",
+        "examples": [
+            {
+                "selector": {"oui": "9CA2F4", "tags": ["pilot"]},
+                "task": {"type": "Reboot"},
+                "connection_request": True,
+            }
+        ],
+    },
+    "Bulk": {
+        "type": "object",
+        "required": [
+            "id",
+            "status",
+            "created",
+            "updated",
+            "task",
+            "connection_request",
+            "fanned_out",
+            "counts",
+        ],
+        "additionalProperties": False,
+        "properties": {
+            "id": {"type": "string"},
+            "status": {
+                "type": "string",
+                "enum": ["running", "cancelling", "complete", "cancelled"],
+            },
+            "created": _TIME,
+            "updated": _TIME,
+            "selector": {"type": "object"},
+            "device_ids": {"type": "integer", "description": "How many ids were given."},
+            "task": {"type": "object"},
+            "connection_request": {"type": "boolean"},
+            "fanned_out": {
+                "type": "boolean",
+                "description": "Every selected device has its task.",
+            },
+            "counts": {
+                "type": "object",
+                "required": [
+                    "matched",
+                    "queued",
+                    "pending",
+                    "done",
+                    "failed",
+                    "expired",
+                    "cancelled",
+                    "skipped",
+                ],
+                "additionalProperties": False,
+                "properties": {
+                    name: {"type": "integer", "minimum": 0}
+                    for name in (
+                        "matched",
+                        "queued",
+                        "pending",
+                        "done",
+                        "failed",
+                        "expired",
+                        "cancelled",
+                        "skipped",
+                    )
+                },
+                "description": (
+                    "`matched` devices so far = `queued` (tasks created) + `skipped` "
+                    "(gone before their turn); `pending` = queued minus the final ones."
+                ),
+            },
+        },
+    },
+    "BulkList": {
+        "type": "object",
+        "required": ["bulk"],
+        "properties": {"bulk": {"type": "array", "items": _ref("Bulk")}},
+    },
     "Credentials": {
         "type": "object",
         "required": ["username", "password"],
@@ -525,6 +740,7 @@ SCHEMAS: Final[Mapping[str, Mapping[str, Any]]] = {
                 "description": "{code, string, parameters?} from the CPE, or {reason}.",
             },
             "command_key": {"type": "string"},
+            "bulk": {"type": "string", "description": "The bulk task it is part of, or empty."},
         },
         "oneOf": [_ref(_name(t, "Task")) for t in TASK_TYPES],
         "discriminator": {

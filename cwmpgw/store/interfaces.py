@@ -18,6 +18,7 @@ from cwmpgw.cwmp.messages import DeviceId, EventStruct, ParameterValue
 
 __all__ = [
     "DEVICE_FIELDS",
+    "MAX_TAGS",
     "NAME_ABSENT",
     "NAME_LISTED",
     "NAME_PRESENT",
@@ -35,6 +36,9 @@ __all__ = [
 
 
 _TEXT: Final = {"type": "string"}
+
+#: How many tags one device may carry.
+MAX_TAGS: Final = 64
 _UNIX_SECONDS: Final = {"type": "number", "description": "Unix seconds."}
 
 #: A device record as ``get_device`` and ``list_devices`` return it (``parameters`` aside):
@@ -61,6 +65,19 @@ DEVICE_FIELDS: Final[Mapping[str, Mapping[str, Any]]] = MappingProxyType(
         "connection_request_url": {
             "type": "string",
             "description": "From the last Inform; empty if it sent none.",
+        },
+        "software_version": {
+            "type": "string",
+            "description": "DeviceInfo.SoftwareVersion, from the last Inform that carried it.",
+        },
+        "hardware_version": {
+            "type": "string",
+            "description": "DeviceInfo.HardwareVersion, from the last Inform that carried it.",
+        },
+        "tags": {
+            "type": "array",
+            "description": "The operator's tags on the device, sorted.",
+            "items": {"type": "string"},
         },
         "last_events": {
             "type": "array",
@@ -175,8 +192,14 @@ class IDeviceStore(Interface):
         inform time, oldest first, for paging."""
 
     def delete_device(device_id: str) -> Deferred[bool]:
-        """Forget the record, its parameters, what is known of its names and its transfers;
-        True if it existed."""
+        """Forget the record, its parameters, transfers and tags, and what is known of its
+        parameter names; True if it existed."""
+
+    def change_tags(
+        device_id: str, add: Sequence[str], remove: Sequence[str]
+    ) -> Deferred[list[str] | None]:
+        """Add and remove tags (removals first); fires with the device's tags, sorted, or
+        None for an unknown device. Raises ValueError past :data:`MAX_TAGS` tags."""
 
 
 @dataclass(frozen=True, slots=True)

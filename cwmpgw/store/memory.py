@@ -13,6 +13,7 @@ from zope.interface import implementer
 from cwmpgw.bus.events import Event
 from cwmpgw.store.interfaces import (
     DEVICE_FIELDS,
+    MAX_TAGS,
     NAME_PRESENT,
     BootstrapUse,
     ConnReqCredential,
@@ -24,6 +25,7 @@ from cwmpgw.store.interfaces import (
 )
 
 __all__ = [
+    "VERSION_PARAMETERS",
     "MemoryConnReqCredentialStore",
     "MemoryCredentialStore",
     "MemoryDeviceStore",
@@ -32,10 +34,24 @@ __all__ = [
 ]
 
 
+#: Inform parameters (by suffix) copied into the record, for the inventory's indexes.
+VERSION_PARAMETERS: Final = {
+    ".DeviceInfo.SoftwareVersion": "software_version",
+    ".DeviceInfo.HardwareVersion": "hardware_version",
+}
+
+
 def device_fields(record: InformRecord) -> dict[str, str]:
-    """The device-hash fields one Inform sets (shared by both providers)."""
+    """The device-hash fields one Inform sets (shared by both providers); the versions
+    only when the Inform carries them."""
     d = record.device
+    versions: dict[str, str] = {}
+    for p in record.parameters:
+        for suffix, name in VERSION_PARAMETERS.items():
+            if p.name.endswith(suffix) and p.name.count(".") == 2:
+                versions[name] = p.value
     return {
+        **versions,
         "id": record.device_id,
         "manufacturer": d.manufacturer,
         "oui": d.oui,
@@ -79,12 +95,21 @@ def _events(text: Any) -> list[dict[str, str]]:
     ]
 
 
+def _tag_list(text: Any) -> list[str]:
+    try:
+        tags = json.loads(text)
+    except (TypeError, ValueError):
+        return []
+    return sorted(str(t) for t in tags) if isinstance(tags, list) else []
+
+
 _DECODERS: Final[Mapping[str, Callable[[Any], Any]]] = {
     "string": str,
     "number": _number,
     "integer": _integer,
     "array": _events,
 }
+_FIELD_DECODERS: Final[Mapping[str, Callable[[Any], Any]]] = {"tags": _tag_list}
 
 
 def device_view(stored: Mapping[str, Any]) -> dict[str, Any]:
@@ -95,7 +120,7 @@ def device_view(stored: Mapping[str, Any]) -> dict[str, Any]:
     version, or by hand) gets its type's zero value rather than failing the read.
     """
     return {
-        name: _DECODERS[schema["type"]](stored.get(name, ""))
+        name: _FIELD_DECODERS.get(name, _DECODERS[schema["type"]])(stored.get(name, ""))
         for name, schema in DEVICE_FIELDS.items()
     }
 
@@ -189,6 +214,22 @@ class MemoryDeviceStore:
         for key in [k for k in self.transfers if k[0] == device_id]:
             del self.transfers[key]
         return succeed(existed)
+
+    def change_tags(
+        self, device_id: str, add: Sequence[str], remove: Sequence[str]
+    ) -> Deferred[list[str] | None]:
+        dev = self.devices.get(device_id)
+        if dev is None:
+            return succeed(None)
+        tags = set(_tag_list(dev.get("tags", "[]"))) - set(remove)
+        tags |= set(add)
+        if len(tags) > MAX_TAGS:
+            return fail(ValueError(f"a device has at most {MAX_TAGS} tags"))
+        dev["tags"] = json.dumps(sorted(tags))
+        return succeed(sorted(tags))
+
+    def tags_of(self, device_id: str) -> list[str]:
+        return _tag_list(self.devices.get(device_id, {}).get("tags", "[]"))
 
 
 @implementer(ICredentialStore)

@@ -8,6 +8,8 @@ Key layout (all under the configured prefix, default ``cwmpgw:``):
 - ``device:<id>:params`` hash: parameter name -> JSON ``[value, xsi type]``
 - ``device:<id>:transfers`` hash: transfer key -> JSON result
 - ``devices`` sorted set: device id scored by last inform time
+- the inventory's indexes (``idx:*``, ``device:<id>:tags``, ``tags``): see
+  :mod:`cwmpgw.store.indexes`
 - ``events`` stream (and ``events:<type>`` channels): ``device.registered`` and
   ``transfer.complete`` / ``du.complete`` are stored in the script that writes what they
   report (see ``cwmpgw.bus.redis.EMIT_LUA``), so a crash cannot keep one without the other
@@ -38,7 +40,9 @@ from zope.interface import implementer
 
 from cwmpgw.bus.events import Event
 from cwmpgw.bus.redis import EMIT_LUA, EventStream
+from cwmpgw.store.indexes import source_score
 from cwmpgw.store.interfaces import (
+    MAX_TAGS,
     BootstrapUse,
     ConnReqCredential,
     IConnReqCredentialStore,
@@ -55,17 +59,43 @@ __all__ = ["RedisConnReqCredentialStore", "RedisCredentialStore", "RedisDeviceSt
 
 # KEYS: device hash, params hash, devices zset, event stream[, session owner]
 # ARGV: ts, device id, fields JSON, owner, owner TTL (ms), 6-9 the event if the device is
-# new, 10-13 the event if it is known (EventStream.args), then parameter name/value pairs
+# new, 10-13 the event if it is known (EventStream.args), 14 key prefix, 15 source index
+# version (4, 6 or ''), 16 its score, then parameter name/value pairs.
+# The inventory's indexes (cwmpgw.store.indexes) are kept here, with the record: the old
+# value's entry goes, the new one is (re)added every time, so an index cannot drift.
 _RECORD_INFORM = (
     EMIT_LUA
     + """
 local new = redis.call('HSETNX', KEYS[1], 'first_seen', ARGV[1])
 local fields = cjson.decode(ARGV[3])
+local id, P = ARGV[2], ARGV[14]
+local indexed = {'oui', 'product_class', 'software_version', 'hardware_version'}
+local olds = redis.call('HMGET', KEYS[1], unpack(indexed))
 local flat = {}
 for k, v in pairs(fields) do flat[#flat + 1] = k; flat[#flat + 1] = v end
 redis.call('HSET', KEYS[1], unpack(flat))
 redis.call('HINCRBY', KEYS[1], 'inform_count', 1)
-local i = 14
+for n, f in ipairs(indexed) do
+  local v = fields[f]
+  if v ~= nil then
+    if olds[n] and olds[n] ~= v and olds[n] ~= '' then
+      redis.call('ZREM', P .. 'idx:' .. f .. ':' .. olds[n], id)
+    end
+    if v ~= '' then redis.call('ZADD', P .. 'idx:' .. f .. ':' .. v, 0, id) end
+  end
+end
+redis.call('ZADD', P .. 'idx:all', 0, id)
+if ARGV[15] == '4' then
+  redis.call('ZADD', P .. 'idx:src4', ARGV[16], id)
+  redis.call('ZREM', P .. 'idx:src6', id)
+elseif ARGV[15] == '6' then
+  redis.call('ZADD', P .. 'idx:src6', ARGV[16], id)
+  redis.call('ZREM', P .. 'idx:src4', id)
+else
+  redis.call('ZREM', P .. 'idx:src4', id)
+  redis.call('ZREM', P .. 'idx:src6', id)
+end
+local i = 17
 while i <= #ARGV do
   local last = math.min(i + 399, #ARGV)
   redis.call('HSET', KEYS[2], unpack(ARGV, i, last))
@@ -218,11 +248,63 @@ redis.call('HDEL', KEYS[1], ARGV[1])
 return 1
 """
 
+# KEYS: device hash, params, transfers, devices zset, tags set, names hash; ARGV: id, prefix
 _DELETE_DEVICE = """
+local id, P = ARGV[1], ARGV[2]
+local indexed = {'oui', 'product_class', 'software_version', 'hardware_version'}
+local olds = redis.call('HMGET', KEYS[1], unpack(indexed))
+for n, f in ipairs(indexed) do
+  if olds[n] then redis.call('ZREM', P .. 'idx:' .. f .. ':' .. olds[n], id) end
+end
+for _, t in ipairs(redis.call('SMEMBERS', KEYS[5])) do
+  redis.call('ZREM', P .. 'idx:tag:' .. t, id)
+  if redis.call('HINCRBY', P .. 'tags', t, -1) <= 0 then redis.call('HDEL', P .. 'tags', t) end
+end
 local existed = redis.call('DEL', KEYS[1])
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[5])
-redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[5], KEYS[6])
+redis.call('ZREM', KEYS[4], id)
+redis.call('ZREM', P .. 'idx:all', id)
+redis.call('ZREM', P .. 'idx:src4', id)
+redis.call('ZREM', P .. 'idx:src6', id)
 return existed
+"""
+
+# KEYS: device hash, tags set; ARGV: id, prefix, max tags, number of additions, the
+# additions, then the removals. Returns the tags (JSON), 0 for an unknown device, or an
+# error past the limit (nothing changed).
+_CHANGE_TAGS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local id, P, n = ARGV[1], ARGV[2], tonumber(ARGV[4])
+local adds, removes = {}, {}
+for i = 5, 4 + n do adds[#adds + 1] = ARGV[i] end
+for i = 5 + n, #ARGV do removes[#removes + 1] = ARGV[i] end
+local after = {}
+for _, t in ipairs(redis.call('SMEMBERS', KEYS[2])) do after[t] = true end
+for _, t in ipairs(removes) do after[t] = nil end
+for _, t in ipairs(adds) do after[t] = true end
+local count = 0
+for _ in pairs(after) do count = count + 1 end
+if count > tonumber(ARGV[3]) then
+  return redis.error_reply('a device has at most ' .. ARGV[3] .. ' tags')
+end
+for _, t in ipairs(removes) do
+  if redis.call('SREM', KEYS[2], t) == 1 then
+    redis.call('ZREM', P .. 'idx:tag:' .. t, id)
+    if redis.call('HINCRBY', P .. 'tags', t, -1) <= 0 then redis.call('HDEL', P .. 'tags', t) end
+  end
+end
+for _, t in ipairs(adds) do
+  if redis.call('SADD', KEYS[2], t) == 1 then
+    redis.call('ZADD', P .. 'idx:tag:' .. t, 0, id)
+    redis.call('HINCRBY', P .. 'tags', t, 1)
+  end
+end
+local tags = redis.call('SMEMBERS', KEYS[2])
+table.sort(tags)
+local text = '[]'
+if #tags > 0 then text = cjson.encode(tags) end
+redis.call('HSET', KEYS[1], 'tags', text)
+return text
 """
 
 _HA1_FIELD = "ha1:"
@@ -257,6 +339,8 @@ class RedisDeviceStore:
             str(int(record.session_ttl * 1000)),
             *self._stream.args(if_new),
             *self._stream.args(if_known),
+            self._prefix,
+            *_source_args(record.source),
         ]
         for p in record.parameters:
             args += [p.name, json.dumps([p.value, p.type])]
@@ -357,11 +441,37 @@ class RedisDeviceStore:
                 key + ":params",
                 key + ":transfers",
                 self._prefix + "devices",
+                key + ":tags",
                 key + ":names",
             ],
-            [device_id],
+            [device_id, self._prefix],
         )
         return d.addCallback(lambda n: bool(n))
+
+    def change_tags(
+        self, device_id: str, add: Sequence[str], remove: Sequence[str]
+    ) -> Deferred[list[str] | None]:
+        key = self._key(device_id)
+        d: Deferred[Any] = self._redis.eval(
+            _CHANGE_TAGS,
+            [key, key + ":tags"],
+            [device_id, self._prefix, str(MAX_TAGS), str(len(add)), *add, *remove],
+        )
+
+        def done(reply: Any) -> list[str] | None:
+            return None if reply in (0, "0") else list(json.loads(reply))
+
+        def refused(failure: Any) -> None:
+            if "at most" in str(failure.value):
+                raise ValueError(f"a device has at most {MAX_TAGS} tags")
+            failure.raiseException()
+
+        return d.addCallbacks(done, refused)
+
+
+def _source_args(source: str) -> list[str]:
+    indexed = source_score(source)
+    return ["", ""] if indexed is None else [str(indexed[0]), str(indexed[1])]
 
 
 def _owner_error(failure: Any, username: str) -> None:

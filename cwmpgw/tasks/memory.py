@@ -96,6 +96,7 @@ class MemoryTaskService:
         *,
         expires_in: float | None = None,
         idempotency_key: str | None = None,
+        bulk: str = "",
     ) -> Deferred[Task]:
         now = self._clock.seconds()
         try:
@@ -107,6 +108,7 @@ class MemoryTaskService:
                 expires_in=expires_in,
                 default_expiry=self._default_expiry,
                 gpv_batch=self._gpv_batch,
+                bulk=bulk,
             )
             fingerprint = (
                 idempotency_fingerprint(idempotency_key, device_id, type, args, expires_in)

@@ -43,6 +43,7 @@ class Task:
     fault: dict[str, Any] | None = None  # {"code", "string", "parameters"?} or {"reason"}
     # Download, ScheduleDownload, Upload: the CommandKey whose TransferComplete ends it.
     command_key: str = ""
+    bulk: str = ""  # the bulk task it is part of, if any (cwmpgw.fleet.bulk)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -100,8 +101,12 @@ class ITaskService(Interface):
         *,
         expires_in: float | None = None,
         idempotency_key: str | None = None,
+        bulk: str = "",
     ) -> Deferred[Task]:
         """Validate, store and queue a task; fires with it (status ``queued``).
+
+        With ``bulk`` (a bulk id) the task is counted in that bulk's progress: queued when
+        stored, then under its final status, in the same step as each change.
 
         With an ``idempotency_key`` already used for the same request in the last
         ``IDEMPOTENCY_TTL`` seconds, nothing is queued: it fires with that earlier task as

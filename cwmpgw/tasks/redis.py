@@ -62,7 +62,8 @@ from cwmpgw.tasks.rules import (
 
 __all__ = ["RedisTaskService"]
 
-# KEYS: device hash, task, queue, expiry zset, event stream[, idempotency key]
+# KEYS: device hash, task, queue, expiry zset, event stream, idempotency key (or ''),
+#       bulk hash (or ''), bulk task set (or '')
 # ARGV: task JSON, id, expires, request fingerprint ('' without a key), key's lifetime (s),
 #       6-9 the task.queued event (EventStream.args)
 # Returns 0 for an unknown device, 1 when queued, else "<task id> <fingerprint>" of the
@@ -76,6 +77,10 @@ if ARGV[4] ~= '' then
   if prior then return prior end
   redis.call('SET', KEYS[6], ARGV[2] .. ' ' .. ARGV[4], 'EX', ARGV[5])
 end
+if KEYS[7] ~= '' then
+  redis.call('HINCRBY', KEYS[7], 'queued', 1)
+  redis.call('SADD', KEYS[8], ARGV[2])
+end
 redis.call('SET', KEYS[2], ARGV[1])
 redis.call('RPUSH', KEYS[3], ARGV[2])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
@@ -84,12 +89,12 @@ return 1
 """
 )
 
-# KEYS: task, queue, finished, expiry zset, transfer key, event stream
+# KEYS: task, queue, finished, expiry zset, transfer key, event stream, bulk hash (or '')
 # ARGV: 1 expected status, 2 expected attempts, 3 new JSON, 4 id,
 #       5 queue: keep | remove | front (back in, first, if it is not there),
 #       6 finished: 1 to push onto the finished list, 7 keep_finished, 8 task key prefix,
 #       9 expiry: keep | remove | add, 10 expires, 11 transfer: keep | set | remove,
-#       12-15 the event announcing the change, if any (EventStream.args)
+#       12-15 the event announcing the change, if any (EventStream.args), 16 new status
 # Returns 1 when applied, 0 when the task is gone, else the stored JSON (it moved on).
 _TRANSITION = (
     EMIT_LUA
@@ -103,6 +108,9 @@ if ARGV[5] == 'remove' or ARGV[6] == '1' then
   redis.call('LREM', KEYS[2], 0, ARGV[4])
 elseif ARGV[5] == 'front' and not redis.call('LPOS', KEYS[2], ARGV[4]) then
   redis.call('LPUSH', KEYS[2], ARGV[4])
+end
+if ARGV[6] == '1' and KEYS[7] ~= '' then
+  redis.call('HINCRBY', KEYS[7], ARGV[16], 1)
 end
 if ARGV[6] == '1' then
   local keep = tonumber(ARGV[7])
@@ -201,6 +209,9 @@ class RedisTaskService:
     def _device_key(self, device_id: str, suffix: str = "") -> str:
         return f"{self._prefix}device:{device_id}{suffix}"
 
+    def _bulk_key(self, bulk_id: str) -> str:
+        return f"{self._prefix}bulk:{bulk_id}"
+
     def _transfer_key(self, device_id: str, command_key: str) -> str:
         return self._device_key(device_id, ":transfer:" + command_key)
 
@@ -214,6 +225,7 @@ class RedisTaskService:
         *,
         expires_in: float | None = None,
         idempotency_key: str | None = None,
+        bulk: str = "",
     ) -> Deferred[Task]:
         async def run() -> Task:
             task = build_task(
@@ -224,6 +236,7 @@ class RedisTaskService:
                 expires_in=expires_in,
                 default_expiry=self._default_expiry,
                 gpv_batch=self._gpv_batch,
+                bulk=bulk,
             )
             keys = [
                 self._device_key(device_id),
@@ -238,6 +251,12 @@ class RedisTaskService:
                     idempotency_key, device_id, type, args, expires_in
                 )
                 keys.append(f"{self._prefix}idempotency:{idempotency_key}")
+            else:
+                keys.append("")
+            if bulk:
+                keys += [self._bulk_key(bulk), self._bulk_key(bulk) + ":tasks"]
+            else:
+                keys += ["", ""]
             event = task_event(task, self._node)
             stored = await self._redis.eval(
                 _SUBMIT,
@@ -552,6 +571,7 @@ class RedisTaskService:
             self._expiry_key,
             self._transfer_key(old.device_id, old.command_key),
             self._stream.key,
+            self._bulk_key(old.bulk) if old.bulk else "",
         ]
         args = [
             expected or old.status,
@@ -566,6 +586,7 @@ class RedisTaskService:
             repr(new.expires),
             transfer,
             *self._stream.args(event),
+            new.status,
         ]
         reply = await self._redis.eval(_TRANSITION, keys, args)
         if reply == 1:

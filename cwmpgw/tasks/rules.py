@@ -123,6 +123,7 @@ def build_task(
     expires_in: float | None,
     default_expiry: float,
     gpv_batch: int,
+    bulk: str = "",
 ) -> Task:
     """Validate a submission and build the queued task (no I/O: the device check is apart)."""
     if not isinstance(args, Mapping):
@@ -153,6 +154,7 @@ def build_task(
         expires=expires,
         updated=now,
         command_key=command_key,
+        bulk=bulk,
     )
 
 

@@ -252,6 +252,9 @@ class StoreContract:
             "cwmp_version": "1.4",
             "cwmp_namespace": "urn:dslforum-org:cwmp-1-2",
             "connection_request_url": "http://192.0.2.1:7547/cr",
+            "software_version": "",
+            "hardware_version": "",
+            "tags": [],
             "last_events": [
                 {"code": "0 BOOTSTRAP", "command_key": ""},
                 {"code": "M Reboot", "command_key": "maint-42"},
@@ -269,6 +272,34 @@ class StoreContract:
                 self.assertIs(type(dev[name]), json_types[schema["type"]], name)  # type: ignore[attr-defined]
         (listed,) = await self.devices.list_devices(after=None, before=None, offset=0, count=5)
         self.assertEqual(listed, expected)  # type: ignore[attr-defined]
+
+    async def test_tags_are_added_and_removed(self) -> None:
+        self.assertIsNone(await self.devices.change_tags(DEVICE_ID, ["a"], []))  # type: ignore[attr-defined]
+        await self.devices.record_inform(record())
+        tags = await self.devices.change_tags(DEVICE_ID, ["pilot", "north", "pilot"], [])
+        self.assertEqual(tags, ["north", "pilot"])  # type: ignore[attr-defined]
+        tags = await self.devices.change_tags(DEVICE_ID, ["vip"], ["north", "absent"])
+        self.assertEqual(tags, ["pilot", "vip"])  # type: ignore[attr-defined]
+        dev = await self.devices.get_device(DEVICE_ID, ())
+        assert dev is not None
+        self.assertEqual(dev["tags"], ["pilot", "vip"])  # type: ignore[attr-defined]
+        with self.assertRaises(ValueError):  # type: ignore[attr-defined]
+            await self.devices.change_tags(DEVICE_ID, [f"t{i}" for i in range(70)], [])
+        dev = await self.devices.get_device(DEVICE_ID, ())
+        assert dev is not None
+        self.assertEqual(dev["tags"], ["pilot", "vip"])  # type: ignore[attr-defined]
+
+    async def test_versions_come_from_the_inform(self) -> None:
+        sw = ParameterValue("Device.DeviceInfo.SoftwareVersion", "1.0.4", "xsd:string")
+        hw = ParameterValue("Device.DeviceInfo.HardwareVersion", "v3", "xsd:string")
+        await self.devices.record_inform(record(params=(sw, hw)))
+        # An Inform without them keeps what the last one said.
+        await self.devices.record_inform(record())
+        dev = await self.devices.get_device(DEVICE_ID, ())
+        assert dev is not None
+        self.assertEqual(  # type: ignore[attr-defined]
+            (dev["software_version"], dev["hardware_version"]), ("1.0.4", "v3")
+        )
 
     async def test_parameters_accumulate_and_update(self) -> None:
         await self.devices.record_inform(record())

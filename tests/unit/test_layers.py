@@ -39,7 +39,9 @@ ALLOWED: dict[str, set[str]] = {
     "tasks": {"availability", "bus", "cwmp", "sessions", "store"},
     "provision": {"bus", "config", "cwmp", "sessions", "store", "web"},
     "connreq": {"availability", "bus", "config", "store", "web", "xmpp"},
-    "nbi": {"availability", "bus", "config", "connreq", "store", "tasks", "web"},
+    # Inventory, bulk tasks, profiles: over the stores and the task service.
+    "fleet": {"availability", "bus", "config", "connreq", "cwmp", "sessions", "store", "tasks"},
+    "nbi": {"availability", "bus", "config", "connreq", "fleet", "store", "tasks", "web"},
     # The simulator is a CPE: it shares only the codec-free pieces, never the ACS.
     "sim": {"cwmp", "web", "xmpp"},
     # The composition and the entry points.
@@ -51,6 +53,7 @@ ALLOWED: dict[str, set[str]] = {
         "bus",
         "config",
         "connreq",
+        "fleet",
         "metrics",
         "nbi",
         "provision",
@@ -68,6 +71,7 @@ ALLOWED: dict[str, set[str]] = {
         "bus",
         "config",
         "connreq",
+        "fleet",
         "metrics",
         "nbi",
         "provision",

@@ -29,9 +29,11 @@ from zope.interface.verify import verifyObject
 
 from cwmpgw.config import NbiConfig
 from cwmpgw.connreq.interfaces import WakeResult
+from cwmpgw.fleet.bulk import MemoryBulkService
+from cwmpgw.fleet.selector import Selector
 from cwmpgw.nbi.api import NbiResource, NbiSite, parse_task_request
 from cwmpgw.nbi.auth import IAuthorizer, OpenAuthorizer, TokenAuthorizer, make_authorizer
-from cwmpgw.nbi.interfaces import DeviceFilter, IDeviceDirectory
+from cwmpgw.nbi.interfaces import IDeviceDirectory
 from cwmpgw.nbi.openapi import ROUTES, build_document
 from cwmpgw.nbi.tokens import ensure_token_file, main, new_token, token_sha256
 from cwmpgw.store.memory import device_view
@@ -83,24 +85,32 @@ class FakeDirectory:
         }
 
     def list_devices(
-        self, filter: DeviceFilter, *, cursor: str, limit: int
+        self, selector: Selector, *, cursor: str, limit: int
     ) -> Deferred[tuple[list[dict[str, Any]], str]]:
         if self.fail_with is not None:
             return fail(self.fail_with)
-        rows = sorted(self.devices.values(), key=lambda d: (d["last_inform"], d["id"]))
         rows = [
             {k: v for k, v in d.items() if k != "parameters"}
-            for d in rows
-            if d["id"].startswith(filter.id_prefix)
-            and (not filter.oui or d["oui"] == filter.oui)
-            and (not filter.product_class or d["product_class"] == filter.product_class)
-            and (filter.informed_after is None or d["last_inform"] >= filter.informed_after)
-            and (filter.informed_before is None or d["last_inform"] < filter.informed_before)
+            for _, d in sorted(self.devices.items())
+            if selector.matches(d, tags=d["tags"], now=NOW, online_window=600) and d["id"] > cursor
         ]
-        start = int(cursor or 0)
-        page = rows[start : start + limit]
-        more = start + limit < len(rows)
-        return succeed((page, str(start + limit) if more else ""))
+        page = rows[:limit]
+        more = len(rows) > limit
+        return succeed((page, page[-1]["id"] if more else ""))
+
+    def change_tags(self, device_id: str, add: Any, remove: Any) -> Deferred[list[str] | None]:
+        if device_id not in self.devices:
+            return succeed(None)
+        tags = (set(self.devices[device_id]["tags"]) - set(remove)) | set(add)
+        self.devices[device_id]["tags"] = sorted(tags)
+        return succeed(sorted(tags))
+
+    def tag_counts(self) -> Deferred[dict[str, int]]:
+        counts: dict[str, int] = {}
+        for d in self.devices.values():
+            for t in d["tags"]:
+                counts[t] = counts.get(t, 0) + 1
+        return succeed(counts)
 
     def get_device(self, device_id: str, parameters: Any = None) -> Deferred[dict[str, Any] | None]:
         if self.fail_with is not None:
@@ -265,6 +275,7 @@ class Api:
             clock=self.clock,
             max_body_bytes=self.max_body_bytes,
             max_wait=self.max_wait,
+            bulks=MemoryBulkService(self.clock),
         )
         self.site = NbiSite(self.resource, reactor=self.clock)
 
@@ -434,7 +445,7 @@ class AuthTests(SynchronousTestCase):
 
     def test_every_protected_route_needs_the_token(self) -> None:
         for route in ROUTES:
-            path = route.path.format(device_id=DEV, task_id="task1")
+            path = route.path.format(device_id=DEV, task_id="task1", bulk_id="bulk1")
             r = self.api.call(route.method, path, {} if route.body else None, token=None)
             if route.public:
                 self.assertEqual(r.status, 200, route)
@@ -562,7 +573,7 @@ class DeviceTests(SynchronousTestCase):
 
     def test_list(self) -> None:
         body = self.api.call("GET", "/devices").json()
-        self.assertEqual([d["id"] for d in body["devices"]], [DEV, DEV2, ODD])
+        self.assertEqual([d["id"] for d in body["devices"]], [ODD, DEV2, DEV])  # by id
         self.assertEqual(body["next_cursor"], "")
         self.assertNotIn("parameters", body["devices"][0])
 
@@ -571,7 +582,7 @@ class DeviceTests(SynchronousTestCase):
         self.assertEqual(len(first["devices"]), 2)
         self.assertNotEqual(first["next_cursor"], "")
         second = self.api.call("GET", f"/devices?limit=2&cursor={first['next_cursor']}").json()
-        self.assertEqual([d["id"] for d in second["devices"]], [ODD])
+        self.assertEqual([d["id"] for d in second["devices"]], [DEV])
         self.assertEqual(second["next_cursor"], "")
 
     def test_filters(self) -> None:
@@ -580,12 +591,12 @@ class DeviceTests(SynchronousTestCase):
             self.assertEqual(r.status, 200, r.body)
             return [d["id"] for d in r.json()["devices"]]
 
-        self.assertEqual(ids("oui=00259E"), [DEV2, ODD])
+        self.assertEqual(ids("oui=00259E"), [ODD, DEV2])
         self.assertEqual(ids("oui=00259E&product_class=HG8245"), [DEV2])
         self.assertEqual(ids("id_prefix=9CA2"), [DEV])
-        self.assertEqual(ids(f"informed_after={int(NOW - 50)}"), [DEV2, ODD])
-        self.assertEqual(ids("informed_after=2023-11-14T22:12:30Z"), [DEV2, ODD])  # NOW - 50
-        self.assertEqual(ids("informed_after=2023-11-14T23:12:30.000%2B01:00"), [DEV2, ODD])
+        self.assertEqual(ids(f"informed_after={int(NOW - 50)}"), [ODD, DEV2])
+        self.assertEqual(ids("informed_after=2023-11-14T22:12:30Z"), [ODD, DEV2])  # NOW - 50
+        self.assertEqual(ids("informed_after=2023-11-14T23:12:30.000%2B01:00"), [ODD, DEV2])
         self.assertEqual(ids(f"informed_before={NOW - 50}"), [DEV])
         self.assertEqual(ids("informed_before=2023-11-14T22:12:30Z"), [DEV])
 
@@ -1084,12 +1095,15 @@ class OpenApiTests(SynchronousTestCase):
         ]
 
     def fill(self, path: str, task_id: str) -> str:
+        path = path.replace("{bulk_id}", self.bulk_id)
         return path.replace("{device_id}", quote(DEV, safe="")).replace("{task_id}", task_id)
 
     def new_task(self) -> str:
         """A fresh gateway (earlier requests may have deleted the device) with one task."""
         self.api = Api()
         task_id: str = self.api.call("POST", dev_path(DEV, "/tasks"), GPV).json()["id"]
+        bulk = {"selector": {}, "task": {"type": "Reboot"}}
+        self.bulk_id: str = self.api.call("POST", "/bulk", bulk).json()["id"]
         return task_id
 
     def documented(self, op: dict[str, Any], r: Response) -> dict[str, Any]:
@@ -1198,6 +1212,7 @@ class OpenApiTests(SynchronousTestCase):
                     schema = op["requestBody"]["content"]["application/json"]["schema"]
                     body = example(self.doc, schema)
                 unknown = url.replace(quote(DEV, safe=""), "nope").replace(task_id, "nope")
+                unknown = unknown.replace(self.bulk_id, "nope")
                 r = self.api.call(method, unknown, body)
                 self.assertEqual(r.status, 404, (method, unknown))
                 tries.append(r)

@@ -23,6 +23,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from cwmpgw.bus.memory import MemoryEventBus
 from cwmpgw.cwmp.messages import DeviceId, EventStruct, ParameterValue
+from cwmpgw.fleet.bulk import MemoryBulkService
+from cwmpgw.fleet.inventory import MemoryInventory
 from cwmpgw.nbi.api import NbiResource, NbiSite
 from cwmpgw.nbi.auth import TokenAuthorizer
 from cwmpgw.nbi.directory import DeviceDirectory
@@ -66,10 +68,12 @@ class Gateway:
             MemoryCredentialStore(),
             MemoryConnReqCredentialStore(),
             realm="cwmpgw",
+            inventory=MemoryInventory(self.store, clock=self.clock, online_window=600),
             tasks=self.tasks,
             rotations=MemoryRotations(),
         )
         self.health = FakeHealth()
+        self.bulks = MemoryBulkService(self.clock)
         self.resource = NbiResource(
             tasks=self.tasks,
             devices=self.directory,
@@ -79,6 +83,7 @@ class Gateway:
             clock=self.clock,
             max_body_bytes=4096,
             max_wait=60,
+            bulks=self.bulks,
         )
         self.site = NbiSite(self.resource, reactor=self.clock)
         self.inform(DEV, "TP-Link", NOW - 100.5, events=("0 BOOTSTRAP", "1 BOOT"))
@@ -206,11 +211,13 @@ class ConformanceTests(SynchronousTestCase):
             device["parameters"]["Device.DeviceInfo.UpTime"],
             {"value": "42", "type": "xsd:unsignedInt"},
         )
-        page = self.call("GET", "/devices?limit=1", 200)
+        page = self.call("GET", "/devices?limit=1&oui=9CA2F4", 200)
         self.assertEqual([d["id"] for d in page["devices"]], [DEV])
         self.assertEqual(page["devices"][0], {k: v for k, v in device.items() if k != "parameters"})
-        rest = self.call("GET", "/devices?cursor=" + page["next_cursor"], 200)
-        self.assertEqual([d["id"] for d in rest["devices"]], [DEV2])
+        page = self.call("GET", "/devices?limit=1", 200)
+        self.assertEqual([d["id"] for d in page["devices"]], [DEV2])  # by id
+        rest = self.call("GET", "/devices?cursor=" + quote(page["next_cursor"], safe=""), 200)
+        self.assertEqual([d["id"] for d in rest["devices"]], [DEV])
 
     def test_a_task_of_every_type(self) -> None:
         self.assertEqual(set(EXAMPLE_ARGS), set(TASK_TYPES))
@@ -247,6 +254,46 @@ class ConformanceTests(SynchronousTestCase):
         # devices
         self.call("GET", "/devices?oui=00259E&informed_after=2025-05-25T00:00:00Z", 200)
         self.call("GET", "/devices?limit=0", 400)
+        self.call("GET", "/devices?source=nowhere", 400)
+        self.call("GET", "/devices?tags=pilot&online=true&software_version=1.0,2.0", 200)
+        # tags
+        self.call("POST", dev_path(DEV, "/tags"), 200, {"add": ["pilot", "north"]})
+        self.call("POST", dev_path(DEV, "/tags"), 400, {"add": ["not a tag"]})
+        self.call("POST", dev_path(DEV, "/tags"), 400, {})
+        self.call("POST", dev_path(DEV, "/tags"), 409, {"add": [f"t{i}" for i in range(64)]})
+        self.call("POST", nope + "/tags", 404, {"add": ["pilot"]})
+        # bulk tasks
+        bulk_body = {"selector": {"tags": ["pilot"]}, "task": {"type": "Reboot"}}
+        bulk = self.call("POST", "/bulk", 202, {**bulk_body, "idempotency_key": "k1"})
+        self.call("POST", "/bulk", 200, {**bulk_body, "idempotency_key": "k1"})
+        self.call(
+            "POST",
+            "/bulk",
+            422,
+            {**bulk_body, "task": {"type": "FactoryReset"}, "idempotency_key": "k1"},
+        )
+        self.call("POST", "/bulk", 400, {"selector": {"colour": "red"}, "task": {"type": "Reboot"}})
+        self.call("POST", "/bulk", 400, {"device_ids": ["a"], "task": {"type": "Rebooot"}})
+        self.call("POST", "/bulk", 400, {"task": {"type": "Reboot"}})
+        self.call(
+            "POST", "/bulk", 413, raw=b" " * 5000, headers={"Content-Type": "application/json"}
+        )
+        self.call("POST", "/bulk", 415, raw=b"{}", headers={"Content-Type": "text/plain"})
+        self.call("GET", "/bulk", 200)
+        self.call("GET", "/bulk/" + bulk["id"], 200)
+        self.call("GET", "/bulk/nope", 404)
+        self.call("DELETE", "/bulk/" + bulk["id"], 202)
+        gw.bulks.raw[bulk["id"]]["status"] = "cancelled"
+        self.call("DELETE", "/bulk/" + bulk["id"], 200)
+        self.call("DELETE", "/bulk/nope", 404)
+        tags_url = dev_path(DEV, "/tags")
+        self.call(
+            "POST", tags_url, 413, raw=b" " * 5000, headers={"Content-Type": "application/json"}
+        )
+        self.call("POST", tags_url, 415, raw=b"{}", headers={"Content-Type": "text/plain"})
+        self.assertEqual(self.call("GET", "/tags", 200), {"tags": {"north": 1, "pilot": 1}})
+        page = self.call("GET", "/devices?tags=pilot", 200)
+        self.assertEqual([d["id"] for d in page["devices"]], [DEV])
         self.call("GET", dev_path(DEV), 200)
         self.call("GET", nope, 404)
         # credentials
@@ -309,7 +356,11 @@ class ConformanceTests(SynchronousTestCase):
         # 401 without a token, 500 for a bug and 503 for storage trouble, on every route
         for path, item in self.doc["paths"].items():
             for method, op in item.items():
-                url = path.replace("{device_id}", quote(DEV2, safe="")).replace("{task_id}", "t1")
+                url = (
+                    path.replace("{device_id}", quote(DEV2, safe=""))
+                    .replace("{task_id}", "t1")
+                    .replace("{bulk_id}", "b1")
+                )
                 if op.get("security") != []:
                     self.call(method.upper(), url, 401, token=None)
                 for error, status in ((RuntimeError("bug"), 500), (ConnectionRefusedError(), 503)):
@@ -349,6 +400,8 @@ class ConformanceTests(SynchronousTestCase):
         return {
             "TaskRequest": {"type": "Reboot"},
             "Credentials": {"username": "u", "password": "p"},
+            "TagChange": {"add": ["pilot"]},
+            "BulkRequest": {"selector": {}, "task": {"type": "Reboot"}},
         }[name]
 
 
@@ -420,6 +473,18 @@ class DocsTests(SynchronousTestCase):
             for name in re.findall(r"`(\w+)`", names):
                 documented[name] = json_type.strip()
         self.assertEqual(documented, {k: v["type"] for k, v in DEVICE_FIELDS.items()})
+
+    def test_the_device_query_table_is_the_routes(self) -> None:
+        from cwmpgw.nbi.openapi import ROUTES
+
+        text = self.read()
+        section = text[text.index("### `GET /devices`\n") :]
+        table = section[section.index("| query | meaning |") :].split("\n\n")[0]
+        documented = set(
+            re.findall(r"`(\w+)`", "".join(r.split("|")[1] for r in table.splitlines()))
+        )
+        (route,) = [r for r in ROUTES if r.operation == "list_devices"]
+        self.assertEqual(documented, {q.name for q in route.query})
 
     def test_every_task_type_and_argument_is_in_the_table(self) -> None:
         rows = re.findall(r"^\| `(\w+)` \| 1\.\d \| (.*) \|$", self.read(), re.MULTILINE)
