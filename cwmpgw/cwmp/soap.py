@@ -129,15 +129,16 @@ class InvalidMessage(Exception):
 # One parser for the whole process: building one costs more than parsing a small
 # envelope, and the reactor is single-threaded. Entities are never substituted, no DTD is
 # loaded, nothing is fetched; libxml2's own limits (huge_tree=False) stay on.
-PARSER: Final = etree.XMLParser(
-    resolve_entities=False,
-    no_network=True,
-    huge_tree=False,
-    load_dtd=False,
-    dtd_validation=False,
-    remove_comments=True,
-    remove_pis=True,
-)
+_HARDENED: Final[dict[str, bool]] = {
+    "resolve_entities": False,
+    "no_network": True,
+    "huge_tree": False,
+    "load_dtd": False,
+    "dtd_validation": False,
+    "remove_comments": True,
+    "remove_pis": True,
+}
+PARSER: Final = etree.XMLParser(**_HARDENED)
 
 _ENVELOPE_TAG: Final = f"{{{SOAP_ENV}}}Envelope"
 _HEADER_TAG: Final = f"{{{SOAP_ENV}}}Header"
@@ -486,16 +487,7 @@ def _parse_streaming(
     Returns None for input this path does not take (a body that names a non-UTF-8 charset
     or is malformed): the caller parses it whole, with the usual repairs.
     """
-    parser = etree.XMLPullParser(
-        events=("start", "end"),
-        resolve_entities=False,
-        no_network=True,
-        huge_tree=False,
-        load_dtd=False,
-        dtd_validation=False,
-        remove_comments=True,
-        remove_pis=True,
-    )
+    parser = etree.XMLPullParser(events=("start", "end"), **_HARDENED)
     lists: dict[etree._Element, _Streamed] = {}
     data = memoryview(body.lstrip(b" \t\r\n"))
     depth = count = 0
