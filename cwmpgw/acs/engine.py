@@ -78,6 +78,11 @@ def _method_name(envelope: Envelope) -> str:
     return type(message).__name__
 
 
+def _raw(value: str) -> str:
+    """A repaired value as the CPE sent it (bytes that were not UTF-8 included), base64."""
+    return base64.b64encode(value.encode("utf-8", "surrogateescape")[:_MAX_RAW_BYTES]).decode()
+
+
 def _device_ref(device_id: str, d: DeviceId) -> dict[str, str]:
     return device_ref(device_id, d.oui, d.product_class, d.serial_number, d.manufacturer)
 
@@ -347,7 +352,7 @@ class AcsEngine:
                 "parameters": [
                     {
                         "name": v.name,
-                        "raw": base64.b64encode(v.raw.encode()[:_MAX_RAW_BYTES]).decode(),
+                        "raw": _raw(v.raw),
                     }
                     for v in listed
                 ],

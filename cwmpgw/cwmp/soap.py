@@ -297,8 +297,14 @@ def _parse_xml(body: bytes, content_type: str | None) -> etree._Element:
 # character references, which libxml2 refuses as well. The references are matched whatever
 # their value and checked one by one (leading zeros are not digits of value).
 _FORBIDDEN_RE: Final = re.compile(
-    "[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]|&#(x[0-9A-Fa-f]+|[0-9]+);"
+    # C0 controls, U+FFFE/U+FFFF, references to any of them; and the lone surrogates that
+    # stand for bytes that are not UTF-8 (decoded with surrogateescape: a Latin-1 SSID in
+    # a document that says UTF-8).
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\udc80-\udcff]|&#(x[0-9A-Fa-f]+|[0-9]+);"
 )
+# The DeviceId parts the device id is made of, in any namespace: a repair that lands in
+# one is refused (the Manufacturer, only reported, may be repaired).
+_DEVICE_ID_PARTS: Final = tuple(f"{{*}}{part}" for part in ("OUI", "ProductClass", "SerialNumber"))
 _DECL_TEXT_RE: Final = re.compile(r"<\?xml\s[^>]*?\?>")
 # While repairing, the n-th replaced character becomes U+F0000 + n (Supplementary Private
 # Use Area-A, valid in XML), so that the parsed tree says where each one was; U+FFFD
@@ -378,14 +384,16 @@ def _restore(root: etree._Element, replaced: list[str]) -> tuple[RepairedValue, 
 
 
 def _parse_repaired(body: bytes, content_type: str | None) -> tuple[etree._Element, Repair] | None:
-    """Parse a document the strict parse refused, with what XML 1.0 forbids replaced by
-    U+FFFD (issue 13: one control character in an SSID must not lock a device out for
-    ever). None if it has nothing to replace or is still unreadable. Only ever called
-    after the strict parse failed, so well-formed input pays nothing for it."""
+    """Parse a document the strict parse refused, with what XML 1.0 forbids, and bytes
+    that are not in the document's encoding, replaced by U+FFFD (issue 13: one control
+    character, or one Latin-1 byte, in an SSID must not lock a device out for ever). None
+    if it has nothing to replace or is still unreadable. Only ever called after the strict
+    parse failed, so well-formed input pays nothing for it."""
     data = body.lstrip(b" \t\r\n")
     codec, _ = _source_encoding(data, content_type)
     try:
-        text = data.decode("utf-8-sig" if codec == "utf-8" else codec)
+        # Bytes that are not UTF-8 become lone surrogates, replaced below like a control.
+        text = data.decode("utf-8-sig" if codec == "utf-8" else codec, "surrogateescape")
     except UnicodeError:
         return None
     decl = _DECL_TEXT_RE.match(text)
@@ -405,6 +413,8 @@ def _parse_repaired(body: bytes, content_type: str | None) -> tuple[etree._Eleme
     except (etree.LxmlError, ValueError):
         return None
     values = _restore(root, replaced) if marked else ()
+    if any(_REPLACEMENT in (el.text or "") for el in root.iter(_DEVICE_ID_PARTS)):
+        return None  # an identity is never guessed: a device id with U+FFFD is not the CPE's
     return root, Repair(len(replaced), values)
 
 

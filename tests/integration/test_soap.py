@@ -1089,6 +1089,18 @@ class RepairTests(SynchronousTestCase):
         self.assertEqual(inform.device_id, cpe_envelopes.DEFAULT_DEVICE)
         self.assertEqual([e.code for e in inform.events], ["1 BOOT"])
 
+    def test_a_byte_that_is_not_utf8_in_a_value(self) -> None:
+        # A Latin-1 SSID ("Café", é = 0xE9) in a document that is UTF-8 by default: the
+        # strict parse refuses it; the byte becomes U+FFFD and the raw value keeps it.
+        envelope = self.inform("Caf@E@", E=b"\xe9")
+        inform = envelope.message
+        assert isinstance(inform, Inform)
+        self.assertEqual(inform.parameters[-1], ParameterValue(SSID, "Caf\ufffd"))
+        assert envelope.repaired is not None
+        self.assertEqual(envelope.repaired.characters, 1)
+        ((name, raw),) = [(v.name, v.raw) for v in envelope.repaired.values]
+        self.assertEqual((name, raw.encode("utf-8", "surrogateescape")), (SSID, b"Caf\xe9"))
+
     def test_references_to_forbidden_characters(self) -> None:
         # Escaped by a firmware that escapes everything below 0x20; &#65; and &amp; are fine.
         envelope = self.inform(
@@ -1176,7 +1188,9 @@ class RepairTests(SynchronousTestCase):
             body.replace(b"<cwmp:Inform>", b"<cwmp:Inf\x02orm>"),  # in a tag name
             body.replace(b"<RetryCount>", b"<Retry\x02Count>"),
             b"\x02" + body,  # before the root: "<?xml" cannot follow
-            body.replace(b"</DeviceId>", b"\xff\x02</DeviceId>"),  # and not UTF-8 either
+            # In the DeviceId: a device id with U+FFFD would not be the CPE's; never guessed.
+            body.replace(b"<SerialNumber>", b"<SerialNumber>\xff"),
+            body.replace(b"<OUI>", b"<OUI>\x02"),
         ):
             with self.assertRaises(SoapError) as cm:
                 parse_envelope(data)
