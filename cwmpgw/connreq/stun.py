@@ -556,6 +556,8 @@ class StunServer(DatagramProtocol):
     lookups in flight.  ``metrics`` (cwmpgw.metrics.Metrics) counts bindings by outcome.
     """
 
+    noisy = False  # the part logs its own listening line
+
     _log = Logger()
 
     def __init__(
