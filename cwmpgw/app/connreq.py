@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from functools import partial
 from typing import Any
 
 from twisted.internet.defer import maybeDeferred
@@ -127,6 +128,14 @@ class ConnreqPart(Part):
             stun_binding=self._state.binding,
             session_started=session_follows(listener),
             metrics=metrics,
+            wake_state=partial(
+                self._state.wake_state,
+                credentials=credentials,
+                interval=cfg.min_interval,
+                udp=cfg.udp,
+                binding_by_reported_name=not cfg.stun_require_integrity,
+            ),
+            release_interval=self._state.release_interval,
         )
 
     def _record(self, binding: Binding) -> None:
