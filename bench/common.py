@@ -173,7 +173,15 @@ periodic_inform = false
         return (self.directory / "gateway.log").read_text()
 
     def fleet(
-        self, reactor: Any, *, devices: int, concurrency: int, seed: int, url: str = ""
+        self,
+        reactor: Any,
+        *,
+        devices: int,
+        concurrency: int,
+        seed: int,
+        url: str = "",
+        reuse_nonce: bool = False,
+        tls_resume: bool = False,
     ) -> Any:
         """Simulated CPEs for this gateway (or another ``url`` with its certificate), each
         with its own password, booting without BOOTSTRAP."""
@@ -189,6 +197,8 @@ periodic_inform = false
             concurrency=concurrency,
             bootstrap=False,
             seed=seed,
+            reuse_nonce=reuse_nonce,
+            tls_resume=tls_resume,
         )
 
     def import_credentials(self, fleet: Any) -> None:

@@ -7,6 +7,10 @@ one GetParameterValues task, 204 — with the device write and the events in Red
 same simulated CPEs (cwmpgw.sim, in this process) then run the same exchanges against a
 bare Twisted TLS server answering canned bytes (bench/baseline_server.py), in the same run.
 
+``--reuse-nonce``: returning CPEs open each session with their last Digest nonce and the
+next nonce count, so neither server sends a 401. ``--tls-resume``: they offer their last
+TLS session (a ticket); the table says how many handshakes were resumed.
+
 The figure that matters is CPU-seconds of the gateway processes per session (user+sys,
 workers included, Redis excluded): the simulator shares the machine and may cap the wall
 rate, but it cannot hide what a session costs the gateway. Targets (issue): >= 0.7 of the
@@ -100,7 +104,13 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
 
         def fleet_for(url: str) -> Any:
             return gateway.fleet(
-                reactor, devices=args.devices, concurrency=args.concurrency, seed=1, url=url
+                reactor,
+                devices=args.devices,
+                concurrency=args.concurrency,
+                seed=1,
+                url=url,
+                reuse_nonce=args.reuse_nonce,
+                tls_resume=args.tls_resume,
             )
 
         fleet = fleet_for(gateway.url)
@@ -124,6 +134,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
             )
         cpu = wall = 0.0
         stats = None
+        handshakes_before = dict(fleet.tls_handshakes)
         commands: dict[str, int] = {}
         for _ in range(args.rounds):
             # One task per device per round, queued outside the measured window: a session
@@ -145,6 +156,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                 stats.latencies += round_stats.latencies
                 stats.rpcs.update(round_stats.rpcs)
         assert stats is not None
+        handshakes = {k: v - handshakes_before.get(k, 0) for k, v in fleet.tls_handshakes.items()}
         round_trips: dict[str, int] = {}
         if args.round_trips:
             # One more round, not measured, with MONITOR on: what one session sends to Redis.
@@ -226,6 +238,11 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                     + ", ".join(f"{n} {c:g}" for n, c in per_session.items()),
                 ),
                 ("gateway workers", args.workers),
+                (
+                    "CPE behaviour",
+                    f"nonce re-use {'on' if args.reuse_nonce else 'off'}, TLS resumption "
+                    + (f"on ({handshakes})" if args.tls_resume else "off"),
+                ),
                 ("redis connections", args.redis_connections or "default"),
                 ("gateway CPU per session", f"{cpu / max(stats.completed, 1) * 1000:.2f} ms"),
                 ("gateway sessions per core-second", f"{per_core:.0f} (target >= 450)"),
@@ -249,6 +266,9 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                 "rounds": args.rounds,
                 "concurrency": args.concurrency,
                 "workers": args.workers,
+                "reuse_nonce": args.reuse_nonce,
+                "tls_resume": args.tls_resume,
+                "tls_handshakes": handshakes,
                 "redis_connections": args.redis_connections or None,
                 "sessions": stats.completed,
                 "failures": dict(stats.failures),
@@ -291,6 +311,16 @@ if __name__ == "__main__":
         "--round-trips",
         action="store_true",
         help="count what a session sends to Redis (one more round, with MONITOR)",
+    )
+    parser.add_argument(
+        "--reuse-nonce",
+        action="store_true",
+        help="returning CPEs re-use their last Digest nonce (no 401; both servers)",
+    )
+    parser.add_argument(
+        "--tls-resume",
+        action="store_true",
+        help="CPEs offer their last TLS session for resumption (both servers)",
     )
     parser.add_argument(
         "--py-spy", metavar="FILE", help="profile the gateway during the measured rounds"

@@ -304,6 +304,11 @@ class DigestCredentials:
         self.stale = False
 
     @property
+    def nc_value(self) -> int:
+        """The nonce count as a number (``nc`` was checked to be 8 hex digits)."""
+        return int(self.nc, 16)
+
+    @property
     def first_use_here(self) -> bool:
         """No response with this nonce was accepted by this process yet."""
         return not self._tracker.seen(self.nonce)
