@@ -47,6 +47,14 @@ def redis_commands(redis_url: str) -> dict[str, int]:
     return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
 
 
+def redis_bytes(redis_url: str) -> tuple[int, int]:
+    """Bytes Redis has read and written so far (INFO stats): to and from its clients."""
+    import redis as redis_py
+
+    stats = redis_py.Redis.from_url(redis_url).info("stats")
+    return int(stats["total_net_input_bytes"]), int(stats["total_net_output_bytes"])
+
+
 def count_round_trips(redis_url: str, stop: threading.Event, counts: dict[str, int]) -> None:
     """MONITOR Redis until ``stop``: commands the gateway sent (not those its scripts ran)."""
     import redis as redis_py
@@ -134,17 +142,21 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
             )
         cpu = wall = 0.0
         stats = None
-        handshakes_before = dict(fleet.tls_handshakes)
+        handshakes_before = dict(getattr(fleet, "tls_handshakes", {}))
         commands: dict[str, int] = {}
+        bytes_in = bytes_out = 0
         for _ in range(args.rounds):
             # One task per device per round, queued outside the measured window: a session
             # runs everything queued for its device, and each must run exactly one.
             queue_tasks(gateway, device_ids, 1)
             before = redis_commands(redis.url)
+            in0, out0 = redis_bytes(redis.url)
             cpu0, wall0 = cpu_seconds(gateway.pid), time.monotonic()
             round_stats = await run_fleet(reactor, fleet, args.devices)
             wall += time.monotonic() - wall0
             cpu += cpu_seconds(gateway.pid) - cpu0
+            in1, out1 = redis_bytes(redis.url)
+            bytes_in, bytes_out = bytes_in + in1 - in0, bytes_out + out1 - out0
             for name, calls in redis_commands(redis.url).items():
                 commands[name] = commands.get(name, 0) + calls - before.get(name, 0)
             if stats is None:
@@ -156,7 +168,10 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                 stats.latencies += round_stats.latencies
                 stats.rpcs.update(round_stats.rpcs)
         assert stats is not None
-        handshakes = {k: v - handshakes_before.get(k, 0) for k, v in fleet.tls_handshakes.items()}
+        handshakes = {
+            k: v - handshakes_before.get(k, 0)
+            for k, v in getattr(fleet, "tls_handshakes", {}).items()
+        }
         round_trips: dict[str, int] = {}
         if args.round_trips:
             # One more round, not measured, with MONITOR on: what one session sends to Redis.
@@ -237,6 +252,11 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                     f"{sum(per_session.values()):.1f}: "
                     + ", ".join(f"{n} {c:g}" for n, c in per_session.items()),
                 ),
+                (
+                    "bytes per session to / from Redis",
+                    f"{bytes_in / max(stats.completed, 1):.0f} / "
+                    f"{bytes_out / max(stats.completed, 1):.0f}",
+                ),
                 ("gateway workers", args.workers),
                 (
                     "CPE behaviour",
@@ -274,6 +294,8 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                 "failures": dict(stats.failures),
                 "redis_commands_per_session": per_session,
                 "redis_round_trips_per_session": round_trips,
+                "redis_bytes_in_per_session": round(bytes_in / max(stats.completed, 1)),
+                "redis_bytes_out_per_session": round(bytes_out / max(stats.completed, 1)),
                 "gateway_cpu_s": round(cpu, 3),
                 "gateway_sessions_per_core_s": round(per_core, 1),
                 "gateway_wall_rate": round(stats.completed / wall, 1),
