@@ -55,6 +55,39 @@ def redis_bytes(redis_url: str) -> tuple[int, int]:
     return int(stats["total_net_input_bytes"]), int(stats["total_net_output_bytes"])
 
 
+def redis_cpu(redis: Any) -> float:
+    """user+sys seconds of the redis-server process so far."""
+    import psutil
+
+    times = psutil.Process(redis._process.pid).cpu_times()
+    return float(times.user + times.system)
+
+
+def redis_memory(redis_url: str, prefix: str, device_id: str) -> dict[str, int]:
+    """What Redis holds, for sizing: bytes of one device's keys (MEMORY USAGE, its task
+    keys excluded: they are gone once done), of the live nonce records, and in all."""
+    import redis as redis_py
+
+    r = redis_py.Redis.from_url(redis_url)
+    try:
+        device = 0
+        for key in r.scan_iter(match=f"{prefix}*{device_id}*", count=1000):
+            device += int(r.memory_usage(key) or 0)
+        nonces = count = 0
+        for key in r.scan_iter(match=f"{prefix}nonce:*", count=1000):
+            nonces += int(r.memory_usage(key) or 0)
+            count += 1
+        return {
+            "device_bytes": device,
+            "nonce_records": count,
+            "nonce_bytes": nonces,
+            "stream_bytes": int(r.memory_usage(prefix + "events") or 0),
+            "used_memory": int(r.info("memory")["used_memory"]),
+        }
+    finally:
+        r.close()
+
+
 def count_round_trips(redis_url: str, stop: threading.Event, counts: dict[str, int]) -> None:
     """MONITOR Redis until ``stop``: commands the gateway sent (not those its scripts ran)."""
     import redis as redis_py
@@ -135,7 +168,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                 [
                     str(Path(sys.executable).with_name("py-spy")),
                     *("record", "-p", str(gateway.pid), "-o", args.py_spy),
-                    *("--format", "raw", "--rate", "250", "--nonblocking"),
+                    *("--format", "raw", "--rate", "1000", "--nonblocking"),
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -145,17 +178,20 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
         handshakes_before = dict(getattr(fleet, "tls_handshakes", {}))
         commands: dict[str, int] = {}
         bytes_in = bytes_out = 0
+        redis_cpu_s = 0.0
         for _ in range(args.rounds):
             # One task per device per round, queued outside the measured window: a session
             # runs everything queued for its device, and each must run exactly one.
             queue_tasks(gateway, device_ids, 1)
             before = redis_commands(redis.url)
             in0, out0 = redis_bytes(redis.url)
+            rcpu0 = redis_cpu(redis)
             cpu0, wall0 = cpu_seconds(gateway.pid), time.monotonic()
             round_stats = await run_fleet(reactor, fleet, args.devices)
             wall += time.monotonic() - wall0
             cpu += cpu_seconds(gateway.pid) - cpu0
             in1, out1 = redis_bytes(redis.url)
+            redis_cpu_s += redis_cpu(redis) - rcpu0
             bytes_in, bytes_out = bytes_in + in1 - in0, bytes_out + out1 - out0
             for name, calls in redis_commands(redis.url).items():
                 commands[name] = commands.get(name, 0) + calls - before.get(name, 0)
@@ -168,6 +204,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                 stats.latencies += round_stats.latencies
                 stats.rpcs.update(round_stats.rpcs)
         assert stats is not None
+        memory = redis_memory(redis.url, gateway.prefix, device_ids[0])
         handshakes = {
             k: v - handshakes_before.get(k, 0)
             for k, v in getattr(fleet, "tls_handshakes", {}).items()
@@ -217,9 +254,23 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
         base_fleet = fleet_for(f"https://127.0.0.1:{port}/")
         await base_fleet.start()
         await run_fleet(reactor, base_fleet, args.devices)
+        base_spy: subprocess.Popen[bytes] | None = None
+        if args.py_spy_baseline:
+            base_spy = subprocess.Popen(
+                [
+                    str(Path(sys.executable).with_name("py-spy")),
+                    *("record", "-p", str(baseline.pid), "-o", args.py_spy_baseline),
+                    *("--format", "raw", "--rate", "1000", "--nonblocking"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         bcpu0, bwall0 = cpu_seconds(baseline.pid), time.monotonic()
         base = await run_fleet(reactor, base_fleet, sessions)
         bwall, bcpu = time.monotonic() - bwall0, cpu_seconds(baseline.pid) - bcpu0
+        if base_spy is not None:
+            base_spy.send_signal(signal.SIGINT)
+            base_spy.wait(timeout=30)
         await base_fleet.stop()
 
         per_core = stats.completed / cpu if cpu else 0.0
@@ -256,6 +307,16 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                     "bytes per session to / from Redis",
                     f"{bytes_in / max(stats.completed, 1):.0f} / "
                     f"{bytes_out / max(stats.completed, 1):.0f}",
+                ),
+                (
+                    "Redis CPU per session",
+                    f"{redis_cpu_s / max(stats.completed, 1) * 1e6:.0f} µs",
+                ),
+                (
+                    "Redis memory",
+                    f"one device {memory['device_bytes']} B; {memory['nonce_records']} live "
+                    f"nonce records {memory['nonce_bytes']} B; event stream "
+                    f"{memory['stream_bytes']} B; used {memory['used_memory']} B",
                 ),
                 ("gateway workers", args.workers),
                 (
@@ -296,6 +357,8 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                 "redis_round_trips_per_session": round_trips,
                 "redis_bytes_in_per_session": round(bytes_in / max(stats.completed, 1)),
                 "redis_bytes_out_per_session": round(bytes_out / max(stats.completed, 1)),
+                "redis_memory": memory,
+                "redis_cpu_us_per_session": round(redis_cpu_s / max(stats.completed, 1) * 1e6),
                 "gateway_cpu_s": round(cpu, 3),
                 "gateway_sessions_per_core_s": round(per_core, 1),
                 "gateway_wall_rate": round(stats.completed / wall, 1),
@@ -346,5 +409,8 @@ if __name__ == "__main__":
     )
     parser.add_argument(
         "--py-spy", metavar="FILE", help="profile the gateway during the measured rounds"
+    )
+    parser.add_argument(
+        "--py-spy-baseline", metavar="FILE", help="profile the baseline server likewise"
     )
     task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor, parser.parse_args())))
