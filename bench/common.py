@@ -175,7 +175,15 @@ periodic_inform = false
         return (self.directory / "gateway.log").read_text()
 
     def fleet(
-        self, reactor: Any, *, devices: int, concurrency: int, seed: int, url: str = ""
+        self,
+        reactor: Any,
+        *,
+        devices: int,
+        concurrency: int,
+        seed: int,
+        url: str = "",
+        reuse_nonce: bool = False,
+        tls_resume: bool = False,
     ) -> Any:
         """Simulated CPEs for this gateway (or another ``url`` with its certificate), each
         with its own password, booting without BOOTSTRAP."""
@@ -191,6 +199,9 @@ periodic_inform = false
             concurrency=concurrency,
             bootstrap=False,
             seed=seed,
+            # Only when asked: the same bench runs against older code in comparisons.
+            **({"reuse_nonce": True} if reuse_nonce else {}),
+            **({"tls_resume": True} if tls_resume else {}),
         )
 
     def import_credentials(self, fleet: Any) -> None:

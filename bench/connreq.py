@@ -17,10 +17,10 @@ Two paths are measured, each sending one connection request to every device:
 - ``wake``: the gateway's ``wake(device)`` (cwmpgw.connreq.waker), wired by the gateway's
   own composition root (cwmpgw.service.GatewayService, in this process) against a real
   redis-server: device record and sealed credential read from Redis, STUN binding lookup,
-  per-device interval claim, the guard, rate and concurrency limits, the HTTP exchange,
-  and the ``connreq.sent`` and ``connreq.succeeded`` events (XADD + PUBLISH, and received
-  back by the gateway's own event listener). ``connreq.session_wait`` is 0: the simulated
-  CPEs open no session to wait for.
+  per-device interval claim (one script), the guard, rate and concurrency limits, the HTTP
+  exchange, and the ``connreq.succeeded`` event (XADD + PUBLISH, and received back by the
+  gateway's own event listener; ``--sent-events`` adds ``connreq.sent`` before each
+  attempt). ``connreq.session_wait`` is 0: the simulated CPEs open no session to wait for.
 
 The bench keeps ``--concurrency`` requests (or wake-ups) in flight. The figure is CPU
 seconds (user+sys) of this process, the sender, per request; Redis and the simulated
@@ -148,7 +148,9 @@ async def http_path(
         await requester.close()
 
 
-async def start_gateway(reactor: Any, work: Path, redis_url: str, concurrency: int) -> Any:
+async def start_gateway(
+    reactor: Any, work: Path, redis_url: str, concurrency: int, sent_events: bool = False
+) -> Any:
     from cwmpgw.config import parse_config
     from cwmpgw.service import GatewayService
 
@@ -178,6 +180,7 @@ async def start_gateway(reactor: Any, work: Path, redis_url: str, concurrency: i
                 "rate": 100000,
                 "max_concurrent": concurrency,
                 "per_destination": min(concurrency, 1000),
+                "sent_events": sent_events,
                 # Defaults kept: min_interval 10 s (each device is woken once: one SET NX
                 # per wake-up), retries 2 (network errors only), timeouts 2 s / 5 s.
             },
@@ -232,13 +235,14 @@ async def wake_path(
     warm: Sequence[Device],
     concurrency: int,
     work: Path,
+    sent_events: bool = False,
 ) -> tuple[Result, dict[str, Any]]:
     from tests.support.redis_server import RedisServer
 
     redis = RedisServer().start()
     service = None
     try:
-        service = await start_gateway(reactor, work / "gw", redis.url, concurrency)
+        service = await start_gateway(reactor, work / "gw", redis.url, concurrency, sent_events)
         await load_devices(service, [*warm, *devices])
 
         async def one(device: Device) -> tuple[str, str]:
@@ -316,7 +320,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                 results.append(await http_path(reactor, devices, warm, args.concurrency))
             elif name == "wake":
                 result, extra = await wake_path(
-                    reactor, devices, warm, args.concurrency, work / "wake"
+                    reactor, devices, warm, args.concurrency, work / "wake", args.sent_events
                 )
                 results.append(result)
             else:
@@ -385,6 +389,9 @@ if __name__ == "__main__":
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--path", default="http,wake", help="http, wake or both (http,wake)")
+    parser.add_argument(
+        "--sent-events", action="store_true", help="connreq.sent_events on (wake path)"
+    )
     parser.add_argument(
         "--debug-log", action="store_true", help="log debug events too (twistd's default)"
     )

@@ -7,6 +7,10 @@ one GetParameterValues task, 204 — with the device write and the events in Red
 same simulated CPEs (cwmpgw.sim, in this process) then run the same exchanges against a
 bare Twisted TLS server answering canned bytes (bench/baseline_server.py), in the same run.
 
+``--reuse-nonce``: returning CPEs open each session with their last Digest nonce and the
+next nonce count, so neither server sends a 401. ``--tls-resume``: they offer their last
+TLS session (a ticket); the table says how many handshakes were resumed.
+
 The figure that matters is CPU-seconds of the gateway processes per session (user+sys,
 workers included, Redis excluded): the simulator shares the machine and may cap the wall
 rate, but it cannot hide what a session costs the gateway. Targets (issue): >= 0.7 of the
@@ -41,6 +45,47 @@ def redis_commands(redis_url: str) -> dict[str, int]:
 
     stats = redis_py.Redis.from_url(redis_url).info("commandstats")
     return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+def redis_bytes(redis_url: str) -> tuple[int, int]:
+    """Bytes Redis has read and written so far (INFO stats): to and from its clients."""
+    import redis as redis_py
+
+    stats = redis_py.Redis.from_url(redis_url).info("stats")
+    return int(stats["total_net_input_bytes"]), int(stats["total_net_output_bytes"])
+
+
+def redis_cpu(redis: Any) -> float:
+    """user+sys seconds of the redis-server process so far."""
+    import psutil
+
+    times = psutil.Process(redis._process.pid).cpu_times()
+    return float(times.user + times.system)
+
+
+def redis_memory(redis_url: str, prefix: str, device_id: str) -> dict[str, int]:
+    """What Redis holds, for sizing: bytes of one device's keys (MEMORY USAGE, its task
+    keys excluded: they are gone once done), of the live nonce records, and in all."""
+    import redis as redis_py
+
+    r = redis_py.Redis.from_url(redis_url)
+    try:
+        device = 0
+        for key in r.scan_iter(match=f"{prefix}*{device_id}*", count=1000):
+            device += int(r.memory_usage(key) or 0)
+        nonces = count = 0
+        for key in r.scan_iter(match=f"{prefix}nonce:*", count=1000):
+            nonces += int(r.memory_usage(key) or 0)
+            count += 1
+        return {
+            "device_bytes": device,
+            "nonce_records": count,
+            "nonce_bytes": nonces,
+            "stream_bytes": int(r.memory_usage(prefix + "events") or 0),
+            "used_memory": int(r.info("memory")["used_memory"]),
+        }
+    finally:
+        r.close()
 
 
 def count_round_trips(redis_url: str, stop: threading.Event, counts: dict[str, int]) -> None:
@@ -100,7 +145,13 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
 
         def fleet_for(url: str) -> Any:
             return gateway.fleet(
-                reactor, devices=args.devices, concurrency=args.concurrency, seed=1, url=url
+                reactor,
+                devices=args.devices,
+                concurrency=args.concurrency,
+                seed=1,
+                url=url,
+                reuse_nonce=args.reuse_nonce,
+                tls_resume=args.tls_resume,
             )
 
         fleet = fleet_for(gateway.url)
@@ -117,23 +168,31 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                 [
                     str(Path(sys.executable).with_name("py-spy")),
                     *("record", "-p", str(gateway.pid), "-o", args.py_spy),
-                    *("--format", "raw", "--rate", "250", "--nonblocking"),
+                    *("--format", "raw", "--rate", "1000", "--nonblocking"),
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
         cpu = wall = 0.0
         stats = None
+        handshakes_before = dict(getattr(fleet, "tls_handshakes", {}))
         commands: dict[str, int] = {}
+        bytes_in = bytes_out = 0
+        redis_cpu_s = 0.0
         for _ in range(args.rounds):
             # One task per device per round, queued outside the measured window: a session
             # runs everything queued for its device, and each must run exactly one.
             queue_tasks(gateway, device_ids, 1)
             before = redis_commands(redis.url)
+            in0, out0 = redis_bytes(redis.url)
+            rcpu0 = redis_cpu(redis)
             cpu0, wall0 = cpu_seconds(gateway.pid), time.monotonic()
             round_stats = await run_fleet(reactor, fleet, args.devices)
             wall += time.monotonic() - wall0
             cpu += cpu_seconds(gateway.pid) - cpu0
+            in1, out1 = redis_bytes(redis.url)
+            redis_cpu_s += redis_cpu(redis) - rcpu0
+            bytes_in, bytes_out = bytes_in + in1 - in0, bytes_out + out1 - out0
             for name, calls in redis_commands(redis.url).items():
                 commands[name] = commands.get(name, 0) + calls - before.get(name, 0)
             if stats is None:
@@ -145,6 +204,11 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                 stats.latencies += round_stats.latencies
                 stats.rpcs.update(round_stats.rpcs)
         assert stats is not None
+        memory = redis_memory(redis.url, gateway.prefix, device_ids[0])
+        handshakes = {
+            k: v - handshakes_before.get(k, 0)
+            for k, v in getattr(fleet, "tls_handshakes", {}).items()
+        }
         round_trips: dict[str, int] = {}
         if args.round_trips:
             # One more round, not measured, with MONITOR on: what one session sends to Redis.
@@ -190,9 +254,23 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
         base_fleet = fleet_for(f"https://127.0.0.1:{port}/")
         await base_fleet.start()
         await run_fleet(reactor, base_fleet, args.devices)
+        base_spy: subprocess.Popen[bytes] | None = None
+        if args.py_spy_baseline:
+            base_spy = subprocess.Popen(
+                [
+                    str(Path(sys.executable).with_name("py-spy")),
+                    *("record", "-p", str(baseline.pid), "-o", args.py_spy_baseline),
+                    *("--format", "raw", "--rate", "1000", "--nonblocking"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         bcpu0, bwall0 = cpu_seconds(baseline.pid), time.monotonic()
         base = await run_fleet(reactor, base_fleet, sessions)
         bwall, bcpu = time.monotonic() - bwall0, cpu_seconds(baseline.pid) - bcpu0
+        if base_spy is not None:
+            base_spy.send_signal(signal.SIGINT)
+            base_spy.wait(timeout=30)
         await base_fleet.stop()
 
         per_core = stats.completed / cpu if cpu else 0.0
@@ -225,7 +303,27 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                     f"{sum(per_session.values()):.1f}: "
                     + ", ".join(f"{n} {c:g}" for n, c in per_session.items()),
                 ),
+                (
+                    "bytes per session to / from Redis",
+                    f"{bytes_in / max(stats.completed, 1):.0f} / "
+                    f"{bytes_out / max(stats.completed, 1):.0f}",
+                ),
+                (
+                    "Redis CPU per session",
+                    f"{redis_cpu_s / max(stats.completed, 1) * 1e6:.0f} µs",
+                ),
+                (
+                    "Redis memory",
+                    f"one device {memory['device_bytes']} B; {memory['nonce_records']} live "
+                    f"nonce records {memory['nonce_bytes']} B; event stream "
+                    f"{memory['stream_bytes']} B; used {memory['used_memory']} B",
+                ),
                 ("gateway workers", args.workers),
+                (
+                    "CPE behaviour",
+                    f"nonce re-use {'on' if args.reuse_nonce else 'off'}, TLS resumption "
+                    + (f"on ({handshakes})" if args.tls_resume else "off"),
+                ),
                 ("redis connections", args.redis_connections or "default"),
                 ("gateway CPU per session", f"{cpu / max(stats.completed, 1) * 1000:.2f} ms"),
                 ("gateway sessions per core-second", f"{per_core:.0f} (target >= 450)"),
@@ -249,11 +347,18 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                 "rounds": args.rounds,
                 "concurrency": args.concurrency,
                 "workers": args.workers,
+                "reuse_nonce": args.reuse_nonce,
+                "tls_resume": args.tls_resume,
+                "tls_handshakes": handshakes,
                 "redis_connections": args.redis_connections or None,
                 "sessions": stats.completed,
                 "failures": dict(stats.failures),
                 "redis_commands_per_session": per_session,
                 "redis_round_trips_per_session": round_trips,
+                "redis_bytes_in_per_session": round(bytes_in / max(stats.completed, 1)),
+                "redis_bytes_out_per_session": round(bytes_out / max(stats.completed, 1)),
+                "redis_memory": memory,
+                "redis_cpu_us_per_session": round(redis_cpu_s / max(stats.completed, 1) * 1e6),
                 "gateway_cpu_s": round(cpu, 3),
                 "gateway_sessions_per_core_s": round(per_core, 1),
                 "gateway_wall_rate": round(stats.completed / wall, 1),
@@ -293,6 +398,19 @@ if __name__ == "__main__":
         help="count what a session sends to Redis (one more round, with MONITOR)",
     )
     parser.add_argument(
+        "--reuse-nonce",
+        action="store_true",
+        help="returning CPEs re-use their last Digest nonce (no 401; both servers)",
+    )
+    parser.add_argument(
+        "--tls-resume",
+        action="store_true",
+        help="CPEs offer their last TLS session for resumption (both servers)",
+    )
+    parser.add_argument(
         "--py-spy", metavar="FILE", help="profile the gateway during the measured rounds"
+    )
+    parser.add_argument(
+        "--py-spy-baseline", metavar="FILE", help="profile the baseline server likewise"
     )
     task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor, parser.parse_args())))

@@ -464,6 +464,7 @@ class ConnreqConfig:
     stun_port: int = _setting(3478, _int(0, 65535))
     stun_require_integrity: bool = _setting(True, _bool)
     key_file: str = _setting("", _text)
+    sent_events: bool = _setting(False, _bool)
 
 
 def _jid(value: object) -> str:

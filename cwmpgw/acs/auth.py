@@ -10,7 +10,6 @@ Inform is decided by :meth:`CpeAuthenticator.authorize`.
 from __future__ import annotations
 
 import hmac
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -170,9 +169,8 @@ class CpeAuthenticator:
         nonce_claims: INonceClaims | None = None,
     ) -> None:
         self._portal = Portal(DeviceRealm(), [checker])
-        # Several processes share one fleet: a nonce is good in the first that accepts it.
+        # Several processes share one fleet: nonce counts are advanced in Redis too.
         self._claims = nonce_claims
-        self._claimant = os.urandom(12).hex()  # this process (its nonce-count table)
         self._digest = digest if "digest" in schemes else None
         self._basic = BasicCredentialFactory(realm) if "basic" in schemes else None
         self._schemes = tuple(schemes)
@@ -223,11 +221,12 @@ class CpeAuthenticator:
             and self._digest is not None
             and isinstance(credentials, DigestCredentials)
             and credentials.unusable is None
-            and credentials.first_use_here
         ):
+            # Every acceptance advances the nonce's count shared by all processes (a
+            # returning CPE may re-use its nonce on any of them; a replay fails on all).
             # Sent now, beside the credential lookup, and awaited after it.
             ttl = credentials.claim_ttl_ms(self._digest.lifetime_ms)
-            claim = self._claims.claim(credentials.nonce, self._claimant, ttl)
+            claim = self._claims.claim(credentials.nonce, credentials.nc_value, ttl)
         try:
             _, identity, _ = await self._portal.login(credentials, None, IDeviceIdentity)
         except UnauthorizedLogin as e:
@@ -242,9 +241,9 @@ class CpeAuthenticator:
                 claim.addErrback(lambda _: None)  # the lookup's failure is the one to report
             raise
         if claim is not None and not await claim:
-            # Accepted first by another process, whose nonce-count table is not ours: a
-            # replay, or a CPE that moved; either way a fresh nonce of ours settles it.
-            return AuthFailure("nonce in use by another gateway process", stale=True)
+            # This count was accepted already, by another process (whose nonce-count
+            # table is not ours): a replay; a fresh nonce settles it for an honest CPE.
+            return AuthFailure("nonce count already used by another gateway process", stale=True)
         assert isinstance(identity, Identity)
         return identity
 

@@ -1,13 +1,17 @@
-"""One gateway process per Digest nonce, so a captured response cannot be replayed elsewhere.
+"""Nonce counts shared by every gateway process, so a response cannot be replayed elsewhere.
 
-Nonces are stateless and every process accepts every other's (a CPE that reconnects after
-the 401 may land on another worker or node), but the nonce count that stops a replay is
-tracked in each process's memory. Without more, a response captured on its way to one
-process could be replayed to another within the nonce's lifetime. So the first process
-to accept a nonce claims it in Redis; another process that sees it answers ``stale=true``
-and the CPE simply retries with a fresh nonce of that process. The claim is made only on
-a nonce's first use in a process (once per session, beside the credential lookup on the
-same pipelined connection) and expires with the nonce.
+Nonces are stateless and every process accepts every other's (a CPE may reconnect after
+the 401 to another worker or node, or come back for its next session with the nonce it
+used last time and a higher nonce count). Each process also keeps the nonce counts it
+accepted in memory, but that alone would let a response captured on its way to one
+process be replayed to another within the nonce's lifetime. So each acceptance also
+advances the nonce's count in Redis, atomically: a response is accepted only if its
+``nc`` is above every count accepted for that nonce by any process. A replay carries a
+count that was accepted already, so it is refused everywhere (``stale=true``: the CPE
+retries with a fresh nonce). This is one script per authentication (once per connection:
+later requests on an authenticated connection are not authenticated again), sent beside
+the credential lookup on the same pipelined connection, and the record expires with the
+nonce.
 """
 
 from __future__ import annotations
@@ -23,34 +27,32 @@ __all__ = ["INonceClaims", "MemoryNonceClaims", "RedisNonceClaims", "shared_nonc
 
 
 class INonceClaims(Interface):
-    def claim(nonce: str, claimant: str, ttl_ms: int) -> Deferred[bool]:
-        """True if ``claimant`` holds ``nonce`` now (it just took it, or held it already);
-        False if another claimant holds it. A claim lasts ``ttl_ms``."""
+    def claim(nonce: str, nc: int, ttl_ms: int) -> Deferred[bool]:
+        """True if ``nc`` is above every count accepted for ``nonce`` by any process
+        (it is then recorded as the highest); False otherwise. A record lasts ``ttl_ms``."""
 
 
-# KEYS: the nonce's key; ARGV: claimant, ttl in ms. 1 if the claimant holds it, else 0.
+# KEYS: the nonce's key; ARGV: nonce count, ttl in ms. 1 if the count was above the
+# highest recorded (and is now the highest), else 0.
 _CLAIM = """
-local holder = redis.call('GET', KEYS[1])
-if not holder then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-if holder == ARGV[1] then return 1 end
-return 0
+local last = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+if tonumber(ARGV[1]) <= last then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
 """
 
 
 @implementer(INonceClaims)
 class RedisNonceClaims:
-    """``<prefix>nonce:<nonce>`` = the claimant, expiring with the nonce."""
+    """``<prefix>nonce:<nonce>`` = the highest nonce count accepted, expiring with the nonce."""
 
     def __init__(self, redis: Any, prefix: str) -> None:
         self._redis = redis
         self._prefix = prefix + "nonce:"
 
-    def claim(self, nonce: str, claimant: str, ttl_ms: int) -> Deferred[bool]:
+    def claim(self, nonce: str, nc: int, ttl_ms: int) -> Deferred[bool]:
         d: Deferred[Any] = self._redis.eval(
-            _CLAIM, [self._prefix + nonce], [claimant, str(max(1, ttl_ms))]
+            _CLAIM, [self._prefix + nonce], [str(nc), str(max(1, ttl_ms))]
         )
         return d.addCallback(lambda held: int(held) == 1)
 
@@ -61,15 +63,15 @@ class MemoryNonceClaims:
 
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
-        self._holders: dict[str, tuple[str, float]] = {}
+        self.counts: dict[str, tuple[int, float]] = {}  # nonce -> (highest nc, until)
 
-    def claim(self, nonce: str, claimant: str, ttl_ms: int) -> Deferred[bool]:
+    def claim(self, nonce: str, nc: int, ttl_ms: int) -> Deferred[bool]:
         now = self._clock.seconds()
-        holder = self._holders.get(nonce)
-        if holder is None or holder[1] <= now:
-            self._holders[nonce] = (claimant, now + ttl_ms / 1000)
-            return succeed(True)
-        return succeed(holder[0] == claimant)
+        last = self.counts.get(nonce)
+        if last is not None and last[1] > now and nc <= last[0]:
+            return succeed(False)
+        self.counts[nonce] = (nc, now + ttl_ms / 1000)
+        return succeed(True)
 
 
 async def shared_nonce_secret(redis: Any, prefix: str) -> bytes:

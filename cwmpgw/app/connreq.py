@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from functools import partial
 from typing import Any
 
 from twisted.internet.defer import maybeDeferred
@@ -131,6 +132,14 @@ class ConnreqPart(Part):
             metrics=metrics,
             xmpp=xmpp,
             xmpp_first=config.xmpp.prefer,
+            wake_state=partial(
+                self._state.wake_state,
+                credentials=credentials,
+                interval=cfg.min_interval,
+                udp=cfg.udp,
+                binding_by_reported_name=not cfg.stun_require_integrity,
+            ),
+            release_interval=self._state.release_interval,
         )
 
     def _record(self, binding: Binding) -> None:

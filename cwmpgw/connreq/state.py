@@ -8,18 +8,94 @@ must hold across nodes too. Both live in Redis (with an in-memory twin for unit 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from cwmpgw.connreq.stun import Binding
+from cwmpgw.store.interfaces import ConnReqCredential
+from cwmpgw.store.memory import device_view
 
-__all__ = ["MemoryConnreqState", "RedisConnreqState"]
+__all__ = ["MemoryConnreqState", "RedisConnreqState", "WakeState"]
 
 # A CPE refreshes its binding at least every STUNMaximumKeepAlivePeriod; an hour-old one
 # is not worth trying.
 BINDING_TTL = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class WakeState:
+    """What a wake-up reads before it sends, read in one step.
+
+    ``claimed`` is None when the interval was not claimed with the reads (the caller
+    claims it once it knows a request can be sent); True or False when it was: claimed
+    only for a known device with a credential and something to send to.
+    """
+
+    device: dict[str, Any] | None
+    credential: ConnReqCredential | None
+    binding: tuple[str, int] | None
+    claimed: bool | None
+
+
+# KEYS: device hash, its params hash, crcred hash, connreq:recent:<id>, stun:<id>
+# ARGV: interval (ms, 0 = none), UDP on (1/0), the STUN key prefix when bindings are
+# looked up by the STUNUsername the device reported (unauthenticated STUN; '' = by id),
+# then the parameter names (STUNUsername, UDPConnectionRequestAddress, NATDetected and
+# ConnReqJabberID, each for both roots, in that order). One round trip for every read of
+# a wake-up and its interval claim.
+_WAKE_STATE = """
+local device = redis.call('HGETALL', KEYS[1])
+local cred = redis.call('HGETALL', KEYS[3])
+local out = {device, cred, false, 0}
+for i = 4, #ARGV do out[#out + 1] = redis.call('HGET', KEYS[2], ARGV[i]) end
+if #device == 0 then return out end
+local function value(raw)
+  if not raw then return '' end
+  local ok, decoded = pcall(cjson.decode, raw)
+  if ok and type(decoded) == 'table' and type(decoded[1]) == 'string' then
+    return decoded[1]
+  end
+  return ''
+end
+local stun_key = KEYS[5]
+if ARGV[3] ~= '' then
+  local user = value(out[5]) ~= '' and value(out[5]) or value(out[6])
+  if user ~= '' then stun_key = ARGV[3] .. user end
+end
+local binding = false
+if ARGV[2] == '1' then binding = redis.call('GET', stun_key) end
+out[3] = binding
+local url = ''
+for i = 1, #device, 2 do
+  if device[i] == 'connection_request_url' then url = device[i + 1] end
+end
+local has_password = false
+for i = 1, #cred, 2 do
+  if cred[i] == 'password' then has_password = true end
+end
+local udp = ARGV[2] == '1' and (binding or value(out[7]) ~= '' or value(out[8]) ~= '')
+local jid = value(out[11]) ~= '' or value(out[12]) ~= ''
+if not has_password or (url == '' and not udp and not jid) then return out end
+if ARGV[1] == '0' then
+  out[4] = 1
+elseif redis.call('SET', KEYS[4], '1', 'PX', ARGV[1], 'NX') then
+  out[4] = 1
+else
+  out[4] = -1
+end
+return out
+"""
+
+# The parameters a wake-up reads, in the order _WAKE_STATE expects them.
+WAKE_PARAMETERS: tuple[str, ...] = tuple(
+    f"{root}.ManagementServer.{leaf}"
+    for leaf in ("STUNUsername", "UDPConnectionRequestAddress", "NATDetected", "ConnReqJabberID")
+    for root in ("Device", "InternetGatewayDevice")
+)
 
 
 class RedisConnreqState:
@@ -56,6 +132,71 @@ class RedisConnreqState:
         )
         return d.addCallback(lambda reply: reply is not None)
 
+    def release_interval(self, device_id: str) -> Deferred[None]:
+        """Undo a claim made by :meth:`wake_state` for a wake-up that sends nothing."""
+        d: Deferred[Any] = self._redis.delete(f"{self._prefix}connreq:recent:{device_id}")
+        return d.addCallback(lambda _: None)
+
+    def wake_state(
+        self,
+        device_id: str,
+        *,
+        credentials: Any,
+        interval: float,
+        udp: bool,
+        binding_by_reported_name: bool,
+        parameters: Sequence[str] = WAKE_PARAMETERS,
+    ) -> Deferred[WakeState]:
+        """Device, credential, STUN binding and the interval claim in one script.
+
+        ``credentials`` is the Redis connection-request credential store (it knows the
+        hash and unseals the password). The interval is claimed only when the wake-up
+        will try to send (see :class:`WakeState`).
+        """
+        device_key = f"{self._prefix}device:{device_id}"
+        keys = [
+            device_key,
+            device_key + ":params",
+            credentials.key(device_id),
+            f"{self._prefix}connreq:recent:{device_id}",
+            f"{self._prefix}stun:{device_id}",
+        ]
+        args = [
+            str(int(interval * 1000)) if interval > 0 else "0",
+            "1" if udp else "0",
+            f"{self._prefix}stun:" if binding_by_reported_name else "",
+            *parameters,
+        ]
+
+        def parse(reply: list[Any]) -> WakeState:
+            fields = _pairs(reply[0])
+            if not fields:
+                return WakeState(None, None, None, None)
+            device = device_view(fields)
+            device["parameters"] = {
+                name: dict(zip(("value", "type"), json.loads(raw), strict=True))
+                for name, raw in zip(parameters, reply[4:], strict=True)
+                if raw
+            }
+            binding = None
+            if reply[2]:
+                data = json.loads(reply[2])
+                binding = (str(data["host"]), int(data["port"]))
+            claim = int(reply[3])
+            return WakeState(
+                device,
+                credentials.unseal(device_id, _pairs(reply[1])),
+                binding,
+                None if claim == 0 else claim > 0,
+            )
+
+        d: Deferred[Any] = self._redis.eval(_WAKE_STATE, keys, args)
+        return d.addCallback(parse)
+
+
+def _pairs(flat: list[Any]) -> dict[str, str]:
+    return dict(zip(flat[0::2], flat[1::2], strict=True))
+
 
 class MemoryConnreqState:
     def __init__(self, clock: IReactorTime, *, ttl: int = BINDING_TTL) -> None:
@@ -81,3 +222,7 @@ class MemoryConnreqState:
             return succeed(False)
         self._recent[device_id] = now + seconds
         return succeed(True)
+
+    def release_interval(self, device_id: str) -> Deferred[None]:
+        self._recent.pop(device_id, None)
+        return succeed(None)

@@ -13,7 +13,11 @@ The order of work for one wake-up:
    fast CPE cannot be missed;
 5. send, within the global rate and the concurrency limits (overall and per destination),
    retrying network errors with a doubling delay;
-6. report: ``connreq.sent`` per attempt, then ``connreq.succeeded`` or ``connreq.failed``.
+6. report ``connreq.succeeded`` or ``connreq.failed`` (method, target, attempts); with
+   ``connreq.sent_events`` also ``connreq.sent`` before each attempt.
+
+Steps 2 and 3 read the device, its credential and its STUN binding, and claim the
+interval, in one Redis script when the gateway gives one (``wake_state``).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from cwmpgw.bus.events import Event, IEventSink, device_ref
 from cwmpgw.config import ConnreqConfig
 from cwmpgw.connreq.guard import GuardPolicy, Refusal, check_http_target, check_udp_target
 from cwmpgw.connreq.interfaces import IConnectionRequester, WakeResult
+from cwmpgw.connreq.state import WAKE_PARAMETERS, WakeState
 from cwmpgw.store.interfaces import ConnReqCredential, IConnReqCredentialStore, IDeviceStore
 
 __all__ = ["ConnectionRequestService", "RateLimiter", "session_follows"]
@@ -64,13 +69,6 @@ class RateLimiter:
         if start <= now:
             return succeed(None)
         return deferLater(self._clock, start - now, lambda: None)
-
-
-_WAKE_PARAMETERS: tuple[str, ...] = tuple(
-    f"{root}.ManagementServer.{leaf}"
-    for root in ("Device", "InternetGatewayDevice")
-    for leaf in ("STUNUsername", "UDPConnectionRequestAddress", "NATDetected", "ConnReqJabberID")
-)
 
 
 def _param(params: dict[str, Any], suffix: str) -> str:
@@ -121,6 +119,8 @@ class ConnectionRequestService:
         metrics: Any = None,
         xmpp: Any | None = None,
         xmpp_first: bool = True,
+        wake_state: Callable[[str], Deferred[WakeState]] | None = None,
+        release_interval: Callable[[str], Deferred[None]] | None = None,
     ) -> None:
         self._clock = clock
         self._xmpp = xmpp  # cwmpgw.connreq.xmpp.XmppConnectionRequester, or None
@@ -136,6 +136,8 @@ class ConnectionRequestService:
         self._claim_interval = claim_interval
         self._stun_binding = stun_binding
         self._session_started = session_started
+        self._wake_state = wake_state or self._read_apart
+        self._release_interval = release_interval
         self._metrics = metrics  # cwmpgw.metrics.Metrics, or None
         self._rate = RateLimiter(config.rate, clock)
         self._all = DeferredSemaphore(config.max_concurrent)
@@ -169,17 +171,34 @@ class ConnectionRequestService:
 
     # -- the work ------------------------------------------------------------------------
 
-    async def _wake(self, device_id: str) -> WakeResult:
+    async def _read_apart(self, device_id: str) -> WakeState:
+        """The reads of a wake-up one by one (stores without a one-script read); the
+        interval is left to claim."""
         # Both reads go out together (one write on a pipelined connection); only the few
         # parameters a wake-up needs are read, not the device's whole parameter cache.
         reads: list[Deferred[Any]] = [
-            self._devices.get_device(device_id, _WAKE_PARAMETERS),
+            self._devices.get_device(device_id, WAKE_PARAMETERS),
             self._credentials.get(device_id),
         ]
         try:
             device, credential = await gatherResults(reads, consumeErrors=True)
         except FirstError as e:
             e.subFailure.raiseException()
+        if device is None or credential is None or self._udp is None:
+            return WakeState(device, credential, None, None)
+        params: dict[str, Any] = device.get("parameters", {})
+        # Authenticated bindings are stored under the device id (its STUNUsername, as the
+        # gateway set it); a lab that takes unauthenticated ones looks up what it reported.
+        stun_user = (
+            device_id
+            if self._config.stun_require_integrity
+            else _param(params, ".ManagementServer.STUNUsername") or device_id
+        )
+        return WakeState(device, credential, await self._stun_binding(stun_user), None)
+
+    async def _wake(self, device_id: str) -> WakeResult:
+        state = await self._wake_state(device_id)
+        device, credential, binding = state.device, state.credential, state.binding
         if device is None:
             return WakeResult("refused", detail="unknown device")
         ref = device_ref(
@@ -195,14 +214,6 @@ class ConnectionRequestService:
             )
         params: dict[str, Any] = device.get("parameters", {})
         url = device.get("connection_request_url", "")
-        # Authenticated bindings are stored under the device id (its STUNUsername, as the
-        # gateway set it); a lab that takes unauthenticated ones looks up what it reported.
-        stun_user = (
-            device_id
-            if self._config.stun_require_integrity
-            else _param(params, ".ManagementServer.STUNUsername") or device_id
-        )
-        binding = await self._stun_binding(stun_user) if self._udp is not None else None
         udp_target = binding or _split_host_port(
             _param(params, ".ManagementServer.UDPConnectionRequestAddress")
         )
@@ -217,8 +228,15 @@ class ConnectionRequestService:
         if self._xmpp is not None and jid:
             methods.insert(0 if self._xmpp_first else len(methods), "xmpp")
         if not methods:
+            if state.claimed and self._release_interval is not None:
+                # Claimed with the reads (an address that does not parse): nothing will be
+                # sent, so the next wake-up must not be told "busy".
+                await self._release_interval(device_id)
             return await self._refuse(ref, None, "the device reported no connection-request URL")
-        if not await self._claim_interval(device_id, self._config.min_interval):
+        claimed = state.claimed
+        if claimed is None:
+            claimed = await self._claim_interval(device_id, self._config.min_interval)
+        if not claimed:
             interval = f"{self._config.min_interval:g}"
             return WakeResult(
                 "busy", detail=f"a connection request was sent less than {interval} s ago"
@@ -230,15 +248,16 @@ class ConnectionRequestService:
             else None
         )
         last = WakeResult("refused", detail="no method could be used")
+        sent: dict[str, Any] = {}  # target and attempts of the last method tried
         try:
             for method in methods:
                 if method == "xmpp":
-                    last = await self._try_xmpp(ref, jid, credential)
+                    last, sent = await self._try_xmpp(ref, jid, credential)
                 elif method == "http":
-                    last = await self._try_http(ref, url, device, credential)
+                    last, sent = await self._try_http(ref, url, device, credential)
                 else:
                     assert udp_target is not None
-                    last = await self._try_udp(ref, udp_target, device, credential)
+                    last, sent = await self._try_udp(ref, udp_target, device, credential)
                 if last.outcome == "ok":
                     break
             if last.outcome != "ok":
@@ -252,10 +271,10 @@ class ConnectionRequestService:
         if last.method == "udp" and not started and self._config.session_wait > 0:
             # UDP has no answer: only the session tells that the CPE got the message.
             result = WakeResult("timeout", False, "udp", "no session followed the UDP request")
-            await self._publish("connreq.failed", ref, result.to_dict())
+            await self._publish("connreq.failed", ref, {**result.to_dict(), **sent})
             return result
         result = WakeResult("ok", started, last.method, last.detail)
-        await self._publish("connreq.succeeded", ref, result.to_dict())
+        await self._publish("connreq.succeeded", ref, {**result.to_dict(), **sent})
         return result
 
     async def _try_http(
@@ -264,19 +283,25 @@ class ConnectionRequestService:
         url: str,
         device: dict[str, Any],
         credential: ConnReqCredential,
-    ) -> WakeResult:
+    ) -> tuple[WakeResult, dict[str, Any]]:
+        """The result, and the target and attempts for the result event."""
         target = check_http_target(url, last_source=device.get("last_source"), policy=self._policy)
         if isinstance(target, Refusal):
-            return await self._refuse(ref, "http", target.reason, url)
+            return await self._refuse(ref, "http", target.reason, url), {}
         attempt: Any = None
+        attempts = 0
         for number in range(self._config.retries + 1):
             if number:
                 await deferLater(
                     self._clock, self._config.retry_delay * 2 ** (number - 1), lambda: None
                 )
-            await self._publish(
-                "connreq.sent", ref, {"method": "http", "target": target.url, "attempt": number + 1}
-            )
+            attempts = number + 1
+            if self._config.sent_events:
+                await self._publish(
+                    "connreq.sent",
+                    ref,
+                    {"method": "http", "target": target.url, "attempt": attempts},
+                )
             attempt = await self._limited(
                 target.host,
                 lambda: self._http.request(
@@ -289,30 +314,35 @@ class ConnectionRequestService:
             if attempt.outcome not in _NETWORK_ERRORS:
                 break
         result = WakeResult(attempt.outcome, False, "http", attempt.detail)
+        sent = {"target": target.url, "attempts": attempts}
         if attempt.outcome != "ok":
             await self._publish(
-                "connreq.failed", ref, {**result.to_dict(), "status": attempt.status}
+                "connreq.failed", ref, {**result.to_dict(), **sent, "status": attempt.status}
             )
-        return result
+        return result, sent
 
     async def _try_xmpp(
         self, ref: dict[str, str], jid: str, credential: ConnReqCredential
-    ) -> WakeResult:
+    ) -> tuple[WakeResult, dict[str, Any]]:
         xmpp = self._xmpp
         assert xmpp is not None
         reason = xmpp.check_target(jid)
         if reason is not None:
-            return await self._refuse(ref, "xmpp", reason, jid)
-        await self._publish("connreq.sent", ref, {"method": "xmpp", "target": jid, "attempt": 1})
+            return await self._refuse(ref, "xmpp", reason, jid), {}
+        if self._config.sent_events:
+            await self._publish(
+                "connreq.sent", ref, {"method": "xmpp", "target": jid, "attempt": 1}
+            )
         # All XMPP requests go through one server: the per-destination limit is per JID.
         attempt = await self._limited(
             "xmpp:" + jid,
             lambda: xmpp.request(jid, credential.username, credential.password),
         )
         result = WakeResult(attempt.outcome, False, "xmpp", attempt.detail)
+        sent = {"target": jid, "attempts": 1}
         if attempt.outcome != "ok":
-            await self._publish("connreq.failed", ref, {**result.to_dict(), "status": None})
-        return result
+            await self._publish("connreq.failed", ref, {**result.to_dict(), **sent, "status": None})
+        return result, sent
 
     async def _try_udp(
         self,
@@ -320,7 +350,7 @@ class ConnectionRequestService:
         address: tuple[str, int],
         device: dict[str, Any],
         credential: ConnReqCredential,
-    ) -> WakeResult:
+    ) -> tuple[WakeResult, dict[str, Any]]:
         host, port = address
         # A STUN binding is a target only where the guard allows its address anyway:
         # the device's own last source, or the operator's networks (never widened by it).
@@ -328,17 +358,19 @@ class ConnectionRequestService:
             host, port, last_source=device.get("last_source"), policy=self._policy
         )
         if isinstance(target, Refusal):
-            return await self._refuse(ref, "udp", target.reason, f"{host}:{port}")
-        await self._publish(
-            "connreq.sent", ref, {"method": "udp", "target": target.netloc, "attempt": 1}
-        )
+            return await self._refuse(ref, "udp", target.reason, f"{host}:{port}"), {}
+        if self._config.sent_events:
+            await self._publish(
+                "connreq.sent", ref, {"method": "udp", "target": target.netloc, "attempt": 1}
+            )
         udp = self._udp
         assert udp is not None
         sent = await self._limited(
             target.host,
             lambda: udp.request(target.host, target.port, credential.username, credential.password),
         )
-        return WakeResult("ok", False, "udp", f"{sent} datagram(s) sent")
+        result = WakeResult("ok", False, "udp", f"{sent} datagram(s) sent")
+        return result, {"target": target.netloc, "attempts": 1}
 
     async def _limited(self, destination: str, start: Callable[[], Deferred[Any]]) -> Any:
         """Run ``start`` within the rate, the global limit and the destination's limit."""

@@ -60,8 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--write-only", action="store_true", help="only write --write-credentials, then exit"
     )
     creds.add_argument("--basic", action="store_true", help="send Basic credentials first")
+    creds.add_argument(
+        "--reuse-nonce",
+        action="store_true",
+        help="a returning CPE answers its last Digest challenge again (next nc), no 401 first",
+    )
 
     tls = p.add_argument_group("TLS")
+    tls.add_argument(
+        "--tls-resume", action="store_true", help="offer each device's last TLS session"
+    )
     trust = tls.add_mutually_exclusive_group()
     trust.add_argument("--cafile", metavar="FILE", help="CA certificate(s) to trust (PEM)")
     trust.add_argument("--insecure", action="store_true", help="accept any server certificate")
@@ -163,6 +171,8 @@ def _fleet(args: argparse.Namespace, reactor: Any) -> Fleet:
         "connect_timeout": args.connect_timeout,
         "request_timeout": args.request_timeout,
         "seed": args.seed,
+        "reuse_nonce": args.reuse_nonce,
+        "tls_resume": args.tls_resume,
     }
     if args.credentials_csv:
         with open(args.credentials_csv, encoding="utf-8-sig") as f:

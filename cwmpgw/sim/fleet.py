@@ -385,19 +385,70 @@ class _Endpoints:
         key = (uri.scheme, uri.host, uri.port)
         endpoint = self._cache.get(key)
         if endpoint is None:
+            tcp = self.tcp(uri)
+            if uri.scheme == b"https":
+                creator = self._fleet.tls_policy().creatorForNetloc(uri.host, uri.port)
+                tcp = wrapClientTLS(creator, tcp)
+            endpoint = self._cache[key] = tcp
+        return endpoint
+
+    def tcp(self, uri: Any) -> Any:
+        """The TCP endpoint under it (cached too)."""
+        key = (b"tcp", uri.host, uri.port)
+        endpoint = self._cache.get(key)
+        if endpoint is None:
             fleet = self._fleet
             host = uri.host.decode("ascii").strip("[]")
             timeout = fleet.connect_timeout
-            tcp: Any
             if _is_ip(host):
                 kind = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
-                tcp = kind(fleet.reactor, host, uri.port, timeout=timeout)
+                endpoint = kind(fleet.reactor, host, uri.port, timeout=timeout)
             else:
-                tcp = HostnameEndpoint(fleet.reactor, uri.host, uri.port, timeout=timeout)
-            if uri.scheme == b"https":
-                tcp = wrapClientTLS(fleet.tls_policy().creatorForNetloc(uri.host, uri.port), tcp)
-            endpoint = self._cache[key] = tcp
+                endpoint = HostnameEndpoint(fleet.reactor, uri.host, uri.port, timeout=timeout)
+            self._cache[key] = endpoint
         return endpoint
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _Resuming:
+    """The fleet's TLS connection creator, offering the device's last TLS session (a
+    session ticket) so the server may resume it instead of a full handshake."""
+
+    def __init__(self, inner: Any, offered: SSL.Session | None) -> None:
+        self._inner = inner
+        self._offered = offered
+        self.connections: list[SSL.Connection] = []
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        connection: SSL.Connection = self._inner.clientConnectionForTLS(tlsProtocol)
+        if self._offered is not None:
+            connection.set_session(self._offered)
+        self.connections.append(connection)
+        return connection
+
+
+def _session_reused(connection: SSL.Connection) -> bool:
+    """SSL_session_reused: pyOpenSSL has no public call for it."""
+    from OpenSSL._util import lib
+
+    return bool(lib.SSL_session_reused(connection._ssl))
+
+
+@implementer(IAgentEndpointFactory)
+class _ResumingEndpoints:
+    """One session's endpoints when the fleet resumes TLS sessions: the device's own."""
+
+    def __init__(self, fleet: Fleet, creator: _Resuming) -> None:
+        self._fleet = fleet
+        self._creator = creator
+
+    def endpointForURI(self, uri: Any) -> Any:
+        tcp = self._fleet.endpoints.tcp(uri)
+        if uri.scheme != b"https":
+            return tcp
+        inner = self._fleet.tls_policy().creatorForNetloc(uri.host, uri.port)
+        self._creator._inner = inner
+        return wrapClientTLS(self._creator, tcp)
 
 
 class _Http:
@@ -409,13 +460,26 @@ class _Http:
         self._pool = HTTPConnectionPool(fleet.reactor, persistent=fleet.connection == "session")
         self._pool.maxPersistentPerHost = 1
         self._pool.retryAutomatically = False  # never replay a POST behind the CPE's back
-        self._agent = Agent.usingEndpointFactory(fleet.reactor, fleet.endpoints, pool=self._pool)
+        endpoints: Any = fleet.endpoints
+        self._tls: _Resuming | None = None
+        if fleet.tls_resume:
+            self._tls = _Resuming(None, fleet.tls_sessions.get(device.device_id))
+            endpoints = _ResumingEndpoints(fleet, self._tls)
+        self._agent = Agent.usingEndpointFactory(fleet.reactor, endpoints, pool=self._pool)
         self._url = url.encode("ascii")
         parts = urllib.parse.urlsplit(url)
         self._uri = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self._cookies: dict[str, str] = {}
         self._challenge: Challenge | None = None
         self._nc = 0
+        # A returning CPE answers the last challenge of its previous session again, with
+        # the next nonce count, on its first request: no 401 while the nonce is good.
+        self._preemptive = False
+        if fleet.reuse_nonce:
+            remembered = fleet.nonces.get(device.device_id)
+            if remembered is not None:
+                self._challenge, self._nc = remembered
+                self._preemptive = True
 
     def _authorization(self, fresh_connection: bool) -> bytes | None:
         device, fleet = self._device, self._fleet
@@ -428,6 +492,8 @@ class _Http:
         elif not fresh_connection:
             return None
         self._nc += 1
+        if fleet.reuse_nonce and challenge.scheme == "digest":
+            fleet.nonces[device.device_id] = (challenge, self._nc)
         return authorization(
             challenge, device.username, device.password, "POST", self._uri, nc=self._nc
         )
@@ -444,7 +510,8 @@ class _Http:
             if self._cookies:
                 cookie = "; ".join(f"{k}={v}" for k, v in self._cookies.items())
                 headers.addRawHeader(b"cookie", cookie.encode("latin-1"))
-            auth = self._authorization(attempt > 0 or per_request)
+            auth = self._authorization(attempt > 0 or per_request or self._preemptive)
+            self._preemptive = False
             if auth is not None:
                 headers.addRawHeader(b"authorization", auth)
             self._fleet.trace("cpe", self._device, body)
@@ -485,6 +552,14 @@ class _Http:
         return await d
 
     async def close(self) -> None:
+        if self._tls is not None:
+            fleet = self._fleet
+            for connection in self._tls.connections:
+                session = connection.get_session()
+                if session is None:
+                    continue  # no handshake completed on it
+                fleet.tls_handshakes["resumed" if _session_reused(connection) else "full"] += 1
+                fleet.tls_sessions[self._device.device_id] = session
         await self._pool.closeCachedConnections()
 
 
@@ -572,6 +647,8 @@ class Fleet:
         drain_timeout: float = 30.0,
         seed: int | None = None,
         trace: Callable[[str, SimDevice, bytes], None] | None = None,
+        reuse_nonce: bool = False,
+        tls_resume: bool = False,
     ) -> None:
         scheme = urllib.parse.urlsplit(acs_url).scheme
         if scheme not in ("http", "https"):
@@ -585,6 +662,13 @@ class Fleet:
         self.arrival: Arrival = arrival if arrival is not None else Storm()
         self.basic = basic
         self.connection = connection
+        # A returning CPE re-uses its last Digest nonce (next nonce count) instead of
+        # waiting for a 401; and offers its last TLS session for resumption.
+        self.reuse_nonce = reuse_nonce
+        self.nonces: dict[str, tuple[Challenge, int]] = {}
+        self.tls_resume = tls_resume
+        self.tls_sessions: dict[str, SSL.Session] = {}
+        self.tls_handshakes: Counter[str] = Counter()  # "full", "resumed" (tls_resume)
         self.concurrency = concurrency
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout

@@ -593,17 +593,22 @@ class RedisConnReqCredentialStore:
         return f"{self._prefix}crcred:{device_id}"
 
     def get(self, device_id: str) -> Deferred[ConnReqCredential | None]:
-        def build(fields: dict[str, str]) -> ConnReqCredential | None:
-            if not fields or "password" not in fields:
-                return None
-            return ConnReqCredential(
-                fields.get("username", ""),
-                self._box.decrypt(fields["password"], device_id),
-                fields.get("allow_basic") == "1",
-            )
-
         d: Deferred[Any] = self._redis.hgetall(self._key(device_id))
-        return d.addCallback(build)
+        return d.addCallback(lambda fields: self.unseal(device_id, fields))
+
+    def key(self, device_id: str) -> str:
+        """The hash a device's credential is in (for scripts that read it with more)."""
+        return self._key(device_id)
+
+    def unseal(self, device_id: str, fields: dict[str, str]) -> ConnReqCredential | None:
+        """The credential in the fields of :meth:`key` as read from Redis, or None."""
+        if not fields or "password" not in fields:
+            return None
+        return ConnReqCredential(
+            fields.get("username", ""),
+            self._box.decrypt(fields["password"], device_id),
+            fields.get("allow_basic") == "1",
+        )
 
     def set(self, device_id: str, credential: ConnReqCredential) -> Deferred[None]:
         d: Deferred[Any] = self._redis.execute_command(

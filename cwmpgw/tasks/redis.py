@@ -24,7 +24,8 @@ to count them: :class:`~cwmpgw.bus.events.IStoredEvents`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail
@@ -89,16 +90,27 @@ return 1
 """
 )
 
-# KEYS: task, queue, finished, expiry zset, transfer key, event stream, bulk hash (or '')
+# KEYS: task, queue, finished, expiry zset, transfer key, event stream, bulk hash (or ''),
+#       [device params]
 # ARGV: 1 expected status, 2 expected attempts, 3 new JSON, 4 id,
 #       5 queue: keep | remove | front (back in, first, if it is not there),
 #       6 finished: 1 to push onto the finished list, 7 keep_finished, 8 task key prefix,
 #       9 expiry: keep | remove | add, 10 expires, 11 transfer: keep | set | remove,
-#       12-15 the event announcing the change, if any (EventStream.args), 16 new status
+#       12-15 the event announcing the change, if any (EventStream.args), 16 new status,
+#       then parameter name/value pairs for the parameter cache (KEYS[8]), written whatever
+#       the outcome: they are what the CPE answered
 # Returns 1 when applied, 0 when the task is gone, else the stored JSON (it moved on).
 _TRANSITION = (
     EMIT_LUA
     + """
+if KEYS[8] then
+  local i = 17
+  while i <= #ARGV do
+    local last = math.min(i + 399, #ARGV)
+    redis.call('HSET', KEYS[8], unpack(ARGV, i, last))
+    i = last + 1
+  end
+end
 local cur = redis.call('GET', KEYS[1])
 if not cur then return 0 end
 local t = cjson.decode(cur)
@@ -409,8 +421,18 @@ class RedisTaskService:
 
         return Deferred.fromCoroutine(run())
 
-    def complete(self, task: Task, result: dict[str, Any]) -> Deferred[Task]:
-        return self._end(task, status="done", result=result)
+    # complete() also writes the parameter cache, in the same script (TaskRunner).
+    caches_parameters = True
+
+    def complete(
+        self,
+        task: Task,
+        result: dict[str, Any],
+        parameters: Sequence[tuple[str, str, str]] = (),
+    ) -> Deferred[Task]:
+        """running → done; ``parameters`` (name, value, type) go to the device's parameter
+        cache in the same script (as ``IDeviceStore.update_parameters`` writes them)."""
+        return self._end(task, parameters, status="done", result=result)
 
     def fail(self, task: Task, fault: dict[str, Any]) -> Deferred[Task]:
         return self._end(task, status="failed", fault=fault)
@@ -559,10 +581,12 @@ class RedisTaskService:
         expiry: str = "keep",
         transfer: str = "keep",
         event: Event | None = None,
+        parameters: Sequence[tuple[str, str, str]] = (),
     ) -> tuple[bool, Task | None]:
         """Apply old → new if the stored task still is ``old``; else return what is stored.
 
-        ``event`` is stored (XADD + PUBLISH) in the same script, only if the change is.
+        ``event`` is stored (XADD + PUBLISH) in the same script, only if the change is;
+        ``parameters`` are cached whatever the outcome.
         """
         keys = [
             self._task_key(old.id),
@@ -588,6 +612,10 @@ class RedisTaskService:
             *self._stream.args(event),
             new.status,
         ]
+        if parameters:
+            keys.append(self._device_key(old.device_id, ":params"))
+            for name, value, type_ in parameters:
+                args += [name, json.dumps([value, type_])]
         reply = await self._redis.eval(_TRANSITION, keys, args)
         if reply == 1:
             if event is not None:
@@ -604,7 +632,12 @@ class RedisTaskService:
         return False, task_from_json(reply)
 
     async def _final(
-        self, old: Task, new: Task, *, expected: str | None = None
+        self,
+        old: Task,
+        new: Task,
+        *,
+        expected: str | None = None,
+        parameters: Sequence[tuple[str, str, str]] = (),
     ) -> tuple[bool, Task | None]:
         """old → a final status, announced by its event in the same script."""
         return await self._transition(
@@ -616,14 +649,17 @@ class RedisTaskService:
             expiry="remove",
             transfer="remove",
             event=task_event(new, self._node),
+            parameters=parameters,
         )
 
-    def _end(self, task: Task, **changes: Any) -> Deferred[Task]:
+    def _end(
+        self, task: Task, parameters: Sequence[tuple[str, str, str]] = (), **changes: Any
+    ) -> Deferred[Task]:
         """running → a final status, for the task the engine holds."""
 
         async def run() -> Task:
             new = task.evolve(updated=self._clock.seconds(), **changes)
-            won, current = await self._final(task, new, expected="running")
+            won, current = await self._final(task, new, expected="running", parameters=parameters)
             if won:
                 return new
             self._log.warn(

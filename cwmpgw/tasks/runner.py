@@ -208,6 +208,15 @@ class TaskRunner:
                 state.plan.on_fault({"reason": f"malformed {request.method}Response: {e}"})
         updates = list(state.plan.parameter_updates)
         state.plan.parameter_updates.clear()
+        if (
+            updates
+            and state.plan.outcome == "done"
+            and getattr(self._tasks, "caches_parameters", False)
+        ):
+            # The last answer of a task: its values go to the cache in the script that
+            # marks it done (one round trip, not two).
+            await self._finish(session, state, updates)
+            return
         if updates:
             await self._devices.update_parameters(session.device_id, updates)
         if state.plan.outcome != "running":
@@ -234,10 +243,17 @@ class TaskRunner:
         state.plan.on_fault({"reason": reason})
         await self._finish(session, state)
 
-    async def _finish(self, session: LiveSession, state: _Running) -> None:
+    async def _finish(
+        self,
+        session: LiveSession,
+        state: _Running,
+        parameters: list[tuple[str, str, str]] | None = None,
+    ) -> None:
         self._running.pop(session.session_id, None)
         plan, task = state.plan, state.task
-        if plan.outcome == "done":
+        if parameters:
+            await self._tasks.complete(task, plan.result or {}, parameters)
+        elif plan.outcome == "done":
             await self._tasks.complete(task, plan.result or {})
         elif plan.outcome == "waiting_transfer":
             await self._tasks.wait_for_transfer(task)

@@ -9,8 +9,9 @@ Nonces are stateless (issue time, randomness and an HMAC under a secret), so a
 CPE that reconnects after the 401 can answer the earlier challenge, and several
 gateway processes sharing the secret accept each other's nonces.  Replay
 protection is per process: the highest accepted ``nc`` of each nonce is kept in
-a bounded table; across processes, the first process to accept a nonce claims
-it (:mod:`cwmpgw.acs.nonceclaims`) and the others answer ``stale=true``.
+a bounded table; across processes, each acceptance also advances the nonce's
+count in Redis (:mod:`cwmpgw.acs.nonceclaims`), so a count accepted by one
+process is ``stale=true`` on every other.
 """
 
 from __future__ import annotations
@@ -205,10 +206,6 @@ class _NonceTracker:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def seen(self, nonce: str) -> bool:
-        """Whether a response with this nonce was accepted here (and is still tracked)."""
-        return nonce in self._entries
-
     def may_be_used(self, nonce: str, issued_ms: int) -> bool:
         """False if this nonce's replay state was dropped while it could still be in use."""
         return nonce in self._entries or issued_ms > self._watermark_ms
@@ -304,9 +301,9 @@ class DigestCredentials:
         self.stale = False
 
     @property
-    def first_use_here(self) -> bool:
-        """No response with this nonce was accepted by this process yet."""
-        return not self._tracker.seen(self.nonce)
+    def nc_value(self) -> int:
+        """The nonce count as a number (``nc`` was checked to be 8 hex digits)."""
+        return int(self.nc, 16)
 
     def claim_ttl_ms(self, lifetime_ms: int) -> int:
         """How long a claim on this nonce must last: until it expires, plus a minute for

@@ -1432,7 +1432,15 @@ class ConnreqGuardGatewayTests(GatewayBase):
     async def start_guarded(self, **connreq: Any) -> str:
         from cwmpgw.store.interfaces import ConnReqCredential
 
-        settings = {"stun": False, "min_interval": 0.0, "retries": 0, "session_wait": 1.0}
+        # sent_events: every attempt is announced, so "no connreq.sent" below means
+        # nothing was attempted (the default publishes only each wake-up's result).
+        settings = {
+            "stun": False,
+            "min_interval": 0.0,
+            "retries": 0,
+            "session_wait": 1.0,
+            "sent_events": True,
+        }
         await self.start(connreq=settings | connreq)
         device_id = await self.add_device("GUARD1", "guard-cpe", "guard-pw")
         await self.service.connreq_credentials.set(device_id, ConnReqCredential("cr", "cr-pw"))

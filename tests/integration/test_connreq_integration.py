@@ -176,7 +176,7 @@ class ConnectionRequestTests(TestCase):
         return listener, cr_url, sessions
 
     async def test_http_digest_wake_up_opens_a_session(self) -> None:
-        service = await self.start_gateway(allowed_networks=["127.0.0.0/8"])
+        service = await self.start_gateway(allowed_networks=["127.0.0.0/8"], sent_events=True)
         listener, cr_url, sessions = await self.http_cpe()
         boot = await self.session("1 BOOT", cr_url)
         self.assertEqual(boot[-1].status, 204)
@@ -197,6 +197,32 @@ class ConnectionRequestTests(TestCase):
         self.assertEqual(marks.count("session.closed"), 2)
         self.assertEqual(marks.count("connreq.succeeded"), 1)
         self.assertNotIn(CR_PASSWORD, json.dumps(self.redis.xrange(self.prefix + "events")))
+
+    async def test_one_event_per_wake_up_and_the_interval_claimed_with_the_reads(self) -> None:
+        """By default a wake-up publishes one event, which names method, target and
+        attempts; the reads and the interval claim are one script: a second wake-up within
+        ``min_interval`` is busy, and a wake-up that cannot send claims nothing."""
+        service = await self.start_gateway(
+            allowed_networks=["127.0.0.0/8"], session_wait=0.0, min_interval=30.0
+        )
+        listener, cr_url, _ = await self.http_cpe()
+        self.assertEqual((await service.connreq.wake(DEVICE_ID)).outcome, "refused")  # unknown
+        self.assertFalse(self.redis.exists(f"{self.prefix}connreq:recent:{DEVICE_ID}"))
+        await self.session("1 BOOT", cr_url)
+        before = len(self.stream_types())
+        result = await service.connreq.wake(DEVICE_ID)
+        self.assertEqual((result.outcome, result.method), ("ok", "http"))
+        self.assertTrue(self.redis.exists(f"{self.prefix}connreq:recent:{DEVICE_ID}"))
+        self.assertEqual((await service.connreq.wake(DEVICE_ID)).outcome, "busy")
+        self.assertEqual(len(listener.requests), 2)  # the 401 and the authorised GET, once
+        entries = self.redis.xrange(self.prefix + "events")[before:]
+        events = [json.loads(f["event"]) for _, f in entries]
+        self.assertEqual([e["type"] for e in events], ["connreq.succeeded"])
+        self.assertEqual(
+            (events[0]["data"]["method"], events[0]["data"]["target"]),
+            ("http", cr_url),
+        )
+        self.assertEqual(events[0]["data"]["attempts"], 1)
 
     async def test_guard_refuses_loopback_by_default(self) -> None:
         service = await self.start_gateway()

@@ -1,9 +1,10 @@
 """A Digest response accepted by one gateway process cannot be replayed to another.
 
 Every process accepts every other's nonces (a CPE may reconnect after the 401 to another
-worker or node), but each tracks nonce counts in its own memory. The first process to
-accept a nonce claims it; the others answer 401 ``stale=true`` and the CPE retries with a
-fresh nonce of theirs.
+worker or node, or come back for its next session with its last nonce and a higher count),
+and each tracks nonce counts in its own memory. Each acceptance also advances the nonce's
+count in Redis: a count accepted anywhere is refused everywhere after (401
+``stale=true``; an honest CPE retries with a fresh nonce).
 """
 
 from __future__ import annotations
@@ -84,33 +85,50 @@ class TwoProcessesTests(SynchronousTestCase):
         challenge = self.challenge(self.a)
         header = digest_client.authorization(challenge, USER, PASSWORD)
         self.assertEqual(self.inform(self.b, header).status, 200)
-        # The next response with that nonce, sent to A (a CPE moving, or a replay): stale;
-        # the CPE retries with A's fresh nonce and gets in.
-        moved = self.inform(self.a, digest_client.authorization(challenge, USER, PASSWORD, nc=2))
-        self.assertStale(moved)
-        fresh = digest_client.pick(moved.headers["www-authenticate"])
+        # Its next session re-uses the nonce with a higher count and lands on A: in,
+        # without a 401 (a returning CPE needs no new challenge on any process).
+        moved = digest_client.authorization(challenge, USER, PASSWORD, nc=2)
+        self.assertEqual(self.inform(self.a, moved).status, 200)
+        # That header replayed, to either process: stale. The retry with the fresh
+        # nonce gets in; nothing is counted as a failure.
+        for acs in (self.b, self.a):
+            replay = self.inform(acs, moved)
+            self.assertStale(replay)
+        fresh = digest_client.pick(replay.headers["www-authenticate"])
         self.assertNotEqual(fresh["nonce"], challenge["nonce"])
         again = digest_client.authorization(fresh, USER, PASSWORD)
         self.assertEqual(self.inform(self.a, again).status, 200)
         self.assertEqual(self.failures(), [])  # a stale nonce is no failed authentication
+        self.assertEqual([e.type for e in self.bus.events].count("inform"), 3)
 
-    def test_claimed_once_per_nonce_per_process(self) -> None:
-        calls: list[str] = []
+    def test_a_returning_cpe_re_uses_its_nonce_on_either_process(self) -> None:
+        """Sessions that each start on a new connection with the last nonce and the next
+        count: no 401 at all, whichever process each lands on; a lower count is stale."""
+        challenge = self.challenge(self.a)
+        for nc, acs in enumerate((self.a, self.b, self.b, self.a, self.b), start=1):
+            header = digest_client.authorization(challenge, USER, PASSWORD, nc=nc)
+            self.assertEqual(self.inform(acs, header).status, 200, nc)
+        old = digest_client.authorization(challenge, USER, PASSWORD, nc=3)
+        self.assertStale(self.inform(self.a, old))  # A accepted 1 and 4 only, Redis knows 5
+        self.assertEqual(self.failures(), [])
+
+    def test_each_authentication_advances_the_shared_count(self) -> None:
+        calls: list[int] = []
         real = self.claims.claim
 
-        def counted(nonce: str, claimant: str, ttl_ms: int) -> Any:
-            calls.append(claimant)
-            return real(nonce, claimant, ttl_ms)
+        def counted(nonce: str, nc: int, ttl_ms: int) -> Any:
+            calls.append(nc)
+            return real(nonce, nc, ttl_ms)
 
         self.claims.claim = counted  # type: ignore[method-assign]
         challenge = self.challenge(self.a)
         for nc in (1, 2, 3):
             header = digest_client.authorization(challenge, USER, PASSWORD, nc=nc)
             self.assertEqual(self.inform(self.a, header).status, 200)
-        self.assertEqual(len(calls), 1)  # later counts are tracked here, without Redis
-        # The claim lasts the nonce's lifetime (300 s), plus a minute for clock skew.
-        holder, until = self.claims._holders[challenge["nonce"]]
-        self.assertEqual(holder, self.a.authenticator._claimant)
+        self.assertEqual(calls, [1, 2, 3])
+        # The record lasts the nonce's lifetime (300 s), plus a minute for clock skew.
+        count, until = self.claims.counts[challenge["nonce"]]
+        self.assertEqual(count, 3)
         self.assertEqual(until - self.clock.seconds(), 360)
 
     def test_the_claim_store_unreachable_is_503(self) -> None:
@@ -131,18 +149,19 @@ class RedisNonceClaimsTests(TestCase):
         self.prefix = unique_prefix()
         self.claims = RedisNonceClaims(self.redis, self.prefix)
 
-    async def test_first_claimant_holds_until_expiry(self) -> None:
-        self.assertTrue(await self.claims.claim("n1", "process-a", 60_000))
-        self.assertTrue(await self.claims.claim("n1", "process-a", 60_000))
-        self.assertFalse(await self.claims.claim("n1", "process-b", 60_000))
-        self.assertTrue(await self.claims.claim("n2", "process-b", 60_000))
+    async def test_only_a_higher_count_is_accepted_until_expiry(self) -> None:
+        self.assertTrue(await self.claims.claim("n1", 1, 60_000))
+        self.assertFalse(await self.claims.claim("n1", 1, 60_000))  # the replay
+        self.assertTrue(await self.claims.claim("n1", 3, 60_000))
+        self.assertFalse(await self.claims.claim("n1", 2, 60_000))  # below the highest
+        self.assertTrue(await self.claims.claim("n2", 1, 60_000))
         ttl = int(await self.redis.execute_command("PTTL", self.prefix + "nonce:n1"))
         self.assertTrue(0 < ttl <= 60_000, ttl)
-        self.assertTrue(await self.claims.claim("short", "process-a", 1))
+        self.assertTrue(await self.claims.claim("short", 5, 1))
         await self.redis.execute_command("PEXPIRE", self.prefix + "nonce:short", "1")
         while await self.redis.execute_command("EXISTS", self.prefix + "nonce:short"):
             pass  # gone within a millisecond or two
-        self.assertTrue(await self.claims.claim("short", "process-b", 60_000))
+        self.assertTrue(await self.claims.claim("short", 1, 60_000))
 
 
 @pytest.mark.usefixtures("redis_for_class")

@@ -705,6 +705,33 @@ class FleetAgainstGatewayTests(TestCase):
         self.assertEqual(fleet.listener.accepted, 1)  # type: ignore[union-attr]
         self.assertEqual(fleet.active + fleet.queued, 0)
 
+    async def test_returning_devices_re_use_their_nonce_and_resume_tls(self) -> None:
+        """``reuse_nonce``: a device's next session answers its last challenge again with
+        the next nonce count, so the gateway sends no 401; ``tls_resume``: it offers its
+        last TLS session and the gateway resumes it."""
+        await self.start_gateway(provision={"credentials": False, "periodic_inform": False})
+        fleet = await self.start_fleet(
+            devices=5,
+            credentials=credential_templates("{device_id}", "{serial}-Zq6-secret"),
+            bootstrap=False,
+            reuse_nonce=True,
+            tls_resume=True,
+        )
+        await self.import_fleet(fleet)
+
+        def informs() -> int:
+            return sum(1 for body in self.sent if b"Inform>" in body and b"cwmp:Inform" in body)
+
+        first = await fleet.run_sessions(count=5)
+        self.assertEqual((first.completed, dict(first.failures)), (5, {}))
+        self.assertEqual(informs(), 10)  # each Inform twice: before and after the 401
+        self.assertEqual(dict(fleet.tls_handshakes), {"full": 5})
+        again = await fleet.run_sessions(count=5)
+        self.assertEqual((again.completed, dict(again.failures)), (5, {}))
+        self.assertEqual(informs(), 15)  # once each: no 401
+        self.assertEqual(dict(fleet.tls_handshakes), {"full": 5, "resumed": 5})
+        self.assertEqual([n for _, n in fleet.nonces.values()], [2] * 5)
+
     async def test_queued_tasks_are_answered_like_a_cpe(self) -> None:
         service = await self.start_gateway()
         fleet = await self.start_fleet(

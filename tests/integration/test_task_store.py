@@ -519,6 +519,28 @@ class RedisTaskTests(TaskContract, TestCase):
         self.service = self.make()
         self.addCleanup(self.every_event_is_in_the_stream_once)
 
+    async def test_complete_caches_the_answers_values_in_the_same_script(self) -> None:
+        """The last answer's values go to the parameter cache in the script that marks the
+        task done (one round trip), as update_parameters writes them; also when the task
+        is no longer running (they are what the CPE answered)."""
+        params = f"{self.prefix}device:{DEV}:params"
+        task = await self.service.submit(DEV, "GetParameterValues", GPV)
+        running = await self.service.next_for_device(DEV)
+        values = [("Device.DeviceInfo.SoftwareVersion", "1.2.3", "xsd:string")]
+        done = await self.service.complete(running, {"parameters": {}}, values)
+        self.assertEqual((done.id, done.status), (task.id, "done"))
+        self.assertEqual(
+            await self.redis.hgetall(params),
+            {"Device.DeviceInfo.SoftwareVersion": '["1.2.3", "xsd:string"]'},
+        )
+        self.assertEqual(self.bus.of(task.id), ["task.queued", "task.done"])
+        late = [("Device.DeviceInfo.UpTime", "42", "xsd:unsignedInt")]
+        await self.service.complete(running, {"parameters": {}}, late)  # lost the race
+        self.assertEqual(
+            await self.redis.hget(params, "Device.DeviceInfo.UpTime"), '["42", "xsd:unsignedInt"]'
+        )
+        self.assertEqual(self.bus.of(task.id), ["task.queued", "task.done"])
+
     async def stream(self) -> list[tuple[str, str]]:
         """(type, envelope JSON) of every entry of the event stream, oldest first."""
         entries = await self.redis.execute_command("XRANGE", self.prefix + "events", "-", "+")

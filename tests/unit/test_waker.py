@@ -125,7 +125,13 @@ class WakerTests(SynchronousTestCase):
         self.assertEqual(
             (result.outcome, result.session_started, result.method), ("ok", True, "http")
         )
-        self.assertEqual(self.types(), ["connreq.sent", "connreq.succeeded"])
+        # One event per wake-up by default: the result names the method, target, attempts.
+        self.assertEqual(self.types(), ["connreq.succeeded"])
+        data = self.bus.events[0].data
+        self.assertEqual(
+            (data["method"], data["target"], data["attempts"]),
+            ("http", f"http://{CPE_IP}:7547/cr", 1),
+        )
         self.assertNotIn("cr-secret", repr([e.to_dict() for e in self.bus.events]))
 
     def test_session_wait_zero_does_not_wait(self) -> None:
@@ -173,7 +179,19 @@ class WakerTests(SynchronousTestCase):
         self.assertEqual(len(self.http.calls), 2)
         self.clock.advance(0.1)
         self.assertEqual(self.successResultOf(d).outcome, "ok")
-        self.assertEqual(self.types(), ["connreq.sent"] * 3 + ["connreq.succeeded"])
+        self.assertEqual(self.types(), ["connreq.succeeded"])
+        self.assertEqual(self.bus.events[0].data["attempts"], 3)
+
+    def test_sent_events_on_request(self) -> None:
+        """``connreq.sent_events``: one ``connreq.sent`` before each attempt, as before."""
+        self.add_device()
+        self.http.outcomes = ["unreachable", "ok"]
+        d = self.service(session_wait=0.0, retry_delay=1.0, sent_events=True).wake(DEVICE_ID)
+        self.clock.advance(1.0)
+        self.assertEqual(self.successResultOf(d).outcome, "ok")
+        self.assertEqual(self.types(), ["connreq.sent"] * 2 + ["connreq.succeeded"])
+        self.assertEqual([e.data.get("attempt") for e in self.bus.events], [1, 2, None])
+        self.assertEqual(self.bus.events[-1].data["attempts"], 2)
 
     def test_auth_failure_is_not_retried(self) -> None:
         self.add_device()
@@ -181,7 +199,8 @@ class WakerTests(SynchronousTestCase):
         result = self.successResultOf(self.service().wake(DEVICE_ID))
         self.assertEqual(result.outcome, "auth_failed")
         self.assertEqual(len(self.http.calls), 1)
-        self.assertEqual(self.types(), ["connreq.sent", "connreq.failed"])
+        self.assertEqual(self.types(), ["connreq.failed"])
+        self.assertEqual(self.bus.events[0].data["attempts"], 1)
 
     def test_minimum_interval_per_device(self) -> None:
         self.add_device()
@@ -211,7 +230,9 @@ class WakerTests(SynchronousTestCase):
         self.sessions[0][1].callback(False)  # nothing came
         result = self.successResultOf(d)
         self.assertEqual((result.outcome, result.method), ("timeout", "udp"))
-        self.assertEqual(self.types(), ["connreq.sent", "connreq.failed"])
+        self.assertEqual(self.types(), ["connreq.failed"])
+        data = self.bus.events[0].data
+        self.assertEqual((data["target"], data["attempts"]), (f"{CPE_IP}:40001", 1))
 
     def test_udp_address_parameter_used_when_http_fails(self) -> None:
         self.add_device(
