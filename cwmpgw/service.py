@@ -29,7 +29,7 @@ from cwmpgw.app.fleet import make_bulk_runner, make_bulks, make_inventory
 from cwmpgw.app.metrics import ReactorLag, make_metrics, redis_sampler
 from cwmpgw.app.redis import RedisPart
 from cwmpgw.app.state import StatePart, spool_name
-from cwmpgw.app.tasks import make_provisioner, make_task_service
+from cwmpgw.app.tasks import make_profiles, make_provisioner, make_task_service
 from cwmpgw.app.tree import Listener, OrderedTree, Part
 from cwmpgw.app.xmpp import XmppPart
 from cwmpgw.availability import GuardedRedis, RedisAvailability
@@ -39,6 +39,7 @@ from cwmpgw.config import Config
 from cwmpgw.connreq.waker import ConnectionRequestService
 from cwmpgw.fleet.bulk import BulkRunner, RedisBulkService
 from cwmpgw.fleet.inventory import RedisInventory
+from cwmpgw.fleet.profiles import ProfileApplier, RedisProfileStore
 from cwmpgw.metrics import MeteredEventSink, Metrics
 from cwmpgw.nbi.commands import CommandConsumer
 from cwmpgw.nbi.directory import DeviceDirectory
@@ -86,6 +87,8 @@ class GatewayService(OrderedTree):
         self.runner: TaskRunner | None = None
         self.rotations: RedisRotations | None = None
         self.provisioner: Provisioner | None = None
+        self.profiles: RedisProfileStore | None = None
+        self.profile_applier: ProfileApplier | None = None
         self._acs: acs_part.AcsPart | None = None
         self._nbi: Listener | None = None
         self._metrics: Listener | None = None
@@ -231,10 +234,13 @@ class GatewayService(OrderedTree):
         )
         self.runner = TaskRunner(self.tasks, self.devices, gpv_batch=self.config.tasks.gpv_batch)
         self.rotations = RedisRotations(redis, self.config.redis.prefix)
+        self.profiles, self.profile_applier = make_profiles(
+            self.config, self._reactor, redis, self.runner, devices=self.devices, events=self.events
+        )
         self.provisioner = make_provisioner(
             self.config,
             self._reactor,
-            self.runner,
+            self.profile_applier,
             self.rotations,
             credentials=self.credentials,
             connreq_credentials=self.connreq_credentials,
@@ -307,6 +313,7 @@ class GatewayService(OrderedTree):
                 spool=self.spool,
             ),
             bulks=self.bulks,
+            profiles=self.profiles,
         )
         return self._nbi
 
@@ -323,6 +330,7 @@ class GatewayService(OrderedTree):
             events=self.events,
             tagger=self.devices,
             bulks=self.bulks,
+            profiles=self.profiles,
         )
         return self.commands
 

@@ -34,6 +34,7 @@ def make_api(
     waker: IConnectionRequester | None,
     health: GatewayHealth,
     bulks: IBulkService | None = None,
+    profiles: Any = None,
 ) -> Listener:
     cfg = config.nbi
     resource = NbiResource(
@@ -46,6 +47,7 @@ def make_api(
         max_body_bytes=cfg.max_body_bytes,
         max_wait=cfg.max_wait,
         bulks=bulks,
+        profiles=profiles,
         default_expiry=config.tasks.default_expiry,
         gpv_batch=config.tasks.gpv_batch,
     )
@@ -79,6 +81,7 @@ def make_commands(
     events: IEventSink,
     tagger: Any = None,
     bulks: IBulkService | None = None,
+    profiles: Any = None,
 ) -> CommandConsumer:
     """The command stream's consumer; its blocking reads use a connection of their own."""
     consumer = CommandConsumer(
@@ -91,6 +94,7 @@ def make_commands(
         node=config.gateway.node_name,
         tagger=tagger,
         bulks=bulks,
+        profiles=profiles,
     )
     consumer.name = "commands"
     return consumer

@@ -57,6 +57,7 @@ EVENT_TYPES = frozenset(
         "bulk.progress",
         "profile.applied",
         "profile.failed",
+        "profile.changed",
     }
 )
 

@@ -29,12 +29,14 @@ from twisted.web.server import NOT_DONE_YET, Request
 from cwmpgw.availability import is_backend_failure
 from cwmpgw.connreq.interfaces import IConnectionRequester, WakeResult
 from cwmpgw.fleet.bulk import BulkConflict, BulkError, IBulkService, parse_bulk_request
+from cwmpgw.fleet.profiles import IProfileStore, ProfileError, parse_profile
 from cwmpgw.fleet.selector import SelectorError, parse_query, valid_tag
 from cwmpgw.nbi.auth import CHALLENGE, IAuthorizer
 from cwmpgw.nbi.interfaces import IDeviceDirectory, IHealth
 from cwmpgw.nbi.openapi import ROUTES, Route, build_document
 from cwmpgw.store.interfaces import MAX_TAGS
 from cwmpgw.tasks.model import (
+    DataModelRefusal,
     IdempotencyConflict,
     ITaskService,
     Task,
@@ -267,12 +269,14 @@ class NbiResource(Resource):
         max_body_bytes: int,
         max_wait: float,
         bulks: IBulkService | None = None,
+        profiles: IProfileStore | None = None,
         default_expiry: float = 604800,
         gpv_batch: int = 100,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._tasks = tasks
         self._bulks = bulks
+        self._profiles = profiles
         self._default_expiry = default_expiry
         self._gpv_batch = gpv_batch
         self._devices = devices
@@ -601,6 +605,8 @@ class NbiResource(Resource):
             )
         except IdempotencyConflict as e:
             raise ApiError(422, "idempotency_conflict", task_error_message(e)) from None
+        except DataModelRefusal as e:
+            raise ApiError(422, "data_model", task_error_message(e)) from None
         except TaskError as e:
             raise ApiError(400, "invalid_task", task_error_message(e)) from None
         except UnknownDevice:
@@ -725,6 +731,52 @@ class NbiResource(Resource):
             "{principal} cancelled bulk {bulk_id}", principal=call.principal, bulk_id=bulk_id
         )
         return _Answer(202 if bulk["status"] == "cancelling" else 200, bulk)
+
+    def _profile_store(self) -> IProfileStore:
+        if self._profiles is None:
+            raise ApiError(404, "not_found", "profiles are not enabled on this gateway")
+        return self._profiles
+
+    async def _op_list_profiles(self, call: _Call) -> _Answer:
+        profiles = await self._profile_store().all()
+        return _Answer(200, {"profiles": [p.to_dict() for p in profiles]})
+
+    async def _op_get_profile(self, call: _Call) -> _Answer:
+        name = call.params["profile_name"]
+        profile = await self._profile_store().get(name)
+        if profile is None:
+            raise _no_profile(name)
+        return _Answer(200, profile.to_dict())
+
+    async def _op_put_profile(self, call: _Call) -> _Answer:
+        store = self._profile_store()
+        try:
+            profile = parse_profile(
+                call.params["profile_name"], call.body, now=self._clock.seconds()
+            )
+        except ProfileError as e:
+            if e.data_model:
+                raise ApiError(422, "data_model", str(e)) from None
+            _bad(str(e))
+        stored, new = await store.put(profile)
+        self._log.info(
+            "{principal} {verb} profile {profile} (version {version})",
+            principal=call.principal,
+            verb="created" if new else "changed",
+            profile=stored.name,
+            version=stored.version,
+        )
+        headers = {"Location": "/profiles/" + quote(stored.name, safe="")}
+        return _Answer(201 if new else 200, stored.to_dict(), headers)
+
+    async def _op_delete_profile(self, call: _Call) -> _Answer:
+        name = call.params["profile_name"]
+        if not await self._profile_store().delete(name):
+            raise _no_profile(name)
+        self._log.info(
+            "{principal} deleted profile {profile}", principal=call.principal, profile=name
+        )
+        return _Answer(204)
 
     async def _op_get_task(self, call: _Call) -> _Answer:
         task_id = _path_task(call)
@@ -869,6 +921,10 @@ def _path_bulk(call: _Call) -> str:
 
 def _no_bulk(bulk_id: str) -> ApiError:
     return ApiError(404, "bulk_not_found", f"no bulk {_show(bulk_id)}")
+
+
+def _no_profile(name: str) -> ApiError:
+    return ApiError(404, "profile_not_found", f"no profile {_show(name)}")
 
 
 def _no_device(device_id: str) -> ApiError:

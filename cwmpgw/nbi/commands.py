@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 
 from cwmpgw.availability import is_backend_failure
 from cwmpgw.bus.events import Event, IEventSink, device_ref
+from cwmpgw.fleet.profiles import ProfileError, parse_profile
 from cwmpgw.nbi.api import (
     ApiError,
     parse_json,
@@ -85,6 +86,7 @@ class CommandConsumer(Service):
         stop_grace: float = 10.0,
         tagger: Any = None,
         bulks: Any = None,
+        profiles: Any = None,
     ) -> None:
         """``redis`` (the shared pool) carries XGROUP, XAUTOCLAIM and XACK; ``connect()``
         fires with the dedicated connection for XREADGROUP, closed again on stop. A lazy
@@ -100,6 +102,7 @@ class CommandConsumer(Service):
         self._tasks = tasks
         self._tagger = tagger  # change_tags(device_id, add, remove), for ``tags`` entries
         self._bulks = bulks  # an IBulkService, for ``bulk`` entries
+        self._profiles = profiles  # an IProfileStore, for ``profile`` entries
         self._events = events
         self._clock = clock
         self._node = node
@@ -348,7 +351,7 @@ class CommandConsumer(Service):
         if fields is None:  # deleted from the stream while pending: nothing to do
             await self._ack(entry_id)
             return
-        if "tags" in fields or "bulk" in fields:
+        if "tags" in fields or "bulk" in fields or "profile" in fields:
             await self._process_fleet(entry_id, fields)
             return
         device_id: str | None = None
@@ -396,14 +399,17 @@ class CommandConsumer(Service):
         self._attempts.pop(entry_id, None)
 
     async def _process_fleet(self, entry_id: str, fields: dict[str, str]) -> None:
-        """A ``tags`` entry (add/remove a device's tags) or a ``bulk`` entry (a bulk task)."""
-        kind = "tags" if "tags" in fields else "bulk"
+        """A ``tags`` entry (add/remove a device's tags), a ``bulk`` entry (a bulk task) or a
+        ``profile`` entry (create, replace or delete a profile)."""
+        kind = "tags" if "tags" in fields else "profile" if "profile" in fields else "bulk"
         device_id: str | None = None
         try:
             body = _field_json(fields, kind)
             if kind == "tags":
                 device_id = _device_of(body)
                 await self._tag(entry_id, body)
+            elif kind == "profile":
+                await self._profile(entry_id, body)
             else:
                 await self._bulk(entry_id, body)
         except _Rejected as r:
@@ -456,6 +462,37 @@ class CommandConsumer(Service):
             raise _Rejected(str(e)) from None
         self._log.info(
             "command {entry_id} started bulk {bulk_id}", entry_id=entry_id, bulk_id=bulk["id"]
+        )
+
+    async def _profile(self, entry_id: str, body: Any) -> None:
+        """``{"name": …, "delete": true}``, or ``{"name": …}`` and the body of
+        ``PUT /profiles/{name}``; answered by ``profile.changed``."""
+        if self._profiles is None:
+            raise _Rejected("profiles are not handled by this gateway")
+        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+            raise _Rejected("name: required")
+        rest = {k: v for k, v in body.items() if k not in ("name", "delete")}
+        name = body["name"]
+        if body.get("delete") is True:
+            if rest:
+                raise _Rejected("a delete entry has only name and delete")
+            existed = await self._profiles.delete(name)
+            data: dict[str, Any] = {"entry_id": entry_id, "name": name, "deleted": existed}
+            data["version"] = None
+        else:
+            try:
+                profile = parse_profile(name, rest, now=self._clock.seconds())
+            except ProfileError as e:
+                raise _Rejected(str(e)) from None
+            stored, new = await self._profiles.put(profile)
+            data = {"entry_id": entry_id, "name": name, "deleted": False}
+            data["version"] = stored.version
+            data["created"] = new
+        self._log.info(
+            "command {entry_id} changed profile {profile}", entry_id=entry_id, profile=name
+        )
+        await self._events.publish(
+            Event(type="profile.changed", ts=self._clock.seconds(), node=self._node, data=data)
         )
 
     async def _reject(self, entry_id: str, reason: str, device_id: str | None) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from cwmpgw.connreq.interfaces import OUTCOMES
+from cwmpgw.fleet.profiles import MAX_PARAMETERS, WHEN
 from cwmpgw.fleet.selector import QUERY_TERMS, SELECTOR_SCHEMA
 from cwmpgw.store.interfaces import DEVICE_FIELDS
 from cwmpgw.tasks.model import STATUSES
@@ -137,6 +138,8 @@ _QUERY_SCHEMAS: Final[Mapping[str, Mapping[str, Any]]] = {
 _TASK_HEADERS: Final = {"Location": "`/tasks/{task_id}`: where to poll the task."}
 _DEVICE_NOT_FOUND: Final = Answer("No such device.", "Error")
 _TASK_NOT_FOUND: Final = Answer("No such task.", "Error")
+_PROFILE_NOT_FOUND: Final = Answer("`profile_not_found`: no such profile.", "Error")
+_PROFILE_HEADERS: Final = {"Location": "`/profiles/{profile_name}`."}
 
 ROUTES: Final[tuple[Route, ...]] = (
     Route(
@@ -284,13 +287,18 @@ ROUTES: Final[tuple[Route, ...]] = (
             404: _DEVICE_NOT_FOUND,
             422: Answer(
                 "`idempotency_conflict`: the idempotency key was used in the last 24 hours "
-                "for another request (device, type, args or expires_in).",
+                "for another request (device, type, args or expires_in). `data_model`: the "
+                "data model refuses a SetParameterValues entry (an unknown parameter of a "
+                "fully known object, a read-only one, a wrong type or value); the message "
+                "names it (`args.parameters[0]: Device.DeviceInfo.SoftwareVersion: read-only`).",
                 "Error",
             ),
         },
         description=(
             "The arguments are checked before the task is stored: a 400 names the culprit "
-            "(`args.parameters[0].value: ...`). With `connection_request=true` the gateway "
+            "(`args.parameters[0].value: ...`), and SetParameterValues entries are checked "
+            "against the data model (422 `data_model`; an entry without a type gets the "
+            "model's). With `connection_request=true` the gateway "
             "asks the CPE to connect now and reports how that went in `connection_request`; "
             "a failed connection request does not undo the task. With `wait=SECONDS` the "
             "answer comes when the task is final or when the time is up. An idempotency key "
@@ -379,6 +387,48 @@ ROUTES: Final[tuple[Route, ...]] = (
     ),
     Route(
         "GET",
+        "/profiles",
+        "list_profiles",
+        "Every profile (desired state), by name.",
+        {200: Answer("The profiles.", "ProfileList")},
+    ),
+    Route(
+        "GET",
+        "/profiles/{profile_name}",
+        "get_profile",
+        "One profile.",
+        {200: Answer("The profile.", "Profile"), 404: _PROFILE_NOT_FOUND},
+    ),
+    Route(
+        "PUT",
+        "/profiles/{profile_name}",
+        "put_profile",
+        "Create or replace a profile: values the gateway sets on the devices it selects.",
+        {
+            200: Answer("Replaced; its version is new.", "Profile", _PROFILE_HEADERS),
+            201: Answer("Created.", "Profile", _PROFILE_HEADERS),
+            422: Answer(
+                "`data_model`: the data model refuses a value (the message names it).", "Error"
+            ),
+        },
+        description=(
+            "Values are typed and checked against the data model before anything is "
+            "stored. The profile is applied in the sessions of the devices its selector "
+            "matches, when its `when` says (`bootstrap`, `boot`, `every` session, `once` per "
+            "version), with `profile.applied`/`profile.failed` events; a device's factory "
+            "reset (`0 BOOTSTRAP`) makes every profile apply again."
+        ),
+        body="ProfileRequest",
+    ),
+    Route(
+        "DELETE",
+        "/profiles/{profile_name}",
+        "delete_profile",
+        "Delete a profile (what devices were given stays on them).",
+        {204: Answer("Deleted."), 404: _PROFILE_NOT_FOUND},
+    ),
+    Route(
+        "GET",
         "/tasks/{task_id}",
         "get_task",
         "A task, whatever its status.",
@@ -404,6 +454,10 @@ _PATH_PARAMS: Final[Mapping[str, tuple[Mapping[str, Any], str]]] = {
     ),
     "task_id": ({"type": "string", "minLength": 1, "maxLength": 128}, "The task id."),
     "bulk_id": ({"type": "string", "minLength": 1, "maxLength": 128}, "The bulk id."),
+    "profile_name": (
+        {"type": "string", "pattern": "^[A-Za-z0-9_.:@+-]{1,64}$"},
+        "The profile's name: 1 to 64 characters of `A-Z a-z 0-9 _ . : @ + -`.",
+    ),
 }
 
 _TIME: Final = {"type": "number", "description": "Unix seconds."}
@@ -662,6 +716,98 @@ SCHEMAS: Final[Mapping[str, Mapping[str, Any]]] = {
                 ),
             },
         },
+    },
+    "ProfileRequest": {
+        "type": "object",
+        "required": ["parameters"],
+        "additionalProperties": False,
+        "examples": [
+            {
+                "selector": {"tags": ["pilot"]},
+                "when": "bootstrap",
+                "parameters": [
+                    {"name": "ManagementServer.PeriodicInformInterval", "value": 3600},
+                    {"name": "Device.WiFi.SSID.1.SSID", "value": "home"},
+                ],
+            }
+        ],
+        "properties": {
+            "selector": {**_ref("Selector"), "description": "Default: every device."},
+            "when": {"enum": list(WHEN), "default": "bootstrap"},
+            "parameters": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": MAX_PARAMETERS,
+                "items": {
+                    "type": "object",
+                    "required": ["name", "value"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "name": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 256,
+                            "description": (
+                                "Absolute (`Device.…`, `InternetGatewayDevice.…`: only "
+                                "devices with that root) or relative to the device's root."
+                            ),
+                        },
+                        "value": {"type": ["string", "number", "boolean"]},
+                        "type": {
+                            "type": "string",
+                            "description": "Default: the data model's type (else xsd:string).",
+                        },
+                    },
+                },
+            },
+            "enabled": {"type": "boolean", "default": True},
+            "description": {"type": "string", "maxLength": 1024},
+        },
+    },
+    "Profile": {
+        "type": "object",
+        "required": [
+            "name",
+            "selector",
+            "when",
+            "parameters",
+            "enabled",
+            "description",
+            "version",
+            "updated",
+        ],
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string"},
+            "selector": _ref("Selector"),
+            "when": {"enum": list(WHEN)},
+            "parameters": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "value", "type"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "name": {"type": "string"},
+                        "value": {"type": "string", "description": "As sent on the wire."},
+                        "type": {"type": "string"},
+                    },
+                },
+            },
+            "enabled": {"type": "boolean"},
+            "description": {"type": "string"},
+            "version": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "Increases with every change of any profile.",
+            },
+            "updated": _TIME,
+        },
+    },
+    "ProfileList": {
+        "type": "object",
+        "required": ["profiles"],
+        "properties": {"profiles": {"type": "array", "items": _ref("Profile")}},
     },
     "BulkList": {
         "type": "object",

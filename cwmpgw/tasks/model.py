@@ -16,6 +16,7 @@ __all__ = [
     "FINAL_STATUSES",
     "IDEMPOTENCY_TTL",
     "STATUSES",
+    "DataModelRefusal",
     "ITaskService",
     "IdempotencyConflict",
     "Task",
@@ -69,6 +70,11 @@ class TaskError(ValueError):
     def __init__(self, message: str, *, path: str = "") -> None:
         super().__init__(message)
         self.path = path
+
+
+class DataModelRefusal(TaskError):
+    """A SetParameterValues the data model says is wrong (422): an unknown parameter of a
+    fully known object, a read-only parameter, a wrong type or value for it."""
 
 
 class IdempotencyConflict(TaskError):

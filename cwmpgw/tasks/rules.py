@@ -17,8 +17,9 @@ from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
 from cwmpgw.bus.events import Event, IEventSink, device_ref
+from cwmpgw.cwmp.datamodel import DataModel, DataModelError, standard_model
 from cwmpgw.cwmp.rpc import ArgumentError
-from cwmpgw.tasks.model import Task, TaskError
+from cwmpgw.tasks.model import DataModelRefusal, Task, TaskError
 from cwmpgw.tasks.plans import plan_for
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "REPORT_TIMEOUT",
     "TaskDefaults",
     "build_task",
+    "check_data_model",
     "idempotency_fingerprint",
     "ignore_cancel",
     "new_task_id",
@@ -139,6 +141,8 @@ def build_task(
         copy["command_key"] = ("t" + task_id)[:MAX_KEY_LENGTH]
     elif type in PARAMETER_KEY_TYPES and not copy.get("parameter_key"):
         copy["parameter_key"] = ("p" + task_id)[:MAX_KEY_LENGTH]
+    if type == "SetParameterValues":
+        check_data_model(device_id, copy)
     try:
         plan_for(type, copy, gpv_batch=gpv_batch)
     except ArgumentError as e:
@@ -156,6 +160,38 @@ def build_task(
         command_key=command_key,
         bulk=bulk,
     )
+
+
+def check_data_model(device_id: str, args: dict[str, Any], model: DataModel | None = None) -> None:
+    """Check a SetParameterValues' ``parameters`` against the data model, in place: a
+    parameter given without a type gets the model's. Raises DataModelRefusal naming the
+    entry; what the model cannot judge (vendor extensions, unknown subtrees) is logged and
+    passes, and the argument check that follows still applies."""
+    entries = args.get("parameters")
+    if not isinstance(entries, list):
+        return  # the argument check says what is wrong
+    model = model if model is not None else standard_model()
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            continue
+        type_ = entry.get("type")
+        if type_ is not None and not isinstance(type_, str):
+            continue
+        try:
+            checked = model.check(entry["name"], entry.get("value"), type_)
+        except DataModelError as e:
+            raise DataModelRefusal(str(e), path=f"args.parameters[{i}]") from None
+        except ValueError:
+            continue  # a bad type or value whatever the model: the argument check says so
+        if checked.unchecked:
+            _log.info(
+                "SetParameterValues for {device_id}: {name} not checked ({why})",
+                device_id=device_id,
+                name=entry["name"],
+                why=checked.unchecked,
+            )
+        elif type_ is None:
+            entry["type"] = checked.type
 
 
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")

@@ -754,7 +754,8 @@ class FleetAgainstGatewayTests(TestCase):
             await submit(
                 device.device_id,
                 "SetParameterValues",
-                {"parameters": [{"name": "Device.DeviceInfo.SoftwareVersion", "value": "x"}]},
+                # A vendor parameter passes the data-model check; the CPE refuses it.
+                {"parameters": [{"name": "Device.Hosts.Host.1.X_TP_DevphyAddress", "value": "x"}]},
             ),
             await submit(device.device_id, "AddObject", {"object_name": "Device.WiFi.SSID."}),
             await submit(device.device_id, "refresh", {"path": "Device.Time."}),
@@ -788,7 +789,7 @@ class FleetAgainstGatewayTests(TestCase):
         self.assertEqual(final[3].fault["code"], 9003)
         self.assertEqual(
             [(p["name"], p["code"]) for p in final[3].fault["parameters"]],
-            [("Device.DeviceInfo.SoftwareVersion", 9008)],
+            [("Device.Hosts.Host.1.X_TP_DevphyAddress", 9008)],
         )
         self.assertEqual(final[4].result["instance_number"], 5)
 

@@ -30,6 +30,7 @@ from zope.interface.verify import verifyObject
 from cwmpgw.config import NbiConfig
 from cwmpgw.connreq.interfaces import WakeResult
 from cwmpgw.fleet.bulk import MemoryBulkService
+from cwmpgw.fleet.profiles import MemoryProfileStore
 from cwmpgw.fleet.selector import Selector
 from cwmpgw.nbi.api import NbiResource, NbiSite, parse_task_request
 from cwmpgw.nbi.auth import IAuthorizer, OpenAuthorizer, TokenAuthorizer, make_authorizer
@@ -266,6 +267,7 @@ class Api:
         self.directory.add(DEV, oui="9CA2F4", product_class="EC220_G5_V3", last_inform=NOW - 100)
         self.directory.add(DEV2, oui="00259E", product_class="HG8245", last_inform=NOW - 50)
         self.directory.add(ODD, oui="00259E", product_class="HG%20X", last_inform=NOW - 10)
+        self.profiles = MemoryProfileStore()
         self.resource = NbiResource(
             tasks=self.tasks,
             devices=self.directory,
@@ -276,6 +278,7 @@ class Api:
             max_body_bytes=self.max_body_bytes,
             max_wait=self.max_wait,
             bulks=MemoryBulkService(self.clock),
+            profiles=self.profiles,
         )
         self.site = NbiSite(self.resource, reactor=self.clock)
 
@@ -445,7 +448,9 @@ class AuthTests(SynchronousTestCase):
 
     def test_every_protected_route_needs_the_token(self) -> None:
         for route in ROUTES:
-            path = route.path.format(device_id=DEV, task_id="task1", bulk_id="bulk1")
+            path = route.path.format(
+                device_id=DEV, task_id="task1", bulk_id="bulk1", profile_name="p1"
+            )
             r = self.api.call(route.method, path, {} if route.body else None, token=None)
             if route.public:
                 self.assertEqual(r.status, 200, route)
@@ -1095,7 +1100,7 @@ class OpenApiTests(SynchronousTestCase):
         ]
 
     def fill(self, path: str, task_id: str) -> str:
-        path = path.replace("{bulk_id}", self.bulk_id)
+        path = path.replace("{bulk_id}", self.bulk_id).replace("{profile_name}", "p1")
         return path.replace("{device_id}", quote(DEV, safe="")).replace("{task_id}", task_id)
 
     def new_task(self) -> str:
@@ -1104,6 +1109,8 @@ class OpenApiTests(SynchronousTestCase):
         task_id: str = self.api.call("POST", dev_path(DEV, "/tasks"), GPV).json()["id"]
         bulk = {"selector": {}, "task": {"type": "Reboot"}}
         self.bulk_id: str = self.api.call("POST", "/bulk", bulk).json()["id"]
+        profile = {"parameters": [{"name": "ManagementServer.PeriodicInformInterval", "value": 60}]}
+        self.api.call("PUT", "/profiles/p1", profile)
         return task_id
 
     def documented(self, op: dict[str, Any], r: Response) -> dict[str, Any]:
@@ -1212,10 +1219,13 @@ class OpenApiTests(SynchronousTestCase):
                     schema = op["requestBody"]["content"]["application/json"]["schema"]
                     body = example(self.doc, schema)
                 unknown = url.replace(quote(DEV, safe=""), "nope").replace(task_id, "nope")
-                unknown = unknown.replace(self.bulk_id, "nope")
+                unknown = unknown.replace(self.bulk_id, "nope").replace("/p1", "/nope")
                 r = self.api.call(method, unknown, body)
-                self.assertEqual(r.status, 404, (method, unknown))
-                tries.append(r)
+                # PUT of an unknown profile creates it.
+                expected = 201 if op["operationId"] == "put_profile" else 404
+                self.assertEqual(r.status, expected, (method, unknown, r.body))
+                if expected == 404:
+                    tries.append(r)
             if "requestBody" in op:
                 tries.append(self.api.call(method, url, {"unexpected": True}))
                 tries.append(

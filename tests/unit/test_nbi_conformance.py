@@ -25,6 +25,7 @@ from cwmpgw.bus.memory import MemoryEventBus
 from cwmpgw.cwmp.messages import DeviceId, EventStruct, ParameterValue
 from cwmpgw.fleet.bulk import MemoryBulkService
 from cwmpgw.fleet.inventory import MemoryInventory
+from cwmpgw.fleet.profiles import MemoryProfileStore
 from cwmpgw.nbi.api import NbiResource, NbiSite
 from cwmpgw.nbi.auth import TokenAuthorizer
 from cwmpgw.nbi.directory import DeviceDirectory
@@ -84,6 +85,7 @@ class Gateway:
             max_body_bytes=4096,
             max_wait=60,
             bulks=self.bulks,
+            profiles=MemoryProfileStore(),
         )
         self.site = NbiSite(self.resource, reactor=self.clock)
         self.inform(DEV, "TP-Link", NOW - 100.5, events=("0 BOOTSTRAP", "1 BOOT"))
@@ -286,6 +288,41 @@ class ConformanceTests(SynchronousTestCase):
         gw.bulks.raw[bulk["id"]]["status"] = "cancelled"
         self.call("DELETE", "/bulk/" + bulk["id"], 200)
         self.call("DELETE", "/bulk/nope", 404)
+        # profiles
+        profile = {
+            "selector": {"tags": ["pilot"]},
+            "when": "once",
+            "parameters": [
+                {"name": "ManagementServer.PeriodicInformInterval", "value": 3600},
+                {"name": "Device.WiFi.SSID.1.SSID", "value": "home", "type": "string(32)"},
+            ],
+        }
+        created = self.call("PUT", "/profiles/wifi", 201, profile)
+        self.assertEqual(
+            created["parameters"][0],
+            {
+                "name": "ManagementServer.PeriodicInformInterval",
+                "value": "3600",
+                "type": "xsd:unsignedInt",
+            },
+        )
+        changed = self.call("PUT", "/profiles/wifi", 200, {**profile, "when": "every"})
+        self.assertGreater(changed["version"], created["version"])
+        read_only = [{"name": "DeviceInfo.SoftwareVersion", "value": "2"}]
+        self.call("PUT", "/profiles/bad", 422, {"parameters": read_only})
+        self.call("PUT", "/profiles/bad", 400, {"parameters": []})
+        self.call("PUT", "/profiles/bad%20name", 400, profile)
+        self.call(
+            "PUT", "/profiles/x", 413, raw=b" " * 5000, headers={"Content-Type": "application/json"}
+        )
+        self.call("PUT", "/profiles/x", 415, raw=b"{}", headers={"Content-Type": "text/plain"})
+        self.assertEqual(
+            [p["name"] for p in self.call("GET", "/profiles", 200)["profiles"]], ["wifi"]
+        )
+        self.call("GET", "/profiles/wifi", 200)
+        self.call("GET", "/profiles/nope", 404)
+        self.call("DELETE", "/profiles/wifi", 204)
+        self.call("DELETE", "/profiles/wifi", 404)
         tags_url = dev_path(DEV, "/tags")
         self.call(
             "POST", tags_url, 413, raw=b" " * 5000, headers={"Content-Type": "application/json"}
@@ -318,6 +355,19 @@ class ConformanceTests(SynchronousTestCase):
         self.call("POST", tasks_url, 200, keyed)
         self.call("POST", tasks_url, 422, {**keyed, "expires_in": 60})
         self.call("POST", tasks_url, 400, {"type": "Reboot", "expires_in": -1})
+        refused = self.call(
+            "POST",
+            tasks_url,
+            422,
+            {
+                "type": "SetParameterValues",
+                "args": {"parameters": [{"name": "Device.DeviceInfo.UpTime", "value": "1"}]},
+            },
+        )
+        self.assertEqual(refused["error"]["code"], "data_model")
+        self.assertIn(
+            "args.parameters[0]: Device.DeviceInfo.UpTime: read-only", refused["error"]["message"]
+        )
         self.call("POST", dev_path("nope-x-1", "/tasks"), 404, {"type": "Reboot"})
         self.call(
             "POST", tasks_url, 413, raw=b" " * 5000, headers={"Content-Type": "application/json"}
@@ -360,6 +410,7 @@ class ConformanceTests(SynchronousTestCase):
                     path.replace("{device_id}", quote(DEV2, safe=""))
                     .replace("{task_id}", "t1")
                     .replace("{bulk_id}", "b1")
+                    .replace("{profile_name}", "p1")
                 )
                 if op.get("security") != []:
                     self.call(method.upper(), url, 401, token=None)
@@ -402,6 +453,7 @@ class ConformanceTests(SynchronousTestCase):
             "Credentials": {"username": "u", "password": "p"},
             "TagChange": {"add": ["pilot"]},
             "BulkRequest": {"selector": {}, "task": {"type": "Reboot"}},
+            "ProfileRequest": {"parameters": [{"name": "Time.NTPServer1", "value": "ntp"}]},
         }[name]
 
 
