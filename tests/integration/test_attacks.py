@@ -1351,7 +1351,7 @@ class SlowClientGatewayTests(GatewayBase):
                 socks[socket.create_connection(("127.0.0.1", self.port), timeout=10)] = "silent"
             started.set()
             closed_by_server: dict[str, int] = {}
-            deadline = 60  # rounds of 0.25 s: a bound on the test, not an assertion
+            deadline = 160  # rounds of 0.25 s: a bound on the test, not an assertion
             while socks and deadline:
                 deadline -= 1
                 for s, kind in list(socks.items()):
