@@ -30,6 +30,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "ConnreqConfig",
+    "DiagnosticsConfig",
     "EventsConfig",
     "FleetConfig",
     "GatewayConfig",
@@ -545,6 +546,34 @@ class FleetConfig:
     profile_cache: float = _setting(5.0, _number(0, 3600))
 
 
+def _http_base_url(value: object) -> str:
+    s = _text(value)
+    if s:
+        parts = urlsplit(s)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise _Invalid(f"must be an http:// or https:// URL, got {s!r}")
+        if parts.query or parts.fragment:
+            raise _Invalid("must have no query and no fragment")
+    return s
+
+
+@dataclass(frozen=True, slots=True)
+class DiagnosticsConfig:
+    # The TR-143 throughput endpoint (DownloadDiagnostics / UploadDiagnostics target).
+    throughput_enabled: bool = _setting(False, _bool)
+    serve: bool = _setting(True, _bool)  # false: sign URLs for another node's endpoint
+    interface: str = _setting("", _interface)
+    port: int = _setting(7549, _int(0, 65535))
+    tls: bool = _setting(False, _bool)
+    url: str = _setting("", _http_base_url)  # how CPEs reach it; required when enabled
+    secret_file: str = _setting("", _text)  # "": <data_dir>/throughput-secret
+    download_bytes: int = _setting(10_000_000, _int(1, 2**40))
+    max_download_bytes: int = _setting(1_000_000_000, _int(1, 2**40))
+    max_upload_bytes: int = _setting(1_000_000_000, _int(1, 2**40))
+    max_transfers: int = _setting(16, _int(1, 10000))
+    transfer_timeout: float = _setting(300.0, _number(1, 86400))
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
@@ -559,6 +588,7 @@ class Config:
     provision: ProvisionConfig = field(default_factory=ProvisionConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     source: str | None = None  # the file it came from; None = defaults and overrides only
 
 
@@ -575,6 +605,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "provision": ProvisionConfig,
     "metrics": MetricsConfig,
     "fleet": FleetConfig,
+    "diagnostics": DiagnosticsConfig,
 }
 
 
@@ -724,6 +755,15 @@ def _cross_check(
 ) -> None:
     """Rules that tie keys together; a key that failed its own check is skipped here."""
     acs, auth, redis = values["acs"], values["auth"], values["redis"]
+
+    diag = values["diagnostics"]
+    if diag.get("throughput_enabled") and not raw["diagnostics"].get("url"):
+        errors.append(
+            "diagnostics.url: required when diagnostics.throughput_enabled = true "
+            "(the address CPEs reach the throughput endpoint at, e.g. http://acs.example.net:7549)"
+        )
+    if diag.get("download_bytes", 0) > diag.get("max_download_bytes", 2**40):
+        errors.append("diagnostics.download_bytes: must be at most diagnostics.max_download_bytes")
 
     if "session_timeout" in acs and "max_session_timeout" in acs:
         if acs["max_session_timeout"] < acs["session_timeout"]:

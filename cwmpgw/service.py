@@ -25,6 +25,7 @@ from cwmpgw.acs.resource import AcsSite
 from cwmpgw.app import acs as acs_part
 from cwmpgw.app import nbi as nbi_part
 from cwmpgw.app.connreq import ConnreqPart
+from cwmpgw.app.diagnostics import ThroughputSigner, make_signer, make_throughput
 from cwmpgw.app.fleet import make_bulk_runner, make_bulks, make_inventory
 from cwmpgw.app.metrics import ReactorLag, make_metrics, redis_sampler
 from cwmpgw.app.redis import RedisPart
@@ -92,6 +93,8 @@ class GatewayService(OrderedTree):
         self._acs: acs_part.AcsPart | None = None
         self._nbi: Listener | None = None
         self._metrics: Listener | None = None
+        self._throughput: Listener | None = None
+        self.throughput_signer: ThroughputSigner | None = None
         self.directory: DeviceDirectory | None = None
         self.inventory: RedisInventory | None = None
         self.bulks: RedisBulkService | None = None
@@ -110,6 +113,7 @@ class GatewayService(OrderedTree):
                 self._step_api,
                 self._step_commands,
                 self._step_bulk,
+                self._step_throughput,
                 self._step_metrics,
                 self._step_sampler,
                 self._step_lag,
@@ -154,6 +158,10 @@ class GatewayService(OrderedTree):
     @property
     def nbi_port(self) -> IListeningPort | None:
         return self._nbi.port if self._nbi is not None else None
+
+    @property
+    def throughput_port(self) -> IListeningPort | None:
+        return self._throughput.port if self._throughput is not None else None
 
     @property
     def metrics_port(self) -> IListeningPort | None:
@@ -232,7 +240,13 @@ class GatewayService(OrderedTree):
         self.tasks = make_task_service(
             self.config, self._reactor, redis, events=self.events, listener=self.listener
         )
-        self.runner = TaskRunner(self.tasks, self.devices, gpv_batch=self.config.tasks.gpv_batch)
+        self.throughput_signer = make_signer(self.config, self._reactor, self.data_dir)
+        self.runner = TaskRunner(
+            self.tasks,
+            self.devices,
+            gpv_batch=self.config.tasks.gpv_batch,
+            throughput=self.throughput_signer.url if self.throughput_signer else None,
+        )
         self.rotations = RedisRotations(redis, self.config.redis.prefix)
         self.profiles, self.profile_applier = make_profiles(
             self.config, self._reactor, redis, self.runner, devices=self.devices, events=self.events
@@ -348,6 +362,13 @@ class GatewayService(OrderedTree):
             waker=self.connreq,
         )
         return self.bulk_runner
+
+    def _step_throughput(self) -> Listener | None:
+        signer = self.throughput_signer
+        if signer is None or not self.config.diagnostics.serve:
+            return None
+        self._throughput = make_throughput(self.config, self._reactor, self.data_dir, signer)
+        return self._throughput
 
     def _step_metrics(self) -> Listener | None:
         if self.config.metrics.enabled:

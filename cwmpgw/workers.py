@@ -76,6 +76,7 @@ def child_config(config: Config, *, index: int, port: int, redis_url: str) -> di
     data["redis"]["url"] = redis_url
     data["nbi"]["enabled"] = False
     data["connreq"]["enabled"] = False
+    data["diagnostics"]["serve"] = False  # worker 0 serves it; the others sign its URLs
     metrics_port = config.metrics.port
     data["metrics"]["enabled"] = config.metrics.enabled and metrics_port != 0
     data["metrics"]["port"] = metrics_port + index if metrics_port else 0

@@ -25,6 +25,7 @@ from typing import Final
 
 from cwmpgw.cwmp import rpc, values
 from cwmpgw.cwmp.deviceid import device_id as make_device_id
+from cwmpgw.cwmp.diagnostics import STATE as DIAGNOSTICS_STATE
 from cwmpgw.cwmp.messages import DeviceId
 from cwmpgw.cwmp.soap import CWMP_1_2, CWMP_1_3
 from cwmpgw.sim import cwmp
@@ -352,6 +353,7 @@ class SimDevice:
         "busy",
         "changed",
         "device_id",
+        "diagnostics",
         "events",
         "factory",
         "hold_until",
@@ -398,6 +400,8 @@ class SimDevice:
         self.timers: list[tuple[float, str]] | None = None  # ScheduleInform: (when, key)
         self.transfers: list[_Transfer] | None = None
         self.changed: list[str] | None = None  # parameters changed locally, to inform
+        # Diagnostic objects requested in the last session, run once it has ended.
+        self.diagnostics: list[str] | None = None
         self.busy = False  # in a session, or waiting for a slot
         self.wake_at: float | None = None  # the fleet's scheduler entry
         self.sessions = 0  # completed sessions
@@ -581,6 +585,10 @@ class SimDevice:
         behaviour = session.behaviour
         for transfer in self.transfers or ():
             transfer.schedule(now, behaviour.transfer_time)
+        if session.diagnostics:
+            # "The CPE SHOULD wait until after completion of the communication session."
+            pending = self.diagnostics or []
+            self.diagnostics = pending + [d for d in session.diagnostics if d not in pending]
         if session.factory_reset:
             self._factory_reset(now, behaviour)
         else:
@@ -709,6 +717,7 @@ class CpeSession:
         self.reboot_key: str | None = None
         self.factory_reset = False
         self.periodic_changed = False
+        self.diagnostics: list[str] = []  # diagnostic objects set to Requested
         self._phase = _INFORM
         self._ids = 0
         self._hold = False
@@ -903,6 +912,9 @@ class CpeSession:
             except ValueError:
                 faults.append((name, 9007))
                 continue
+            if name.endswith("." + DIAGNOSTICS_STATE) and text != "Requested":
+                faults.append((name, 9007))  # "the only allowed value is Requested"
+                continue
             changes[name] = text
         if faults:
             raise _Fault(9003, faults)  # all or nothing: nothing is applied
@@ -911,6 +923,10 @@ class CpeSession:
             model.set(name, text)
             if name.startswith(ms + "PeriodicInform"):
                 self.periodic_changed = True
+            if name.endswith("." + DIAGNOSTICS_STATE):
+                obj = name[: -len(DIAGNOSTICS_STATE)]
+                if obj not in self.diagnostics:
+                    self.diagnostics.append(obj)
         self._parameter_key(key)
         return cwmp.status_response(m.namespace, m.request_id, "SetParameterValues", 0)
 

@@ -66,6 +66,7 @@ from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IPolicyForHTT
 from zope.interface import implementer
 
 from cwmpgw.cwmp.deviceid import device_id as make_device_id
+from cwmpgw.cwmp.diagnostics import DIAGNOSTICS_COMPLETE
 from cwmpgw.cwmp.messages import DeviceId
 from cwmpgw.sim.connreq import ConnectionRequestListener
 from cwmpgw.sim.datamodel import Template, builtin_template
@@ -79,6 +80,7 @@ from cwmpgw.sim.device import (
     credential_templates,
     parse_device_id,
 )
+from cwmpgw.sim.diagnostics import make_agent, run_diagnostic
 from cwmpgw.sim.xmpp import XmppCpes, XmppSettings
 from cwmpgw.web.digest_client import (
     Challenge,
@@ -736,6 +738,7 @@ class Fleet:
         self._started = False
         self._periodic = False
         self._arrivals: LoopingCall | None = None
+        self._diagnosing: set[Deferred[None]] = set()  # diagnostics running
         self.queued = 0
         self.active = 0
 
@@ -798,6 +801,8 @@ class Fleet:
         self._timer = None
         for waiting in list(self._waiting.values()):
             waiting.cancel()  # not begun: dropped, not counted
+        for diagnostic in list(self._diagnosing):
+            diagnostic.cancel()
         await self._drain(self.drain_timeout)
         if self.listener is not None:
             await self.listener.stop()
@@ -1034,6 +1039,13 @@ class Fleet:
     def _after_session(self, device: SimDevice, result: SessionResult) -> None:
         if not self._started:
             return
+        if device.diagnostics:
+            requested, device.diagnostics = device.diagnostics, None
+            for obj in requested:
+                d = Deferred.fromCoroutine(self._diagnostic(device, obj))
+                if not d.called:
+                    self._diagnosing.add(d)
+                    d.addBoth(_forget, self._diagnosing, d)
         now = self.reactor.seconds()
         behaviour = self._behaviour_now()
         if result.ok and self._periodic:
@@ -1045,6 +1057,25 @@ class Fleet:
 
     def _launch_later(self, device: SimDevice) -> None:
         self._launch(device)
+
+    async def _diagnostic(self, device: SimDevice, obj: str) -> None:
+        """Run a requested diagnostic, then inform with 8 DIAGNOSTICS COMPLETE."""
+        agent, pool = make_agent(self.reactor, self.tls_policy(), self.connect_timeout)
+        try:
+            state = await run_diagnostic(self.reactor, device.model, obj, agent)
+        finally:
+            await pool.closeCachedConnections()
+        self._log.debug(
+            "diagnostic {object} of {device_id}: {state}",
+            object=obj,
+            device_id=device.device_id,
+            state=state,
+        )
+        if not self._started:
+            return
+        device.add_event(DIAGNOSTICS_COMPLETE)
+        device.retry_at = None
+        self.wake(device)
 
     # -- the devices' own timers ------------------------------------------------------------
 
@@ -1146,6 +1177,13 @@ class Fleet:
         _shared(self.template, seen)
         total = sum(_footprint(device, seen) for device in self.devices)
         return total / len(self.devices)
+
+
+def _forget(result: object, running: set[Deferred[None]], d: Deferred[None]) -> None:
+    """A diagnostic ended (a cancelled one at stop() included)."""
+    running.discard(d)
+    if isinstance(result, Failure) and not result.check(CancelledError):
+        Fleet._log.failure("a simulated diagnostic failed", result)
 
 
 def _shared(template: Template, seen: set[int]) -> None:

@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from cwmpgw.bus.events import IEventSink
+from cwmpgw.cwmp.diagnostics import KINDS as DIAGNOSTIC_KINDS
 from cwmpgw.tasks.model import (
     IDEMPOTENCY_TTL,
     IdempotencyConflict,
@@ -27,11 +28,14 @@ from cwmpgw.tasks.rules import (
     DEFAULTS,
     build_task,
     idempotency_fingerprint,
-    no_report,
     publish_task_event,
     replay_of,
+    resumed,
     start_decision,
     transfer_outcome,
+    wait_fault,
+    wait_slot,
+    waiting,
 )
 
 __all__ = ["MemoryTaskService"]
@@ -220,20 +224,20 @@ class MemoryTaskService:
         return succeed(new)
 
     def wait_for_transfer(self, task: Task) -> Deferred[Task]:
-        """Leave the queue (later tasks may run) but stay running until TransferComplete."""
-        if not task.command_key:
+        """Leave the queue (later tasks may run) but stay running until its report: the
+        TransferComplete of its CommandKey, or a diagnostic's 8 DIAGNOSTICS COMPLETE."""
+        if not wait_slot(task):
             return fail(ValueError("only a task with a command key waits for a transfer"))
 
         async def run() -> Task:
-            key = (task.device_id, task.command_key)
+            key = (task.device_id, wait_slot(task))
             other = self.tasks.get(self._transfers.get(key, ""))
             if other is not None and other.id != task.id and other.status == "running":
                 await self._end(other, status="failed", fault=_reused(task))
             current = self._running(task)
             if current is None:
                 return self.tasks.get(task.id, task)
-            now = self._now()
-            new = current.evolve(updated=now, expires=now + self._report_timeout)
+            new = waiting(current, self._now(), self._report_timeout)
             self.tasks[new.id] = new
             queue = self._queues.get(new.device_id, [])
             if new.id in queue:
@@ -242,6 +246,23 @@ class MemoryTaskService:
             return new
 
         return Deferred.fromCoroutine(run())
+
+    def diagnostics_complete(self, device_id: str) -> Deferred[list[Task]]:
+        """The device informed with 8 DIAGNOSTICS COMPLETE: its waiting diagnostics go back
+        to the front of its queue, to read their results."""
+        out = []
+        for kind in DIAGNOSTIC_KINDS:
+            key = (device_id, "diagnostic:" + kind)
+            task = self.tasks.get(self._transfers.pop(key, ""))
+            if task is None or task.status != "running":
+                continue
+            new = resumed(task, self._now())
+            self.tasks[new.id] = new
+            queue = self._queues.setdefault(device_id, [])
+            if new.id not in queue:
+                queue.insert(0, new.id)
+            out.append(new)
+        return succeed(out)
 
     def transfer_complete(
         self,
@@ -253,9 +274,10 @@ class MemoryTaskService:
         complete_time: str,
         details: Mapping[str, Any] | None = None,
     ) -> Deferred[Task | None]:
-        task = self.tasks.get(self._transfers.get((device_id, command_key), ""))
+        key = (device_id, "transfer:" + command_key)
+        task = self.tasks.get(self._transfers.get(key, ""))
         if task is None or task.status != "running":
-            self._transfers.pop((device_id, command_key), None)
+            self._transfers.pop(key, None)
             return succeed(None)
         new = transfer_outcome(
             task, fault_code, fault_string, start_time, complete_time, self._now(), details
@@ -278,7 +300,7 @@ class MemoryTaskService:
                 if t.status == "running" and t.id in waiting and now >= t.expires
             ]
             for task in overdue:
-                await self._end(task, status="failed", fault=no_report(self._report_timeout))
+                await self._end(task, status="failed", fault=wait_fault(task, self._report_timeout))
             return len(due) + len(overdue)
 
         return Deferred.fromCoroutine(run())
@@ -302,8 +324,8 @@ class MemoryTaskService:
         return self._published(self._finish(current.evolve(updated=self._now(), **changes)))
 
     def _drop_transfer(self, task: Task) -> None:
-        key = (task.device_id, task.command_key)
-        if task.command_key and self._transfers.get(key) == task.id:
+        key = (task.device_id, wait_slot(task))
+        if key[1] and self._transfers.get(key) == task.id:
             del self._transfers[key]
 
     def _finish(self, task: Task) -> Task:
@@ -332,4 +354,6 @@ class MemoryTaskService:
 
 
 def _reused(task: Task) -> dict[str, Any]:
+    if task.type == "diagnostic":
+        return {"reason": f"diagnostic requested again by task {task.id}"}
     return {"reason": f"command key reused by task {task.id}"}

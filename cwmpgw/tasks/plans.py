@@ -12,6 +12,11 @@ later session, ends it through :meth:`TransferPlan.on_transfer_complete`. Since 
 session may run on another node, a plan can be saved with ``snapshot()`` (plain JSON) and
 rebuilt with :func:`restore`.
 
+A ``diagnostic`` (:class:`DiagnosticPlan`) sets a diagnostic's inputs and
+``DiagnosticsState = Requested``, then waits the same way, for an Inform with
+``8 DIAGNOSTICS COMPLETE``; the task layer then starts it again, ``reported``, and it
+reads the diagnostic's object and ends with the typed results.
+
 Plans never invent CommandKeys or ParameterKeys: the caller passes them in the arguments.
 """
 
@@ -22,12 +27,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
-from cwmpgw.cwmp import rpc
+from cwmpgw.cwmp import diagnostics, rpc
 from cwmpgw.cwmp.faults import cpe_fault_string
 
 __all__ = [
+    "DIAGNOSTIC_TIMEOUT",
     "TASK_TYPES",
     "Call",
+    "DiagnosticPlan",
     "GetValuesPlan",
     "Outcome",
     "ParameterUpdate",
@@ -44,8 +51,11 @@ Outcome = Literal["running", "done", "failed", "waiting_transfer"]
 #: (name, value, type) for the device's parameter cache, as the CPE reports them.
 ParameterUpdate = tuple[str, str, str]
 
-#: Every task type: each ACS→CPE RPC, and "refresh" (re-read a subtree).
-TASK_TYPES: Final = (*rpc.METHODS, "refresh")
+#: Every task type: each ACS→CPE RPC, "refresh" (re-read a subtree) and "diagnostic".
+TASK_TYPES: Final = (*rpc.METHODS, "refresh", "diagnostic")
+#: How long a diagnostic waits for its 8 DIAGNOSTICS COMPLETE by default, and at most.
+DIAGNOSTIC_TIMEOUT: Final = 600
+_MAX_DIAGNOSTIC_TIMEOUT: Final = 86400
 
 # Requests whose work the CPE reports later under their CommandKey: a TransferComplete, or
 # for ChangeDUState a DUStateChangeComplete.
@@ -337,6 +347,135 @@ class TransferPlan(_BasePlan):
         self._done({**(self.result or {}), **times})
 
 
+class DiagnosticPlan(_BasePlan):
+    """A diagnostic (TR-098/TR-181, TR-143): request it, wait, read the results.
+
+    Started fresh it sends one SetParameterValues (the inputs, then ``DiagnosticsState =
+    Requested``) and then waits (``waiting_transfer``) for the CPE's
+    ``8 DIAGNOSTICS COMPLETE``. Started ``reported`` it reads the object with one
+    GetParameterValues: ``Complete`` ends it done with the typed results, an ``Error_…``
+    (or ``None``: the test was stopped on the CPE) ends it failed, and ``Requested`` (the
+    report was of another diagnostic) leaves it waiting again.
+
+    ``root`` is the device's data model (``Device`` or ``InternetGatewayDevice``);
+    ``url`` fills DownloadURL/UploadURL when the arguments gave none (the gateway's
+    throughput endpoint).
+    """
+
+    kind = "diagnostic"
+
+    def __init__(
+        self,
+        task_type: str,
+        args: dict[str, Any],
+        *,
+        root: str = "Device",
+        reported: bool = False,
+        url: str | None = None,
+    ) -> None:
+        super().__init__(task_type, args)
+        self._kind = diagnostics.KINDS[args["kind"]]
+        self._object = diagnostics.object_path(self._kind.name, root)
+        self._reported = reported
+        self._url = url
+
+    @property
+    def object(self) -> str:
+        return self._object
+
+    def _next(self) -> Call:
+        if self._reported:
+            return Call("GetParameterValues", {"parameter_names": [self._object]})
+        inputs = dict(self.args["parameters"])
+        if self._kind.url and not inputs.get(self._kind.url):
+            if not self._url:
+                # Checked before sending: the task fails at once, nothing is set.
+                raise _NoUrl(self._kind.url)
+            inputs[self._kind.url] = self._url
+        parameters = [
+            {"name": self._object + name, "value": value, "type": self._kind.inputs[name].type}
+            for name, value in inputs.items()
+        ]
+        parameters.append(
+            {"name": self._object + diagnostics.STATE, "value": "Requested", "type": "xsd:string"}
+        )
+        return Call(
+            "SetParameterValues",
+            {"parameters": parameters, "parameter_key": self.args.get("parameter_key", "")},
+        )
+
+    def next_call(self) -> Call | None:
+        try:
+            return super().next_call()
+        except _NoUrl as e:
+            self._fail(
+                {
+                    "reason": f"no {e.args[0]} given and the gateway's throughput endpoint "
+                    "is not enabled (diagnostics.throughput_enabled)"
+                }
+            )
+            return None
+
+    def _handle(self, call: Call, result: dict[str, Any]) -> None:
+        if call.method == "SetParameterValues":
+            self._add_values(call.args["parameters"])
+            self.outcome = "waiting_transfer"
+            return
+        parameters = result["parameters"]
+        self._add_values(parameters)
+        state = next(
+            (p["value"] for p in parameters if p["name"] == self._object + diagnostics.STATE),
+            None,
+        )
+        if state == "Complete":
+            self._done(self._results(parameters))
+        elif state == "Requested":
+            self.outcome = "waiting_transfer"  # another diagnostic's report: still running
+        elif state is None:
+            self._fail({"reason": f"the CPE did not report {self._object}{diagnostics.STATE}"})
+        else:
+            why = (
+                "the diagnostic was stopped on the CPE"
+                if state == "None"
+                else "the diagnostic failed"
+            )
+            self._fail({"reason": f"{why}: DiagnosticsState {state}", "diagnostics_state": state})
+
+    def _results(self, parameters: list[dict[str, Any]]) -> dict[str, Any]:
+        results = diagnostics.typed_results(self._kind.name, self._object, parameters)
+        out: dict[str, Any] = {
+            "kind": self._kind.name,
+            "object": self._object,
+            "diagnostics_state": "Complete",
+            "results": results,
+        }
+        throughput = _throughput(self._kind.name, results)
+        if throughput is not None:
+            out["throughput_bps"] = throughput
+        return out
+
+
+class _NoUrl(Exception):
+    pass
+
+
+def _throughput(kind: str, results: dict[str, Any]) -> float | None:
+    """TR-143's throughput, bits per second: test bytes over EOMTime - BOMTime."""
+    if kind == "DownloadDiagnostics":
+        names = ("TestBytesReceived", "TotalBytesReceived")
+    elif kind == "UploadDiagnostics":
+        names = ("TestBytesSent", "TotalBytesSent")
+    else:
+        return None
+    size = next((results[n] for n in names if isinstance(results.get(n), int)), None)
+    begin = diagnostics.parse_time(str(results.get("BOMTime", "")))
+    end = diagnostics.parse_time(str(results.get("EOMTime", "")))
+    if size is None or begin is None or end is None or end <= begin:
+        return None
+    rate: float = round(size * 8 / (end - begin), 3)
+    return rate
+
+
 _KINDS: Final = {
     cls.kind: cls for cls in (SingleCallPlan, GetValuesPlan, RefreshPlan, TransferPlan)
 }
@@ -353,6 +492,136 @@ def _refresh_args(args: Mapping[str, Any]) -> dict[str, Any]:
     except rpc.ArgumentError as e:
         raise rpc.ArgumentError("path", e.message) from None
     return {"path": checked["parameter_path"]}
+
+
+_DIAGNOSTIC_KEYS: Final = frozenset(
+    {"kind", "parameters", "timeout", "throughput_bytes", "parameter_key"}
+)
+
+
+def _diagnostic_args(args: Mapping[str, Any]) -> dict[str, Any]:
+    if not isinstance(args, Mapping):
+        raise rpc.ArgumentError("", "arguments must be an object")
+    for key in args:
+        if key not in _DIAGNOSTIC_KEYS:
+            raise rpc.ArgumentError(str(key), "unknown argument of diagnostic")
+    kind = args.get("kind")
+    if not isinstance(kind, str) or kind not in diagnostics.KINDS:
+        raise rpc.ArgumentError("kind", f"expected one of {', '.join(diagnostics.KINDS)}")
+    try:
+        parameters = diagnostics.check_inputs(kind, args.get("parameters") or {})
+    except ValueError as e:
+        path, _, message = str(e).partition(": ")
+        raise rpc.ArgumentError(path, message) from None
+    timeout = args.get("timeout", DIAGNOSTIC_TIMEOUT)
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 1 <= timeout <= _MAX_DIAGNOSTIC_TIMEOUT
+    ):
+        raise rpc.ArgumentError("timeout", f"expected seconds, 1 to {_MAX_DIAGNOSTIC_TIMEOUT}")
+    out: dict[str, Any] = {"kind": kind, "parameters": parameters, "timeout": timeout}
+    size = args.get("throughput_bytes")
+    if size is not None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise rpc.ArgumentError("throughput_bytes", "expected a positive integer")
+        if not diagnostics.KINDS[kind].url:
+            raise rpc.ArgumentError("throughput_bytes", f"not an argument of {kind}")
+        out["throughput_bytes"] = size
+    key = args.get("parameter_key", "")
+    try:
+        out["parameter_key"] = rpc.validate(
+            "SetParameterValues", {"parameters": [], "parameter_key": key}
+        )["parameter_key"]
+    except rpc.ArgumentError as e:
+        raise rpc.ArgumentError("parameter_key", e.message) from None
+    return out
+
+
+def _diagnostic_schema() -> dict[str, Any]:
+    def input_schema(spec: diagnostics.Input) -> dict[str, Any]:
+        if spec.listed:
+            return {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": spec.listed,
+                "items": {"type": "string", "maxLength": spec.max_length, "pattern": "^[^,]+$"},
+            }
+        if spec.type == "xsd:boolean":
+            return {"type": "boolean"}
+        if spec.type == "xsd:unsignedInt":
+            schema: dict[str, Any] = {"type": "integer", "minimum": spec.low or 0}
+            if spec.high is not None:
+                schema["maximum"] = spec.high
+            return schema
+        if spec.enum:
+            return {"type": "string", "enum": list(spec.enum)}
+        return {"type": "string", "maxLength": spec.max_length}
+
+    variants = []
+    for kind in diagnostics.KINDS.values():
+        variants.append(
+            {
+                "title": kind.name,
+                "properties": {
+                    "kind": {"const": kind.name},
+                    "parameters": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": list(kind.required),
+                        "properties": {n: input_schema(s) for n, s in kind.inputs.items()},
+                    },
+                },
+                **({"required": ["parameters"]} if kind.required else {}),
+            }
+        )
+    return {
+        "type": "object",
+        "required": ["kind"],
+        "additionalProperties": False,
+        "properties": {
+            "kind": {
+                "type": "string",
+                "enum": list(diagnostics.KINDS),
+                "description": (
+                    "The diagnostic; its object is under Device. (TR-181) or "
+                    "InternetGatewayDevice. (TR-098), whichever the device informs with."
+                ),
+            },
+            "parameters": {
+                "type": "object",
+                "description": (
+                    "The test parameters, by their names in the diagnostic's object "
+                    "(Host, NumberOfRepetitions…); DiagnosticsState is set by the gateway."
+                ),
+            },
+            "timeout": {
+                "type": "number",
+                "minimum": 1,
+                "maximum": _MAX_DIAGNOSTIC_TIMEOUT,
+                "default": DIAGNOSTIC_TIMEOUT,
+                "description": (
+                    "Seconds the task waits for 8 DIAGNOSTICS COMPLETE after the CPE "
+                    "accepted the request; then it fails."
+                ),
+            },
+            "throughput_bytes": {
+                "type": ["integer", "null"],
+                "minimum": 1,
+                "description": (
+                    "Download/UploadDiagnostics without a URL: the size of the test the "
+                    "gateway's throughput endpoint serves or accepts (default "
+                    "diagnostics.download_bytes, or TestFileLength)."
+                ),
+            },
+            "parameter_key": {
+                "type": "string",
+                "maxLength": 32,
+                "description": "The ParameterKey of the SetParameterValues (generated if empty).",
+            },
+        },
+        "oneOf": variants,
+    }
 
 
 def _refresh_path() -> rpc.Argument:
@@ -381,19 +650,33 @@ def args_schema(task_type: str) -> dict[str, Any]:
                 }
             },
         }
+    if task_type == "diagnostic":
+        return _diagnostic_schema()
     if task_type not in rpc.METHODS:
         raise KeyError(task_type)
     return rpc.arguments_schema(task_type)
 
 
-def plan_for(task_type: str, args: Mapping[str, Any], *, gpv_batch: int = 100) -> Plan:
+def plan_for(
+    task_type: str,
+    args: Mapping[str, Any],
+    *,
+    gpv_batch: int = 100,
+    root: str = "Device",
+    reported: bool = False,
+    url: str | None = None,
+) -> Plan:
     """A fresh plan for a task; the arguments are validated (raises rpc.ArgumentError).
 
     ``gpv_batch`` is the most names one GetParameterValues asks for (a partial path
-    counts as one name).
+    counts as one name). ``root``, ``reported`` and ``url`` are a diagnostic's: the
+    device's data model, whether the CPE reported it complete, the throughput URL.
     """
     if isinstance(gpv_batch, bool) or not isinstance(gpv_batch, int) or gpv_batch < 1:
         raise ValueError("gpv_batch must be a positive integer")
+    if task_type == "diagnostic":
+        checked_args = _diagnostic_args(args)
+        return DiagnosticPlan(task_type, checked_args, root=root, reported=reported, url=url)
     if task_type == "refresh":
         return RefreshPlan(task_type, _refresh_args(args), gpv_batch)
     checked = rpc.validate(task_type, args)

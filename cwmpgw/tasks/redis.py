@@ -8,6 +8,8 @@ Key layout (under the configured prefix):
   ``keep_finished`` (the ``task:<id>`` keys of trimmed ones are deleted)
 - ``device:<id>:transfer:<command_key>`` string: id of the task waiting for that
   TransferComplete
+- ``device:<id>:diagnostic:<kind>`` string: id of the diagnostic task of that kind waiting
+  for 8 DIAGNOSTICS COMPLETE
 - ``tasks:expiry`` sorted set: id of each queued task scored by its expiry
 
 Python decides what a task becomes (the same rules as the memory provider); one Lua script
@@ -37,6 +39,7 @@ from zope.interface import implementer
 from cwmpgw.bus.events import Event, IEventSink, IStoredEvents
 from cwmpgw.bus.listener import EventListener
 from cwmpgw.bus.redis import EMIT_LUA, EventStream
+from cwmpgw.cwmp.diagnostics import KINDS as DIAGNOSTIC_KINDS
 from cwmpgw.store.sessionlock import Superseded, owner_key
 from cwmpgw.tasks.model import (
     FINAL_STATUSES,
@@ -51,14 +54,17 @@ from cwmpgw.tasks.rules import (
     build_task,
     idempotency_fingerprint,
     ignore_cancel,
-    no_report,
     replay_of,
+    resumed,
     start_decision,
     task_event,
     task_from_dict,
     task_from_json,
     task_to_json,
     transfer_outcome,
+    wait_fault,
+    wait_slot,
+    waiting,
 )
 
 __all__ = ["RedisTaskService"]
@@ -226,6 +232,10 @@ class RedisTaskService:
 
     def _transfer_key(self, device_id: str, command_key: str) -> str:
         return self._device_key(device_id, ":transfer:" + command_key)
+
+    def _wait_key(self, task: Task) -> str:
+        """Where the id of ``task`` is kept while it waits (see ``rules.wait_slot``)."""
+        return self._device_key(task.device_id, ":" + (wait_slot(task) or "transfer:"))
 
     # -- ITaskService ----------------------------------------------------------------
 
@@ -450,26 +460,51 @@ class RedisTaskService:
         return Deferred.fromCoroutine(run())
 
     def wait_for_transfer(self, task: Task) -> Deferred[Task]:
-        """Leave the queue (later tasks may run) but stay running until TransferComplete."""
-        if not task.command_key:
+        """Leave the queue (later tasks may run) but stay running until its report: the
+        TransferComplete of its CommandKey, or a diagnostic's 8 DIAGNOSTICS COMPLETE."""
+        if not wait_slot(task):
             return fail(ValueError("only a task with a command key waits for a transfer"))
 
         async def run() -> Task:
-            other_id = await self._redis.execute_command(
-                "GET", self._transfer_key(task.device_id, task.command_key)
-            )
+            other_id = await self._redis.execute_command("GET", self._wait_key(task))
             if other_id is not None and str(other_id) != task.id:
                 other = await self._get(str(other_id))
                 if other is not None and other.status == "running":
-                    reason = {"reason": f"command key reused by task {task.id}"}
+                    what = (
+                        "diagnostic requested again"
+                        if task.type == "diagnostic"
+                        else ("command key reused")
+                    )
+                    reason = {"reason": f"{what} by task {task.id}"}
                     await self._end(other, status="failed", fault=reason)
             # Out of the queue, into the expiry index until its report is due.
-            now = self._clock.seconds()
-            new = task.evolve(status="running", updated=now, expires=now + self._report_timeout)
+            new = waiting(task, self._clock.seconds(), self._report_timeout)
             won, current = await self._transition(
                 task, new, expected="running", queue="remove", expiry="add", transfer="set"
             )
             return new if won else current or task
+
+        return Deferred.fromCoroutine(run())
+
+    def diagnostics_complete(self, device_id: str) -> Deferred[list[Task]]:
+        """The device informed with 8 DIAGNOSTICS COMPLETE: its waiting diagnostics go back
+        to the front of its queue, to read their results (those still running on the CPE
+        wait again)."""
+
+        async def run() -> list[Task]:
+            keys = [self._device_key(device_id, ":diagnostic:" + kind) for kind in DIAGNOSTIC_KINDS]
+            ids = await self._redis.execute_command("MGET", *keys)
+            out = []
+            for _, task in await self._load([str(i) for i in ids if i is not None]):
+                if task is None or task.status != "running" or task.type != "diagnostic":
+                    continue
+                new = resumed(task, self._clock.seconds())
+                won, _ = await self._transition(
+                    task, new, expected="running", queue="front", expiry="keep", transfer="remove"
+                )
+                if won:
+                    out.append(new)
+            return out
 
         return Deferred.fromCoroutine(run())
 
@@ -523,7 +558,7 @@ class RedisTaskService:
                 for task_id, task in await self._load([str(i) for i in ids]):
                     if task is not None and task.status == "running" and now >= task.expires:
                         if await self._waiting(task):
-                            fault = no_report(self._report_timeout)
+                            fault = wait_fault(task, self._report_timeout)
                             new = task.evolve(status="failed", updated=now, fault=fault)
                             won, _ = await self._final(task, new)
                             if won:
@@ -548,11 +583,11 @@ class RedisTaskService:
     # -- internals ---------------------------------------------------------------------
 
     async def _waiting(self, task: Task) -> bool:
-        """Whether ``task`` waits for its TransferComplete (DUStateChangeComplete)."""
-        if not task.command_key:
+        """Whether ``task`` waits for its TransferComplete (DUStateChangeComplete) or its
+        8 DIAGNOSTICS COMPLETE."""
+        if not wait_slot(task):
             return False
-        key = self._transfer_key(task.device_id, task.command_key)
-        return str(await self._redis.execute_command("GET", key)) == task.id
+        return str(await self._redis.execute_command("GET", self._wait_key(task))) == task.id
 
     async def _get(self, task_id: str) -> Task | None:
         raw = await self._redis.execute_command("GET", self._task_key(task_id))
@@ -593,7 +628,7 @@ class RedisTaskService:
             self._device_key(old.device_id, ":queue"),
             self._device_key(old.device_id, ":finished"),
             self._expiry_key,
-            self._transfer_key(old.device_id, old.command_key),
+            self._wait_key(old),
             self._stream.key,
             self._bulk_key(old.bulk) if old.bulk else "",
         ]

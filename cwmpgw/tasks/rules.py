@@ -33,16 +33,21 @@ __all__ = [
     "check_data_model",
     "idempotency_fingerprint",
     "ignore_cancel",
+    "is_reported",
     "new_task_id",
     "no_report",
     "publish_task_event",
     "replay_of",
+    "resumed",
     "start_decision",
     "task_event",
     "task_from_dict",
     "task_from_json",
     "task_to_json",
     "transfer_outcome",
+    "wait_fault",
+    "wait_slot",
+    "waiting",
 ]
 
 _log = Logger()
@@ -53,7 +58,7 @@ COMMAND_KEY_TYPES = frozenset(
     {"Download", "ScheduleDownload", "Upload", "Reboot", "ScheduleInform", "ChangeDUState"}
 )
 # Methods that set ManagementServer.ParameterKey: a unique one shows which change landed.
-PARAMETER_KEY_TYPES = frozenset({"SetParameterValues", "AddObject", "DeleteObject"})
+PARAMETER_KEY_TYPES = frozenset({"SetParameterValues", "AddObject", "DeleteObject", "diagnostic"})
 MAX_EXPIRY = 365 * 86400
 MAX_KEY_LENGTH = 32  # CommandKey and ParameterKey are string(32) in TR-069
 TOO_MANY_ATTEMPTS = {"reason": "too many attempts"}
@@ -81,7 +86,44 @@ def no_report(timeout: float) -> dict[str, Any]:
     return {"reason": f"no completion report from the CPE within {timeout:g} s"}
 
 
-_log = Logger()
+def wait_slot(task: Task) -> str:
+    """What a task waiting for a report waits under, per device: ``transfer:<CommandKey>``
+    for a transfer (its TransferComplete names the key), ``diagnostic:<kind>`` for a
+    diagnostic (8 DIAGNOSTICS COMPLETE names nothing; one test of a kind runs at a time,
+    as a CPE restarts a diagnostic requested again). Empty for a task that cannot wait."""
+    if task.type == "diagnostic":
+        return "diagnostic:" + str(task.args.get("kind", ""))
+    return "transfer:" + task.command_key if task.command_key else ""
+
+
+def waiting(task: Task, now: float, report_timeout: float) -> Task:
+    """The running task once it waits for its report: due by the report timeout (a
+    diagnostic's own ``timeout``), a diagnostic's ``result`` saying it was requested."""
+    if task.type == "diagnostic":
+        timeout = float(task.args.get("timeout") or report_timeout)
+        return task.evolve(updated=now, expires=now + timeout, result={"phase": "requested"})
+    return task.evolve(updated=now, expires=now + report_timeout)
+
+
+def resumed(task: Task, now: float) -> Task:
+    """A waiting diagnostic the CPE reported complete: queued again (first), to read its
+    results in the same session; its deadline stays."""
+    return task.evolve(status="queued", updated=now, result={"phase": "reported"})
+
+
+def is_reported(task: Task) -> bool:
+    """Whether a diagnostic task's next run reads the results (see :func:`resumed`)."""
+    return task.type == "diagnostic" and (task.result or {}).get("phase") == "reported"
+
+
+def wait_fault(task: Task, report_timeout: float) -> dict[str, Any]:
+    """The fault of a waiting task whose report did not come in time."""
+    if task.type == "diagnostic":
+        timeout = float(task.args.get("timeout") or report_timeout)
+        return {"reason": f"no 8 DIAGNOSTICS COMPLETE from the CPE within {timeout:g} s"}
+    return no_report(report_timeout)
+
+
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 _TASK_FIELDS = frozenset(f.name for f in fields(Task)) - {"extra"}
 

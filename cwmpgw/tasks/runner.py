@@ -18,11 +18,14 @@ session: "M Reboot" or "M ScheduleInform" with the CommandKey in the Inform, a
 TransferComplete with the CommandKey for a transfer. A task already started in an earlier
 session whose CommandKey is reported so is ended by that report instead of being sent again.
 A FactoryReset has no CommandKey: the "0 BOOTSTRAP" a reset CPE informs with reports it.
+
+A diagnostic waits like a transfer, for an Inform with "8 DIAGNOSTICS COMPLETE": in such a
+session the device's waiting diagnostics are queued again first, and read their results.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -31,7 +34,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from cwmpgw.availability import log_call_failure
-from cwmpgw.cwmp import rpc
+from cwmpgw.cwmp import diagnostics, rpc
 from cwmpgw.cwmp.messages import (
     CompletionReport,
     CpeFault,
@@ -46,9 +49,17 @@ from cwmpgw.sessions import IRequestSource, LiveSession
 from cwmpgw.store.interfaces import IDeviceStore
 from cwmpgw.tasks.model import Task
 from cwmpgw.tasks.plans import Plan, plan_for
-from cwmpgw.tasks.rules import transfer_outcome
+from cwmpgw.tasks.rules import is_reported, transfer_outcome
 
-__all__ = ["TaskRunner"]
+__all__ = ["TaskRunner", "ThroughputUrl"]
+
+#: Builds a signed URL of the gateway's throughput endpoint for a diagnostic task:
+#: (``"download"`` or ``"upload"``, task id, bytes or None for the default, lifetime in
+#: seconds) → URL.
+ThroughputUrl = Callable[[str, str, int | None, float], str]
+
+# How long a throughput URL outlives the task's wait for its report (clock skew, retries).
+_URL_GRACE = 300.0
 
 # The Inform event by which a CPE reports having carried out a command with a CommandKey.
 _DONE_EVENTS = {"Reboot": "M Reboot", "ScheduleInform": "M ScheduleInform"}
@@ -130,10 +141,19 @@ class _Running:
 class TaskRunner:
     _log = Logger()
 
-    def __init__(self, tasks: Any, devices: IDeviceStore, *, gpv_batch: int = 100) -> None:
+    def __init__(
+        self,
+        tasks: Any,
+        devices: IDeviceStore,
+        *,
+        gpv_batch: int = 100,
+        throughput: ThroughputUrl | None = None,
+    ) -> None:
         self._tasks = tasks
         self._devices = devices
         self._gpv_batch = gpv_batch
+        self._throughput = throughput
+        self._resumed: set[str] = set()  # sessions whose 8 DIAGNOSTICS COMPLETE was handled
         self._running: dict[str, _Running] = {}  # session id → the task it runs now
         # session id → CommandKey → a completion report of that session no waiting task took
         self._unclaimed: dict[str, dict[str, _Report]] = {}
@@ -145,6 +165,16 @@ class TaskRunner:
         # Whether the session's ownership of the device was checked in this turn (by the
         # task store, with the queue read: then the engine need not ask the lock again).
         owner_checked = False
+        if session.session_id not in self._resumed:
+            self._resumed.add(session.session_id)
+            events = session.machine.inform.events
+            if any(e.code == diagnostics.DIAGNOSTICS_COMPLETE for e in events):
+                for task in await self._tasks.diagnostics_complete(session.device_id):
+                    self._log.info(
+                        "diagnostic task {task_id} of {device_id}: reported complete",
+                        task_id=task.id,
+                        device_id=session.device_id,
+                    )
         while True:
             state = self._running.get(session.session_id)
             if state is None:
@@ -155,7 +185,7 @@ class TaskRunner:
                 if task.attempts > 1 and await self._reported(session, task):
                     continue
                 try:
-                    plan = plan_for(task.type, task.args, gpv_batch=self._gpv_batch)
+                    plan = self._plan(session, task)
                 except rpc.ArgumentError as e:
                     await self._tasks.fail(task, {"reason": f"invalid arguments: {e}"})
                     continue
@@ -187,6 +217,27 @@ class TaskRunner:
                 device_id=session.device_id,
             )
             return AcsRequest(call.method, request_id, body, ref=state, owner_checked=owner_checked)
+
+    def _plan(self, session: LiveSession, task: Task) -> Plan:
+        if task.type != "diagnostic":
+            return plan_for(task.type, task.args, gpv_batch=self._gpv_batch)
+        url = None
+        kind = diagnostics.KINDS.get(task.args.get("kind", ""))
+        if kind is not None and kind.url and self._throughput is not None:
+            direction = "download" if kind.url == "DownloadURL" else "upload"
+            size = task.args.get("throughput_bytes")
+            if size is None and direction == "upload":
+                size = int(task.args.get("parameters", {}).get("TestFileLength") or 0) or None
+            lifetime = float(task.args.get("timeout") or 0) + _URL_GRACE
+            url = self._throughput(direction, task.id, size, lifetime)
+        return plan_for(
+            task.type,
+            task.args,
+            gpv_batch=self._gpv_batch,
+            root=_root_object(session),
+            reported=is_reported(task),
+            url=url,
+        )
 
     def answered(
         self, session: LiveSession, request: AcsRequest, response: RpcResponse | CpeFault
@@ -321,6 +372,7 @@ class TaskRunner:
 
     def session_ended(self, session: LiveSession) -> Deferred[None] | None:
         self._unclaimed.pop(session.session_id, None)
+        self._resumed.discard(session.session_id)
         state = self._running.pop(session.session_id, None)
         if state is None:
             return None
@@ -338,3 +390,12 @@ class TaskRunner:
 
 async def _nothing() -> None:
     return None
+
+
+def _root_object(session: LiveSession) -> str:
+    """``Device`` (TR-181) or ``InternetGatewayDevice`` (TR-098), from the Inform."""
+    for p in session.machine.inform.parameters:
+        root = p.name.split(".", 1)[0]
+        if root in ("Device", "InternetGatewayDevice"):
+            return root
+    return "Device"

@@ -76,9 +76,11 @@ class ConnectionLimits:
 
 _REFUSALS = {
     400: b"Bad Request",
+    403: b"Forbidden",
     413: b"Content Too Large",
     414: b"URI Too Long",
     431: b"Request Header Fields Too Large",
+    503: b"Service Unavailable",
 }
 
 

@@ -137,6 +137,11 @@ EXAMPLE_ARGS: dict[str, dict[str, Any]] = {
         ]
     },
     "refresh": {"path": "Device.DeviceInfo."},
+    "diagnostic": {
+        "kind": "IPPing",
+        "parameters": {"Host": "192.0.2.1", "NumberOfRepetitions": 3, "Timeout": 1000},
+        "timeout": 120,
+    },
 }
 
 
@@ -166,6 +171,13 @@ BAD_ARGS: list[tuple[str, dict[str, Any]]] = [
     ("SetVouchers", {"vouchers": "QUJD"}),
     ("refresh", {}),
     ("refresh", {"path": "Device.", "depth": 2}),
+    ("diagnostic", {}),
+    ("diagnostic", {"kind": "Ping"}),
+    ("diagnostic", {"kind": "IPPing", "parameters": {"Host": "x", "DSCP": 64}}),
+    ("diagnostic", {"kind": "IPPing", "parameters": {"Host": "x", "Bogus": 1}}),
+    ("diagnostic", {"kind": "TraceRoute", "parameters": {}}),
+    ("diagnostic", {"kind": "IPPing", "parameters": {"Host": "x"}, "timeout": 0}),
+    ("diagnostic", {"kind": "ServerSelection", "parameters": {"HostList": []}}),
 ]
 
 
