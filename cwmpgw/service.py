@@ -2,10 +2,11 @@
 its parts.
 
 Children, in start order (each once the one before is up; stop is the reverse, so the
-embedded Redis goes last): Redis → the event listener → the event spool → connection
-requests → task expiry → the ACS listener → the API listener → the command stream →
-metrics → worker processes. Each is built by a small step below from what the steps
-before it made; the parts themselves are made in :mod:`cwmpgw.app`.
+embedded Redis goes last): Redis → the event listener → the event spool → the file
+server → connection requests → task expiry → the ACS listener → the API listener → the
+command stream → campaigns → metrics → worker processes. Each is built by a small step
+below from what the steps before it made; the parts themselves are made in
+:mod:`cwmpgw.app`.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ from cwmpgw.acs.resource import AcsSite
 from cwmpgw.app import acs as acs_part
 from cwmpgw.app import nbi as nbi_part
 from cwmpgw.app.connreq import ConnreqPart
+from cwmpgw.app.files import FilesPart
 from cwmpgw.app.metrics import make_metrics, redis_sampler
 from cwmpgw.app.redis import RedisPart
 from cwmpgw.app.state import StatePart, spool_name
 from cwmpgw.app.tasks import make_provisioner, make_task_service
 from cwmpgw.app.tree import Listener, OrderedTree, Part
 from cwmpgw.availability import GuardedRedis, RedisAvailability
+from cwmpgw.bus.events import IStoredEvents
 from cwmpgw.bus.listener import EventListener
 from cwmpgw.bus.spool import SpoolingEventSink
 from cwmpgw.config import Config
@@ -74,6 +77,7 @@ class GatewayService(OrderedTree):
         self.credentials: RedisCredentialStore | None = None
         self.connreq_credentials: RedisConnReqCredentialStore | None = None
         self._connreq: ConnreqPart | None = None
+        self._files: FilesPart | None = None
         self.tasks: RedisTaskService | None = None
         self.runner: TaskRunner | None = None
         self.rotations: RedisRotations | None = None
@@ -89,6 +93,7 @@ class GatewayService(OrderedTree):
                 self._step_redis,
                 self._step_listener,
                 self._step_state,
+                self._step_files,
                 self._step_connreq,
                 self._step_tasks,
                 self._step_acs,
@@ -139,6 +144,15 @@ class GatewayService(OrderedTree):
         return self._metrics.port if self._metrics is not None else None
 
     @property
+    def files(self) -> FilesPart | None:
+        """The file store (``.store``), links (``.links``) and file server (``.port``)."""
+        return self._files
+
+    @property
+    def files_port(self) -> Any:
+        return self._files.port if self._files is not None else None
+
+    @property
     def stun_port(self) -> Any:
         return self._connreq.stun_port if self._connreq is not None else None
 
@@ -182,6 +196,16 @@ class GatewayService(OrderedTree):
         self.credentials, self.connreq_credentials = state.credentials, state.connreq_credentials
         return state
 
+    def _step_files(self) -> FilesPart | None:
+        if not self.config.files.enabled:
+            return None
+        events = self.events
+        stored = IStoredEvents(events).stored if IStoredEvents.providedBy(events) else None
+        self._files = FilesPart(
+            self.config, self._reactor, self.data_dir, redis=self._up()[0], on_stored=stored
+        )
+        return self._files
+
     def _step_connreq(self) -> ConnreqPart | None:
         if not self.config.connreq.enabled:
             return None
@@ -204,7 +228,12 @@ class GatewayService(OrderedTree):
         self.tasks = make_task_service(
             self.config, self._reactor, redis, events=self.events, listener=self.listener
         )
-        self.runner = TaskRunner(self.tasks, self.devices, gpv_batch=self.config.tasks.gpv_batch)
+        self.runner = TaskRunner(
+            self.tasks,
+            self.devices,
+            gpv_batch=self.config.tasks.gpv_batch,
+            links=self._files.links if self._files is not None else None,
+        )
         self.rotations = RedisRotations(redis, self.config.redis.prefix)
         self.provisioner = make_provisioner(
             self.config,
@@ -309,8 +338,11 @@ class GatewayService(OrderedTree):
         from cwmpgw.workers import child_config
 
         port = self.acs_port.getHost().port
+        files_url = self._files.links.base_url if self._files is not None else ""
         configs = {
-            i: child_config(self.config, index=i, port=port, redis_url=self._redis.url)
+            i: child_config(
+                self.config, index=i, port=port, redis_url=self._redis.url, files_url=files_url
+            )
             for i in range(1, self.config.gateway.workers)
         }
         # They use this node's Redis: stopped first, as the last child.

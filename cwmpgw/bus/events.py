@@ -50,6 +50,17 @@ EVENT_TYPES = frozenset(
         "connreq.succeeded",
         "connreq.failed",
         "connreq.refused",
+        "file.created",
+        "file.uploaded",
+        "file.deleted",
+        "campaign.created",
+        "campaign.wave",
+        "campaign.device",
+        "campaign.paused",
+        "campaign.resumed",
+        "campaign.stopped",
+        "campaign.aborted",
+        "campaign.completed",
     }
 )
 

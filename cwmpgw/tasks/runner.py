@@ -45,8 +45,9 @@ from cwmpgw.cwmp.session import AcsRequest
 from cwmpgw.sessions import IRequestSource, LiveSession
 from cwmpgw.store.interfaces import IDeviceStore
 from cwmpgw.tasks.model import Task
-from cwmpgw.tasks.plans import Plan, plan_for
+from cwmpgw.tasks.plans import Plan, needs_link, plan_for
 from cwmpgw.tasks.rules import transfer_outcome
+from cwmpgw.tasks.transfers import ITransferLinks, LinkError
 
 __all__ = ["TaskRunner"]
 
@@ -130,8 +131,16 @@ class _Running:
 class TaskRunner:
     _log = Logger()
 
-    def __init__(self, tasks: Any, devices: IDeviceStore, *, gpv_batch: int = 100) -> None:
+    def __init__(
+        self,
+        tasks: Any,
+        devices: IDeviceStore,
+        *,
+        gpv_batch: int = 100,
+        links: ITransferLinks | None = None,
+    ) -> None:
         self._tasks = tasks
+        self._links = links
         self._devices = devices
         self._gpv_batch = gpv_batch
         self._running: dict[str, _Running] = {}  # session id → the task it runs now
@@ -154,8 +163,15 @@ class TaskRunner:
                     return None
                 if task.attempts > 1 and await self._reported(session, task):
                     continue
+                args = task.args
+                if needs_link(task.type, args):
+                    try:
+                        args = await self._link(task)
+                    except LinkError as e:
+                        await self._tasks.fail(task, {"reason": str(e)})
+                        continue
                 try:
-                    plan = plan_for(task.type, task.args, gpv_batch=self._gpv_batch)
+                    plan = plan_for(task.type, args, gpv_batch=self._gpv_batch)
                 except rpc.ArgumentError as e:
                     await self._tasks.fail(task, {"reason": f"invalid arguments: {e}"})
                     continue
@@ -187,6 +203,13 @@ class TaskRunner:
                 device_id=session.device_id,
             )
             return AcsRequest(call.method, request_id, body, ref=state, owner_checked=owner_checked)
+
+    async def _link(self, task: Task) -> dict[str, Any]:
+        """The task's arguments completed by the file server for its device."""
+        if self._links is None:
+            raise LinkError("the file server is disabled (files.enabled)")
+        args: dict[str, Any] = await self._links.resolve(task)
+        return args
 
     def answered(
         self, session: LiveSession, request: AcsRequest, response: RpcResponse | CpeFault

@@ -36,7 +36,9 @@ ALLOWED: dict[str, set[str]] = {
     "tasks": {"availability", "bus", "cwmp", "sessions", "store"},
     "provision": {"bus", "config", "cwmp", "sessions", "store", "web"},
     "connreq": {"availability", "bus", "config", "store", "web"},
-    "nbi": {"availability", "bus", "config", "connreq", "store", "tasks", "web"},
+    # Files the gateway serves and receives, and firmware campaigns.
+    "files": {"availability", "bus", "connreq", "cwmp", "store", "tasks", "web"},
+    "nbi": {"availability", "bus", "config", "connreq", "files", "store", "tasks", "web"},
     # The simulator is a CPE: it shares only the codec-free pieces, never the ACS.
     "sim": {"cwmp", "web"},
     # The composition and the entry points.
@@ -48,6 +50,7 @@ ALLOWED: dict[str, set[str]] = {
         "bus",
         "config",
         "connreq",
+        "files",
         "metrics",
         "nbi",
         "provision",
