@@ -24,7 +24,7 @@ from cwmpgw.acs.resource import AcsSite
 from cwmpgw.app import acs as acs_part
 from cwmpgw.app import nbi as nbi_part
 from cwmpgw.app.connreq import ConnreqPart
-from cwmpgw.app.files import FilesPart
+from cwmpgw.app.files import CampaignDriver, FilesPart
 from cwmpgw.app.metrics import make_metrics, redis_sampler
 from cwmpgw.app.redis import RedisPart
 from cwmpgw.app.state import StatePart, spool_name
@@ -36,6 +36,7 @@ from cwmpgw.bus.listener import EventListener
 from cwmpgw.bus.spool import SpoolingEventSink
 from cwmpgw.config import Config
 from cwmpgw.connreq.waker import ConnectionRequestService
+from cwmpgw.files.campaigns import RedisCampaigns
 from cwmpgw.metrics import MeteredEventSink, Metrics
 from cwmpgw.nbi.commands import CommandConsumer
 from cwmpgw.nbi.directory import DeviceDirectory
@@ -78,6 +79,7 @@ class GatewayService(OrderedTree):
         self.connreq_credentials: RedisConnReqCredentialStore | None = None
         self._connreq: ConnreqPart | None = None
         self._files: FilesPart | None = None
+        self.campaigns: RedisCampaigns | None = None
         self.tasks: RedisTaskService | None = None
         self.runner: TaskRunner | None = None
         self.rotations: RedisRotations | None = None
@@ -97,6 +99,7 @@ class GatewayService(OrderedTree):
                 self._step_connreq,
                 self._step_tasks,
                 self._step_acs,
+                self._step_campaigns,
                 self._step_api,
                 self._step_commands,
                 self._step_metrics,
@@ -278,6 +281,24 @@ class GatewayService(OrderedTree):
             reuse_port=self._reuse_port,
         )
         return self._acs
+
+    def _step_campaigns(self) -> CampaignDriver | None:
+        if self._files is None:
+            return None
+        assert self.tasks and self.devices
+        self.campaigns = RedisCampaigns(
+            self._up()[0],
+            self.config.redis.prefix,
+            tasks=self.tasks,
+            devices=self.devices,
+            clock=self._reactor,
+            node=self.node,
+            waker=self.connreq,
+            stream_maxlen=self.config.events.stream_maxlen,
+        )
+        return CampaignDriver(
+            self.campaigns, self._reactor, interval=self.config.files.campaign_tick
+        )
 
     def _step_api(self) -> Listener | None:
         if not self.config.nbi.enabled:

@@ -12,20 +12,26 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
 
 from cwmpgw.acs.tls import server_options
 from cwmpgw.app.acs import certificate, tcp_endpoint
-from cwmpgw.app.tree import Listener
+from cwmpgw.app.tree import Listener, Part
+from cwmpgw.availability import is_backend_failure
 from cwmpgw.config import Config
+from cwmpgw.files.campaigns import RedisCampaigns
 from cwmpgw.files.links import TransferLinks
 from cwmpgw.files.server import FileResource, FileSite
 from cwmpgw.files.signing import LinkSigner, shared_file_secret
 from cwmpgw.files.store import FileStore, RedisFileIndex
 from cwmpgw.web.site import ConnectionGate
 
-__all__ = ["FilesPart"]
+__all__ = ["CampaignDriver", "FilesPart"]
 
 
 class FilesPart(Listener):
@@ -104,3 +110,49 @@ class FilesPart(Listener):
         await super().stop()
         if self.site is not None:
             self.site.abort_all()
+
+
+class CampaignDriver(Part):
+    """Steps the campaigns every ``files.campaign_tick`` seconds while this node holds
+    the driver lease; stopping waits for the step under way and gives the lease up."""
+
+    _log = Logger()
+
+    def __init__(self, campaigns: RedisCampaigns, reactor: Any, *, interval: float) -> None:
+        self.name = "campaigns"
+        self.campaigns = campaigns
+        self._reactor = reactor
+        self._interval = interval
+        self._loop: LoopingCall | None = None
+        self._running: Deferred[Any] | None = None
+
+    async def start(self) -> None:
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = self._reactor
+        self._loop.start(self._interval, now=False).addErrback(
+            lambda f: self._log.failure("the campaign driver stopped", f)
+        )
+
+    def _tick(self) -> Deferred[Any] | None:
+        if self._running is not None:
+            return None
+        d = Deferred.fromCoroutine(self.campaigns.tick(lease=max(30.0, self._interval * 10)))
+
+        def done(result: object) -> None:
+            self._running = None
+            if isinstance(result, Failure) and not is_backend_failure(result.value or Exception()):
+                self._log.failure("campaign step failed", result)
+
+        d.addBoth(done)
+        self._running = d
+        return None
+
+    async def stop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        if self._running is not None:
+            await self._running  # its failures are logged, never raised
+        try:
+            await self.campaigns.release()
+        except Exception:
+            self._log.warn("could not give the campaign lease up; it expires on its own")
