@@ -625,12 +625,12 @@ class FleetAgainstGatewayTests(TestCase):
 
         kw.setdefault("template", load_csv(EC220))
         kw.setdefault("behaviour", Behaviour(reboot_delay=0.05, transfer_time=0.05))
+        kw.setdefault("concurrency", 10)
         fleet = Fleet(
             reactor,
             self.url,
             cafile=self.cafile,
             arrival=Rate(None),
-            concurrency=10,
             connreq_listen=("127.0.0.1", 0),
             seed=1,
             trace=trace,

@@ -65,6 +65,8 @@ _POSIX_TZ_RE: Final = re.compile(r"(?:<[^>]{1,32}>|[A-Za-z]{3,32})([+-]?)(\d{1,2
 _TIME_ZONE: Final = ("Device.Time.LocalTimeZone", "InternetGatewayDevice.Time.LocalTimeZone")
 _WAVE_RE: Final = re.compile(r"(\d{1,3}(?:\.\d{1,3})?)%")
 _MAX_DEVICES: Final = 1_000_000
+# Seconds after which a device whose Download still waits is woken again.
+_REWAKE: Final = 30.0
 
 
 class CampaignConflict(Exception):
@@ -367,6 +369,9 @@ class RedisCampaigns:
         self._waker = waker
         self._stream = EventStream(prefix, stream_maxlen)
         self._owner = f"{node}:{os.urandom(6).hex()}"
+        # When this driver last woke a device whose task still waits (in memory: after a
+        # restart every waiting device is woken again at once).
+        self._woken: dict[str, float] = {}
 
     def _key(self, campaign_id: str) -> str:
         return f"{self._prefix}campaign:{campaign_id}"
@@ -704,10 +709,16 @@ class RedisCampaigns:
         state = {"s": "queued", "task": task.id, "t": now, "queued_at": task.created, "w": wave}
         if not await self._move(key, device_id, state, "", wave, "add", moved):
             return False
-        if spec["connection_request"] and self._waker is not None:
-            d = self._waker.wake(device_id)
-            d.addErrback(lambda f: None)  # best effort: the device's next Inform runs it
+        if spec["connection_request"]:
+            self._wake(device_id)
         return True
+
+    def _wake(self, device_id: str) -> None:
+        """Ask the device to connect now; best effort (its next Inform runs the task)."""
+        if self._waker is None:
+            return
+        self._woken[device_id] = self._clock.seconds()
+        self._waker.wake(device_id).addErrback(lambda f: None)
 
     async def _follow(
         self,
@@ -731,8 +742,12 @@ class RedisCampaigns:
                 )
                 await self._move(key, device_id, new, "queued", wave, "rem", event=event)
                 return
+            if task.status == "queued" and spec["connection_request"]:
+                if now - self._woken.get(device_id, 0.0) >= _REWAKE:
+                    self._wake(device_id)
             if task.status != "done":
                 return
+            self._woken.pop(device_id, None)
             transferred = {**state, "s": "transferred", "done_at": now, "t": now}
             if not await self._move(key, device_id, transferred, "queued", wave):
                 return

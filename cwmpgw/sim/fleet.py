@@ -59,7 +59,7 @@ from twisted.internet.ssl import (
     optionsForClientTLS,
     trustRootFromCertificates,
 )
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
@@ -632,6 +632,7 @@ class Fleet:
         self._connreq_host = connreq_host
         self.listener: ConnectionRequestListener | None = None
         self._files_agent: Agent | None = None
+        self._moving: set[Deferred[None]] = set()  # transfers moving bytes now
         self._files_pool: HTTPConnectionPool | None = None
 
         base = template or builtin_template()
@@ -747,6 +748,8 @@ class Fleet:
         await self._drain(self.drain_timeout)
         if self.listener is not None:
             await self.listener.stop()
+        for moving in list(self._moving):
+            moving.cancel()
         if self._files_pool is not None:
             await self._files_pool.closeCachedConnections()
 
@@ -985,11 +988,16 @@ class Fleet:
         if result.ok and self._periodic:
             device.schedule_periodic(now, behaviour, self._rng)
         for transfer in device.fetches_due(behaviour):
-            Deferred.fromCoroutine(self._transfer(device, transfer, behaviour))
+            moving = Deferred.fromCoroutine(self._transfer(device, transfer, behaviour))
+            self._moving.add(moving)
+            moving.addBoth(self._moved, moving)
         if device.fire(now, behaviour, self._rng):
             self.reactor.callLater(0, self._launch_later, device)
         else:
             self._reschedule(device)
+
+    def _moved(self, result: object, moving: Deferred[None]) -> None:
+        self._moving.discard(moving)
 
     async def _transfer(self, device: SimDevice, transfer: Any, behaviour: Behaviour) -> None:
         """Really move a transfer's bytes, then let the device report it."""
@@ -1000,14 +1008,14 @@ class Fleet:
             if self._rng.random() < behaviour.fail_fraction:
                 raise _TransferFailed(9010 if transfer.is_download else 9011, "simulated failure")
             if transfer.is_download:
-                head = await self._download(transfer)
+                head = await self._retrying(self._download, transfer)
                 if transfer.file_type.startswith("1 "):
                     m = _FIRMWARE_RE.match(head)
                     if m is None:
                         raise _TransferFailed(9018, "file corrupted: not a firmware image")
                     version = m.group(1).decode("utf-8", "replace")
             else:
-                await self._upload(device, transfer)
+                await self._retrying(lambda t: self._upload(device, t), transfer)
         except _TransferFailed as e:
             fault = (e.code, e.reason)
         except Exception as e:
@@ -1016,6 +1024,19 @@ class Fleet:
         device.fetched(transfer, self.reactor.seconds(), fault, version)
         if self._started:
             self.wake(device)
+
+    async def _retrying(self, move: Callable[[Any], Any], transfer: Any) -> Any:
+        """A CPE tries a transfer a few times when the server cannot be reached."""
+        for attempt in range(5):
+            try:
+                return await move(transfer)
+            except _TransferFailed:
+                raise
+            except Exception:
+                if attempt == 4:
+                    raise
+                await deferLater(self.reactor, 0.5 * (attempt + 1), lambda: None)
+        return None
 
     def _transfer_agent(self) -> Agent:
         if self._files_agent is None:
