@@ -327,6 +327,8 @@ class GatewayService(OrderedTree):
                 listener=self.listener,
                 spool=self.spool,
             ),
+            files=self._files.store if self._files is not None else None,
+            campaigns=self.campaigns,
         )
         return self._nbi
 

@@ -13,6 +13,8 @@ from cwmpgw.app.tree import Listener
 from cwmpgw.bus.events import IEventSink
 from cwmpgw.config import Config
 from cwmpgw.connreq.interfaces import IConnectionRequester
+from cwmpgw.files.campaigns import ICampaigns
+from cwmpgw.files.store import FileStore
 from cwmpgw.nbi.api import NbiResource, NbiSite
 from cwmpgw.nbi.auth import make_authorizer
 from cwmpgw.nbi.commands import CommandConsumer
@@ -32,6 +34,8 @@ def make_api(
     directory: IDeviceDirectory,
     waker: IConnectionRequester | None,
     health: GatewayHealth,
+    files: FileStore | None = None,
+    campaigns: ICampaigns | None = None,
 ) -> Listener:
     cfg = config.nbi
     resource = NbiResource(
@@ -43,6 +47,9 @@ def make_api(
         clock=reactor,
         max_body_bytes=cfg.max_body_bytes,
         max_wait=cfg.max_wait,
+        files=files,
+        campaigns=campaigns,
+        max_file_bytes=config.files.max_file_bytes,
     )
     site = NbiSite(resource, reactor=reactor)
     endpoint: IStreamServerEndpoint
