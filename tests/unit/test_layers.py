@@ -67,6 +67,7 @@ ALLOWED: dict[str, set[str]] = {
         "bus",
         "config",
         "connreq",
+        "files",
         "metrics",
         "nbi",
         "provision",
