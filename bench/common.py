@@ -84,6 +84,7 @@ class Gateway:
     metrics_extra: str = "enabled = false"
     acs_port: int = field(default_factory=free_port)
     nbi_port: int = field(default_factory=free_port)
+    files_port: int = field(default_factory=free_port)
     process: subprocess.Popen[str] | None = None
     token: str = "bench-token-" + os.urandom(6).hex()
     # As the README tells operators to run it: the shipped observer, info and above (twistd's
@@ -120,6 +121,9 @@ port = {self.nbi_port}
 token_sha256 = ["{token_sha256(self.token)}"]
 [metrics]
 {self.metrics_extra}
+[files]
+port = {self.files_port}
+interface = "127.0.0.1"
 [connreq]
 stun = false
 allowed_networks = ["127.0.0.0/8"]

@@ -32,6 +32,7 @@ __all__ = [
     "ConnreqConfig",
     "DiagnosticsConfig",
     "EventsConfig",
+    "FilesConfig",
     "FleetConfig",
     "GatewayConfig",
     "MetricsConfig",
@@ -523,6 +524,28 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FilesConfig:
+    """The file server (firmware, configuration files, uploads) and campaigns."""
+
+    enabled: bool = _setting(True, _bool)
+    listen: bool = _setting(True, _bool)  # false: only hand out links another node serves
+    interface: str = _setting("", _interface)
+    port: int = _setting(7548, _int(0, 65535))
+    tls: bool = _setting(True, _bool)
+    dir: str = _setting("", _text)  # "" = <data_dir>/files; shared storage on several nodes
+    public_url: str = _setting("", _hostname)  # "" = https://<acs hostname>:<port>
+    url_lifetime: int = _setting(86400, _int(60, 2592000))
+    require_credentials: bool = _setting(True, _bool)
+    url_style: str = _setting("signed", _one_of("signed", "short"))
+    max_file_bytes: int = _setting(1073741824, _int(1024, 68719476736))
+    max_upload_bytes: int = _setting(67108864, _int(1024, 68719476736))
+    min_upload_rate: int = _setting(16384, _int(1, 1073741824))
+    max_connections: int = _setting(5000, _int(0, 10000000))
+    max_connections_per_source: int = _setting(1000, _int(0, 10000000))
+    campaign_tick: float = _setting(2.0, _number(0.05, 3600))
+
+
+@dataclass(frozen=True, slots=True)
 class ProvisionConfig:
     credentials: bool = _setting(True, _bool)
     stun_credentials: bool = _setting(True, _bool)
@@ -589,6 +612,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    files: FilesConfig = field(default_factory=FilesConfig)
     source: str | None = None  # the file it came from; None = defaults and overrides only
 
 
@@ -606,6 +630,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "metrics": MetricsConfig,
     "fleet": FleetConfig,
     "diagnostics": DiagnosticsConfig,
+    "files": FilesConfig,
 }
 
 

@@ -2,10 +2,11 @@
 its parts.
 
 Children, in start order (each once the one before is up; stop is the reverse, so the
-embedded Redis goes last): Redis → the event listener → the event spool → the XMPP
-login → connection requests → task expiry → the ACS listener → the API listener → the
-command stream → the bulk-task fan-out → metrics → worker processes. Each is built by a
-small step below from what the steps before it made; the parts themselves are made in
+embedded Redis goes last): Redis → the event listener → the event spool → the file
+server → the XMPP login → connection requests → task expiry → the ACS listener → the
+API listener → the command stream → the bulk-task fan-out → campaigns → metrics →
+worker processes. Each is built by a small step below from what the steps before it
+made; the parts themselves are made in
 :mod:`cwmpgw.app`.
 """
 
@@ -26,6 +27,7 @@ from cwmpgw.app import acs as acs_part
 from cwmpgw.app import nbi as nbi_part
 from cwmpgw.app.connreq import ConnreqPart
 from cwmpgw.app.diagnostics import ThroughputSigner, make_signer, make_throughput
+from cwmpgw.app.files import CampaignDriver, FilesPart
 from cwmpgw.app.fleet import make_bulk_runner, make_bulks, make_inventory
 from cwmpgw.app.metrics import ReactorLag, make_metrics, redis_sampler
 from cwmpgw.app.redis import RedisPart
@@ -34,10 +36,12 @@ from cwmpgw.app.tasks import make_profiles, make_provisioner, make_task_service
 from cwmpgw.app.tree import Listener, OrderedTree, Part
 from cwmpgw.app.xmpp import XmppPart
 from cwmpgw.availability import GuardedRedis, RedisAvailability
+from cwmpgw.bus.events import IStoredEvents
 from cwmpgw.bus.listener import EventListener
 from cwmpgw.bus.spool import SpoolingEventSink
 from cwmpgw.config import Config
 from cwmpgw.connreq.waker import ConnectionRequestService
+from cwmpgw.files.campaigns import RedisCampaigns
 from cwmpgw.fleet.bulk import BulkRunner, RedisBulkService
 from cwmpgw.fleet.inventory import RedisInventory
 from cwmpgw.fleet.profiles import ProfileApplier, RedisProfileStore
@@ -84,6 +88,8 @@ class GatewayService(OrderedTree):
         self.connreq_credentials: RedisConnReqCredentialStore | None = None
         self._xmpp: XmppPart | None = None
         self._connreq: ConnreqPart | None = None
+        self._files: FilesPart | None = None
+        self.campaigns: RedisCampaigns | None = None
         self.tasks: RedisTaskService | None = None
         self.runner: TaskRunner | None = None
         self.rotations: RedisRotations | None = None
@@ -106,10 +112,12 @@ class GatewayService(OrderedTree):
                 self._step_redis,
                 self._step_listener,
                 self._step_state,
+                self._step_files,
                 self._step_xmpp,
                 self._step_connreq,
                 self._step_tasks,
                 self._step_acs,
+                self._step_campaigns,
                 self._step_api,
                 self._step_commands,
                 self._step_bulk,
@@ -168,6 +176,15 @@ class GatewayService(OrderedTree):
         return self._metrics.port if self._metrics is not None else None
 
     @property
+    def files(self) -> FilesPart | None:
+        """The file store (``.store``), links (``.links``) and file server (``.port``)."""
+        return self._files
+
+    @property
+    def files_port(self) -> IListeningPort | None:
+        return self._files.port if self._files is not None else None
+
+    @property
     def stun_port(self) -> IListeningPort | None:
         return self._connreq.stun_port if self._connreq is not None else None
 
@@ -211,6 +228,16 @@ class GatewayService(OrderedTree):
         self.credentials, self.connreq_credentials = state.credentials, state.connreq_credentials
         return state
 
+    def _step_files(self) -> FilesPart | None:
+        if not self.config.files.enabled:
+            return None
+        events = self.events
+        stored = IStoredEvents(events).stored if IStoredEvents.providedBy(events) else None
+        self._files = FilesPart(
+            self.config, self._reactor, self.data_dir, redis=self._up()[0], on_stored=stored
+        )
+        return self._files
+
     def _step_xmpp(self) -> XmppPart | None:
         if not (self.config.connreq.enabled and self.config.xmpp.enabled):
             return None
@@ -246,6 +273,7 @@ class GatewayService(OrderedTree):
             self.devices,
             gpv_batch=self.config.tasks.gpv_batch,
             throughput=self.throughput_signer.url if self.throughput_signer else None,
+            links=self._files.links if self._files is not None else None,
         )
         self.rotations = RedisRotations(redis, self.config.redis.prefix)
         self.profiles, self.profile_applier = make_profiles(
@@ -296,6 +324,24 @@ class GatewayService(OrderedTree):
         )
         return self._acs
 
+    def _step_campaigns(self) -> CampaignDriver | None:
+        if self._files is None:
+            return None
+        assert self.tasks and self.devices
+        self.campaigns = RedisCampaigns(
+            self._up()[0],
+            self.config.redis.prefix,
+            tasks=self.tasks,
+            devices=self.devices,
+            clock=self._reactor,
+            node=self.node,
+            waker=self.connreq,
+            stream_maxlen=self.config.events.stream_maxlen,
+        )
+        return CampaignDriver(
+            self.campaigns, self._reactor, interval=self.config.files.campaign_tick
+        )
+
     def _step_api(self) -> Listener | None:
         if not self.config.nbi.enabled:
             return None
@@ -328,6 +374,8 @@ class GatewayService(OrderedTree):
             ),
             bulks=self.bulks,
             profiles=self.profiles,
+            files=self._files.store if self._files is not None else None,
+            campaigns=self.campaigns,
         )
         return self._nbi
 
@@ -390,8 +438,11 @@ class GatewayService(OrderedTree):
 
         assert self.acs_port is not None
         port: int = self.acs_port.getHost().port  # type: ignore[attr-defined]
+        files_url = self._files.links.base_url if self._files is not None else ""
         configs = {
-            i: child_config(self.config, index=i, port=port, redis_url=self._redis.url)
+            i: child_config(
+                self.config, index=i, port=port, redis_url=self._redis.url, files_url=files_url
+            )
             for i in range(1, self.config.gateway.workers)
         }
         # They use this node's Redis: stopped first, as the last child.

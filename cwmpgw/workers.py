@@ -58,7 +58,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def child_config(config: Config, *, index: int, port: int, redis_url: str) -> dict[str, Any]:
+def child_config(
+    config: Config, *, index: int, port: int, redis_url: str, files_url: str = ""
+) -> dict[str, Any]:
     """The configuration of worker ``index``: the parent's, minus what only worker 0 runs."""
     data: dict[str, Any] = {}
     for f in dataclasses.fields(config):
@@ -77,6 +79,9 @@ def child_config(config: Config, *, index: int, port: int, redis_url: str) -> di
     data["nbi"]["enabled"] = False
     data["connreq"]["enabled"] = False
     data["diagnostics"]["serve"] = False  # worker 0 serves it; the others sign its URLs
+    # Worker 0 serves the files; the others hand out links to it.
+    data["files"]["listen"] = False
+    data["files"]["public_url"] = files_url or config.files.public_url
     metrics_port = config.metrics.port
     data["metrics"]["enabled"] = config.metrics.enabled and metrics_port != 0
     data["metrics"]["port"] = metrics_port + index if metrics_port else 0

@@ -173,6 +173,7 @@ class ConnreqPart(Part):
             )
 
     async def stop(self) -> None:
+        self.service.stopped = True
         for port in (self.stun_port, self._udp_port):
             if port is not None:
                 await maybeDeferred(port.stopListening)

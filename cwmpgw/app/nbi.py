@@ -13,6 +13,8 @@ from cwmpgw.app.tree import Listener
 from cwmpgw.bus.events import IEventSink
 from cwmpgw.config import Config
 from cwmpgw.connreq.interfaces import IConnectionRequester
+from cwmpgw.files.campaigns import ICampaigns
+from cwmpgw.files.store import FileStore
 from cwmpgw.fleet.bulk import IBulkService
 from cwmpgw.nbi.api import NbiResource, NbiSite
 from cwmpgw.nbi.auth import make_authorizer
@@ -35,6 +37,8 @@ def make_api(
     health: GatewayHealth,
     bulks: IBulkService | None = None,
     profiles: Any = None,
+    files: FileStore | None = None,
+    campaigns: ICampaigns | None = None,
 ) -> Listener:
     cfg = config.nbi
     resource = NbiResource(
@@ -50,6 +54,9 @@ def make_api(
         profiles=profiles,
         default_expiry=config.tasks.default_expiry,
         gpv_batch=config.tasks.gpv_batch,
+        files=files,
+        campaigns=campaigns,
+        max_file_bytes=config.files.max_file_bytes,
     )
     site = NbiSite(resource, reactor=reactor)
     endpoint: IStreamServerEndpoint

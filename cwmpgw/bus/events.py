@@ -58,6 +58,17 @@ EVENT_TYPES = frozenset(
         "profile.applied",
         "profile.failed",
         "profile.changed",
+        "file.created",
+        "file.uploaded",
+        "file.deleted",
+        "campaign.created",
+        "campaign.wave",
+        "campaign.device",
+        "campaign.paused",
+        "campaign.resumed",
+        "campaign.stopped",
+        "campaign.aborted",
+        "campaign.completed",
     }
 )
 

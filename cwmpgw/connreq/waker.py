@@ -100,6 +100,8 @@ def _split_host_port(text: str) -> tuple[str, int] | None:
 @implementer(IConnectionRequester)
 class ConnectionRequestService:
     _log = Logger()
+    # Set when the gateway stops: wakes still under way end without publishing.
+    stopped = False
 
     def __init__(
         self,
@@ -406,6 +408,8 @@ class ConnectionRequestService:
         return WakeResult("refused", False, method, reason)
 
     async def _publish(self, type_: str, ref: dict[str, str], data: dict[str, Any]) -> None:
+        if self.stopped:
+            return
         event = Event(type=type_, ts=self._clock.seconds(), node=self._node, data=data, device=ref)
         try:
             await self._events.publish(event)

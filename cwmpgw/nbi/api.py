@@ -28,6 +28,9 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from cwmpgw.availability import is_backend_failure
 from cwmpgw.connreq.interfaces import IConnectionRequester, WakeResult
+from cwmpgw.files.campaigns import CampaignConflict, ICampaigns, parse_spec
+from cwmpgw.files.model import FileError, check_download_type, check_name
+from cwmpgw.files.store import FileStore
 from cwmpgw.fleet.bulk import BulkConflict, BulkError, IBulkService, parse_bulk_request
 from cwmpgw.fleet.profiles import IProfileStore, ProfileError, parse_profile
 from cwmpgw.fleet.selector import SelectorError, parse_query, valid_tag
@@ -44,7 +47,14 @@ from cwmpgw.tasks.model import (
     UnknownDevice,
     replayed,
 )
-from cwmpgw.web.site import ConnectionLimits, HardenedChannel, HardenedSite, is_gone
+from cwmpgw.web.bodies import DiskBody
+from cwmpgw.web.site import (
+    CappedRequest,
+    ConnectionLimits,
+    HardenedChannel,
+    HardenedSite,
+    is_gone,
+)
 
 __all__ = [
     "ApiError",
@@ -193,15 +203,57 @@ def task_error_message(e: TaskError) -> str:
 # -- the request and the site ---------------------------------------------------------------
 
 
+def _file_upload(channel: Any) -> bool:
+    """Is the request being read ``POST /files`` (its body is a file, streamed to disk)?"""
+    path = getattr(channel, "_path", b"") or b""
+    return getattr(channel, "_command", None) == b"POST" and path.split(b"?")[0] == b"/files"
+
+
+class NbiRequest(CappedRequest):
+    """``POST /files`` bodies go to disk as they arrive; every other body stays small."""
+
+    def gotLength(self, length: int | None) -> None:
+        resource = getattr(getattr(self.channel, "site", None), "resource", None)
+        files = getattr(resource, "files", None)
+        if files is not None and _file_upload(self.channel):
+            self.content = files.incoming()
+        else:
+            super().gotLength(length)
+
+    def _discard(self) -> None:
+        if isinstance(self.content, DiskBody):
+            self.content.discard()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._discard()
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
+
+    def finish(self) -> None:
+        self._discard()
+        super().finish()  # type: ignore[no-untyped-call]
+
+
 class NbiChannel(HardenedChannel):
     """An API connection: the hardened base; an oversize body gets the API's JSON 413."""
 
     refuse_oversize_body = False
+    _progress = 0
 
     def body_limit(self) -> int:
         site = getattr(self, "site", None)
         resource = getattr(site, "resource", None)
+        if _file_upload(self) and getattr(resource, "files", None) is not None:
+            return int(getattr(resource, "max_file_bytes", 0))
         return int(getattr(resource, "max_body_bytes", self.limits.max_body_bytes))
+
+    def read_time_left(self) -> float:
+        """A file upload still arriving at 64 KiB/s or more gets more time."""
+        request: Any = self.requests[-1] if self.requests else None
+        if request is None or not isinstance(request.content, DiskBody):
+            return 0.0
+        received = int(getattr(request, "_received", 0))
+        grown, self._progress = received - self._progress, received
+        return self.limits.read_timeout if grown >= 65536 * self.limits.read_timeout else 0.0
 
 
 class NbiSite(HardenedSite):
@@ -209,6 +261,7 @@ class NbiSite(HardenedSite):
     idle limit), capped bodies, no form parsing, no access log line per request."""
 
     protocol = NbiChannel
+    requestFactory = NbiRequest
 
     def __init__(
         self,
@@ -272,8 +325,14 @@ class NbiResource(Resource):
         profiles: IProfileStore | None = None,
         default_expiry: float = 604800,
         gpv_batch: int = 100,
+        files: FileStore | None = None,
+        campaigns: ICampaigns | None = None,
+        max_file_bytes: int = 1 << 30,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
+        self.files = files
+        self.campaigns = campaigns
+        self.max_file_bytes = max_file_bytes
         self._tasks = tasks
         self._bulks = bulks
         self._profiles = profiles
@@ -340,6 +399,8 @@ class NbiResource(Resource):
                 )
                 self._send_error(request, ApiError(500, "internal_error", "internal error"))
             return
+        if answer.status == 0:
+            return  # the handler answered itself (a file's bytes)
         self._send(request, answer.status, answer.body, answer.headers)
 
     async def _dispatch(self, request: Request) -> _Answer:
@@ -448,6 +509,166 @@ class NbiResource(Resource):
         self._send(request, e.status, body, e.headers)
 
     # -- handlers ------------------------------------------------------------------------------
+
+    def _file_store(self) -> FileStore:
+        if self.files is None:
+            raise ApiError(404, "files_disabled", "the file server is disabled (files.enabled)")
+        return self.files
+
+    def _campaign_service(self) -> ICampaigns:
+        if self.campaigns is None:
+            raise ApiError(404, "files_disabled", "campaigns need the file server")
+        return self.campaigns
+
+    async def _op_list_files(self, call: _Call) -> _Answer:
+        store = self._file_store()
+        q = call.query
+        limit = _limit(q)
+        cursor = q.get("cursor", "0") or "0"
+        if not cursor.isdigit() or len(cursor) > 16:
+            _bad("cursor: the next_cursor of a page")
+        origin = q.get("origin")
+        if origin is not None and origin not in ("api", "cpe"):
+            _bad("origin: api or cpe")
+        offset = int(cursor)
+        page = await store.list(offset, limit + 1, origin)
+        more = len(page) > limit
+        body = {
+            "files": [f.to_dict() for f in page[:limit]],
+            "next_cursor": str(offset + limit) if more else "",
+        }
+        return _Answer(200, body)
+
+    async def _op_create_file(self, call: _Call) -> _Answer:
+        store = self._file_store()
+        request = call.request
+        body = request.content
+        too_large = ApiError(
+            413, "payload_too_large", f"the file must be at most {self.max_file_bytes} bytes"
+        )
+        length = request.getHeader(b"content-length")
+        if length is not None and length.strip().isdigit() and int(length) > self.max_file_bytes:
+            raise too_large
+        if getattr(request, "body_too_large", False):
+            raise too_large
+        if not isinstance(body, DiskBody):
+            _bad("send the file as the body")
+        q = call.query
+        try:
+            name = check_name(q.get("name", ""))
+            file_type = check_download_type(q.get("file_type", ""))
+        except FileError as e:
+            _bad(str(e))
+        version = _query_text(q, "software_version")
+        description = _query_text(q, "description")
+        info = await store.add(
+            body,
+            name=name,
+            file_type=file_type,
+            software_version=version,
+            description=description,
+        )
+        self._log.info(
+            "{principal} added file {file_id} ({name}, {size} bytes, sha256 {sha256})",
+            principal=call.principal,
+            file_id=info.id,
+            name=name,
+            size=info.size,
+            sha256=info.sha256,
+        )
+        return _Answer(201, info.to_dict(), {"Location": "/files/" + info.id})
+
+    async def _file(self, call: _Call) -> Any:
+        file_id = call.params["file_id"]
+        info = await self._file_store().get(file_id) if len(file_id) <= 64 else None
+        if info is None:
+            raise ApiError(404, "file_not_found", f"no file {_show(file_id)}")
+        return info
+
+    async def _op_get_file(self, call: _Call) -> _Answer:
+        return _Answer(200, (await self._file(call)).to_dict())
+
+    async def _op_delete_file(self, call: _Call) -> _Answer:
+        info = await self._file(call)
+        await self._file_store().delete(info.id)
+        self._log.info(
+            "{principal} deleted file {file_id}", principal=call.principal, file_id=info.id
+        )
+        return _Answer(204)
+
+    async def _op_get_file_content(self, call: _Call) -> _Answer:
+        from twisted.web.static import File
+
+        info = await self._file(call)
+        request = call.request
+        resource = File(self._file_store().path(info.id), defaultType="application/octet-stream")
+        resource.type, resource.encoding = "application/octet-stream", None
+        request.setHeader(b"content-disposition", f'attachment; filename="{info.id}"'.encode())
+        request.setHeader(b"etag", f'"{info.sha256}"'.encode())
+        answer = resource.render_GET(request)
+        if answer is not NOT_DONE_YET:
+            request.finish()
+        return _Answer(0)  # answered
+
+    async def _op_list_campaigns(self, call: _Call) -> _Answer:
+        views = await self._campaign_service().list()
+        return _Answer(200, {"campaigns": views})
+
+    async def _op_create_campaign(self, call: _Call) -> _Answer:
+        campaigns = self._campaign_service()
+        try:
+            spec = parse_spec(call.body)
+        except FileError as e:
+            _bad(str(e))
+        info = await self._file_store().get(spec.file)
+        if info is None:
+            raise ApiError(404, "file_not_found", f"no file {_show(spec.file)}")
+        try:
+            view = await campaigns.create(spec, info)
+        except FileError as e:
+            _bad(str(e))
+        self._log.info(
+            "{principal} created campaign {campaign_id}",
+            principal=call.principal,
+            campaign_id=view["id"],
+        )
+        return _Answer(201, view, {"Location": "/campaigns/" + view["id"]})
+
+    async def _op_get_campaign(self, call: _Call) -> _Answer:
+        campaign_id = call.params["campaign_id"]
+        view = await self._campaign_service().get(campaign_id) if len(campaign_id) <= 64 else None
+        if view is None:
+            raise ApiError(404, "campaign_not_found", f"no campaign {_show(campaign_id)}")
+        return _Answer(200, view)
+
+    async def _control(self, call: _Call, action: str) -> _Answer:
+        campaign_id = call.params["campaign_id"]
+        try:
+            view = (
+                await self._campaign_service().control(campaign_id, action)
+                if len(campaign_id) <= 64
+                else None
+            )
+        except CampaignConflict as e:
+            raise ApiError(409, "campaign_conflict", str(e)) from None
+        if view is None:
+            raise ApiError(404, "campaign_not_found", f"no campaign {_show(campaign_id)}")
+        self._log.info(
+            "{principal}: {action} campaign {campaign_id}",
+            principal=call.principal,
+            action=action,
+            campaign_id=campaign_id,
+        )
+        return _Answer(200, view)
+
+    async def _op_pause_campaign(self, call: _Call) -> _Answer:
+        return await self._control(call, "pause")
+
+    async def _op_resume_campaign(self, call: _Call) -> _Answer:
+        return await self._control(call, "resume")
+
+    async def _op_abort_campaign(self, call: _Call) -> _Answer:
+        return await self._control(call, "abort")
 
     async def _op_health(self, call: _Call) -> _Answer:
         try:
@@ -896,6 +1117,14 @@ def _time(q: Mapping[str, str], name: str) -> float | None:
         except ValueError:
             pass
     return _bad(f"{name}: an RFC 3339 time (2025-05-25T22:24:29Z) or Unix seconds")
+
+
+def _limit(q: Mapping[str, str]) -> int:
+    if "limit" not in q:
+        return 100
+    if not re.fullmatch(r"\d{1,4}", q["limit"]) or not 1 <= int(q["limit"]) <= 1000:
+        _bad("limit: an integer from 1 to 1000")
+    return int(q["limit"])
 
 
 def _path_device(call: _Call) -> str:

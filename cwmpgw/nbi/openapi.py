@@ -54,6 +54,7 @@ class Answer:
     schema: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)  # name -> description
     optional_headers: frozenset[str] = frozenset()  # sent only sometimes
+    media: str = "application/json"  # or "application/octet-stream" (a file's bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,7 @@ class Route:
     query: tuple[QueryParam, ...] = ()
     headers: tuple[HeaderParam, ...] = ()  # optional request headers
     body: str | None = None  # request body schema name (JSON, required)
+    raw_body: bool = False  # the body is a file's bytes (streamed to disk)
 
     @property
     def segments(self) -> tuple[str, ...]:
@@ -136,12 +138,33 @@ _QUERY_SCHEMAS: Final[Mapping[str, Mapping[str, Any]]] = {
     "source": {"type": "string", "examples": ["203.0.113.0/24", "2001:db8::/32"]},
 }
 _TASK_HEADERS: Final = {"Location": "`/tasks/{task_id}`: where to poll the task."}
+_FILE_NOT_FOUND: Final = Answer("No such file.", "Error")
+_CAMPAIGN_NOT_FOUND: Final = Answer("No such campaign.", "Error")
+_LIMIT: Final = QueryParam(
+    "limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}, "Page size."
+)
+
+
+def _campaign_action(action: str, summary: str) -> Route:
+    return Route(
+        "POST",
+        f"/campaigns/{{campaign_id}}/{action}",
+        f"{action}_campaign",
+        summary,
+        {
+            200: Answer("The campaign, as it is now.", "Campaign"),
+            404: _CAMPAIGN_NOT_FOUND,
+            409: Answer("The action does not apply to the campaign's status.", "Error"),
+        },
+    )
+
+
 _DEVICE_NOT_FOUND: Final = Answer("No such device.", "Error")
 _TASK_NOT_FOUND: Final = Answer("No such task.", "Error")
 _PROFILE_NOT_FOUND: Final = Answer("`profile_not_found`: no such profile.", "Error")
 _PROFILE_HEADERS: Final = {"Location": "`/profiles/{profile_name}`."}
 
-ROUTES: Final[tuple[Route, ...]] = (
+_CORE_ROUTES: Final[tuple[Route, ...]] = (
     Route(
         "GET",
         "/healthz",
@@ -447,7 +470,117 @@ ROUTES: Final[tuple[Route, ...]] = (
     ),
 )
 
+ROUTES: Final[tuple[Route, ...]] = (
+    *_CORE_ROUTES,
+    Route(
+        "GET",
+        "/files",
+        "list_files",
+        "Files: firmware images and configuration files, and what CPEs uploaded.",
+        {200: Answer("A page of files, oldest first.", "FileList")},
+        query=(
+            QueryParam(
+                "origin", {"type": "string", "enum": ["api", "cpe"]}, "Only files from there."
+            ),
+            QueryParam(
+                "cursor", {"type": "string", "maxLength": 16}, "The `next_cursor` of a page."
+            ),
+            _LIMIT,
+        ),
+    ),
+    Route(
+        "POST",
+        "/files",
+        "create_file",
+        "Upload a file (its bytes are the body; any size up to files.max_file_bytes).",
+        {
+            201: Answer("Stored.", "File", {"Location": "`/files/{file_id}`."}),
+            400: Answer("Invalid query (name, file_type).", "Error"),
+            413: Answer("The body is larger than files.max_file_bytes.", "Error"),
+        },
+        description=(
+            "The body is streamed to disk and hashed as it arrives (send Content-Length). "
+            "`file_type` is a TR-069 Download FileType; `software_version` is the "
+            "SoftwareVersion a firmware image installs: what a campaign checks."
+        ),
+        query=(
+            QueryParam("name", {"type": "string", "minLength": 1, "maxLength": 200}, "File name."),
+            QueryParam(
+                "file_type",
+                {"type": "string", "examples": ["1 Firmware Upgrade Image"]},
+                "TR-069 FileType (A.3.2.8), e.g. `1 Firmware Upgrade Image`.",
+            ),
+            QueryParam(
+                "software_version", {"type": "string", "maxLength": 256}, "Firmware: its version."
+            ),
+            QueryParam("description", {"type": "string", "maxLength": 256}, "Free text."),
+        ),
+        raw_body=True,
+    ),
+    Route(
+        "GET",
+        "/files/{file_id}",
+        "get_file",
+        "A file's record.",
+        {200: Answer("The file.", "File"), 404: _FILE_NOT_FOUND},
+    ),
+    Route(
+        "DELETE",
+        "/files/{file_id}",
+        "delete_file",
+        "Delete a file: its record and its bytes.",
+        {204: Answer("Deleted."), 404: _FILE_NOT_FOUND},
+    ),
+    Route(
+        "GET",
+        "/files/{file_id}/content",
+        "get_file_content",
+        "A file's bytes (Range requests work).",
+        {
+            200: Answer("The bytes.", "Binary", media="application/octet-stream"),
+            404: _FILE_NOT_FOUND,
+        },
+    ),
+    Route(
+        "GET",
+        "/campaigns",
+        "list_campaigns",
+        "Campaigns, newest first, with their progress.",
+        {200: Answer("The campaigns.", "CampaignList")},
+    ),
+    Route(
+        "POST",
+        "/campaigns",
+        "create_campaign",
+        "Roll a file out to devices, in waves.",
+        {
+            201: Answer("Created and running.", "Campaign", {"Location": "`/campaigns/{id}`."}),
+            404: Answer("`file_not_found`: no such file.", "Error"),
+        },
+        description=(
+            "Targets are `devices` (ids) or a `selector` (equality on `oui`, "
+            "`product_class`, `software_version`), fixed when the campaign is created. "
+            "A device counts as `upgraded` once its TransferComplete succeeded and an "
+            "Inform after the Download reports `target_version` (default: the file's "
+            "`software_version`)."
+        ),
+        body="CampaignRequest",
+    ),
+    Route(
+        "GET",
+        "/campaigns/{campaign_id}",
+        "get_campaign",
+        "A campaign and its progress.",
+        {200: Answer("The campaign.", "Campaign"), 404: _CAMPAIGN_NOT_FOUND},
+    ),
+    _campaign_action("pause", "Pause: no new devices; those in flight are still followed."),
+    _campaign_action("resume", "Resume a paused or stopped campaign."),
+    _campaign_action("abort", "Abort: no new devices; queued Downloads are cancelled."),
+)
+
 _PATH_PARAMS: Final[Mapping[str, tuple[Mapping[str, Any], str]]] = {
+    "file_id": ({"type": "string", "minLength": 1, "maxLength": 64}, "The file id."),
+    "campaign_id": ({"type": "string", "minLength": 1, "maxLength": 64}, "The campaign id."),
     "device_id": (
         {"type": "string", "minLength": 1, "maxLength": 1024},
         "The device id (`OUI-ProductClass-SerialNumber`), URL-encoded: each `%` in it as `%25`.",
@@ -516,7 +649,142 @@ def _task_of_type(task_type: str) -> dict[str, Any]:
     }
 
 
+_FILE: Final = {
+    "type": "object",
+    "required": ["id", "name", "file_type", "size", "sha256", "created", "origin"],
+    "additionalProperties": False,
+    "properties": {
+        "id": {"type": "string"},
+        "name": {"type": "string"},
+        "file_type": {"type": "string"},
+        "size": {"type": "integer", "minimum": 0},
+        "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        "created": {"type": "number", "description": "Unix seconds."},
+        "origin": {"type": "string", "enum": ["api", "cpe"]},
+        "software_version": {"type": "string"},
+        "description": {"type": "string"},
+        "device_id": {"type": "string", "description": "origin `cpe`: who uploaded it."},
+        "task_id": {"type": "string", "description": "origin `cpe`: the Upload task."},
+    },
+}
+_COUNTS: Final = {
+    "type": "object",
+    "required": ["pending", "queued", "transferred", "upgraded", "failed", "skipped"],
+    "additionalProperties": False,
+    "properties": {
+        k: {"type": "integer", "minimum": 0}
+        for k in ("pending", "queued", "transferred", "upgraded", "failed", "skipped")
+    },
+}
+_WAVE: Final = {
+    "type": "array",
+    "minItems": 1,
+    "maxItems": 20,
+    "items": {"type": ["string", "integer"], "examples": ["1%", 50]},
+    "description": "Cumulative sizes: shares ('10%') or counts. Default ['100%'].",
+}
+
 SCHEMAS: Final[Mapping[str, Mapping[str, Any]]] = {
+    "File": _FILE,
+    "FileList": {
+        "type": "object",
+        "required": ["files", "next_cursor"],
+        "properties": {
+            "files": {"type": "array", "items": {"$ref": "#/components/schemas/File"}},
+            "next_cursor": {"type": "string", "description": "Empty on the last page."},
+        },
+    },
+    "Binary": {"type": "string", "format": "binary"},
+    "CampaignRequest": {
+        "type": "object",
+        "required": ["file"],
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": 128},
+            "file": {"type": "string", "minLength": 1, "maxLength": 64},
+            "devices": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+            "selector": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    k: {"type": "string", "minLength": 1, "maxLength": 256}
+                    for k in ("oui", "product_class", "software_version")
+                },
+            },
+            "waves": _WAVE,
+            "max_in_flight": {"type": "integer", "minimum": 1, "maximum": 100000, "default": 100},
+            "stop_rule": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "failed_percent": {"type": "number", "minimum": 0, "maximum": 100},
+                    "min_failed": {"type": "integer", "minimum": 1},
+                },
+                "description": "Stop when more than failed_percent of a wave failed "
+                "(and at least min_failed). Default 5 %, 1.",
+            },
+            "window": {
+                "type": ["object", "null"],
+                "required": ["start", "end"],
+                "additionalProperties": False,
+                "properties": {
+                    "start": {"type": "string", "pattern": "^[0-2][0-9]:[0-5][0-9]$"},
+                    "end": {"type": "string", "pattern": "^[0-2][0-9]:[0-5][0-9]$"},
+                    "utc_offset": {
+                        "type": "string",
+                        "description": "'+HH:MM' (default '+00:00') or 'device' (its "
+                        "Device.Time.LocalTimeZone).",
+                    },
+                },
+            },
+            "connection_request": {"type": "boolean", "default": True},
+            "task_expiry": {"type": "integer", "minimum": 60, "default": 86400},
+            "verify_timeout": {"type": "integer", "minimum": 10, "default": 3600},
+            "wave_delay": {"type": "integer", "minimum": 0, "default": 0},
+            "target_version": {"type": "string", "maxLength": 256},
+        },
+        "oneOf": [{"required": ["devices"]}, {"required": ["selector"]}],
+    },
+    "Campaign": {
+        "type": "object",
+        "required": ["id", "name", "file", "status", "wave", "total", "counts"],
+        "properties": {
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "file": {"type": "string"},
+            "file_type": {"type": "string"},
+            "target_version": {"type": "string"},
+            "status": {
+                "type": "string",
+                "enum": ["running", "paused", "stopped", "aborted", "completed"],
+            },
+            "reason": {"type": "string"},
+            "wave": {"type": "integer", "minimum": 0, "description": "0-based."},
+            "waves": _WAVE,
+            "total": {"type": "integer", "minimum": 0},
+            "dispatched": {"type": "integer", "minimum": 0},
+            "counts": _COUNTS,
+            "wave_progress": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "size": {"type": "integer"},
+                        "failed": {"type": "integer"},
+                    },
+                },
+            },
+            "created": {"type": "number"},
+            "updated": {"type": "number"},
+        },
+    },
+    "CampaignList": {
+        "type": "object",
+        "required": ["campaigns"],
+        "properties": {
+            "campaigns": {"type": "array", "items": {"$ref": "#/components/schemas/Campaign"}}
+        },
+    },
     "Error": {
         "type": "object",
         "required": ["error"],
@@ -962,6 +1230,13 @@ def _operation(route: Route, max_wait: float) -> dict[str, Any]:
         )
     if parameters:
         op["parameters"] = parameters
+    if route.raw_body:
+        op["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        }
     if route.body:
         op["requestBody"] = {
             "required": True,
@@ -970,7 +1245,9 @@ def _operation(route: Route, max_wait: float) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status, reply in route.statuses().items():
         r: dict[str, Any] = {"description": reply.description}
-        if reply.schema:
+        if reply.schema and reply.media != "application/json":
+            r["content"] = {reply.media: {"schema": {"type": "string", "format": "binary"}}}
+        elif reply.schema:
             r["content"] = {"application/json": {"schema": _ref(reply.schema)}}
         if reply.headers:
             r["headers"] = {

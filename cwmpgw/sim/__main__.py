@@ -92,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--jitter", type=float, default=0.05, metavar="F")
     load.add_argument("--reboot-delay", type=float, default=1.0, metavar="S")
     load.add_argument("--transfer-time", type=float, default=1.0, metavar="S")
+    load.add_argument(
+        "--fetch",
+        action="store_true",
+        help="Download/Upload really move the bytes; firmware switches SoftwareVersion",
+    )
+    load.add_argument(
+        "--fail-fraction", type=float, default=0.0, metavar="F", help="share of transfers failing"
+    )
     load.add_argument("--value-change-rate", type=float, default=0.0, metavar="R")
     load.add_argument("--value-change-param", metavar="NAME")
     load.add_argument("--connect-timeout", type=float, default=10.0, metavar="S")
@@ -164,6 +172,8 @@ def _fleet(args: argparse.Namespace, reactor: Any) -> Fleet:
             reboot_delay=args.reboot_delay,
             transfer_time=args.transfer_time,
             jitter=args.jitter,
+            fetch=args.fetch,
+            fail_fraction=args.fail_fraction,
         ),
         "bootstrap": not args.no_bootstrap,
         "connreq_listen": listen,

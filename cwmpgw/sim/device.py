@@ -253,6 +253,11 @@ class Behaviour:
     periodic: bool = True  # whether PERIODIC informs are sent at all
     namespace: str = CWMP_1_2
     supported_versions: str | None = _SUPPORTED_VERSIONS
+    # Download and Upload really move the bytes (HTTP(S) GET/PUT with the RPC's
+    # credentials); a firmware image "CWMPGW-SIM-FIRMWARE <version>\n…" is installed and
+    # the device boots into <version>; any other image fails with 9018 (file corrupted).
+    fetch: bool = False
+    fail_fraction: float = 0.0  # this share of transfers fails (9010/9011), on demand
 
 
 def initial_values(
@@ -286,14 +291,20 @@ class _Transfer:
         "complete_time",
         "delay",
         "done",
+        "fault",
+        "fetching",
         "file_size",
         "file_type",
         "is_download",
         "method",
+        "new_version",
         "operations",
+        "password",
         "start_at",
         "start_time",
         "target",
+        "url",
+        "username",
     )
 
     def __init__(
@@ -318,6 +329,10 @@ class _Transfer:
         self.start_time = values.UNKNOWN_TIME
         self.complete_time = values.UNKNOWN_TIME
         self.operations: tuple[tuple[str, str, str], ...] = ()
+        self.url = self.username = self.password = ""
+        self.fault: tuple[int, str] | None = None
+        self.fetching = False
+        self.new_version: str | None = None
 
     def state(self, now: float) -> int:
         """1 not yet started, 2 in progress, 3 completed (TR-069 A.4.1.1)."""
@@ -507,11 +522,40 @@ class SimDevice:
                     if transfer.method == "ChangeDUState":
                         self.add_event(DU_STATE_CHANGE_COMPLETE)
                     else:
-                        if transfer.is_download and transfer.file_type.startswith("1 "):
+                        firmware = transfer.is_download and transfer.file_type.startswith("1 ")
+                        if firmware and transfer.fault is None:
                             self.add_event(BOOT)  # a new firmware image boots the device
+                            if transfer.new_version is not None:
+                                name = self.model.template.root + ".DeviceInfo.SoftwareVersion"
+                                self.model.set(name, transfer.new_version)
                         self.add_event(TRANSFER_COMPLETE)
                     self.add_event("M " + transfer.method, transfer.command_key)
         return self.wants_session(now)
+
+    def fetches_due(self, behaviour: Behaviour) -> list[_Transfer]:
+        """Transfers whose bytes the fleet must now really move (``behaviour.fetch``);
+        they complete when :meth:`fetched` is told."""
+        if not behaviour.fetch or not self.transfers:
+            return []
+        due = [
+            t
+            for t in self.transfers
+            if not t.done
+            and not t.fetching
+            and t.start_at is not None
+            and t.method in ("Download", "Upload")
+            and t.url.lower().startswith(("http://", "https://"))
+        ]
+        for t in due:
+            t.fetching, t.complete_at = True, None
+        return due
+
+    def fetched(
+        self, transfer: _Transfer, now: float, fault: tuple[int, str] | None, version: str | None
+    ) -> None:
+        transfer.complete_at = now
+        transfer.fault = fault
+        transfer.new_version = version
 
     def local_change(self, name: str, value: str) -> str | None:
         """A change not caused by the ACS (a subscriber's, a firmware's).
@@ -811,12 +855,13 @@ class CpeSession:
                     start_time=transfer.start_time,
                     complete_time=transfer.complete_time,
                 )
+            fault_code, fault_string = transfer.fault or (0, "")
             return cwmp.transfer_complete(
                 self.namespace,
                 self._next_id(),
                 command_key=transfer.command_key,
-                fault_code=0,
-                fault_string="",
+                fault_code=fault_code,
+                fault_string=fault_string,
                 start_time=transfer.start_time,
                 complete_time=transfer.complete_time,
             )
@@ -1046,6 +1091,9 @@ class CpeSession:
             m.text("TargetFileName", "") or "",
             delay,
         )
+        transfer.url = url
+        transfer.username = m.text("Username", "") or ""
+        transfer.password = m.text("Password", "") or ""
         if device.transfers is None:
             device.transfers = []
         device.transfers.append(transfer)

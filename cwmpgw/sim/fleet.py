@@ -20,14 +20,17 @@ scheduled informs, VALUE CHANGE, and connection requests (:mod:`cwmpgw.sim.connr
 
 from __future__ import annotations
 
+import base64
 import math
 import random
+import re
 import sys
 import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from heapq import heappop, heappush
+from io import BytesIO
 from typing import Any, Final
 
 from OpenSSL import SSL
@@ -56,10 +59,10 @@ from twisted.internet.ssl import (
     optionsForClientTLS,
     trustRootFromCertificates,
 )
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IPolicyForHTTPS, IResponse
@@ -160,6 +163,8 @@ class FleetStats:
     rpcs: Counter[str] = field(default_factory=Counter)
     faults: Counter[str] = field(default_factory=Counter)
     events: Counter[str] = field(default_factory=Counter)
+    transfers: Counter[str] = field(default_factory=Counter)  # "download ok", "upload 9011"…
+    bytes_downloaded: int = 0
 
     def record(self, result: SessionResult) -> None:
         self.sessions += 1
@@ -311,6 +316,36 @@ class _Bytes:
 
     def stopProducing(self) -> None:
         pass
+
+
+_FIRMWARE_RE = re.compile(rb"CWMPGW-SIM-FIRMWARE ([^\r\n]{1,64})\n")
+
+
+class _TransferFailed(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class _Counting(Protocol):
+    """A downloaded body, counted and dropped (its first bytes kept: the image header)."""
+
+    def __init__(self) -> None:
+        self.head = b""
+        self.size = 0
+        self.done: Deferred[None] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        if len(self.head) < 128:
+            self.head += data[: 128 - len(self.head)]
+        self.size += len(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(None)
+        else:
+            self.done.errback(reason)
 
 
 class _Body(Protocol):
@@ -686,6 +721,9 @@ class Fleet:
         self.listener: ConnectionRequestListener | None = None
         self._xmpp_settings = xmpp
         self.xmpp: XmppCpes | None = None
+        self._files_agent: Agent | None = None
+        self._moving: set[Deferred[None]] = set()  # transfers moving bytes now
+        self._files_pool: HTTPConnectionPool | None = None
 
         base = template or builtin_template()
         ms = base.ms
@@ -808,6 +846,10 @@ class Fleet:
             await self.listener.stop()
         if self.xmpp is not None:
             await self.xmpp.stop()
+        for moving in list(self._moving):
+            moving.cancel()
+        if self._files_pool is not None:
+            await self._files_pool.closeCachedConnections()
 
     def interrupt(self) -> None:
         """End the current run now (as if its count or duration were reached)."""
@@ -1050,10 +1092,107 @@ class Fleet:
         behaviour = self._behaviour_now()
         if result.ok and self._periodic:
             device.schedule_periodic(now, behaviour, self._rng)
+        for transfer in device.fetches_due(behaviour):
+            moving = Deferred.fromCoroutine(self._transfer(device, transfer, behaviour))
+            self._moving.add(moving)
+            moving.addBoth(self._moved, moving)
         if device.fire(now, behaviour, self._rng):
             self.reactor.callLater(0, self._launch_later, device)
         else:
             self._reschedule(device)
+
+    def _moved(self, result: object, moving: Deferred[None]) -> None:
+        self._moving.discard(moving)
+
+    async def _transfer(self, device: SimDevice, transfer: Any, behaviour: Behaviour) -> None:
+        """Really move a transfer's bytes, then let the device report it."""
+        kind = "download" if transfer.is_download else "upload"
+        fault: tuple[int, str] | None = None
+        version: str | None = None
+        try:
+            if self._rng.random() < behaviour.fail_fraction:
+                raise _TransferFailed(9010 if transfer.is_download else 9011, "simulated failure")
+            if transfer.is_download:
+                head = await self._retrying(self._download, transfer)
+                if transfer.file_type.startswith("1 "):
+                    m = _FIRMWARE_RE.match(head)
+                    if m is None:
+                        raise _TransferFailed(9018, "file corrupted: not a firmware image")
+                    version = m.group(1).decode("utf-8", "replace")
+            else:
+                await self._retrying(lambda t: self._upload(device, t), transfer)
+        except _TransferFailed as e:
+            fault = (e.code, e.reason)
+        except Exception as e:
+            fault = (9010 if transfer.is_download else 9011, f"transfer failed: {e!r}"[:200])
+        self.stats.transfers[f"{kind} {fault[0] if fault else 'ok'}"] += 1
+        device.fetched(transfer, self.reactor.seconds(), fault, version)
+        if self._started:
+            self.wake(device)
+
+    async def _retrying(self, move: Callable[[Any], Any], transfer: Any) -> Any:
+        """A CPE tries a transfer a few times when the server cannot be reached."""
+        for attempt in range(5):
+            try:
+                return await move(transfer)
+            except _TransferFailed:
+                raise
+            except Exception:
+                if attempt == 4:
+                    raise
+                await deferLater(self.reactor, 0.5 * (attempt + 1), lambda: None)
+        return None
+
+    def _transfer_agent(self) -> Agent:
+        if self._files_agent is None:
+            self._files_pool = HTTPConnectionPool(self.reactor, persistent=False)
+            self._files_agent = Agent.usingEndpointFactory(
+                self.reactor, self.endpoints, pool=self._files_pool
+            )
+        return self._files_agent
+
+    @staticmethod
+    def _transfer_headers(transfer: Any) -> Headers:
+        headers = Headers({b"user-agent": [b"cwmpgw-sim"]})
+        if transfer.username or transfer.password:
+            token = f"{transfer.username}:{transfer.password}".encode()
+            headers.addRawHeader(b"authorization", b"Basic " + base64.b64encode(token))
+        return headers
+
+    async def _download(self, transfer: Any) -> bytes:
+        agent = self._transfer_agent()
+        d = agent.request(b"GET", transfer.url.encode("ascii"), self._transfer_headers(transfer))
+        response: IResponse = await d.addTimeout(self.request_timeout, self.reactor)
+        body = _Counting()
+        response.deliverBody(body)
+        await body.done.addTimeout(max(self.request_timeout, 600), self.reactor)
+        if response.code != 200:
+            raise _TransferFailed(9010, f"HTTP {response.code}")
+        if transfer.file_size and body.size != transfer.file_size:
+            raise _TransferFailed(9018, f"got {body.size} bytes, not {transfer.file_size}")
+        self.stats.bytes_downloaded += body.size
+        return body.head
+
+    async def _upload(self, device: SimDevice, transfer: Any) -> None:
+        agent = self._transfer_agent()
+        data = f"<config device='{device.device_id}'/>\n".encode() * 64
+        d = agent.request(
+            b"PUT",
+            transfer.url.encode("ascii"),
+            self._transfer_headers(transfer),
+            FileBodyProducer(BytesIO(data), cooperator=self._cooperator()),
+        )
+        response: IResponse = await d.addTimeout(self.request_timeout, self.reactor)
+        body = _Counting()
+        response.deliverBody(body)
+        await body.done
+        if not 200 <= response.code < 300:
+            raise _TransferFailed(9011, f"HTTP {response.code}")
+
+    def _cooperator(self) -> Any:
+        from twisted.internet.task import Cooperator
+
+        return Cooperator(scheduler=lambda x: self.reactor.callLater(0, x))
 
     def _launch_later(self, device: SimDevice) -> None:
         self._launch(device)

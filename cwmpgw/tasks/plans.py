@@ -18,11 +18,17 @@ A ``diagnostic`` (:class:`DiagnosticPlan`) sets a diagnostic's inputs and
 reads the diagnostic's object and ends with the typed results.
 
 Plans never invent CommandKeys or ParameterKeys: the caller passes them in the arguments.
+
+A Download or ScheduleDownload may name a ``file`` of the gateway's file server instead of
+a ``url``, and an Upload may leave ``url`` out to upload to the gateway: those arguments
+are completed for the device when the task is sent (:func:`needs_link`, the task runner's
+``ITransferLinks``); until then they are checked with a stand-in URL.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
@@ -43,6 +49,7 @@ __all__ = [
     "SingleCallPlan",
     "TransferPlan",
     "args_schema",
+    "needs_link",
     "plan_for",
     "restore",
 ]
@@ -60,6 +67,33 @@ _MAX_DIAGNOSTIC_TIMEOUT: Final = 86400
 # Requests whose work the CPE reports later under their CommandKey: a TransferComplete, or
 # for ChangeDUState a DUStateChangeComplete.
 _TRANSFER_METHODS: Final = frozenset({"Download", "Upload", "ScheduleDownload", "ChangeDUState"})
+
+
+#: A file id of the gateway's file server (cwmpgw.files).
+FILE_ID_RE: Final = re.compile(r"f[0-9a-z]{8,40}")
+_FILE_TRANSFERS: Final = frozenset({"Download", "ScheduleDownload"})
+# What stands in for the URL the gateway fills in when the task is sent.
+_STAND_IN_URL: Final = "https://files.invalid/"
+
+
+def needs_link(task_type: str, args: Mapping[str, Any]) -> bool:
+    """True if the gateway completes these arguments (URL, credentials) when sending."""
+    if task_type in _FILE_TRANSFERS:
+        return "file" in args
+    return task_type == "Upload" and not args.get("url")
+
+
+def _with_stand_in(task_type: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments to validate for a task the gateway completes when it is sent."""
+    out = dict(args)
+    if task_type in _FILE_TRANSFERS:
+        file_id = out.pop("file")
+        if not isinstance(file_id, str) or not FILE_ID_RE.fullmatch(file_id):
+            raise rpc.ArgumentError("file", "not a file id of the gateway (f…)")
+        if out.get("url") is not None:
+            raise rpc.ArgumentError("url", "give either url or file, not both")
+    out["url"] = _STAND_IN_URL
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -654,7 +688,26 @@ def args_schema(task_type: str) -> dict[str, Any]:
         return _diagnostic_schema()
     if task_type not in rpc.METHODS:
         raise KeyError(task_type)
-    return rpc.arguments_schema(task_type)
+    schema = rpc.arguments_schema(task_type)
+    if task_type in _FILE_TRANSFERS:
+        schema["required"] = [k for k in schema["required"] if k != "url"]
+        schema["properties"]["file"] = {
+            "type": "string",
+            "pattern": "^" + FILE_ID_RE.pattern + "$",
+            "description": (
+                "A file of the gateway (`/files`), instead of `url`: the gateway fills in a "
+                "URL and credentials signed for this device, the size and the file name."
+            ),
+        }
+        schema["oneOf"] = [{"required": ["url"]}, {"required": ["file"]}]
+    elif task_type == "Upload":
+        schema["required"] = [k for k in schema["required"] if k != "url"]
+        url = schema["properties"]["url"]
+        schema["properties"]["url"] = {
+            **url,
+            "description": "Left out: upload to the gateway (a URL signed for this device).",
+        }
+    return schema
 
 
 def plan_for(
@@ -679,6 +732,8 @@ def plan_for(
         return DiagnosticPlan(task_type, checked_args, root=root, reported=reported, url=url)
     if task_type == "refresh":
         return RefreshPlan(task_type, _refresh_args(args), gpv_batch)
+    if needs_link(task_type, args):
+        return TransferPlan(task_type, rpc.validate(task_type, _with_stand_in(task_type, args)))
     checked = rpc.validate(task_type, args)
     if task_type == "GetParameterValues":
         return GetValuesPlan(task_type, checked, gpv_batch)

@@ -48,8 +48,9 @@ from cwmpgw.cwmp.session import AcsRequest
 from cwmpgw.sessions import IRequestSource, LiveSession
 from cwmpgw.store.interfaces import IDeviceStore
 from cwmpgw.tasks.model import Task
-from cwmpgw.tasks.plans import Plan, plan_for
+from cwmpgw.tasks.plans import Plan, needs_link, plan_for
 from cwmpgw.tasks.rules import is_reported, transfer_outcome
+from cwmpgw.tasks.transfers import ITransferLinks, LinkError
 
 __all__ = ["TaskRunner", "ThroughputUrl"]
 
@@ -148,8 +149,10 @@ class TaskRunner:
         *,
         gpv_batch: int = 100,
         throughput: ThroughputUrl | None = None,
+        links: ITransferLinks | None = None,
     ) -> None:
         self._tasks = tasks
+        self._links = links
         self._devices = devices
         self._gpv_batch = gpv_batch
         self._throughput = throughput
@@ -184,8 +187,15 @@ class TaskRunner:
                     return None
                 if task.attempts > 1 and await self._reported(session, task):
                     continue
+                args = task.args
+                if needs_link(task.type, args):
+                    try:
+                        args = await self._link(task)
+                    except LinkError as e:
+                        await self._tasks.fail(task, {"reason": str(e)})
+                        continue
                 try:
-                    plan = self._plan(session, task)
+                    plan = self._plan(session, task, args)
                 except rpc.ArgumentError as e:
                     await self._tasks.fail(task, {"reason": f"invalid arguments: {e}"})
                     continue
@@ -218,9 +228,11 @@ class TaskRunner:
             )
             return AcsRequest(call.method, request_id, body, ref=state, owner_checked=owner_checked)
 
-    def _plan(self, session: LiveSession, task: Task) -> Plan:
+    def _plan(self, session: LiveSession, task: Task, args: dict[str, Any]) -> Plan:
+        """The task's plan; ``args`` are its arguments as completed for this device (a
+        file's signed link filled in)."""
         if task.type != "diagnostic":
-            return plan_for(task.type, task.args, gpv_batch=self._gpv_batch)
+            return plan_for(task.type, args, gpv_batch=self._gpv_batch)
         url = None
         kind = diagnostics.KINDS.get(task.args.get("kind", ""))
         if kind is not None and kind.url and self._throughput is not None:
@@ -238,6 +250,13 @@ class TaskRunner:
             reported=is_reported(task),
             url=url,
         )
+
+    async def _link(self, task: Task) -> dict[str, Any]:
+        """The task's arguments completed by the file server for its device."""
+        if self._links is None:
+            raise LinkError("the file server is disabled (files.enabled)")
+        args: dict[str, Any] = await self._links.resolve(task)
+        return args
 
     def answered(
         self, session: LiveSession, request: AcsRequest, response: RpcResponse | CpeFault

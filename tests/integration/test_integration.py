@@ -175,6 +175,7 @@ class EmbeddedRedisGatewayTests(TestCase):
                 "acs": {"port": 0, "interface": "127.0.0.1", "hostname": hostname},
                 "nbi": {"port": 0},
                 "metrics": {"port": 0},
+                "files": {"port": 0, "interface": "127.0.0.1"},
                 "auth": {
                     "unknown_devices": "enroll",
                     "bootstrap_username": "bootstrap",

@@ -283,6 +283,7 @@ class GatewayRedisOutageTests(TestCase):
                 "acs": {"port": 0, "interface": "127.0.0.1", "hostname": "localhost"},
                 "nbi": {"port": 0, "interface": "127.0.0.1", "auth": "none"},
                 "metrics": {"port": 0, "interface": "127.0.0.1"},
+                "files": {"port": 0, "interface": "127.0.0.1"},
                 "connreq": {"enabled": False},
                 "provision": {"credentials": False, "periodic_inform": False},
                 "redis": {"url": self.redis.url, "prefix": self.prefix},

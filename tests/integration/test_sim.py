@@ -15,7 +15,6 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-import pytest
 from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
@@ -25,7 +24,6 @@ from twisted.web.server import Site
 
 from cwmpgw.cwmp import rpc, soap
 from cwmpgw.cwmp.messages import CpeFault, DeviceId, RpcResponse
-from cwmpgw.service import GatewayService
 from cwmpgw.sim import __main__ as cli
 from cwmpgw.sim.datamodel import builtin_template, load_csv, parse_csv
 from cwmpgw.sim.device import (
@@ -37,12 +35,10 @@ from cwmpgw.sim.device import (
     retry_wait_range,
 )
 from cwmpgw.sim.fleet import Fleet, Rate, Storm
-from tests.support.gateway import acs_url, cafile, import_credentials, merge, start_gateway
+from tests.support.fleetkit import EC220, FleetGatewayBase
 from tests.support.paths import DATA
-from tests.support.redis_server import unique_prefix
 from tests.support.schema import assert_valid, validate_envelope
 
-EC220 = str(DATA / "device-9CA2F4-EC220_G5_V3-22275K2000315.csv")
 BM632W = str(DATA / "data_model_202BC1-BM632w-8KA8WA1151100043.csv")
 FILE = "http://127.0.0.1:8080/"
 
@@ -574,88 +570,7 @@ class CommandLineTests(SynchronousTestCase):
 # Against the real gateway
 
 
-@pytest.mark.usefixtures("redis_for_class")
-class FleetAgainstGatewayTests(TestCase):
-    redis_server: Any
-
-    async def start_gateway(self, **sections: Any) -> GatewayService:
-        import redis
-
-        self.dir = tempfile.mkdtemp(prefix="cwmpgw-sim-")
-        self.addCleanup(shutil.rmtree, self.dir, True)
-        self.prefix = unique_prefix()
-        connreq = {
-            "allowed_networks": ["127.0.0.0/8"],
-            "min_interval": 0.0,
-            "retries": 0,
-            "session_wait": 10.0,
-        }
-        service = await start_gateway(
-            self,
-            self.dir,
-            self.redis_server.url,
-            self.prefix,
-            # Provisioning as shipped (periodic-inform presets): the fleet applies them.
-            **merge(
-                {
-                    "gateway": {"node": "sim-node"},
-                    "connreq": connreq,
-                    "provision": {"credentials": True, "periodic_inform": True},
-                },
-                sections,
-            ),
-        )
-        assert service.acs_port is not None
-        self.url = acs_url(service)
-        self.cafile = cafile(self.dir)
-        self.redis = redis.Redis(
-            self.redis_server.host, self.redis_server.port, decode_responses=True
-        )
-        self.addCleanup(self.redis.close)
-        return service
-
-    async def start_fleet(self, **kw: Any) -> Fleet:
-        self.sent: list[bytes] = []
-
-        def trace(direction: str, device: SimDevice, body: bytes) -> None:
-            if direction == "cpe" and body:
-                self.sent.append(body)
-
-        kw.setdefault("template", load_csv(EC220))
-        kw.setdefault("behaviour", Behaviour(reboot_delay=0.05, transfer_time=0.05))
-        fleet = Fleet(
-            reactor,
-            self.url,
-            cafile=self.cafile,
-            arrival=Rate(None),
-            concurrency=10,
-            connreq_listen=("127.0.0.1", 0),
-            seed=1,
-            trace=trace,
-            **kw,
-        )
-        await fleet.start()
-        self.addCleanup(fleet.stop)
-        return fleet
-
-    async def import_fleet(self, fleet: Fleet) -> None:
-        result = await deferToThread(
-            import_credentials,
-            fleet.credentials_csv(),
-            self.dir,
-            "--redis",
-            self.redis_server.url,
-            "--prefix",
-            self.prefix,
-            "--data-dir",
-            self.dir,
-        )
-        self.assertEqual(result.returncode, 0, result.stderr)
-
-    def events(self, type_: str) -> list[dict[str, Any]]:
-        out = [json.loads(f["event"]) for _, f in self.redis.xrange(self.prefix + "events")]
-        return [e for e in out if e["type"] == type_]
-
+class FleetAgainstGatewayTests(FleetGatewayBase):
     async def test_fifty_devices_boot_over_tls_with_digest_and_wake_on_request(self) -> None:
         service = await self.start_gateway()
         fleet = await self.start_fleet(

@@ -29,6 +29,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "acs": {"port": 0, "interface": "127.0.0.1", "hostname": "localhost"},
     "nbi": {"port": 0},
     "metrics": {"port": 0},
+    "files": {"port": 0, "interface": "127.0.0.1"},
     "connreq": {"stun": False, "stun_port": 0},
     "provision": {"credentials": False, "periodic_inform": False},
 }

@@ -37,6 +37,7 @@ _ANNOTATIONS = frozenset(
         "writeOnly",
         "readOnly",
         "contentEncoding",
+        "format",
     }
 )
 _TYPES: dict[str, Any] = {

@@ -239,6 +239,9 @@ auth = "none"
 [metrics]
 enabled = false
 port = 0
+[files]
+port = 0
+interface = "127.0.0.1"
 [connreq]
 enabled = false
 stun = false

@@ -51,6 +51,9 @@ port = {self.nbi_port}
 token_sha256 = ["{token_sha256(TOKEN)}"]
 [metrics]
 port = 0
+[files]
+port = 0
+interface = "127.0.0.1"
 [connreq]
 stun = false
 [provision]

@@ -41,7 +41,19 @@ ALLOWED: dict[str, set[str]] = {
     "connreq": {"availability", "bus", "config", "store", "web", "xmpp"},
     # Inventory, bulk tasks, profiles: over the stores and the task service.
     "fleet": {"availability", "bus", "config", "connreq", "cwmp", "sessions", "store", "tasks"},
-    "nbi": {"availability", "bus", "config", "connreq", "fleet", "store", "tasks", "web"},
+    # Files the gateway serves and receives, and firmware campaigns.
+    "files": {"availability", "bus", "connreq", "cwmp", "store", "tasks", "web"},
+    "nbi": {
+        "availability",
+        "bus",
+        "config",
+        "connreq",
+        "files",
+        "fleet",
+        "store",
+        "tasks",
+        "web",
+    },
     # The simulator is a CPE: it shares only the codec-free pieces, never the ACS.
     "sim": {"cwmp", "web", "xmpp"},
     # The composition and the entry points.
@@ -53,6 +65,7 @@ ALLOWED: dict[str, set[str]] = {
         "bus",
         "config",
         "connreq",
+        "files",
         "fleet",
         "metrics",
         "nbi",
@@ -71,6 +84,7 @@ ALLOWED: dict[str, set[str]] = {
         "bus",
         "config",
         "connreq",
+        "files",
         "fleet",
         "metrics",
         "nbi",
