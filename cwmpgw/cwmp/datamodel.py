@@ -71,6 +71,8 @@ class ParameterSpec:
     max_length: int | None = None
     low: int | None = None
     high: int | None = None
+    # False for a name only a CPE reported ("seen"): known to exist, nothing enforced.
+    enforced: bool = True
 
     def describe(self) -> str:
         text = self.type
@@ -117,13 +119,16 @@ class DataModel:
                 raise ValueError(f"line {number}: bad type {kind!r}")
             canonical, length = values.normalise_type(match.group("type"))
             low, high = match.group("low"), match.group("high")
+            if access not in ("rw", "ro", "seen"):
+                raise ValueError(f"line {number}: bad access {access!r}")
             parameters[path] = ParameterSpec(
                 path,
                 canonical,
-                access == "rw",
+                access != "ro",
                 length,
                 int(low) if low else None,
                 int(high) if high else None,
+                enforced=access != "seen",
             )
         return cls(objects, parameters)
 
@@ -182,6 +187,11 @@ class DataModel:
             canonical, _ = values.normalise_type(given)
             return Checked(canonical, values.check_value(given, value), found)
         spec = found
+        if not spec.enforced:
+            given = type_ if type_ is not None else "xsd:string"
+            canonical, _ = values.normalise_type(given)
+            reason = f"{spec.path} is known from a CPE's report, not the standard table"
+            return Checked(canonical, values.check_value(given, value), reason)
         if not spec.writable:
             raise DataModelError(f"{name}: read-only")
         if type_ is not None:
