@@ -42,6 +42,7 @@ from cwmpgw.bus.spool import SpoolingEventSink
 from cwmpgw.config import Config
 from cwmpgw.connreq.waker import ConnectionRequestService
 from cwmpgw.files.campaigns import RedisCampaigns
+from cwmpgw.files.selector import InventorySelector
 from cwmpgw.fleet.bulk import BulkRunner, RedisBulkService
 from cwmpgw.fleet.inventory import RedisInventory
 from cwmpgw.fleet.profiles import ProfileApplier, RedisProfileStore
@@ -79,6 +80,7 @@ class GatewayService(OrderedTree):
         self.node = config.gateway.node_name
         self.data_dir = os.path.abspath(config.gateway.data_dir)
         self.metrics = Metrics()
+        self.inventory: RedisInventory | None = None  # with the stores (state step)
         self._redis = RedisPart(config.redis, self.data_dir, reactor)
         self.listener: EventListener | None = None
         self.spool: SpoolingEventSink | None = None
@@ -102,7 +104,6 @@ class GatewayService(OrderedTree):
         self._throughput: Listener | None = None
         self.throughput_signer: ThroughputSigner | None = None
         self.directory: DeviceDirectory | None = None
-        self.inventory: RedisInventory | None = None
         self.bulks: RedisBulkService | None = None
         self.bulk_runner: BulkRunner | None = None
         self.commands: CommandConsumer | None = None
@@ -197,6 +198,10 @@ class GatewayService(OrderedTree):
         if not waited and self._reactor.running:
             self._reactor.stop()
 
+    def _inventory(self) -> RedisInventory:
+        assert self.inventory is not None
+        return self.inventory
+
     def _up(self) -> tuple[GuardedRedis, RedisAvailability]:
         redis, availability = self._redis.redis, self._redis.availability
         assert redis is not None and availability is not None
@@ -225,6 +230,7 @@ class GatewayService(OrderedTree):
             spool_file=spool_name(self.node, per_process=per_process),
         )
         self.spool, self.events, self.devices = state.spool, state.events, state.devices
+        self.inventory = make_inventory(self.config, self._reactor, redis)
         self.credentials, self.connreq_credentials = state.credentials, state.connreq_credentials
         return state
 
@@ -336,6 +342,7 @@ class GatewayService(OrderedTree):
             clock=self._reactor,
             node=self.node,
             waker=self.connreq,
+            selector=InventorySelector(self._inventory()),
             stream_maxlen=self.config.events.stream_maxlen,
         )
         return CampaignDriver(
@@ -346,14 +353,13 @@ class GatewayService(OrderedTree):
         if not self.config.nbi.enabled:
             return None
         assert self.devices and self.credentials and self.connreq_credentials and self.tasks
-        self.inventory = make_inventory(self.config, self._reactor, self._up()[0])
         self.bulks = make_bulks(self.config, self._reactor, self._up()[0])
         self.directory = DeviceDirectory(
             self.devices,
             self.credentials,
             self.connreq_credentials,
             realm=self.config.auth.realm,
-            inventory=self.inventory,
+            inventory=self._inventory(),
             tasks=self.tasks,
             rotations=self.rotations,
         )

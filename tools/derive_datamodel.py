@@ -309,7 +309,6 @@ def main() -> None:
                 objects[name] = parts[1]
             else:
                 params[name] = [parts[1], parts[2]]
-    standard = set(params)
     sources = [(p.name, p.read_text(encoding="utf-8")) for p in DUMPS]
     sources += [("sim builtin", BUILTIN_CSV), ("sim tr181", large_tr181_csv(2000))]
     for _, text in sources:
@@ -322,7 +321,6 @@ def main() -> None:
                 continue
             type_ = row.get("Value type") or "xsd:string"
             canonical = values.normalise_type(type_)[0].partition(":")[2]
-            writable = row["Writable"] == "true"
             if name not in params:
                 # Known to exist, but what one CPE reports of its type and writability is
                 # not the standard's: never enforced ("seen"), or a CPE that follows the

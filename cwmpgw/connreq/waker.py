@@ -165,6 +165,12 @@ class ConnectionRequestService:
                 waiter.callback(result)
 
         def failed(failure: Any) -> None:
+            if self.stopped:
+                # The gateway is stopping under it (its client closed, Redis going away):
+                # expected, and no bug to trace back.
+                self._log.info("wake-up of {device_id} ended by the stop", device_id=device_id)
+                done(WakeResult("error", detail="the gateway is stopping"))
+                return
             self._log.failure("wake-up of {device_id} failed", failure, device_id=device_id)
             done(WakeResult("error", detail="internal error"))
 

@@ -36,7 +36,12 @@ from cwmpgw.bus.events import Event, device_ref
 from cwmpgw.bus.redis import EMIT_LUA, EventStream
 from cwmpgw.connreq.interfaces import IConnectionRequester
 from cwmpgw.files.model import FileError, FileInfo
-from cwmpgw.files.selector import SOFTWARE_VERSION, IDeviceSelector, StoreSelector, software_version
+from cwmpgw.files.selector import (
+    SOFTWARE_VERSION,
+    IDeviceSelector,
+    check_selector,
+    software_version,
+)
 from cwmpgw.store.interfaces import IDeviceStore
 from cwmpgw.tasks.model import ITaskService, TaskError, UnknownDevice
 
@@ -81,7 +86,7 @@ class CampaignSpec:
     name: str
     file: str
     devices: tuple[str, ...] | None
-    selector: dict[str, str] | None
+    selector: dict[str, Any] | None
     waves: tuple[str | int, ...]
     max_in_flight: int
     failed_percent: float
@@ -141,7 +146,7 @@ def parse_spec(body: Any) -> CampaignSpec:
     if ("devices" in body) == ("selector" in body):
         raise FileError("devices", "give either devices (a list of ids) or selector")
     devices: tuple[str, ...] | None = None
-    selector: dict[str, str] | None = None
+    selector: dict[str, Any] | None = None
     if "devices" in body:
         raw = body["devices"]
         if not isinstance(raw, list) or not raw or len(raw) > _MAX_DEVICES:
@@ -151,7 +156,7 @@ def parse_spec(body: Any) -> CampaignSpec:
             seen[_str(d, f"devices[{i}]", 1024)] = None
         devices = tuple(seen)
     else:
-        selector = StoreSelector.check(body["selector"])
+        selector = check_selector(body["selector"])
     waves_raw = body.get("waves", ["100%"])
     if not isinstance(waves_raw, list) or not 1 <= len(waves_raw) <= 20:
         raise FileError("waves", "a list of 1 to 20 cumulative sizes: '10%' or counts")
@@ -355,7 +360,7 @@ class RedisCampaigns:
         devices: IDeviceStore,
         clock: IReactorTime,
         node: str,
-        selector: IDeviceSelector | None = None,
+        selector: IDeviceSelector,
         waker: IConnectionRequester | None = None,
         stream_maxlen: int = 100_000,
     ) -> None:
@@ -365,7 +370,7 @@ class RedisCampaigns:
         self._devices = devices
         self._clock = clock
         self._node = node
-        self._selector: IDeviceSelector = selector or StoreSelector(devices)
+        self._selector = selector
         self._waker = waker
         self._stream = EventStream(prefix, stream_maxlen)
         self._owner = f"{node}:{os.urandom(6).hex()}"

@@ -1,8 +1,9 @@
 """Which devices a campaign targets: an explicit list, or a selector.
 
-:class:`IDeviceSelector` is the seam the fleet-operations selector (device queries) will
-plug into; :class:`StoreSelector` is a simple one over the device store: equality on
-``oui``, ``product_class`` and ``software_version``.
+A campaign's selector is a fleet selector (:mod:`cwmpgw.fleet.selector`: OUI, product
+class, software and hardware versions, tags, source network, last inform, online, cached
+parameter values), checked when the campaign is created and answered from the indexed
+inventory (:class:`InventorySelector`), once, when the campaign starts.
 """
 
 from __future__ import annotations
@@ -13,16 +14,22 @@ from typing import Any, Final, Protocol
 from twisted.internet.defer import Deferred
 
 from cwmpgw.files.model import FileError
-from cwmpgw.store.interfaces import IDeviceStore
+from cwmpgw.fleet.inventory import IInventory
+from cwmpgw.fleet.selector import SelectorError, parse_selector
 
-__all__ = ["SOFTWARE_VERSION", "IDeviceSelector", "StoreSelector", "software_version"]
+__all__ = [
+    "SOFTWARE_VERSION",
+    "IDeviceSelector",
+    "InventorySelector",
+    "check_selector",
+    "software_version",
+]
 
 #: Where the version is, in a TR-181 and a TR-098 device.
 SOFTWARE_VERSION: Final = (
     "Device.DeviceInfo.SoftwareVersion",
     "InternetGatewayDevice.DeviceInfo.SoftwareVersion",
 )
-SELECTOR_KEYS: Final = ("oui", "product_class", "software_version")
 
 
 def software_version(device: Mapping[str, Any] | None) -> str | None:
@@ -34,52 +41,40 @@ def software_version(device: Mapping[str, Any] | None) -> str | None:
     return None
 
 
+def check_selector(obj: Any) -> dict[str, Any]:
+    """A campaign's selector, checked; at least one term (a firmware campaign over every
+    device the gateway knows is asked for by listing them, not by an empty selector)."""
+    if not isinstance(obj, Mapping) or not obj:
+        raise FileError("selector", "an object with at least one term (see GET /devices)")
+    try:
+        selector = parse_selector(obj)
+    except SelectorError as e:
+        raise FileError(e.path or "selector", e.reason) from None
+    return selector.to_dict()
+
+
 class IDeviceSelector(Protocol):
     def select(self, selector: Mapping[str, Any]) -> Deferred[list[str]]:
         """The ids of the devices ``selector`` matches, in a stable order."""
 
 
-class StoreSelector:
-    """Walks the device store; fine for a few hundred thousand devices once per campaign."""
+class InventorySelector:
+    """Answers a selector from the inventory's indexes, a page at a time."""
 
-    def __init__(self, devices: IDeviceStore, page: int = 1000) -> None:
-        self._devices = devices
+    def __init__(self, inventory: IInventory, page: int = 1000) -> None:
+        self._inventory = inventory
         self._page = page
 
-    @staticmethod
-    def check(selector: Any) -> dict[str, str]:
-        if not isinstance(selector, dict) or not selector:
-            raise FileError(
-                "selector", "an object with at least one of " + ", ".join(SELECTOR_KEYS)
-            )
-        for key, value in selector.items():
-            if key not in SELECTOR_KEYS:
-                raise FileError(
-                    f"selector.{key}", "unknown (allowed: " + ", ".join(SELECTOR_KEYS) + ")"
-                )
-            if not isinstance(value, str) or not value or len(value) > 256:
-                raise FileError(f"selector.{key}", "a non-empty string")
-        return dict(selector)
-
     def select(self, selector: Mapping[str, Any]) -> Deferred[list[str]]:
-        return Deferred.fromCoroutine(self._select(dict(selector)))
+        return Deferred.fromCoroutine(self._select(parse_selector(selector)))
 
-    async def _select(self, selector: dict[str, str]) -> list[str]:
-        version = selector.get("software_version")
+    async def _select(self, selector: Any) -> list[str]:
         found: list[str] = []
-        offset = 0
+        cursor = ""
         while True:
-            page = await self._devices.list_devices(
-                after=None, before=None, offset=offset, count=self._page
+            page, cursor = await self._inventory.query(
+                selector, cursor=cursor, limit=self._page, records=False
             )
-            offset += len(page)
-            for record in page:
-                if any(record.get(k) != v for k, v in selector.items() if k != "software_version"):
-                    continue
-                if version is not None:
-                    device = await self._devices.get_device(record["id"], SOFTWARE_VERSION)
-                    if software_version(device) != version:
-                        continue
-                found.append(record["id"])
-            if len(page) < self._page:
-                return sorted(set(found))
+            found.extend(record["id"] for record in page)
+            if not cursor:
+                return found  # in id order already

@@ -703,14 +703,7 @@ SCHEMAS: Final[Mapping[str, Mapping[str, Any]]] = {
             "name": {"type": "string", "minLength": 1, "maxLength": 128},
             "file": {"type": "string", "minLength": 1, "maxLength": 64},
             "devices": {"type": "array", "minItems": 1, "items": {"type": "string"}},
-            "selector": {
-                "type": "object",
-                "additionalProperties": False,
-                "properties": {
-                    k: {"type": "string", "minLength": 1, "maxLength": 256}
-                    for k in ("oui", "product_class", "software_version")
-                },
-            },
+            "selector": {**_ref("Selector"), "description": "At least one term."},
             "waves": _WAVE,
             "max_in_flight": {"type": "integer", "minimum": 1, "maximum": 100000, "default": 100},
             "stop_rule": {

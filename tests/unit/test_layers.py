@@ -42,7 +42,7 @@ ALLOWED: dict[str, set[str]] = {
     # Inventory, bulk tasks, profiles: over the stores and the task service.
     "fleet": {"availability", "bus", "config", "connreq", "cwmp", "sessions", "store", "tasks"},
     # Files the gateway serves and receives, and firmware campaigns.
-    "files": {"availability", "bus", "connreq", "cwmp", "store", "tasks", "web"},
+    "files": {"availability", "bus", "connreq", "cwmp", "fleet", "store", "tasks", "web"},
     "nbi": {
         "availability",
         "bus",
