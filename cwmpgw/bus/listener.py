@@ -68,6 +68,8 @@ class EventListener(Service):
         self._protocol: Any = None
         self._subscribed = False
         self._when_subscribed: Waiters[None] = Waiters()
+        # Pending wait_for() Deferreds and how to end each one: told at stop.
+        self._waits: dict[Deferred[Envelope | None], Callable[[], None]] = {}
 
     # -- API -----------------------------------------------------------------------------
 
@@ -119,9 +121,20 @@ class EventListener(Service):
             unsubscribe()
             d.callback(None)
 
+        def give_up() -> None:  # the listener stops: nothing more will be seen
+            cleanup()
+            d.callback(None)
+
         d: Deferred[Envelope | None] = Deferred(cancel)
         call = self._clock.callLater(max(timeout, 0), timed_out)
         unsubscribe = self.subscribe(check, device=device)
+        self._waits[d] = give_up
+
+        def forget(result: object) -> object:
+            self._waits.pop(d, None)
+            return result
+
+        d.addBoth(forget)
         return d
 
     def whenSubscribed(self) -> Deferred[None]:
@@ -162,6 +175,10 @@ class EventListener(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
+        # Whoever still waits is told "nothing came" now, not when its timer runs out on a
+        # reactor that has moved on (a wake-up in flight when the gateway stops).
+        for give_up in list(self._waits.values()):
+            give_up()
         if self._revive_call is not None and self._revive_call.active():
             self._revive_call.cancel()
         self._revive_call = None

@@ -86,6 +86,14 @@ class CallbackTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(self.listener._callbacks, {})
 
+    def test_stopping_ends_every_wait_at_once(self) -> None:
+        # A wake-up in flight when the gateway stops: its wait ends now, with "nothing
+        # came", and leaves no timer behind on the reactor.
+        d = self.listener.wait_for(lambda e: True, 60, device="dev-1")
+        self.listener.stopService()
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_wait_for_cancel_cleans_up(self) -> None:
         d = self.listener.wait_for(lambda e: True, 10)
         d.cancel()
