@@ -1,5 +1,5 @@
 """The per-address budget of unauthenticated body bytes (cwmpgw/web/budget.py), on a Clock,
-and in the ACS endpoint in memory; tests/test_open_internet.py runs it over real TLS."""
+and in the ACS endpoint in memory; tests/integration/test_open_internet.py runs it over real TLS."""
 
 from __future__ import annotations
 
