@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-from io import BytesIO
 from typing import Any, Final
 from urllib.parse import parse_qsl, unquote
 
@@ -33,9 +32,8 @@ from twisted.web.static import File
 from cwmpgw.availability import is_backend_failure
 from cwmpgw.files.signing import Grant, LinkSigner
 from cwmpgw.files.store import FileStore
-from cwmpgw.web.bodies import DiskBody
+from cwmpgw.web.bodies import DiskBody, DiskBodyRequest
 from cwmpgw.web.site import (
-    CappedRequest,
     ConnectionLimits,
     HardenedChannel,
     HardenedSite,
@@ -58,30 +56,18 @@ def _is_upload(command: bytes | None, path: bytes | None) -> bool:
     return command in (b"PUT", b"POST") and bool(path) and path.startswith(b"/u/")  # type: ignore[union-attr]
 
 
-class FileRequest(CappedRequest):
+class FileRequest(DiskBodyRequest):
     """An upload's body goes to disk as it arrives; any other body stays small."""
 
-    def gotLength(self, length: int | None) -> None:
+    def disk_body(self) -> DiskBody | None:
         channel: Any = self.channel
         site = getattr(channel, "site", None)
         if isinstance(site, FileSite) and _is_upload(
             getattr(channel, "_command", None), getattr(channel, "_path", None)
         ):
-            self.content = site.resource.store.incoming()
-        else:
-            self.content = BytesIO()
-
-    def _discard(self) -> None:
-        if isinstance(self.content, DiskBody):
-            self.content.discard()
-
-    def connectionLost(self, reason: Failure) -> None:
-        self._discard()
-        super().connectionLost(reason)  # type: ignore[no-untyped-call]
-
-    def finish(self) -> None:
-        self._discard()
-        super().finish()  # type: ignore[no-untyped-call]
+            incoming: DiskBody = site.resource.store.incoming()
+            return incoming
+        return None
 
 
 class FileChannel(HardenedChannel):

@@ -47,9 +47,8 @@ from cwmpgw.tasks.model import (
     UnknownDevice,
     replayed,
 )
-from cwmpgw.web.bodies import DiskBody
+from cwmpgw.web.bodies import DiskBody, DiskBodyRequest
 from cwmpgw.web.site import (
-    CappedRequest,
     ConnectionLimits,
     HardenedChannel,
     HardenedSite,
@@ -209,28 +208,16 @@ def _file_upload(channel: Any) -> bool:
     return getattr(channel, "_command", None) == b"POST" and path.split(b"?")[0] == b"/files"
 
 
-class NbiRequest(CappedRequest):
+class NbiRequest(DiskBodyRequest):
     """``POST /files`` bodies go to disk as they arrive; every other body stays small."""
 
-    def gotLength(self, length: int | None) -> None:
+    def disk_body(self) -> DiskBody | None:
         resource = getattr(getattr(self.channel, "site", None), "resource", None)
         files = getattr(resource, "files", None)
         if files is not None and _file_upload(self.channel):
-            self.content = files.incoming()
-        else:
-            super().gotLength(length)
-
-    def _discard(self) -> None:
-        if isinstance(self.content, DiskBody):
-            self.content.discard()
-
-    def connectionLost(self, reason: Failure) -> None:
-        self._discard()
-        super().connectionLost(reason)  # type: ignore[no-untyped-call]
-
-    def finish(self) -> None:
-        self._discard()
-        super().finish()  # type: ignore[no-untyped-call]
+            incoming: DiskBody = files.incoming()
+            return incoming
+        return None
 
 
 class NbiChannel(HardenedChannel):

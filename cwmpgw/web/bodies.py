@@ -12,7 +12,11 @@ import os
 import tempfile
 from typing import Any
 
-__all__ = ["DiskBody"]
+from twisted.python.failure import Failure
+
+from cwmpgw.web.site import CappedRequest
+
+__all__ = ["DiskBody", "DiskBodyRequest"]
 
 
 class DiskBody:
@@ -63,3 +67,30 @@ class DiskBody:
                 os.unlink(self.path)
             except FileNotFoundError:
                 pass
+
+
+class DiskBodyRequest(CappedRequest):
+    """A request whose body may go to disk as it arrives (:meth:`disk_body` says where, or
+    None to keep it in memory); a body not taken by the time the request ends is removed."""
+
+    def disk_body(self) -> DiskBody | None:
+        return None
+
+    def gotLength(self, length: int | None) -> None:
+        body = self.disk_body()
+        if body is not None:
+            self.content = body
+        else:
+            super().gotLength(length)
+
+    def _discard(self) -> None:
+        if isinstance(self.content, DiskBody):
+            self.content.discard()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._discard()
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
+
+    def finish(self) -> None:
+        self._discard()
+        super().finish()  # type: ignore[no-untyped-call]
