@@ -18,17 +18,15 @@ from typing import Any
 
 from twisted.application.service import IService, Service
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IListeningPort
 from twisted.python.failure import Failure
 
-from cwmpgw.acs.engine import AcsEngine
-from cwmpgw.acs.resource import AcsSite
 from cwmpgw.app import acs as acs_part
 from cwmpgw.app import nbi as nbi_part
 from cwmpgw.app.connreq import ConnreqPart
-from cwmpgw.app.diagnostics import ThroughputSigner, make_signer, make_throughput
+from cwmpgw.app.diagnostics import make_signer, make_throughput
 from cwmpgw.app.files import CampaignDriver, FilesPart
 from cwmpgw.app.fleet import make_bulk_runner, make_bulks, make_inventory
+from cwmpgw.app.handle import GatewayHandle
 from cwmpgw.app.metrics import ReactorLag, make_metrics, redis_sampler
 from cwmpgw.app.redis import RedisPart
 from cwmpgw.app.state import StatePart, spool_name
@@ -37,24 +35,17 @@ from cwmpgw.app.tree import Listener, OrderedTree, Part
 from cwmpgw.app.xmpp import XmppPart
 from cwmpgw.availability import GuardedRedis, RedisAvailability
 from cwmpgw.bus.events import IStoredEvents
-from cwmpgw.bus.listener import EventListener
-from cwmpgw.bus.spool import SpoolingEventSink
 from cwmpgw.config import Config
-from cwmpgw.connreq.waker import ConnectionRequestService
 from cwmpgw.files.campaigns import RedisCampaigns
 from cwmpgw.files.selector import InventorySelector
-from cwmpgw.fleet.bulk import BulkRunner, RedisBulkService
+from cwmpgw.fleet.bulk import BulkRunner
 from cwmpgw.fleet.inventory import RedisInventory
-from cwmpgw.fleet.profiles import ProfileApplier, RedisProfileStore
-from cwmpgw.metrics import MeteredEventSink, Metrics
+from cwmpgw.metrics import Metrics
 from cwmpgw.nbi.commands import CommandConsumer
 from cwmpgw.nbi.directory import DeviceDirectory
 from cwmpgw.nbi.health import GatewayHealth
-from cwmpgw.provision.provisioner import Provisioner, RedisRotations
-from cwmpgw.store.embedded import EmbeddedRedisService
-from cwmpgw.store.redis import RedisConnReqCredentialStore, RedisCredentialStore, RedisDeviceStore
+from cwmpgw.provision.provisioner import RedisRotations
 from cwmpgw.tasks.expiry import expiry_service
-from cwmpgw.tasks.redis import RedisTaskService
 from cwmpgw.tasks.runner import TaskRunner
 from cwmpgw.workers import WorkerPool
 
@@ -69,7 +60,7 @@ def make_service(config: Config, reactor: Any = None) -> IService:
     return GatewayService(config, reactor)
 
 
-class GatewayService(OrderedTree):
+class GatewayService(OrderedTree, GatewayHandle):
     """The whole gateway as one twistd service; its attributes are the parts, once up."""
 
     def __init__(self, config: Config, reactor: Any, *, reuse_port: bool = False) -> None:
@@ -80,34 +71,7 @@ class GatewayService(OrderedTree):
         self.node = config.gateway.node_name
         self.data_dir = os.path.abspath(config.gateway.data_dir)
         self.metrics = Metrics()
-        self.inventory: RedisInventory | None = None  # with the stores (state step)
         self._redis = RedisPart(config.redis, self.data_dir, reactor)
-        self.listener: EventListener | None = None
-        self.spool: SpoolingEventSink | None = None
-        self.events: MeteredEventSink | None = None
-        self.devices: RedisDeviceStore | None = None
-        self.credentials: RedisCredentialStore | None = None
-        self.connreq_credentials: RedisConnReqCredentialStore | None = None
-        self._xmpp: XmppPart | None = None
-        self._connreq: ConnreqPart | None = None
-        self._files: FilesPart | None = None
-        self.campaigns: RedisCampaigns | None = None
-        self.tasks: RedisTaskService | None = None
-        self.runner: TaskRunner | None = None
-        self.rotations: RedisRotations | None = None
-        self.provisioner: Provisioner | None = None
-        self.profiles: RedisProfileStore | None = None
-        self.profile_applier: ProfileApplier | None = None
-        self._acs: acs_part.AcsPart | None = None
-        self._nbi: Listener | None = None
-        self._metrics: Listener | None = None
-        self._throughput: Listener | None = None
-        self.throughput_signer: ThroughputSigner | None = None
-        self.directory: DeviceDirectory | None = None
-        self.bulks: RedisBulkService | None = None
-        self.bulk_runner: BulkRunner | None = None
-        self.commands: CommandConsumer | None = None
-        self.workers: WorkerPool | None = None
         super().__init__(
             [
                 self._step_redis,
@@ -129,65 +93,6 @@ class GatewayService(OrderedTree):
                 self._step_workers,
             ]
         )
-
-    # -- the handle: what tests, workers and tools reach through ------------------------
-
-    @property
-    def redis(self) -> GuardedRedis | None:
-        return self._redis.redis
-
-    @property
-    def availability(self) -> RedisAvailability | None:
-        return self._redis.availability
-
-    @property
-    def embedded_redis(self) -> EmbeddedRedisService | None:
-        return self._redis.embedded
-
-    @property
-    def connreq(self) -> ConnectionRequestService | None:
-        return self._connreq.service if self._connreq is not None else None
-
-    @property
-    def xmpp(self) -> XmppPart | None:
-        return self._xmpp
-
-    @property
-    def engine(self) -> AcsEngine | None:
-        return self._acs.engine if self._acs is not None else None
-
-    @property
-    def acs_site(self) -> AcsSite | None:
-        return self._acs.site if self._acs is not None else None
-
-    @property
-    def acs_port(self) -> IListeningPort | None:
-        return self._acs.port if self._acs is not None else None
-
-    @property
-    def nbi_port(self) -> IListeningPort | None:
-        return self._nbi.port if self._nbi is not None else None
-
-    @property
-    def throughput_port(self) -> IListeningPort | None:
-        return self._throughput.port if self._throughput is not None else None
-
-    @property
-    def metrics_port(self) -> IListeningPort | None:
-        return self._metrics.port if self._metrics is not None else None
-
-    @property
-    def files(self) -> FilesPart | None:
-        """The file store (``.store``), links (``.links``) and file server (``.port``)."""
-        return self._files
-
-    @property
-    def files_port(self) -> IListeningPort | None:
-        return self._files.port if self._files is not None else None
-
-    @property
-    def stun_port(self) -> IListeningPort | None:
-        return self._connreq.stun_port if self._connreq is not None else None
 
     def whenStarted(self) -> Deferred[GatewayService]:  # type: ignore[override]
         """Fires with this service once every listener listens (errbacks if start failed)."""
