@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -136,7 +136,8 @@ class OrderedTree(MultiService):
         waited = bool(self._waiting)
         if isinstance(result, Failure):
             self._waiting.fail(result)
-            self.start_failed(result, waited=waited)
+            if not result.check(CancelledError):  # a stop during the start is no failure
+                self.start_failed(result, waited=waited)
         else:
             self._waiting.fire(None)
 
