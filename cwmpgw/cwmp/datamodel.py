@@ -178,6 +178,53 @@ class DataModel:
             return f"{current}{segment} is not in the gateway's data model"
         return "not in the gateway's data model"  # pragma: no cover (a name ends)
 
+    def table(self, path: str) -> str | None:
+        """The generic path (``Device.NAT.PortMapping.``) of a concrete multi-instance object
+        path, or None when the model does not know it (a vendor extension, an open object's
+        unknown child, another root). Raises DataModelError when the model knows that
+        ``path`` is not a multi-instance object."""
+        if not path.endswith("."):
+            raise DataModelError(f"{path}: an object path ends with '.'")
+        segments = path[:-1].split(".")
+        if segments[0] not in ROOTS or len(segments) < 2:
+            return None
+        current = segments[0] + "."
+        for i, segment in enumerate(segments[1:], 1):
+            last = i == len(segments) - 1
+            if segment.startswith("X_"):
+                return None
+            if current + "{i}." in self._objects:
+                if not _INSTANCE_RE.fullmatch(segment):
+                    raise DataModelError(
+                        f"{path}: {current} is a multi-instance object;"
+                        f" {segment!r} is not an instance number"
+                    )
+                if last:
+                    raise DataModelError(f"{path}: an instance of {current}, not a table")
+                current += "{i}."
+                continue
+            if current + segment + "." in self._objects:
+                current += segment + "."
+                continue
+            if current + segment in self._parameters:
+                raise DataModelError(f"{path}: a parameter, not an object")
+            if self._objects.get(current, False):
+                raise DataModelError(f"{path}: {current} has no {segment}")
+            return None
+        if current + "{i}." in self._objects:
+            return current
+        raise DataModelError(f"{path}: not a multi-instance object")
+
+    def instance_parameters(self, table: str) -> list[ParameterSpec]:
+        """The parameters of an instance of the generic ``table`` (``Device.NAT.PortMapping.``),
+        without those of tables below it."""
+        prefix = table + "{i}."
+        return [
+            spec
+            for path, spec in self._parameters.items()
+            if path.startswith(prefix) and "{i}" not in path[len(prefix) :]
+        ]
+
     def check(self, name: str, value: Any, type_: str | None = None) -> Checked:
         """Check one SetParameterValues entry. Raises DataModelError, or ValueError for a
         value or type that is wrong whatever the model says."""

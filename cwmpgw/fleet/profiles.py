@@ -20,6 +20,13 @@ is sent in the next session, whatever its events. ``profile.applied`` and
 Names are relative (``ManagementServer.PeriodicInformInterval``: the device's own root
 is put in front, so one profile serves TR-181 and TR-098 devices) or absolute
 (``Device.…``: sent only to devices with that root).
+
+A profile may also list objects to exist: a multi-instance table (``NAT.PortMapping.``),
+the values that identify its instance (``match``) and values to set on it (``values``).
+Applying one is idempotent (:class:`ProfileRun`): GetParameterValues of the table; the
+first instance whose values match gets the ``values`` that differ (nothing is sent when
+none differs); with no matching instance, AddObject, then SetParameterValues of ``match``
+and ``values`` on the new instance.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from cwmpgw.sessions import IRequestSource, LiveSession
 from cwmpgw.store.interfaces import IDeviceStore
 
 __all__ = [
+    "MAX_OBJECTS",
     "MAX_PARAMETERS",
     "MAX_PROFILES",
     "WHEN",
@@ -55,6 +63,8 @@ __all__ = [
     "ProfileApplier",
     "ProfileCache",
     "ProfileError",
+    "ProfileObject",
+    "ProfileRun",
     "RedisProfileStore",
     "parse_profile",
 ]
@@ -62,10 +72,14 @@ __all__ = [
 #: When a profile is applied.
 WHEN: Final = ("bootstrap", "boot", "every", "once")
 MAX_PARAMETERS: Final = 256
+MAX_OBJECTS: Final = 32
 MAX_PROFILES: Final = 1000
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9_.:@+-]{1,64}")
 _SECRET_RE: Final = re.compile(r"(Password|Passphrase|PreSharedKey|WEPKey|Secret)", re.I)
-_BODY_KEYS: Final = ("selector", "when", "parameters", "enabled", "description")
+_BODY_KEYS: Final = ("selector", "when", "parameters", "objects", "enabled", "description")
+_OBJECT_KEYS: Final = ("path", "match", "values")
+# A value as (name, wire text, canonical type).
+_Value = tuple[str, str, str]
 
 
 class ProfileError(ValueError):
@@ -78,28 +92,64 @@ class ProfileError(ValueError):
         self.data_model = data_model
 
 
+def _typed(entries: Sequence[_Value]) -> list[dict[str, str]]:
+    return [{"name": n, "value": v, "type": t} for n, v, t in entries]
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileObject:
+    """An instance of ``path`` (a table, ending with ".") that is to exist: the one whose
+    parameters have the ``match`` values, with the ``values`` too. Names are relative to
+    the instance."""
+
+    path: str
+    match: tuple[_Value, ...]
+    values: tuple[_Value, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "match": _typed(self.match), "values": _typed(self.values)}
+
+    def table_for(self, root: str) -> str | None:
+        """The absolute table path for a device whose root is ``root`` (None: not its)."""
+        first = self.path.split(".", 1)[0]
+        if first in ROOTS:
+            return self.path if first == root else None
+        return f"{root}.{self.path}"
+
+
 @dataclass(frozen=True, slots=True)
 class Profile:
     name: str
     selector: Selector
     when: str
-    parameters: tuple[tuple[str, str, str], ...]  # name, wire value, canonical type
+    parameters: tuple[_Value, ...]  # name, wire value, canonical type
     enabled: bool = True
     description: str = ""
     version: int = 0
     updated: float = 0.0
+    objects: tuple[ProfileObject, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "selector": self.selector.to_dict(),
             "when": self.when,
-            "parameters": [{"name": n, "value": v, "type": t} for n, v, t in self.parameters],
+            "parameters": _typed(self.parameters),
+            "objects": [o.to_dict() for o in self.objects],
             "enabled": self.enabled,
             "description": self.description,
             "version": self.version,
             "updated": self.updated,
         }
+
+    def objects_for(self, root: str) -> list[tuple[str, ProfileObject]]:
+        """(absolute table path, object) for a device whose root object is ``root``."""
+        out = []
+        for obj in self.objects:
+            table = obj.table_for(root)
+            if table is not None:
+                out.append((table, obj))
+        return out
 
     def values_for(self, root: str) -> list[dict[str, str]]:
         """The SetParameterValues list for a device whose root object is ``root``."""
@@ -159,18 +209,38 @@ def parse_profile(
     description = obj.get("description", "")
     if not isinstance(description, str) or len(description) > 1024:
         raise ProfileError("a string of at most 1024 characters", "description")
-    entries = obj.get("parameters")
-    if not isinstance(entries, list) or not entries:
-        raise ProfileError("a non-empty list of {name, value, type?}", "parameters")
-    if len(entries) > MAX_PARAMETERS:
-        raise ProfileError(f"at most {MAX_PARAMETERS}", "parameters")
+    entries = obj.get("parameters", [])
+    raw_objects = obj.get("objects", [])
+    if not isinstance(entries, list):
+        raise ProfileError("a list of {name, value, type?}", "parameters")
+    if not isinstance(raw_objects, list) or len(raw_objects) > MAX_OBJECTS:
+        raise ProfileError(f"a list of at most {MAX_OBJECTS} {{path, match, values}}", "objects")
+    if not entries and not raw_objects:
+        raise ProfileError("a non-empty list of {name, value, type?} (or objects)", "parameters")
     model = model if model is not None else standard_model()
+    out = _parse_values(model, entries, "parameters", lambda n: n)
+    objects = tuple(_parse_object(model, o, f"objects[{i}]") for i, o in enumerate(raw_objects))
+    total = len(out) + sum(len(o.match) + len(o.values) for o in objects)
+    if total > MAX_PARAMETERS:
+        raise ProfileError(f"at most {MAX_PARAMETERS} values in all", "parameters")
+    return Profile(name, selector, when, out, enabled, description, 0, now, objects)
+
+
+def _parse_values(
+    model: DataModel, entries: Any, where: str, full: Any, *, relative: bool = False
+) -> tuple[_Value, ...]:
+    """A list of {name, value, type?} (or, for an object, a map of name → value), each
+    checked as ``full(name)``."""
+    if relative and isinstance(entries, Mapping):
+        entries = [{"name": k, "value": v} for k, v in entries.items()]
+    if not isinstance(entries, list):
+        raise ProfileError("a list of {name, value, type?} or a map of name to value", where)
     seen: set[str] = set()
-    out: list[tuple[str, str, str]] = []
+    out: list[_Value] = []
     for i, entry in enumerate(entries):
-        where = f"parameters[{i}]"
+        at = f"{where}[{i}]"
         if not isinstance(entry, Mapping) or set(entry) - {"name", "value", "type"}:
-            raise ProfileError("an object of name, value and optionally type", where)
+            raise ProfileError("an object of name, value and optionally type", at)
         pname = entry.get("name")
         if (
             not isinstance(pname, str)
@@ -178,22 +248,63 @@ def parse_profile(
             or len(pname) > 256
             or pname.endswith(".")
             or pname.startswith(".")
+            or (relative and pname.split(".", 1)[0] in ROOTS)
         ):
-            raise ProfileError("a parameter name (not an object path)", where + ".name")
+            what = "a parameter name relative to the instance" if relative else "a parameter name"
+            raise ProfileError(what + " (not an object path)", at + ".name")
         if pname in seen:
-            raise ProfileError(f"{pname} is set twice", where + ".name")
+            raise ProfileError(f"{pname} is set twice", at + ".name")
         seen.add(pname)
         if "value" not in entry:
-            raise ProfileError("required", where + ".value")
+            raise ProfileError("required", at + ".value")
         type_ = entry.get("type")
         if type_ is not None:
             try:
                 values.normalise_type(type_)
             except ValueError as e:
-                raise ProfileError(str(e), where + ".type") from None
-        text, canonical = _check_value(model, pname, entry["value"], type_, where)
+                raise ProfileError(str(e), at + ".type") from None
+        text, canonical = _check_value(model, full(pname), entry["value"], type_, at)
         out.append((pname, text, canonical))
-    return Profile(name, selector, when, tuple(out), enabled, description, 0, now)
+    return tuple(out)
+
+
+def _parse_object(model: DataModel, obj: Any, where: str) -> ProfileObject:
+    if not isinstance(obj, Mapping) or set(obj) - set(_OBJECT_KEYS):
+        raise ProfileError("an object of path, match and optionally values", where)
+    path = obj.get("path")
+    if (
+        not isinstance(path, str)
+        or not 2 <= len(path) <= 256
+        or not path.endswith(".")
+        or path.startswith(".")
+        or ".." in path
+    ):
+        raise ProfileError("a multi-instance object path ending with '.'", where + ".path")
+    roots = [path.split(".", 1)[0]] if path.split(".", 1)[0] in ROOTS else list(ROOTS)
+    absolute = len(roots) == 1
+    known = []
+    for root in roots:
+        full = path if absolute else f"{root}.{path}"
+        try:
+            if model.table(full) is not None:
+                known.append(full)
+        except DataModelError as e:
+            raise ProfileError(str(e), where + ".path", data_model=True) from None
+    # Values are checked as names of an instance, <table>1.<name>: of the one root whose
+    # model has the table when only one has it (a TR-181 table unknown to TR-098).
+    table = known[0] if len(known) == 1 else path
+    match = _parse_values(
+        model, obj.get("match"), where + ".match", lambda n: f"{table}1.{n}", relative=True
+    )
+    if not match:
+        raise ProfileError("at least one value that identifies the instance", where + ".match")
+    set_ = _parse_values(
+        model, obj.get("values", []), where + ".values", lambda n: f"{table}1.{n}", relative=True
+    )
+    twice = {n for n, _, _ in match} & {n for n, _, _ in set_}
+    if twice:
+        raise ProfileError(f"{sorted(twice)[0]} is in match and values", where + ".values")
+    return ProfileObject(path, match, set_)
 
 
 def _profile_from_json(raw: str | bytes) -> Profile:
@@ -207,6 +318,14 @@ def _profile_from_json(raw: str | bytes) -> Profile:
         description=d.get("description", ""),
         version=int(d.get("version", 0)),
         updated=float(d.get("updated", 0.0)),
+        objects=tuple(
+            ProfileObject(
+                o["path"],
+                tuple((v["name"], v["value"], v["type"]) for v in o["match"]),
+                tuple((v["name"], v["value"], v["type"]) for v in o.get("values", [])),
+            )
+            for o in d.get("objects", [])
+        ),
     )
 
 
@@ -377,11 +496,107 @@ class ProfileCache:
 # -- applying -----------------------------------------------------------------------------
 
 
+def _same(type_: str, a: str, b: str) -> bool:
+    """Whether the CPE's value ``a`` is the wanted ``b`` (booleans as 1/true, numbers)."""
+    a, b = a.strip() if type_ != "xsd:string" else a, b
+    if type_ == "xsd:boolean":
+        return (a.lower() in ("1", "true")) == (b.lower() in ("1", "true"))
+    return a == b
+
+
+class ProfileRun:
+    """The RPCs that apply one profile on one device, sans-IO: :meth:`next_call` says what
+    to send, :meth:`on_result` takes :func:`cwmpgw.cwmp.rpc.result`'s answer to it.
+
+    First the profile's values (one SetParameterValues), then per object: the table's
+    GetParameterValues; the first instance matching gets the values that differ, or with
+    none matching, AddObject then SetParameterValues of match and values on the new one.
+    """
+
+    def __init__(
+        self,
+        values: list[dict[str, str]],
+        objects: Sequence[tuple[str, ProfileObject]],
+        parameter_key: str,
+    ) -> None:
+        self._key = parameter_key
+        self._queue: list[tuple[str, dict[str, Any], tuple[str, ProfileObject] | None]] = []
+        if values:
+            self._queue.append(("SetParameterValues", self._spv(values), None))
+        for table, obj in objects:
+            self._queue.append(("GetParameterValues", {"parameter_names": [table]}, (table, obj)))
+        #: What was set (name, value, type), and per object {path, instance, created}.
+        self.set: list[dict[str, str]] = []
+        self.objects: list[dict[str, Any]] = []
+        self.status = 0
+
+    def _spv(self, parameters: list[dict[str, str]]) -> dict[str, Any]:
+        return {"parameters": parameters, "parameter_key": self._key}
+
+    @property
+    def done(self) -> bool:
+        return not self._queue
+
+    def next_call(self) -> tuple[str, dict[str, Any]] | None:
+        if not self._queue:
+            return None
+        method, args, _ = self._queue[0]
+        return method, args
+
+    def on_result(self, result: Mapping[str, Any]) -> None:
+        method, args, target = self._queue.pop(0)
+        if method == "SetParameterValues":
+            self.set.extend(args["parameters"])
+            self.status = max(self.status, int(result.get("status", 0)))
+            return
+        assert target is not None
+        table, obj = target
+        if method == "AddObject":
+            number = int(result["instance_number"])
+            self.status = max(self.status, int(result.get("status", 0)))
+            self.objects.append({"path": table, "instance": number, "created": True})
+            wanted = _typed([*obj.match, *obj.values])
+            for v in wanted:
+                v["name"] = f"{table}{number}.{v['name']}"
+            self._queue.insert(0, ("SetParameterValues", self._spv(wanted), None))
+            return
+        # GetParameterValues of the table: instance number → {relative name: value}.
+        found: dict[int, dict[str, str]] = {}
+        for p in result.get("parameters", []):
+            name = str(p["name"])
+            if not name.startswith(table):
+                continue
+            head, _, rest = name[len(table) :].partition(".")
+            if head.isdigit() and rest:
+                found.setdefault(int(head), {})[rest] = str(p["value"])
+        for number in sorted(found):
+            have = found[number]
+            if all(n in have and _same(t, have[n], v) for n, v, t in obj.match):
+                self.objects.append({"path": table, "instance": number, "created": False})
+                pending = [
+                    {"name": f"{table}{number}.{n}", "value": v, "type": t}
+                    for n, v, t in obj.values
+                    if n not in have or not _same(t, have[n], v)
+                ]
+                if pending:
+                    self._queue.insert(0, ("SetParameterValues", self._spv(pending), None))
+                return
+        self._queue.insert(
+            0, ("AddObject", {"object_name": table, "parameter_key": self._key}, target)
+        )
+
+
 @dataclass(eq=False)
 class _Apply:
     profile: Profile
     values: list[dict[str, str]]
+    objects: list[tuple[str, ProfileObject]] = field(default_factory=list)
     key: str = field(default_factory=lambda: "pf" + os.urandom(8).hex())
+    run: ProfileRun = field(init=False)
+    sent: int = 0
+
+    def __post_init__(self) -> None:
+        self.run = ProfileRun(self.values, self.objects, self.key[:32])
 
 
 @dataclass(eq=False)
@@ -460,8 +675,9 @@ class ProfileApplier:
             ):
                 continue
             values_ = p.values_for(root)
-            if values_:
-                steps.append(_Apply(p, values_))
+            objects = p.objects_for(root)
+            if values_ or objects:
+                steps.append(_Apply(p, values_, objects))
                 due["due:" + p.name] = str(p.version)
         if bootstrap or due:
             # A factory reset lost what was applied; what is due stays due until answered.
@@ -475,18 +691,24 @@ class ProfileApplier:
         state = self._sessions.get(session.session_id)
         if state is None:
             state = self._sessions[session.session_id] = await self._plan(session)
-        if state.steps:
+        while state.steps:
             step = state.steps[0]
+            call = step.run.next_call()
+            if call is None:  # pragma: no cover (a run is popped when done)
+                state.steps.pop(0)
+                continue
+            method, args = call
             state.outstanding = step
-            request_id = f"prof.{step.key[-8:]}"
+            step.sent += 1
+            request_id = f"prof.{step.key[-8:]}.{step.sent}"
             body = rpc.build(
                 session.machine.namespace,
                 request_id,
-                "SetParameterValues",
-                {"parameters": step.values, "parameter_key": step.key[:32]},
+                method,
+                args,
                 hold_requests=session.machine.hold_requests,
             )
-            return AcsRequest("SetParameterValues", request_id, body, ref=step)
+            return AcsRequest(method, request_id, body, ref=step)
         result: AcsRequest | None = await self._inner.next_request(session)
         return result
 
@@ -495,21 +717,47 @@ class ProfileApplier:
     ) -> Deferred[None]:
         if not isinstance(request.ref, _Apply):
             return self._inner.answered(session, request, response)
-        return Deferred.fromCoroutine(self._answered(session, request.ref, response))
+        return Deferred.fromCoroutine(
+            self._answered(session, request.method, request.ref, response)
+        )
 
     async def _answered(
-        self, session: LiveSession, step: _Apply, response: RpcResponse | CpeFault
+        self, session: LiveSession, method: str, step: _Apply, response: RpcResponse | CpeFault
     ) -> None:
         state = self._sessions.get(session.session_id)
-        if state is not None and state.steps and state.steps[0] is step:
-            state.steps.pop(0)
+        current = state is not None and bool(state.steps) and state.steps[0] is step
+        if state is not None:
             state.outstanding = None
+        if not isinstance(response, CpeFault):
+            try:
+                result = rpc.result(method, response)
+            except rpc.ResponseError as e:
+                if method != "SetParameterValues":
+                    # Nothing to go on: the profile stays due, for the next session.
+                    if current and state is not None:
+                        state.steps.pop(0)
+                    self._log.warn(
+                        "{device_id}: the answer to profile {profile} could not be used: {reason}",
+                        device_id=session.device_id,
+                        profile=step.profile.name,
+                        reason=str(e),
+                    )
+                    return
+                result = {"status": 0}
+            step.run.on_result(result)
+            if not step.run.done:
+                return
+        if current and state is not None:
+            state.steps.pop(0)
         p = step.profile
+        applied = step.run.set if not isinstance(response, CpeFault) else step.values
         shown = [
             {"name": v["name"], "value": "***" if _SECRET_RE.search(v["name"]) else v["value"]}
-            for v in step.values
+            for v in applied
         ]
         data: dict[str, Any] = {"profile": p.name, "version": p.version, "parameters": shown}
+        if p.objects:
+            data["objects"] = step.run.objects
         version = str(p.version)
         if isinstance(response, CpeFault):
             fault = rpc.fault(response)
@@ -529,13 +777,10 @@ class ProfileApplier:
                 session, "profile.failed", {**data, "reason": "fault", "fault": fault}
             )
             return
-        try:
-            status = rpc.result("SetParameterValues", response)["status"]
-        except rpc.ResponseError:
-            status = 0
+        status = step.run.status
         await self._store.note(session.device_id, {p.name: version}, ["due:" + p.name], reset=False)
         await self._devices.update_parameters(
-            session.device_id, [(v["name"], v["value"], v["type"]) for v in step.values]
+            session.device_id, [(v["name"], v["value"], v["type"]) for v in step.run.set]
         )
         self._log.info(
             "{device_id} took profile {profile} v{version}",

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from cwmpgw.connreq.interfaces import OUTCOMES
-from cwmpgw.fleet.profiles import MAX_PARAMETERS, WHEN
+from cwmpgw.fleet.profiles import MAX_OBJECTS, MAX_PARAMETERS, WHEN
 from cwmpgw.fleet.selector import QUERY_TERMS, SELECTOR_SCHEMA
 from cwmpgw.store.interfaces import DEVICE_FIELDS
 from cwmpgw.tasks.model import STATUSES
@@ -439,7 +439,8 @@ _CORE_ROUTES: Final[tuple[Route, ...]] = (
             "stored. The profile is applied in the sessions of the devices its selector "
             "matches, when its `when` says (`bootstrap`, `boot`, `every` session, `once` per "
             "version), with `profile.applied`/`profile.failed` events; a device's factory "
-            "reset (`0 BOOTSTRAP`) makes every profile apply again."
+            "reset (`0 BOOTSTRAP`) makes every profile apply again. An object to exist is "
+            "looked for (GetParameterValues) and added (AddObject) only when missing."
         ),
         body="ProfileRequest",
     ),
@@ -980,7 +981,7 @@ SCHEMAS: Final[Mapping[str, Mapping[str, Any]]] = {
     },
     "ProfileRequest": {
         "type": "object",
-        "required": ["parameters"],
+        "description": "At least one of `parameters` and `objects` is not empty.",
         "additionalProperties": False,
         "examples": [
             {
@@ -990,6 +991,13 @@ SCHEMAS: Final[Mapping[str, Mapping[str, Any]]] = {
                     {"name": "ManagementServer.PeriodicInformInterval", "value": 3600},
                     {"name": "Device.WiFi.SSID.1.SSID", "value": "home"},
                 ],
+                "objects": [
+                    {
+                        "path": "NAT.PortMapping.",
+                        "match": {"ExternalPort": 8080, "Protocol": "TCP"},
+                        "values": {"InternalPort": 80, "InternalClient": "192.168.1.10"},
+                    }
+                ],
             }
         ],
         "properties": {
@@ -997,7 +1005,6 @@ SCHEMAS: Final[Mapping[str, Mapping[str, Any]]] = {
             "when": {"enum": list(WHEN), "default": "bootstrap"},
             "parameters": {
                 "type": "array",
-                "minItems": 1,
                 "maxItems": MAX_PARAMETERS,
                 "items": {
                     "type": "object",
@@ -1021,8 +1028,77 @@ SCHEMAS: Final[Mapping[str, Mapping[str, Any]]] = {
                     },
                 },
             },
+            "objects": {
+                "type": "array",
+                "maxItems": MAX_OBJECTS,
+                "description": (
+                    "Instances to exist: the first instance of `path` whose parameters have "
+                    "the `match` values gets `values`; with none, the gateway adds one "
+                    "(AddObject) and sets `match` and `values` on it."
+                ),
+                "items": {
+                    "type": "object",
+                    "required": ["path", "match"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "path": {
+                            "type": "string",
+                            "minLength": 2,
+                            "maxLength": 256,
+                            "pattern": "\\.$",
+                            "description": (
+                                "A multi-instance object (`NAT.PortMapping.`), absolute or "
+                                "relative to the device's root."
+                            ),
+                        },
+                        "match": {
+                            **_ref("ProfileValues"),
+                            "description": "Identify the instance (at least one).",
+                        },
+                        "values": _ref("ProfileValues"),
+                    },
+                },
+            },
             "enabled": {"type": "boolean", "default": True},
             "description": {"type": "string", "maxLength": 1024},
+        },
+    },
+    "ProfileValues": {
+        "description": (
+            "Names relative to the instance: a map of name to value, or a list of "
+            "`{name, value, type?}`; a value without a type gets the data model's."
+        ),
+        "oneOf": [
+            {
+                "type": "object",
+                "additionalProperties": {"type": ["string", "number", "boolean"]},
+            },
+            {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "value"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "name": {"type": "string", "minLength": 1, "maxLength": 256},
+                        "value": {"type": ["string", "number", "boolean"]},
+                        "type": {"type": "string"},
+                    },
+                },
+            },
+        ],
+    },
+    "TypedValues": {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["name", "value", "type"],
+            "additionalProperties": False,
+            "properties": {
+                "name": {"type": "string"},
+                "value": {"type": "string", "description": "As sent on the wire."},
+                "type": {"type": "string"},
+            },
         },
     },
     "Profile": {
@@ -1032,6 +1108,7 @@ SCHEMAS: Final[Mapping[str, Mapping[str, Any]]] = {
             "selector",
             "when",
             "parameters",
+            "objects",
             "enabled",
             "description",
             "version",
@@ -1052,6 +1129,19 @@ SCHEMAS: Final[Mapping[str, Mapping[str, Any]]] = {
                         "name": {"type": "string"},
                         "value": {"type": "string", "description": "As sent on the wire."},
                         "type": {"type": "string"},
+                    },
+                },
+            },
+            "objects": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["path", "match", "values"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "path": {"type": "string"},
+                        "match": _ref("TypedValues"),
+                        "values": _ref("TypedValues"),
                     },
                 },
             },

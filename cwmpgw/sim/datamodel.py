@@ -28,6 +28,7 @@ from types import MappingProxyType
 from typing import Final, NamedTuple
 
 from cwmpgw.cwmp import values
+from cwmpgw.cwmp.datamodel import DataModelError, standard_model
 
 __all__ = [
     "BUILTIN_CSV",
@@ -47,6 +48,16 @@ _INSTANCE_RE: Final = re.compile(r"[1-9][0-9]*")
 _MAX_NAME: Final = 256
 #: Roots of GenieACS's own rows in its UI export (not part of any device's tree).
 _GENIEACS_ONLY: Final = frozenset({"Events", "Tags", "VirtualParameters"})
+
+#: A new instance's values where the standard model says the type (strings: empty).
+_DEFAULTS: Final = {
+    "xsd:boolean": "false",
+    "xsd:int": "0",
+    "xsd:long": "0",
+    "xsd:unsignedInt": "0",
+    "xsd:unsignedLong": "0",
+    "xsd:dateTime": "0001-01-01T00:00:00Z",
+}
 
 #: Parameters whose Notification is forced active by the data models (TR-098/TR-181).
 _FORCED_ACTIVE: Final = (
@@ -501,14 +512,28 @@ class DeviceModel:
         return param
 
     def is_object(self, path: str) -> bool:
-        """Whether ``path`` (ending with ".") is an object of this device ("" is the root)."""
+        """Whether ``path`` (ending with ".") is an object of this device ("" is the root).
+
+        A standard multi-instance table the dump does not list (a dump shows no empty
+        table) is one, when its parent object is: empty until AddObject fills it."""
         if path == "":
             return True
         if path in self.template.objects or (
             self.extra is not None and path in self.extra and self.extra[path] is None
         ):
             return not self._gone(path)
-        return False
+        return self._standard_table(path) is not None
+
+    def _standard_table(self, path: str) -> str | None:
+        """The generic path of ``path`` if it is a standard table whose parent object this
+        device has."""
+        parent = path[:-1].rpartition(".")[0] + "."
+        if not path.endswith(".") or parent == "." or not self.is_object(parent):
+            return None
+        try:
+            return standard_model().table(path)
+        except DataModelError:
+            return None
 
     def object_writable(self, path: str) -> bool:
         writable = self.template.objects.get(path)
@@ -575,7 +600,9 @@ class DeviceModel:
     def is_table(self, path: str) -> bool:
         """Whether AddObject may create instances of ``path``: writable, or has instances."""
         return self.is_object(path) and (
-            bool(self.template.objects.get(path)) or bool(self.instances(path))
+            bool(self.template.objects.get(path))
+            or bool(self.instances(path))
+            or self._standard_table(path) is not None
         )
 
     def add_object(self, table: str) -> int:
@@ -589,13 +616,25 @@ class DeviceModel:
             self.extra = {}
         new = f"{table}{number}."
         self.extra[new] = None
-        if existing:
-            model = f"{table}{existing[0]}."
-            for name in self.template.range(model):
-                if name == model:
-                    continue
+        model = f"{table}{existing[0]}." if existing else ""
+        shape = [n for n in self.template.range(model) if n != model] if model else []
+        if shape:
+            for name in shape:
                 clone = new + name[len(model) :]
                 self.extra[clone] = None if name.endswith(".") else self.template.params[name]
+            return number
+        # No instance in the template to copy: the standard model's parameters, defaults.
+        generic = self._standard_table(table)
+        if generic is not None:
+            prefix = generic + "{i}."
+            for spec in standard_model().instance_parameters(generic):
+                rest = spec.path[len(prefix) :]
+                parts = rest.split(".")
+                for i in range(1, len(parts)):
+                    self.extra[new + ".".join(parts[:i]) + "."] = None
+                self.extra[new + rest] = Param(
+                    _DEFAULTS.get(spec.type, ""), spec.type, spec.writable
+                )
         return number
 
     def delete_object(self, instance: str) -> None:

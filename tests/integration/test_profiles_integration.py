@@ -256,3 +256,78 @@ class ProfileTests(TestCase):
         param = device.model.param("Device.ManagementServer.PeriodicInformInterval")
         assert param is not None
         self.assertEqual((param.value, param.type), ("600", "xsd:unsignedInt"))
+
+    async def test_an_object_is_created_once_and_again_after_a_factory_reset(self) -> None:
+        await self.setup_gateway()
+        table = "Device.NAT.PortMapping."
+        status, profile = await self.api(
+            "PUT",
+            "/profiles/web-mapping",
+            {
+                "selector": {"oui": "9CA2F4"},
+                "when": "every",
+                "objects": [
+                    {
+                        "path": "NAT.PortMapping.",
+                        "match": {"ExternalPort": 8080, "Protocol": "TCP"},
+                        "values": {"InternalPort": 80, "InternalClient": "192.168.1.10"},
+                    }
+                ],
+            },
+        )
+        self.assertEqual(status, 201, profile)
+        self.assertEqual(profile["parameters"], [])
+        self.assertEqual(
+            profile["objects"][0]["match"][0],
+            {"name": "ExternalPort", "value": "8080", "type": "xsd:unsignedInt"},
+        )
+        fleet = await self.start_fleet()
+        device = fleet.devices[0]
+        model = device.model
+
+        def mapping() -> dict[str, str]:
+            return {
+                leaf.rsplit(".", 1)[1]: model.value(leaf)
+                for leaf in model.leaves(table)
+                if leaf.rsplit(".", 1)[1] in ("ExternalPort", "Protocol", "InternalPort")
+            }
+
+        # The table is empty: GetParameterValues, AddObject, SetParameterValues.
+        first = await fleet.inform(device, "0 BOOTSTRAP")
+        self.assertTrue(first.ok)
+        self.assertEqual(first.faults, ())
+        self.assertEqual(model.instances(table), [1])
+        self.assertEqual(
+            mapping(), {"ExternalPort": "8080", "Protocol": "TCP", "InternalPort": "80"}
+        )
+        self.assertEqual(model.value(table + "1.InternalClient"), "192.168.1.10")
+        (applied,) = self.events("profile.applied")
+        self.assertEqual(
+            applied["data"]["objects"], [{"path": table, "instance": 1, "created": True}]
+        )
+        self.assertEqual(len(applied["data"]["parameters"]), 4)
+
+        # The next session finds it: nothing is added, nothing is set.
+        again = await fleet.inform(device)
+        self.assertTrue(again.ok)
+        self.assertEqual(model.instances(table), [1])
+        second = self.events("profile.applied")[1]
+        self.assertEqual(
+            second["data"]["objects"], [{"path": table, "instance": 1, "created": False}]
+        )
+        self.assertEqual(second["data"]["parameters"], [])
+
+        # A factory reset empties the table; the bootstrap session creates it again.
+        await self.service.tasks.submit(device.device_id, "FactoryReset", {})  # type: ignore[union-attr]
+        self.assertTrue((await fleet.inform(device)).ok)
+        self.assertEqual(model.instances(table), [])
+        after = await fleet.next_session(device)
+        self.assertTrue(after.ok)
+        self.assertIn("0 BOOTSTRAP", after.events)
+        self.assertEqual(model.instances(table), [1])
+        self.assertEqual(
+            mapping(), {"ExternalPort": "8080", "Protocol": "TCP", "InternalPort": "80"}
+        )
+        created = [e["data"]["objects"][0]["created"] for e in self.events("profile.applied")]
+        self.assertEqual(created.count(True), 2)
+        self.assertEqual(self.events("profile.failed"), [])
