@@ -27,6 +27,7 @@ import tempfile
 import threading
 
 from tests.support.certfactory import CertAuthority
+from tests.support.redis_server import stop_child
 
 __all__ = ["ProsodyServer", "prosody_binary"]
 
@@ -159,20 +160,8 @@ VirtualHost "{self.domain}"
 
     def _stop_process(self) -> None:
         process, self._process = self._process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-        if self._reader is not None:
-            self._reader.join(timeout=10)
-            self._reader = None
-        if process.stdout is not None:
-            process.stdout.close()
+        reader, self._reader = self._reader, None
+        stop_child(process, reader)
 
     def stop(self) -> None:
         self._stop_process()

@@ -123,20 +123,8 @@ class RedisServer:
 
     def _stop_process(self) -> None:
         process, self._process = self._process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-        if self._reader is not None:
-            self._reader.join(timeout=10)
-            self._reader = None
-        if process.stdout is not None:
-            process.stdout.close()
+        reader, self._reader = self._reader, None
+        stop_child(process, reader)
 
     def stop(self) -> None:
         """Stop the server and remove its directory; safe to call twice."""
@@ -150,6 +138,23 @@ class RedisServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def stop_child(process: subprocess.Popen[bytes] | None, reader: Any) -> None:
+    """End a server started as a child (TERM, then KILL after 10 s) and its output reader."""
+    if process is None:
+        return
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    if reader is not None:
+        reader.join(timeout=10)
+    if process.stdout is not None:
+        process.stdout.close()
 
 
 async def connect(testcase: Any, server: RedisServer) -> Any:
