@@ -1119,19 +1119,7 @@ SCHEMAS: Final[Mapping[str, Mapping[str, Any]]] = {
             "name": {"type": "string"},
             "selector": _ref("Selector"),
             "when": {"enum": list(WHEN)},
-            "parameters": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["name", "value", "type"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "name": {"type": "string"},
-                        "value": {"type": "string", "description": "As sent on the wire."},
-                        "type": {"type": "string"},
-                    },
-                },
-            },
+            "parameters": _ref("TypedValues"),
             "objects": {
                 "type": "array",
                 "items": {
