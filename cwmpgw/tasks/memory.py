@@ -74,7 +74,10 @@ class MemoryTaskService:
         self._max_attempts = max_attempts
         self._keep_finished = keep_finished
         self._gpv_batch = gpv_batch
-        self.tasks: dict[str, Task] = {}
+        self.tasks: dict[str, Task] = {}  # in the order they were submitted
+        # The fault hook for tests: the next submits fail with these, in order, as the
+        # Redis provider's would with Redis down (ConnectionError) or a bug.
+        self.failures: list[Exception] = []
         self._queues: dict[str, list[str]] = {}
         # idempotency key -> (task id, request fingerprint, remembered until)
         self._idempotency: dict[str, tuple[str, str, float]] = {}
@@ -102,6 +105,8 @@ class MemoryTaskService:
         idempotency_key: str | None = None,
         bulk: str = "",
     ) -> Deferred[Task]:
+        if self.failures:
+            return fail(self.failures.pop(0))
         now = self._clock.seconds()
         try:
             task = build_task(

@@ -20,7 +20,7 @@ from cwmpgw.bus.events import Event, IEventSink, device_ref
 from cwmpgw.cwmp.datamodel import DataModel, DataModelError, standard_model
 from cwmpgw.cwmp.rpc import ArgumentError
 from cwmpgw.tasks.model import DataModelRefusal, Task, TaskError
-from cwmpgw.tasks.plans import plan_for
+from cwmpgw.tasks.plans import TASK_TYPES, plan_for
 
 __all__ = [
     "COMMAND_KEY_TYPES",
@@ -188,7 +188,8 @@ def build_task(
     try:
         plan_for(type, copy, gpv_batch=gpv_batch)
     except ArgumentError as e:
-        # An empty path means the method itself is wrong: point at the task's type.
+        if type not in TASK_TYPES:  # the method itself is wrong: say so in the caller's words
+            raise TaskError(f"unknown task type {type!r}", path="type") from e
         raise TaskError(getattr(e, "message", str(e)), path=e.path or "type") from e
     command_key = str(copy.get("command_key") or "") if type in COMMAND_KEY_TYPES else ""
     return Task(

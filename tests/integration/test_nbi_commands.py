@@ -8,69 +8,40 @@ from typing import Any
 
 import pytest
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import TestCase
-from zope.interface import implementer
 
 from cwmpgw.bus.memory import MemoryEventBus
 from cwmpgw.nbi.commands import CommandConsumer
-from cwmpgw.tasks.model import ITaskService, Task, TaskError, UnknownDevice
+from cwmpgw.tasks.memory import MemoryTaskService
+from cwmpgw.tasks.model import Task
 from tests.support.redis_server import unique_prefix
 
 DEV = "9CA2F4-EC220_G5_V3-22275K2000315"
 GROUP = "cwmpgw"
 
 
-@implementer(ITaskService)
-class FakeTasks:
-    """Accepts Reboot/GetParameterValues for known devices; can fail on demand."""
+def memory_tasks() -> MemoryTaskService:
+    """The contract-tested in-memory provider, knowing DEV; its task events go to a bus of
+    their own (the tests look at the consumer's)."""
+    tasks = MemoryTaskService(events=MemoryEventBus(), clock=reactor)  # type: ignore[arg-type]
+    tasks.add_device(DEV)
+    return tasks
 
-    def __init__(self, devices: tuple[str, ...] = (DEV,)) -> None:
-        self.devices = set(devices)
-        self.submitted: list[Task] = []
-        self.failures: list[Exception] = []  # raised by the next submits, in order
-        self.idempotency_keys: list[str | None] = []
 
-    def submit(
-        self,
-        device_id: str,
-        type: str,
-        args: dict[str, Any],
-        *,
-        expires_in: float | None = None,
-        idempotency_key: str | None = None,
-    ) -> Deferred[Task]:
-        self.idempotency_keys.append(idempotency_key)
-        if self.failures:
-            return fail(self.failures.pop(0))
-        if type not in ("Reboot", "GetParameterValues"):
-            raise TaskError(f"unknown task type {type!r}", path="type")
-        if device_id not in self.devices:
-            return fail(UnknownDevice(device_id))
-        task = Task(
-            id=f"task{len(self.submitted) + 1}",
-            device_id=device_id,
-            type=type,
-            args=args,
-            created=0.0,
-            expires=expires_in or 604800.0,
-        )
-        self.submitted.append(task)
-        return succeed(task)
+def submitted(tasks: MemoryTaskService) -> list[Task]:
+    return list(tasks.tasks.values())
 
-    def get(self, task_id: str) -> Deferred[Task | None]:
-        return succeed(next((t for t in self.submitted if t.id == task_id), None))
 
-    def list_for_device(self, device_id: str) -> Deferred[list[Task]]:
-        return succeed([t for t in self.submitted if t.device_id == device_id])
+def numbered(n: int) -> dict[str, Any]:
+    """Reboot arguments that tell the entries apart."""
+    return {"command_key": f"n{n}"}
 
-    def cancel(self, task_id: str) -> Deferred[Task | None]:
-        return self.get(task_id)
 
-    def wait(self, task_id: str, timeout: float) -> Deferred[Task | None]:
-        return self.get(task_id)
+def number(task: Task) -> int:
+    return int(task.args["command_key"][1:])
 
 
 async def until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
@@ -98,7 +69,7 @@ class CommandStreamTests(TestCase):
         self.key = self.prefix + "commands"
         self.redis = await self.connect()
         self.addCleanup(self.redis.disconnect)
-        self.tasks = FakeTasks()
+        self.tasks = memory_tasks()
         self.bus = MemoryEventBus()
         self.txredisapi = txredisapi
 
@@ -123,7 +94,7 @@ class CommandStreamTests(TestCase):
         self,
         node: str = "node-a",
         *,
-        tasks: FakeTasks | None = None,
+        tasks: MemoryTaskService | None = None,
         clock: IReactorTime | None = None,
         **kwargs: Any,
     ) -> CommandConsumer:
@@ -162,23 +133,25 @@ class CommandStreamTests(TestCase):
             )
         )
         c = self.consumer()
-        await until(lambda: len(self.tasks.submitted) == 2, "two tasks")
-        first, second = self.tasks.submitted
+        await until(lambda: len(submitted(self.tasks)) == 2, "two tasks")
+        first, second = submitted(self.tasks)
         self.assertEqual(
             (first.device_id, first.type, first.args), (DEV, "Reboot", {"command_key": "r1"})
         )
-        self.assertEqual((second.type, second.expires), ("GetParameterValues", 60.0))
+        self.assertEqual(
+            (second.type, second.expires - second.created), ("GetParameterValues", 60.0)
+        )
         await self.wait_for_pending(0)
         # Commands added while it runs are picked up too.
         await self.xadd(task=command(device_id=DEV, type="Reboot"))
-        await until(lambda: len(self.tasks.submitted) == 3, "a third task")
+        await until(lambda: len(submitted(self.tasks)) == 3, "a third task")
         await self.wait_for_pending(0)
         self.assertEqual(self.bus.events, [])
         await c.stopService()
         # Stopped: nothing more is read.
         await self.xadd(task=command(device_id=DEV, type="Reboot"))
         await deferLater(reactor, 0.3, lambda: None)
-        self.assertEqual(len(self.tasks.submitted), 3)
+        self.assertEqual(len(submitted(self.tasks)), 3)
 
     async def wait_for_pending(self, count: int) -> None:
         for _ in range(250):
@@ -223,7 +196,7 @@ class CommandStreamTests(TestCase):
         ]
         await self.xadd(task=command(device_id=DEV, type="Reboot"))
         self.consumer()
-        await until(lambda: len(self.tasks.submitted) == 1, "the good command after the bad ones")
+        await until(lambda: len(submitted(self.tasks)) == 1, "the good command after the bad ones")
         await until(lambda: len(self.bus.events) == len(bad), "one rejection per bad command")
         await self.wait_for_pending(0)
         events = self.bus.of_type("command.rejected")
@@ -244,7 +217,7 @@ class CommandStreamTests(TestCase):
     async def test_dead_consumers_entries_are_claimed_once(self) -> None:
         await self.redis.execute_command("XGROUP", "CREATE", self.key, GROUP, "0", "MKSTREAM")
         old = [
-            await self.xadd(task=command(device_id=DEV, type="Reboot", args={"n": n}))
+            await self.xadd(task=command(device_id=DEV, type="Reboot", args=numbered(n)))
             for n in range(2)
         ]
         await self.redis.execute_command(
@@ -254,29 +227,29 @@ class CommandStreamTests(TestCase):
         await self.redis.execute_command(
             "XCLAIM", self.key, GROUP, "dead", "0", *old, "IDLE", "3600000"
         )
-        recent = await self.xadd(task=command(device_id=DEV, type="Reboot", args={"n": 2}))
+        recent = await self.xadd(task=command(device_id=DEV, type="Reboot", args=numbered(2)))
         await self.redis.execute_command(
             "XREADGROUP", "GROUP", GROUP, "busy", "COUNT", "10", "STREAMS", self.key, ">"
         )
         c = self.consumer()
-        await until(lambda: len(self.tasks.submitted) == 2, "the dead consumer's entries")
+        await until(lambda: len(submitted(self.tasks)) == 2, "the dead consumer's entries")
         await self.wait_for_pending(1)
         await c.stopService()
-        self.assertEqual(sorted(t.args["n"] for t in self.tasks.submitted), [0, 1])
+        self.assertEqual(sorted(number(t) for t in submitted(self.tasks)), [0, 1])
         # The entry of a consumer that is merely busy stays with it.
         details = await self.redis.execute_command("XPENDING", self.key, GROUP, "-", "+", "10")
         self.assertEqual([(d[0], d[1]) for d in details], [(recent, "busy")])
         # A restart processes nothing again.
         c2 = self.consumer()
-        await self.xadd(task=command(device_id=DEV, type="Reboot", args={"n": 3}))
-        await until(lambda: len(self.tasks.submitted) == 3, "the next command")
+        await self.xadd(task=command(device_id=DEV, type="Reboot", args=numbered(3)))
+        await until(lambda: len(submitted(self.tasks)) == 3, "the next command")
         await c2.stopService()
-        self.assertEqual(sorted(t.args["n"] for t in self.tasks.submitted), [0, 1, 3])
+        self.assertEqual(sorted(number(t) for t in submitted(self.tasks)), [0, 1, 3])
 
     async def test_claimed_entries_deleted_from_the_stream_are_acked(self) -> None:
         clock = Clock()
         await self.redis.execute_command("XGROUP", "CREATE", self.key, GROUP, "0", "MKSTREAM")
-        gone = await self.xadd(task=command(device_id=DEV, type="Reboot", args={"n": 0}))
+        gone = await self.xadd(task=command(device_id=DEV, type="Reboot", args=numbered(0)))
         await self.redis.execute_command(
             "XREADGROUP", "GROUP", GROUP, "dead", "COUNT", "10", "STREAMS", self.key, ">"
         )
@@ -298,46 +271,46 @@ class CommandStreamTests(TestCase):
             await deferLater(reactor, 0.02, lambda: None)
         self.assertEqual(await self.pending(), 0)
         await c.stopService()
-        self.assertEqual(self.tasks.submitted, [])
+        self.assertEqual(submitted(self.tasks), [])
         self.assertEqual(self.bus.events, [])
 
     async def test_own_pending_entries_are_recovered_at_start(self) -> None:
         await self.redis.execute_command("XGROUP", "CREATE", self.key, GROUP, "0", "MKSTREAM")
-        await self.xadd(task=command(device_id=DEV, type="Reboot", args={"n": 0}))
+        await self.xadd(task=command(device_id=DEV, type="Reboot", args=numbered(0)))
         # This node read it, then crashed before acknowledging.
         await self.redis.execute_command(
             "XREADGROUP", "GROUP", GROUP, "node-a", "COUNT", "10", "STREAMS", self.key, ">"
         )
         c = self.consumer("node-a")
-        await until(lambda: len(self.tasks.submitted) == 1, "the recovered entry")
+        await until(lambda: len(submitted(self.tasks)) == 1, "the recovered entry")
         await self.wait_for_pending(0)
         await c.stopService()
-        self.assertEqual(self.tasks.submitted[0].args, {"n": 0})
+        self.assertEqual(submitted(self.tasks)[0].args, numbered(0))
 
     async def test_two_consumers_never_process_an_entry_twice(self) -> None:
         count = 40
         for n in range(count):
-            await self.xadd(task=command(device_id=DEV, type="Reboot", args={"n": n}))
+            await self.xadd(task=command(device_id=DEV, type="Reboot", args=numbered(n)))
         a = self.consumer("node-a", batch=3)
         b = self.consumer("node-b", batch=3, connect=self.connect_lazily)
-        await until(lambda: len(self.tasks.submitted) >= count, "every command")
+        await until(lambda: len(submitted(self.tasks)) >= count, "every command")
         await self.wait_for_pending(0)
         await a.stopService()
         await b.stopService()
-        numbers = [t.args["n"] for t in self.tasks.submitted]
+        numbers = [number(t) for t in submitted(self.tasks)]
         self.assertEqual(sorted(numbers), list(range(count)))  # each exactly once
         self.assertEqual(self.bus.events, [])
 
     async def test_redis_error_backs_off_and_retries_without_acking(self) -> None:
         clock = Clock()
         self.tasks.failures = [ConnectionRefusedError("redis went away")]
-        await self.xadd(task=command(device_id=DEV, type="Reboot", args={"n": 0}))
+        await self.xadd(task=command(device_id=DEV, type="Reboot", args=numbered(0)))
         c = self.consumer(clock=clock)
         await until(lambda: bool(clock.getDelayedCalls()), "the back-off")
-        self.assertEqual(self.tasks.submitted, [])
+        self.assertEqual(submitted(self.tasks), [])
         self.assertEqual(await self.pending(), 1)  # not acknowledged
         clock.advance(1)
-        await until(lambda: len(self.tasks.submitted) == 1, "the retry")
+        await until(lambda: len(submitted(self.tasks)) == 1, "the retry")
         await self.wait_for_pending(0)
         self.assertEqual(self.bus.events, [])  # a Redis error is no rejection
         await c.stopService()
@@ -345,18 +318,18 @@ class CommandStreamTests(TestCase):
     async def test_a_command_that_keeps_failing_is_rejected_in_the_end(self) -> None:
         clock = Clock()
         self.tasks.failures = [RuntimeError("bug"), RuntimeError("bug")]
-        bad = await self.xadd(task=command(device_id=DEV, type="Reboot", args={"n": 0}))
-        await self.xadd(task=command(device_id=DEV, type="Reboot", args={"n": 1}))
+        bad = await self.xadd(task=command(device_id=DEV, type="Reboot", args=numbered(0)))
+        await self.xadd(task=command(device_id=DEV, type="Reboot", args=numbered(1)))
         c = self.consumer(clock=clock, max_attempts=2)
         await until(lambda: bool(clock.getDelayedCalls()), "the back-off")
         clock.advance(1)
-        await until(lambda: len(self.tasks.submitted) == 1, "the next command")
+        await until(lambda: len(submitted(self.tasks)) == 1, "the next command")
         await self.wait_for_pending(0)
         (event,) = self.bus.of_type("command.rejected")
         self.assertEqual(
             event.data, {"entry_id": bad, "reason": "internal error while queueing the task"}
         )
-        self.assertEqual(self.tasks.submitted[0].args, {"n": 1})
+        self.assertEqual(submitted(self.tasks)[0].args, numbered(1))
         await c.stopService()
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
 
@@ -389,9 +362,9 @@ class CommandStreamTests(TestCase):
         clock.advance(10.2)  # _READ_MARGIN (10 s) past the BLOCK time: given up
         await until(lambda: bool(clock.getDelayedCalls()), "the back-off")
         self.assertTrue(hung[0].closed)
-        self.assertEqual(self.tasks.submitted, [])
+        self.assertEqual(submitted(self.tasks), [])
         clock.advance(1)
-        await until(lambda: len(self.tasks.submitted) == 1, "the entry, on a new connection")
+        await until(lambda: len(submitted(self.tasks)) == 1, "the entry, on a new connection")
         await self.wait_for_pending(0)
         await c.stopService()
 
@@ -411,7 +384,7 @@ class CommandStreamTests(TestCase):
         await c.stopService()
         c2 = self.consumer()  # BUSYGROUP is fine
         await self.xadd(task=command(device_id=DEV, type="Reboot"))
-        await until(lambda: len(self.tasks.submitted) == 1, "a task")
+        await until(lambda: len(submitted(self.tasks)) == 1, "a task")
         await c2.stopService()
 
     async def test_stop_while_connecting_closes_a_late_connection(self) -> None:
