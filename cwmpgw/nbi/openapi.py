@@ -137,6 +137,16 @@ _QUERY_SCHEMAS: Final[Mapping[str, Mapping[str, Any]]] = {
     "not_tags": {"type": "string", "examples": ["lab"]},
     "source": {"type": "string", "examples": ["203.0.113.0/24", "2001:db8::/32"]},
 }
+_BULK_COUNTS: Final = (
+    "matched",
+    "queued",
+    "pending",
+    "done",
+    "failed",
+    "expired",
+    "cancelled",
+    "skipped",
+)
 _TASK_HEADERS: Final = {"Location": "`/tasks/{task_id}`: where to poll the task."}
 _FILE_NOT_FOUND: Final = Answer("No such file.", "Error")
 _CAMPAIGN_NOT_FOUND: Final = Answer("No such campaign.", "Error")
@@ -948,30 +958,9 @@ SCHEMAS: Final[Mapping[str, Mapping[str, Any]]] = {
             },
             "counts": {
                 "type": "object",
-                "required": [
-                    "matched",
-                    "queued",
-                    "pending",
-                    "done",
-                    "failed",
-                    "expired",
-                    "cancelled",
-                    "skipped",
-                ],
+                "required": list(_BULK_COUNTS),
                 "additionalProperties": False,
-                "properties": {
-                    name: {"type": "integer", "minimum": 0}
-                    for name in (
-                        "matched",
-                        "queued",
-                        "pending",
-                        "done",
-                        "failed",
-                        "expired",
-                        "cancelled",
-                        "skipped",
-                    )
-                },
+                "properties": {name: {"type": "integer", "minimum": 0} for name in _BULK_COUNTS},
                 "description": (
                     "`matched` devices so far = `queued` (tasks created) + `skipped` "
                     "(gone before their turn); `pending` = queued minus the final ones."

@@ -20,7 +20,7 @@ from twisted.trial.unittest import TestCase
 from cwmpgw.service import GatewayService
 from cwmpgw.sim.device import credential_templates
 from cwmpgw.sim.fleet import Fleet, Rate
-from tests.support.gateway import acs_url, cafile, import_credentials, start_gateway
+from tests.support.gateway import acs_url, cafile, import_into, start_gateway
 from tests.support.loadkit import free_port
 from tests.support.redis_server import unique_prefix
 
@@ -69,18 +69,9 @@ class DiagnosticsTests(TestCase):
         )
         await self.fleet.start()
         self.addCleanup(self.fleet.stop)
-        result = await deferToThread(
-            import_credentials,
-            self.fleet.credentials_csv(),
-            self.dir,
-            "--redis",
-            self.redis_server.url,
-            "--prefix",
-            self.prefix,
-            "--data-dir",
-            self.dir,
+        await import_into(
+            self, self.fleet.credentials_csv(), self.dir, self.redis_server.url, self.prefix
         )
-        self.assertEqual(result.returncode, 0, result.stderr)
         self.device = self.fleet.devices[0]
         self.assertTrue((await self.fleet.inform(self.device)).ok)
 

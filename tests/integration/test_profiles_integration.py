@@ -19,7 +19,13 @@ from cwmpgw.service import GatewayService
 from cwmpgw.sim.datamodel import load_csv
 from cwmpgw.sim.device import Behaviour, credential_templates
 from cwmpgw.sim.fleet import Fleet, Rate
-from tests.support.gateway import acs_url, cafile, import_credentials, nbi_call, start_gateway
+from tests.support.gateway import (
+    acs_url,
+    cafile,
+    import_into,
+    nbi_call,
+    start_gateway,
+)
 from tests.support.paths import DATA
 from tests.support.redis_server import unique_prefix
 
@@ -74,18 +80,9 @@ class ProfileTests(TestCase):
         )
         await fleet.start()
         self.addCleanup(fleet.stop)
-        result = await deferToThread(
-            import_credentials,
-            fleet.credentials_csv(),
-            self.dir,
-            "--redis",
-            self.redis_server.url,
-            "--prefix",
-            self.prefix,
-            "--data-dir",
-            self.dir,
+        await import_into(
+            self, fleet.credentials_csv(), self.dir, self.redis_server.url, self.prefix
         )
-        self.assertEqual(result.returncode, 0, result.stderr)
         return fleet
 
     def events(self, type_: str) -> list[dict[str, Any]]:

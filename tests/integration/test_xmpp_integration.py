@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
-from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from cwmpgw.app.xmpp import tls_options
@@ -25,7 +24,7 @@ from cwmpgw.service import GatewayService
 from cwmpgw.sim import Fleet, Rate, SimDevice, credential_templates
 from cwmpgw.sim.xmpp import XmppSettings
 from tests.support.certfactory import CertAuthority
-from tests.support.gateway import acs_url, cafile, import_credentials, start_gateway
+from tests.support.gateway import acs_url, cafile, import_into, start_gateway
 from tests.support.redis_server import unique_prefix
 
 
@@ -102,18 +101,9 @@ class XmppConnectionRequestTests(TestCase):
         )
         await fleet.start()
         self.addCleanup(fleet.stop)
-        result = await deferToThread(
-            import_credentials,
-            fleet.credentials_csv(),
-            self.dir,
-            "--redis",
-            self.redis_server.url,
-            "--prefix",
-            self.prefix,
-            "--data-dir",
-            self.dir,
+        await import_into(
+            self, fleet.credentials_csv(), self.dir, self.redis_server.url, self.prefix
         )
-        self.assertEqual(result.returncode, 0, result.stderr)
         stats = await fleet.run_sessions(count=devices)
         self.assertEqual((stats.completed, dict(stats.failures)), (devices, {}))
         return fleet

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 from twisted.internet import reactor
-from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from cwmpgw.service import GatewayService
@@ -20,7 +19,13 @@ from cwmpgw.sim.device import (
     SimDevice,
 )
 from cwmpgw.sim.fleet import Fleet, Rate
-from tests.support.gateway import acs_url, cafile, import_credentials, merge, start_gateway
+from tests.support.gateway import (
+    acs_url,
+    cafile,
+    import_into,
+    merge,
+    start_gateway,
+)
 from tests.support.paths import DATA
 from tests.support.redis_server import unique_prefix
 
@@ -94,18 +99,9 @@ class FleetGatewayBase(TestCase):
         return fleet
 
     async def import_fleet(self, fleet: Fleet) -> None:
-        result = await deferToThread(
-            import_credentials,
-            fleet.credentials_csv(),
-            self.dir,
-            "--redis",
-            self.redis_server.url,
-            "--prefix",
-            self.prefix,
-            "--data-dir",
-            self.dir,
+        await import_into(
+            self, fleet.credentials_csv(), self.dir, self.redis_server.url, self.prefix
         )
-        self.assertEqual(result.returncode, 0, result.stderr)
 
     def events(self, type_: str) -> list[dict[str, Any]]:
         out = [json.loads(f["event"]) for _, f in self.redis.xrange(self.prefix + "events")]

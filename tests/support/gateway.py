@@ -117,3 +117,24 @@ def import_credentials(
         timeout=60,
         check=False,
     )
+
+
+async def import_into(
+    testcase: Any, csv_text: str, directory: str, redis_url: str, prefix: str
+) -> None:
+    """Import credentials as an operator does (the credentials command, into the gateway's
+    Redis and data directory), in a thread; the test fails if the command does."""
+    from twisted.internet.threads import deferToThread
+
+    result = await deferToThread(
+        import_credentials,
+        csv_text,
+        directory,
+        "--redis",
+        redis_url,
+        "--prefix",
+        prefix,
+        "--data-dir",
+        directory,
+    )
+    testcase.assertEqual(result.returncode, 0, result.stderr)
