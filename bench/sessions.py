@@ -4,8 +4,9 @@
 
 Each session is what a CPE does: a new TLS connection, the Digest 401 round trip, Inform,
 one GetParameterValues task, 204 — with the device write and the events in Redis. The
-same simulated CPEs (cwmpgw.sim, in this process) then run the same exchanges against a
-bare Twisted TLS server answering canned bytes (bench/baseline_server.py), in the same run.
+same simulated CPEs (cwmpgw.sim, in this process) run the same exchanges against a bare
+Twisted TLS server answering canned bytes (bench/baseline_server.py), round for round in
+turn with the gateway's, so that both are measured on the same machine speed.
 
 ``--reuse-nonce``: returning CPEs open each session with their last Digest nonce and the
 next nonce count, so neither server sends a 401. ``--tls-resume``: they offer their last
@@ -123,6 +124,33 @@ def queue_tasks(gateway: Gateway, device_ids: list[str], per_device: int) -> int
     return queued
 
 
+def merge(total: Any, round_stats: Any) -> Any:
+    """Add one round's fleet statistics to the run's."""
+    if total is None:
+        return round_stats
+    total.completed += round_stats.completed
+    total.sessions += round_stats.sessions
+    total.failures.update(round_stats.failures)
+    total.latencies += round_stats.latencies
+    total.rpcs.update(round_stats.rpcs)
+    return total
+
+
+def spy_on(pid: int, output: str | None) -> subprocess.Popen[bytes] | None:
+    """py-spy on ``pid`` while the measured rounds run: raw stacks, for flame graphs."""
+    if not output:
+        return None
+    return subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("py-spy")),
+            *("record", "-p", str(pid), "-o", output),
+            *("--format", "raw", "--rate", "1000", "--nonblocking"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 async def run_fleet(reactor: Any, fleet: Any, count: int) -> Any:
     from cwmpgw.sim.fleet import Rate
 
@@ -161,20 +189,32 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
         assert warm.completed == args.devices, warm.summary(reactor.seconds())
         device_ids = [d.device_id for d in fleet.devices]
         sessions = args.devices * args.rounds
-        spy: subprocess.Popen[bytes] | None = None
-        if args.py_spy:
-            # Sampled while the measured rounds run; collapsed stacks, for flame graphs.
-            spy = subprocess.Popen(
-                [
-                    str(Path(sys.executable).with_name("py-spy")),
-                    *("record", "-p", str(gateway.pid), "-o", args.py_spy),
-                    *("--format", "raw", "--rate", "1000", "--nonblocking"),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        cpu = wall = 0.0
-        stats = None
+
+        # The baseline: the same CPEs, the same exchanges, canned answers; its rounds
+        # alternate with the gateway's, so both see the same machine (this VM's speed
+        # drifts by 10-20% within minutes).
+        port = free_port()
+        key = str(Path(gateway.cafile).with_name("acs-key.pem"))
+        baseline = subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "bench" / "baseline_server.py"),
+                str(port),
+                gateway.cafile,
+                key,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert baseline.stdout is not None and baseline.stdout.readline().startswith("listening")
+        base_fleet = fleet_for(f"https://127.0.0.1:{port}/")
+        await base_fleet.start()
+        await run_fleet(reactor, base_fleet, args.devices)
+
+        spy = spy_on(gateway.pid, args.py_spy)
+        base_spy = spy_on(baseline.pid, args.py_spy_baseline)
+        cpu = wall = bcpu = bwall = 0.0
+        stats = base = None
         handshakes_before = dict(getattr(fleet, "tls_handshakes", {}))
         commands: dict[str, int] = {}
         bytes_in = bytes_out = 0
@@ -195,15 +235,19 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
             bytes_in, bytes_out = bytes_in + in1 - in0, bytes_out + out1 - out0
             for name, calls in redis_commands(redis.url).items():
                 commands[name] = commands.get(name, 0) + calls - before.get(name, 0)
-            if stats is None:
-                stats = round_stats
-            else:
-                stats.completed += round_stats.completed
-                stats.sessions += round_stats.sessions
-                stats.failures.update(round_stats.failures)
-                stats.latencies += round_stats.latencies
-                stats.rpcs.update(round_stats.rpcs)
-        assert stats is not None
+            stats = merge(stats, round_stats)
+
+            bcpu0, bwall0 = cpu_seconds(baseline.pid), time.monotonic()
+            base_round = await run_fleet(reactor, base_fleet, args.devices)
+            bwall += time.monotonic() - bwall0
+            bcpu += cpu_seconds(baseline.pid) - bcpu0
+            base = merge(base, base_round)
+        assert stats is not None and base is not None
+        for running in (spy, base_spy):
+            if running is not None:
+                running.send_signal(signal.SIGINT)
+                running.wait(timeout=30)
+        await base_fleet.stop()
         memory = redis_memory(redis.url, gateway.prefix, device_ids[0])
         handshakes = {
             k: v - handshakes_before.get(k, 0)
@@ -230,48 +274,8 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                 name: round(n / max(extra.completed, 1), 2)
                 for name, n in sorted(round_trips.items(), key=lambda kv: -kv[1])
             }
-        if spy is not None:
-            spy.send_signal(signal.SIGINT)
-            spy.wait(timeout=30)
         await fleet.stop()
         gpv = stats.rpcs.get("GetParameterValues", 0)
-
-        # The baseline: the same CPEs, the same exchanges, canned answers.
-        port = free_port()
-        key = str(Path(gateway.cafile).with_name("acs-key.pem"))
-        baseline = subprocess.Popen(
-            [
-                sys.executable,
-                str(ROOT / "bench" / "baseline_server.py"),
-                str(port),
-                gateway.cafile,
-                key,
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert baseline.stdout is not None and baseline.stdout.readline().startswith("listening")
-        base_fleet = fleet_for(f"https://127.0.0.1:{port}/")
-        await base_fleet.start()
-        await run_fleet(reactor, base_fleet, args.devices)
-        base_spy: subprocess.Popen[bytes] | None = None
-        if args.py_spy_baseline:
-            base_spy = subprocess.Popen(
-                [
-                    str(Path(sys.executable).with_name("py-spy")),
-                    *("record", "-p", str(baseline.pid), "-o", args.py_spy_baseline),
-                    *("--format", "raw", "--rate", "1000", "--nonblocking"),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        bcpu0, bwall0 = cpu_seconds(baseline.pid), time.monotonic()
-        base = await run_fleet(reactor, base_fleet, sessions)
-        bwall, bcpu = time.monotonic() - bwall0, cpu_seconds(baseline.pid) - bcpu0
-        if base_spy is not None:
-            base_spy.send_signal(signal.SIGINT)
-            base_spy.wait(timeout=30)
-        await base_fleet.stop()
 
         per_core = stats.completed / cpu if cpu else 0.0
         base_per_core = base.completed / bcpu if bcpu else 0.0
