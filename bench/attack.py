@@ -9,7 +9,8 @@ throttle, the unauthenticated-bytes budget), a simulated fleet on 127.0.0.1 star
 its own loopback address (127.0.0.2…, so per-address defences see an attacker, not the
 fleet) in a separate process (``--attacker KIND``, threads with blocking sockets):
 
-  bodies       worst-case unauthenticated bodies: many elements, many attributes, deep
+  bodies       worst-case unauthenticated bodies (each with a wrong credential: one with
+               none is challenged unread): many elements, many attributes, deep
                nesting, huge attribute values, a UTF-16 body (415), invalid UTF-8,
                256 KiB of junk — 4 threads, back to back
   flood        TLS connections over the per-source cap (1000 per address), held, the
@@ -83,15 +84,20 @@ def worst_bodies(cap: int = 262_144) -> list[tuple[str, bytes, dict[str, str]]]:
     utf16 = plain.replace(b'encoding="UTF-8"', b'encoding="UTF-16"').decode().encode("utf-16")
     bad_utf8 = plain.replace(b"ATTACK0", b"\xff\xfe" * (room // 2))
     junk = os.urandom(cap)
+    # A body that proves nothing is challenged unread: offer a (wrong) credential, so that
+    # every one of them is parsed, as an attacker of the parser would.
+    claim = {
+        "Authorization": 'Digest username="x", realm="cwmpgw", nonce="n", uri="/", response="0"'
+    }
     return [
-        ("many_elements", many, {}),
-        ("many_attributes", many_attributes, {}),
-        ("deep_nesting", deep, {}),
-        ("deep_past_the_limit", deep_past, {}),
-        ("huge_attribute", huge_value, {}),
-        ("utf16", utf16, {"Content-Type": 'text/xml; charset="utf-16"'}),
-        ("invalid_utf8", bad_utf8, {}),
-        ("junk_at_the_cap", junk, {}),
+        ("many_elements", many, claim),
+        ("many_attributes", many_attributes, claim),
+        ("deep_nesting", deep, claim),
+        ("deep_past_the_limit", deep_past, claim),
+        ("huge_attribute", huge_value, claim),
+        ("utf16", utf16, {"Content-Type": 'text/xml; charset="utf-16"'} | claim),
+        ("invalid_utf8", bad_utf8, claim),
+        ("junk_at_the_cap", junk, claim),
     ]
 
 

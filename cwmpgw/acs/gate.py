@@ -94,6 +94,15 @@ class AuthGate:
             channel.auth_failures = 0
         return identity
 
+    def challenge_only(self, request: Request) -> bool:
+        """Whether ``request`` proves nothing (no credentials, no client certificate), so its
+        answer is the challenge whatever it says: it need not even be read."""
+        return request.getHeader(b"authorization") is None and not self.has_certificate(request)
+
+    def challenge(self, request: Request) -> Refusal:
+        """The 401 for a request that proves nothing: counted nowhere, as ever."""
+        return self._challenge(request, AuthFailure("no credentials", challenge_only=True))
+
     def has_certificate(self, request: Request) -> bool:
         """Whether the request came with a verified client certificate (admission control
         charges such a request: it is not a bare first challenge)."""

@@ -346,6 +346,17 @@ class AcsResource(Resource):
         if body.strip():
             if self._over_budget(request, peer, channel, len(body)):
                 return None
+            if live is None and self._gate.challenge_only(request):
+                # Nothing to verify and no session to continue: whatever the body says,
+                # the answer is the challenge (or, draining, "come back later"), so it is
+                # not parsed. Every Digest session's first request is one of these.
+                if self.draining:
+                    request.setHeader(b"retry-after", b"30")
+                    request.setHeader(b"connection", b"close")
+                    return self._send(
+                        request, Reply(503, reason="the gateway is shutting down; retry later")
+                    )
+                return self._refused(request, self._gate.challenge(request))
             try:
                 envelope = soap.parse_envelope(
                     body,

@@ -423,16 +423,32 @@ class BadInputTests(Base):
         self.assertPlain(response, 405)
         self.assertEqual(response.header("allow"), "POST")
 
+    def post_authenticated(self, body: bytes) -> Response:
+        """What a CPE's request gets once it authenticates: only then is its body read."""
+        return digest_post(self.acs.connect(), body, USER, PASSWORD)
+
     def test_malformed_xml(self) -> None:
-        self.assertPlain(self.acs.connect().post(b"<soap-env:Envelope"), 400)
+        self.assertPlain(self.post_authenticated(b"<soap-env:Envelope"), 400)
 
     def test_dtd_refused(self) -> None:
         body = b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "b">]><x>&a;</x>'
-        self.assertPlain(self.acs.connect().post(body), 400)
+        self.assertPlain(self.post_authenticated(body), 400)
+
+    def test_a_body_that_proves_nothing_is_not_read(self) -> None:
+        # No credentials and no session: the answer is the challenge whatever the body
+        # is, so it is not parsed (a wrong credential is read: it names a device).
+        for body in (b"<soap-env:Envelope", b"\x00\xff" * 100, cpe.transfer_complete()):
+            response = self.acs.connect().post(body)
+            self.assertEqual(response.status, 401)
+            self.assertTrue((response.header("www-authenticate") or "").startswith("Digest "))
+        self.assertEqual(self.acs.bus.events, [])
+        auth = 'Digest username="x", realm="cwmpgw", nonce="n", uri="/", response="0"'
+        wrong = self.acs.connect().post(b"<soap-env:Envelope", {"Authorization": auth})
+        self.assertPlain(wrong, 400)
 
     def test_unknown_namespace(self) -> None:
         body = cpe.inform().replace(b"urn:dslforum-org:cwmp-1-2", b"urn:example:cwmp-9-9")
-        self.assertPlain(self.acs.connect().post(body), 400)
+        self.assertPlain(self.post_authenticated(body), 400)
 
     def test_body_over_limit(self) -> None:
         response = self.acs.connect().post(b"x" * (262_144 + 1))
@@ -440,11 +456,11 @@ class BadInputTests(Base):
 
     def test_post_without_session(self) -> None:
         self.assertPlain(self.acs.connect().post(b""), 400)
-        self.assertPlain(self.acs.connect().post(cpe.transfer_complete()), 400)
+        self.assertPlain(self.post_authenticated(cpe.transfer_complete()), 400)
 
     def test_invalid_inform_gets_fault_8003(self) -> None:
         body = cpe.inform().replace(b"<SerialNumber>22275K2000315</SerialNumber>", b"")
-        response = self.acs.connect().post(body)
+        response = self.post_authenticated(body)
         self.assertEqual(response.status, 200)
         assert_valid(response.body)
         self.assertIn(b"<FaultCode>8003</FaultCode>", response.body)

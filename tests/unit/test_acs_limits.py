@@ -385,7 +385,7 @@ class BodyLimitTests(LimitsBase):
         conn = self.acs.connect()
         body = b"<broken"
         data = conn.send(
-            head(headers={"Transfer-Encoding": "chunked"})
+            head(headers={"Transfer-Encoding": "chunked", "Authorization": 'Digest username="x"'})
             + b"%x\r\n" % len(body)
             + body
             + b"\r\n0\r\n\r\n"
