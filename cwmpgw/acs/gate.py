@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request
@@ -88,7 +89,9 @@ class AuthGate:
             stuck = await self._stuck_bootstrap(request, peer, identity, device, device_id)
             if stuck is not None:
                 return stuck
-        await self._succeeded(peer, (identity.username, device_id))
+        # Not awaited: the counts' clean-up leaves in the same write as the session's first
+        # command (one wait less per session); it cannot fail the session (it logs).
+        Deferred.fromCoroutine(self._succeeded(peer, (identity.username, device_id)))
         channel: Any = request.channel
         if channel is not None and hasattr(channel, "auth_failures"):
             channel.auth_failures = 0
