@@ -97,26 +97,32 @@ return 1
 )
 
 # KEYS: task, queue, finished, expiry zset, transfer key, event stream, bulk hash (or ''),
-#       [device params]
+#       device params (or ''), session owner key (or '')
 # ARGV: 1 expected status, 2 expected attempts, 3 new JSON, 4 id,
 #       5 queue: keep | remove | front (back in, first, if it is not there),
 #       6 finished: 1 to push onto the finished list, 7 keep_finished, 8 task key prefix,
 #       9 expiry: keep | remove | add, 10 expires, 11 transfer: keep | set | remove,
 #       12-15 the event announcing the change, if any (EventStream.args), 16 new status,
+#       17 the session that must own the device (KEYS[9]) for the change ('' any),
+#       18 '1' to read the queue and its owner after the change,
 #       then parameter name/value pairs for the parameter cache (KEYS[8]), written whatever
 #       the outcome: they are what the CPE answered
-# Returns 1 when applied, 0 when the task is gone, else the stored JSON (it moved on).
+# Returns 1 when applied, 0 when the task is gone, -1 when another session owns the
+# device (ARGV[17]), else the stored JSON (it moved on). With ARGV[18], an applied change
+# returns {1, owner, id, task JSON (nil when gone), id…}: the queue after the change, and
+# who owns the device, read in the same script.
 _TRANSITION = (
     EMIT_LUA
     + """
-if KEYS[8] then
-  local i = 17
+if KEYS[8] ~= '' then
+  local i = 19
   while i <= #ARGV do
     local last = math.min(i + 399, #ARGV)
     redis.call('HSET', KEYS[8], unpack(ARGV, i, last))
     i = last + 1
   end
 end
+if ARGV[17] ~= '' and redis.call('GET', KEYS[9]) ~= ARGV[17] then return -1 end
 local cur = redis.call('GET', KEYS[1])
 if not cur then return 0 end
 local t = cjson.decode(cur)
@@ -149,7 +155,13 @@ elseif ARGV[11] == 'remove' and redis.call('GET', KEYS[5]) == ARGV[4] then
   redis.call('DEL', KEYS[5])
 end
 emit(KEYS[6], ARGV[12], ARGV[13], ARGV[14], ARGV[15])
-return 1
+if ARGV[18] ~= '1' then return 1 end
+local out = {1, redis.call('GET', KEYS[9]) or ''}
+for _, id in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+  out[#out + 1] = id
+  out[#out + 1] = redis.call('GET', ARGV[8] .. id)
+end
+return out
 """
 )
 
@@ -172,6 +184,8 @@ _EXPIRE_BATCH = 100
 _POLL_INTERVAL = 0.5
 _READ_GRACE = 10.0  # how long wait() gives Redis to answer beyond the caller's timeout
 _FINAL_EVENTS = frozenset("task." + s for s in FINAL_STATUSES)
+# Queues read with a session's last task change, kept for its next read (see _prefetched).
+_MAX_PREFETCHED = 4096
 
 
 @implementer(ITaskService)
@@ -218,6 +232,9 @@ class RedisTaskService:
         self._keep_finished = keep_finished
         self._gpv_batch = gpv_batch
         self._expiry_key = prefix + "tasks:expiry"
+        # device id → (owner, queue reply) read by the script that ended the task a session
+        # ran: its next ``next_for_device`` uses it instead of reading again.
+        self._prefetched: dict[str, tuple[str, list[Any]]] = {}
 
     # -- keys ----------------------------------------------------------------------------
 
@@ -403,7 +420,12 @@ class RedisTaskService:
                 keys.append(owner_key(self._prefix, device_id))
             for _ in range(_MAX_RACES):
                 raced = False
-                reply = await self._redis.eval(_QUEUE, keys, [owner or "", self._task_key("")])
+                reply = self._prefetched_queue(device_id, owner)
+                # Read moments ago, with the end of the task before: the start checks that
+                # this session still owns the device, as the read would have.
+                check = owner if reply is not None else None
+                if reply is None:
+                    reply = await self._redis.eval(_QUEUE, keys, [owner or "", self._task_key("")])
                 if reply == 0:
                     raise Superseded(device_id)
                 queued = [
@@ -413,11 +435,12 @@ class RedisTaskService:
                 for task_id, task in queued:
                     if task is None or task.final:
                         # Not ours to run: a task key that got lost, or a stray final id.
+                        self._prefetched.pop(device_id, None)
                         await self._redis.execute_command("LREM", queue_key, 0, task_id)
                         continue
                     new = start_decision(task, self._clock.seconds(), self._max_attempts)
                     if new.status == "running":
-                        won, _ = await self._transition(task, new, expiry="remove")
+                        won, _ = await self._transition(task, new, expiry="remove", owner=check)
                     else:
                         won, _ = await self._final(task, new)
                     if not won:
@@ -441,11 +464,12 @@ class RedisTaskService:
         parameters: Sequence[tuple[str, str, str]] = (),
     ) -> Deferred[Task]:
         """running → done; ``parameters`` (name, value, type) go to the device's parameter
-        cache in the same script (as ``IDeviceStore.update_parameters`` writes them)."""
-        return self._end(task, parameters, status="done", result=result)
+        cache in the same script (as ``IDeviceStore.update_parameters`` writes them). The
+        script also reads the queue for the session's next ``next_for_device``."""
+        return self._end(task, parameters, status="done", result=result, prefetch=True)
 
     def fail(self, task: Task, fault: dict[str, Any]) -> Deferred[Task]:
-        return self._end(task, status="failed", fault=fault)
+        return self._end(task, status="failed", fault=fault, prefetch=True)
 
     def requeue(self, task: Task) -> Deferred[Task]:
         """The session ended before the CPE answered: run it again in the next one."""
@@ -617,12 +641,18 @@ class RedisTaskService:
         transfer: str = "keep",
         event: Event | None = None,
         parameters: Sequence[tuple[str, str, str]] = (),
+        prefetch: bool = False,
+        owner: str | None = None,
     ) -> tuple[bool, Task | None]:
         """Apply old → new if the stored task still is ``old``; else return what is stored.
 
         ``event`` is stored (XADD + PUBLISH) in the same script, only if the change is;
-        ``parameters`` are cached whatever the outcome.
+        ``parameters`` are cached whatever the outcome. With ``prefetch`` the script also
+        reads the device's queue and owner after the change, for ``next_for_device``; with
+        ``owner`` nothing changes (:class:`Superseded`) unless that session owns the device.
         """
+        # Whatever changes this device's tasks makes a queue read before it stale.
+        self._prefetched.pop(old.device_id, None)
         keys = [
             self._task_key(old.id),
             self._device_key(old.device_id, ":queue"),
@@ -631,6 +661,8 @@ class RedisTaskService:
             self._wait_key(old),
             self._stream.key,
             self._bulk_key(old.bulk) if old.bulk else "",
+            self._device_key(old.device_id, ":params") if parameters else "",
+            owner_key(self._prefix, old.device_id) if prefetch or owner else "",
         ]
         args = [
             expected or old.status,
@@ -646,12 +678,17 @@ class RedisTaskService:
             transfer,
             *self._stream.args(event),
             new.status,
+            owner or "",
+            "1" if prefetch else "0",
         ]
-        if parameters:
-            keys.append(self._device_key(old.device_id, ":params"))
-            for name, value, type_ in parameters:
-                args += [name, json.dumps([value, type_])]
+        for name, value, type_ in parameters:
+            args += [name, json.dumps([value, type_])]
         reply = await self._redis.eval(_TRANSITION, keys, args)
+        if isinstance(reply, list) and reply and reply[0] == 1:
+            self._prefetch(old.device_id, str(reply[1]), reply[2:])
+            reply = 1
+        if reply == -1:
+            raise Superseded(old.device_id)
         if reply == 1:
             if event is not None:
                 self._stored(event)
@@ -673,6 +710,7 @@ class RedisTaskService:
         *,
         expected: str | None = None,
         parameters: Sequence[tuple[str, str, str]] = (),
+        prefetch: bool = False,
     ) -> tuple[bool, Task | None]:
         """old → a final status, announced by its event in the same script."""
         return await self._transition(
@@ -685,16 +723,24 @@ class RedisTaskService:
             transfer="remove",
             event=task_event(new, self._node),
             parameters=parameters,
+            prefetch=prefetch,
         )
 
     def _end(
-        self, task: Task, parameters: Sequence[tuple[str, str, str]] = (), **changes: Any
+        self,
+        task: Task,
+        parameters: Sequence[tuple[str, str, str]] = (),
+        *,
+        prefetch: bool = False,
+        **changes: Any,
     ) -> Deferred[Task]:
         """running → a final status, for the task the engine holds."""
 
         async def run() -> Task:
             new = task.evolve(updated=self._clock.seconds(), **changes)
-            won, current = await self._final(task, new, expected="running", parameters=parameters)
+            won, current = await self._final(
+                task, new, expected="running", parameters=parameters, prefetch=prefetch
+            )
             if won:
                 return new
             self._log.warn(
@@ -706,6 +752,27 @@ class RedisTaskService:
             return current or task
 
         return Deferred.fromCoroutine(run())
+
+    def _prefetch(self, device_id: str, owner: str, queue: list[Any]) -> None:
+        """Keep the queue a task's end read, for the session's next ``next_for_device``.
+
+        The engine asks for the next task in the same reactor turn as the end's answer, so
+        this is the queue as a read then would find it (the owner included); any other
+        change of the device's tasks drops it, and a session that ends before asking
+        leaves one entry, bounded here and never used by another session (its owner).
+        """
+        if len(self._prefetched) >= _MAX_PREFETCHED:
+            self._prefetched.pop(next(iter(self._prefetched)))
+        self._prefetched[device_id] = (owner, queue)
+
+    def _prefetched_queue(self, device_id: str, owner: str | None) -> list[Any] | int | None:
+        """The queue prefetched for ``owner``'s session; None when there is none for it (a
+        session that no longer owns the device reads, and learns it is superseded)."""
+        kept = self._prefetched.pop(device_id, None)
+        if kept is None or owner is None:
+            return None
+        current_owner, queue = kept
+        return queue if current_owner == owner else None
 
     def _stored(self, event: Event) -> None:
         """Tell the sink (metrics) of an event a script stored; it does not publish it."""

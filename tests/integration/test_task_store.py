@@ -541,6 +541,70 @@ class RedisTaskTests(TaskContract, TestCase):
         )
         self.assertEqual(self.bus.of(task.id), ["task.queued", "task.done"])
 
+    def count_queue_reads(self) -> list[int]:
+        """Counts the task store's own reads of a queue (its _QUEUE script) from now on."""
+        from cwmpgw.tasks import redis as tasks_redis
+
+        reads = [0]
+        real = self.redis.eval
+
+        def counting(script: str, keys: Any = (), args: Any = ()) -> Any:
+            if script is tasks_redis._QUEUE:
+                reads[0] += 1
+            return real(script, keys, args)
+
+        self.patch(self.redis, "eval", counting)
+        return reads
+
+    async def test_a_tasks_end_reads_the_queue_for_the_sessions_next(self) -> None:
+        """complete() and fail() read the queue and its owner in their script; the session's
+        next next_for_device uses that read (one round trip less per task), and only it."""
+        from cwmpgw.store.sessionlock import RedisSessionLock
+
+        await RedisSessionLock(self.redis, self.prefix).take(DEV, "n1:s1", 60)
+        first = await self.service.submit(DEV, "GetParameterValues", GPV)
+        second = await self.service.submit(DEV, "Reboot", {})
+        reads = self.count_queue_reads()
+        running = await self.service.next_for_device(DEV, "n1:s1")
+        self.assertEqual((running.id, reads[0]), (first.id, 1))
+        await self.service.complete(running, {"parameters": {}})
+        running = await self.service.next_for_device(DEV, "n1:s1")
+        self.assertEqual((running.id, running.status, reads[0]), (second.id, "running", 1))
+        await self.service.fail(running, {"code": 9002})
+        self.assertIsNone(await self.service.next_for_device(DEV, "n1:s1"))
+        self.assertEqual(reads[0], 1)
+        self.assertIsNone(await self.service.next_for_device(DEV, "n1:s1"))  # used once
+        self.assertEqual(reads[0], 2)
+        self.assertEqual(self.bus.of(first.id), ["task.queued", "task.done"])
+        self.assertEqual(self.bus.of(second.id), ["task.queued", "task.failed"])
+
+    async def test_a_prefetched_queue_is_never_stale(self) -> None:
+        """What changes the device's tasks after the read drops it; a session that no longer
+        owns the device, or another session, reads again (and is told it is superseded)."""
+        from cwmpgw.store.sessionlock import RedisSessionLock, Superseded
+
+        lock = RedisSessionLock(self.redis, self.prefix)
+        await lock.take(DEV, "n1:s1", 60)
+        tasks = [await self.service.submit(DEV, "GetParameterValues", GPV) for _ in range(3)]
+        reads = self.count_queue_reads()
+        await self.service.complete(await self.service.next_for_device(DEV, "n1:s1"), {})
+        await self.service.requeue(await self.service.next_for_device(DEV, "n1:s1"))
+        self.assertEqual(reads[0], 1)  # the second start used the read of the first's end
+        requeued = await self.service.next_for_device(DEV, "n1:s1")
+        self.assertEqual((requeued.attempts, reads[0]), (2, 2))  # requeue dropped the read
+        await self.service.complete(requeued, {})
+        await lock.take(DEV, "n2:s2", 60)  # a newer session elsewhere, after the read
+        with self.assertRaises(Superseded):  # the start checks the owner the read saw
+            await self.service.next_for_device(DEV, "n1:s1")
+        third = await self.service.get(tasks[2].id)
+        self.assertEqual((third.status, third.attempts, reads[0]), ("queued", 0, 2))
+        await self.service.complete(await self.service.next_for_device(DEV, "n2:s2"), {})
+        self.assertEqual(reads[0], 3)
+        await lock.take(DEV, "n3:s3", 60)
+        self.assertIsNone(await self.service.next_for_device(DEV, "n3:s3"))  # not its read
+        self.assertEqual(reads[0], 4)
+        self.assertEqual([(await self.service.get(t.id)).status for t in tasks], ["done"] * 3)
+
     async def stream(self) -> list[tuple[str, str]]:
         """(type, envelope JSON) of every entry of the event stream, oldest first."""
         entries = await self.redis.execute_command("XRANGE", self.prefix + "events", "-", "+")
