@@ -1105,6 +1105,23 @@ def envelope(
     """
     if use_cwmp_version is not None and namespace not in _NEGOTIATING_NAMESPACES:
         raise ValueError("UseCWMPVersion does not exist in " + namespace)
+    if _CWMP_NS_RE.fullmatch(namespace) is not None:
+        inner = _body_xml(namespace, body)
+        if inner is not None:
+            fast = _envelope_xml(namespace, request_id, inner, hold_requests, use_cwmp_version)
+            if fast is not None:
+                return fast
+    return _tree_envelope(namespace, request_id, body, hold_requests, use_cwmp_version)
+
+
+def _tree_envelope(
+    namespace: str,
+    request_id: str | None,
+    body: etree._Element,
+    hold_requests: bool,
+    use_cwmp_version: str | None,
+) -> bytes:
+    """:func:`envelope` built as one lxml tree: the reference the fast path must equal."""
     nsmap = _nsmap(namespace)
     root = etree.Element(_ENVELOPE_TAG, nsmap=nsmap)
     if request_id is not None or hold_requests or use_cwmp_version is not None:
@@ -1121,8 +1138,99 @@ def envelope(
     return _XML_DECLARATION + etree.tostring(root, encoding="UTF-8", xml_declaration=False)  # type: ignore[no-any-return]
 
 
+# The fast serialisation. Building the Envelope and Header as lxml elements, moving the body
+# under them (lxml then strips the body's redundant namespace declarations) and
+# serialising the lot cost more than the body itself: the envelope around the body is a
+# fixed text per namespace, and the header items are short texts. What is written as is
+# is exactly what libxml2 would write; anything else takes the tree path above (and
+# tests/unit/test_soap_serialize.py checks the two agree).
+
+#: Texts (request IDs, versions) libxml2 writes unchanged: printable ASCII but for the
+#: three characters it escapes in text (& < >), plus tab and newline.
+_PLAIN_TEXT_RE: Final = re.compile("[\t\n\x20-\x25\x27-\x3b\x3d\x3f-\x7e]*", re.ASCII)
+_ENVELOPE_END: Final = b"</soap-env:Body></soap-env:Envelope>"
+
+
+@lru_cache(maxsize=16)
+def _declarations(namespace: str) -> bytes:
+    """The namespace declarations of ``_nsmap(namespace)`` as libxml2 writes them."""
+    empty = etree.tostring(etree.Element("x", nsmap=_nsmap(namespace)), encoding="UTF-8")
+    assert empty.startswith(b"<x ") and empty.endswith(b"/>")
+    return empty[2:-2]  # type: ignore[no-any-return]
+
+
+@lru_cache(maxsize=16)
+def _envelope_start(namespace: str) -> bytes:
+    return _XML_DECLARATION + b"<soap-env:Envelope" + _declarations(namespace) + b">"
+
+
+def _body_xml(namespace: str, body: etree._Element) -> bytes | None:
+    """``body`` serialised as it is inside the envelope, or None if that is not certain.
+
+    Alone, the element carries the declarations of ``_nsmap(namespace)`` it was made
+    with (:func:`rpc_element`); inside the envelope they are redundant and left out. Only
+    that exact shape is taken: no parent, those declarations first and nothing after them
+    (no other declaration, no attribute) in the start tag.
+    """
+    if body.getparent() is not None:
+        return None
+    xml: bytes = etree.tostring(body, encoding="UTF-8", xml_declaration=False)
+    declarations = _declarations(namespace)
+    name_end = xml.find(b" ")
+    end = name_end + len(declarations)
+    if (
+        name_end < 0
+        or not xml.startswith(declarations, name_end)
+        or xml[end : end + 1]
+        not in (
+            b">",
+            b"/",
+        )
+    ):
+        return None
+    return xml[:name_end] + xml[end:]
+
+
+def _header_xml(name: str, text: str) -> str:
+    return f'<cwmp:{name} soap-env:mustUnderstand="1">{text}</cwmp:{name}>'
+
+
+def _envelope_xml(
+    namespace: str,
+    request_id: str | None,
+    body: bytes,
+    hold_requests: bool,
+    use_cwmp_version: str | None,
+) -> bytes | None:
+    """The envelope around ``body`` (already serialised), or None for a header text that
+    libxml2 would escape (the tree path writes those)."""
+    if request_id is None and not hold_requests and use_cwmp_version is None:
+        return _envelope_start(namespace) + b"<soap-env:Body>" + body + _ENVELOPE_END
+    header = "<soap-env:Header>"
+    if request_id is not None:
+        if _PLAIN_TEXT_RE.fullmatch(request_id) is None:
+            return None
+        header += _header_xml("ID", request_id)
+    if hold_requests:
+        header += _header_xml("HoldRequests", "1")
+    if use_cwmp_version is not None:
+        if _PLAIN_TEXT_RE.fullmatch(use_cwmp_version) is None:
+            return None
+        header += _header_xml("UseCWMPVersion", use_cwmp_version)
+    header += "</soap-env:Header><soap-env:Body>"
+    return _envelope_start(namespace) + header.encode("ascii") + body + _ENVELOPE_END
+
+
 def rpc_element(namespace: str, method: str) -> etree._Element:
     """An empty ``cwmp:<method>`` element; add unqualified children, then :func:`envelope`."""
+    # A copy of a cached one: an element made with a namespace map costs several times
+    # its copy (the same element, declarations included).
+    return _rpc_prototype(namespace, method).__copy__()
+
+
+@lru_cache(maxsize=256)
+def _rpc_prototype(namespace: str, method: str) -> etree._Element:
+    """Never handed out: only copied (a few namespaces times the methods)."""
     return etree.Element(f"{{{namespace}}}{method}", nsmap=_nsmap(namespace))
 
 
@@ -1155,15 +1263,35 @@ def inform_response(
     hold_requests: bool = False,
 ) -> bytes:
     """InformResponse with MaxEnvelopes 1 (the only value CWMP allows)."""
+    if use_cwmp_version is not None and namespace not in _NEGOTIATING_NAMESPACES:
+        raise ValueError("UseCWMPVersion does not exist in " + namespace)
+    if _CWMP_NS_RE.fullmatch(namespace) is not None:
+        # Once per session, always the same body: serialised once per namespace.
+        fast = _envelope_xml(
+            namespace,
+            request_id,
+            _inform_response_body(namespace),
+            hold_requests,
+            use_cwmp_version,
+        )
+        if fast is not None:
+            return fast
+    return _tree_envelope(
+        namespace, request_id, _inform_response_rpc(namespace), hold_requests, use_cwmp_version
+    )
+
+
+def _inform_response_rpc(namespace: str) -> etree._Element:
     rpc = rpc_element(namespace, "InformResponse")
     etree.SubElement(rpc, "MaxEnvelopes").text = "1"
-    return envelope(
-        namespace,
-        request_id,
-        rpc,
-        hold_requests=hold_requests,
-        use_cwmp_version=use_cwmp_version,
-    )
+    return rpc
+
+
+@lru_cache(maxsize=16)
+def _inform_response_body(namespace: str) -> bytes:
+    body = _body_xml(namespace, _inform_response_rpc(namespace))
+    assert body is not None
+    return body
 
 
 def get_rpc_methods_response(
@@ -1199,6 +1327,10 @@ def acs_fault(
     namespace: str, request_id: str | None, code: int, string: str | None = None
 ) -> bytes:
     """An ACS fault (8000-8006) answering a CPE request; faultcode Client only for 8003."""
+    return envelope(namespace, request_id, _acs_fault_element(namespace, code, string))
+
+
+def _acs_fault_element(namespace: str, code: int, string: str | None) -> etree._Element:
     fault = etree.Element(_FAULT_TAG, nsmap=_nsmap(namespace))
     etree.SubElement(fault, "faultcode").text = "Client" if code == 8003 else "Server"
     etree.SubElement(fault, "faultstring").text = "CWMP fault"
@@ -1207,7 +1339,7 @@ def acs_fault(
     etree.SubElement(detail, "FaultString").text = (
         acs_fault_string(code) if string is None else string
     )
-    return envelope(namespace, request_id, fault)
+    return fault
 
 
 def get_parameter_values(
