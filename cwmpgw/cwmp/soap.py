@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from lxml import etree  # type: ignore[import-untyped,unused-ignore]
 
@@ -195,13 +195,14 @@ _NOT_ASCII_COMPATIBLE: Final = (
 _UINT_RE: Final = re.compile(r"\+?0*([0-9]{1,20})", re.ASCII)
 
 
-_count_elements: Final = etree.XPath("count(//*)")
-
-
 @lru_cache(maxsize=8)
-def _too_deep(max_depth: int) -> Callable[[object], object]:
-    """A compiled XPath that is true when some element is nested deeper than allowed."""
-    return etree.XPath("boolean(/*" + "/*" * max_depth + ")")  # type: ignore[no-any-return]
+def _limits(max_depth: int) -> Callable[[object], object]:
+    """A compiled XPath giving twice the number of elements, plus one when some element
+    is nested deeper than allowed: both limits in one evaluation (each costs little on a
+    small envelope, the evaluation itself does)."""
+    return etree.XPath(  # type: ignore[no-any-return]
+        "count(//*) * 2 + number(boolean(/*" + "/*" * max_depth + "))"
+    )
 
 
 def _local(tag: str) -> str:
@@ -247,6 +248,30 @@ def _codec(name: bytes | str) -> str:
     return codec
 
 
+# The codecs of the Content-Type values seen (a handful in practice, from the CPE models
+# of a deployment); only those that name an encoding we take, and not too many.
+_CONTENT_TYPE_CODECS: Final[dict[str, str]] = {}
+_MAX_CONTENT_TYPES: Final = 64
+# Declarations nearly every CPE writes: each is what _DECL_RE matches at the start of a
+# document that starts with it, naming UTF-8.
+_COMMON_DECLARATIONS: Final = tuple(
+    f"<?xml version={q}1.0{q} encoding={q}{name}{q}?>".encode("ascii")
+    for q in "\"'"
+    for name in ("UTF-8", "utf-8")
+)
+
+
+def _content_type_codec(content_type: str) -> str:
+    """The codec Content-Type's charset names (UTF-8 if none); 415 as :func:`_codec`."""
+    codec = _CONTENT_TYPE_CODECS.get(content_type)
+    if codec is None:
+        match = _CHARSET_RE.search(content_type)
+        codec = "utf-8" if match is None else _codec(match.group(1))
+        if len(_CONTENT_TYPE_CODECS) < _MAX_CONTENT_TYPES and len(content_type) <= 256:
+            _CONTENT_TYPE_CODECS[content_type] = codec
+    return codec
+
+
 def _source_encoding(data: bytes, content_type: str | None) -> tuple[str, bool]:
     """(the Python codec of ``data``, whether the document names it itself).
 
@@ -255,11 +280,9 @@ def _source_encoding(data: bytes, content_type: str | None) -> tuple[str, bool]:
     The XML declaration wins over Content-Type's charset (XML 1.0 Appendix F, as lxml
     does); both must name an encoding we accept. Without either, UTF-8.
     """
-    codec = "utf-8"
-    if content_type:
-        match = _CHARSET_RE.search(content_type)
-        if match is not None:
-            codec = _codec(match.group(1))
+    codec = _content_type_codec(content_type) if content_type else "utf-8"
+    if data.startswith(_COMMON_DECLARATIONS):
+        return "utf-8", True  # what the general code below finds in these, sooner
     if data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8) :]
         codec = "utf-8"  # the BOM says so (a contradicting declaration: lxml refuses it)
@@ -422,9 +445,10 @@ def _check_limits(root: etree._Element, max_depth: int, max_elements: int) -> No
     docinfo = root.getroottree().docinfo
     if docinfo.doctype or docinfo.internalDTD is not None or docinfo.externalDTD is not None:
         raise SoapError(400, "DTD not allowed")
-    if _count_elements(root) > max_elements:
+    count, too_deep = divmod(int(cast(float, _limits(max_depth)(root))), 2)
+    if count > max_elements:
         raise SoapError(400, "too many elements")
-    if _too_deep(max_depth)(root):
+    if too_deep:
         raise SoapError(400, "XML nested too deeply")
 
 
