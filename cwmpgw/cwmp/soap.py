@@ -728,6 +728,9 @@ def _parameter_list(container: etree._Element | None) -> tuple[ParameterValue, .
     """
     if container is None:
         return ()
+    common = _value_structs(container)
+    if common is not None:
+        return common
     result: list[ParameterValue] = []
     for item in container:
         tag = item.tag
@@ -736,6 +739,46 @@ def _parameter_list(container: etree._Element | None) -> tuple[ParameterValue, .
         parameter = _parameter_struct(item, tag[tag.rfind("}") + 1 :])
         if parameter is not None:
             result.append(parameter)
+    return tuple(result)
+
+
+def _value_structs(container: etree._Element) -> tuple[ParameterValue, ...] | None:
+    """The ParameterList of the shape nearly every CPE sends, or None for any other.
+
+    That shape: only ParameterValueStructs, each of an unqualified Name then Value, both
+    without children. Walked as one flat list (one lxml call, where iterating each item
+    is one per item): document order is then item, Name, Value, item, ... and the checks
+    below make sure of it. The result is :func:`_parameter_struct`'s, item by item.
+    """
+    nodes = list(container.iter())
+    if (len(nodes) - 1) % 3 or (len(nodes) - 1) // 3 != len(container):
+        return None
+    result: list[ParameterValue] = []
+    append = result.append
+    for i in range(1, len(nodes), 3):
+        item, name, value = nodes[i], nodes[i + 1], nodes[i + 2]
+        if (
+            item.tag != "ParameterValueStruct"
+            or name.tag != "Name"
+            or value.tag != "Value"
+            or len(item) != 2
+            or len(name)
+            or len(value)
+        ):
+            return None
+        raw_type = value.get(_XSI_TYPE)
+        type_ = "xsd:string" if raw_type == "xsd:string" else _value_type(value)
+        name_text = name.text
+        text = value.text
+        if text is None:
+            text = ""
+        elif type_ != "xsd:string":
+            text = str(text).strip()  # as _value_text
+        elif "\n" in text and not text.strip():
+            text = ""
+        else:
+            text = str(text)
+        append(ParameterValue("" if name_text is None else str(name_text).strip(), text, type_))
     return tuple(result)
 
 

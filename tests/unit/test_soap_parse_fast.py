@@ -15,6 +15,147 @@ from lxml import etree
 from twisted.trial.unittest import SynchronousTestCase
 
 from cwmpgw.cwmp import soap
+from cwmpgw.cwmp.messages import ParameterValue
+
+XSI = soap.XSI
+NS = "urn:dslforum-org:cwmp-1-2"
+
+# --- ParameterList items: the common shape, and every way a CPE strays from it.
+
+texts = st.sampled_from(["", " ", "\n  ", "a", " a b ", "Device.X.1.Name", "1", "&amp;<"])
+types = st.sampled_from(
+    [
+        None,
+        'xsi:type="xsd:string"',
+        'xsi:type="xsd:int"',
+        'xsi:type=" xsd:unsignedInt "',
+        'xsi:type="xsd:base64Binary"',
+        'xsi:type="s:boolean"',
+        'xsi:type="xsd:"',
+        'xsi:type="timeInstant"',
+        'xsi99:type="xsd99:timeInstant"',
+        'xsi99:type="xsd:dateTime"',
+        'other="1"',
+    ]
+)
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;")
+
+
+@st.composite
+def items(draw: st.DrawFn) -> str:
+    name = f"<Name>{_escape(draw(texts))}</Name>"
+    attr = draw(types)
+    value_text = _escape(draw(texts))
+    value = f"<Value {attr}>{value_text}</Value>" if attr else f"<Value>{value_text}</Value>"
+    shape = draw(
+        st.sampled_from(
+            ["common"] * 6
+            + [
+                "swapped",
+                "no-value",
+                "no-name",
+                "qualified",
+                "extra",
+                "nested-value",
+                "nested-name",
+                "info",
+                "unknown",
+                "qualified-item",
+                "empty-value",
+            ]
+        )
+    )
+    parts = {
+        "common": name + value,
+        "swapped": value + name,
+        "no-value": name,
+        "no-name": value,
+        "qualified": name.replace("Name>", "cwmp:Name>") + value,
+        "extra": name + value + "<Extra/>",
+        "nested-value": name + "<Value>x<b>y</b>z</Value>",
+        "nested-name": "<Name>n<i/></Name>" + value,
+        "empty-value": name + "<Value/>",
+    }
+    if shape == "info":
+        return f"<ParameterInfoStruct>{name}<Writable>1</Writable></ParameterInfoStruct>"
+    if shape == "unknown":
+        return f"<Other>{name}{value}</Other>"
+    if shape == "qualified-item":
+        return f"<cwmp:ParameterValueStruct>{name}{value}</cwmp:ParameterValueStruct>"
+    return f"<ParameterValueStruct>{parts[shape]}</ParameterValueStruct>"
+
+
+def parameter_list(body: str) -> etree._Element:
+    document = (
+        f'<ParameterList xmlns:cwmp="{NS}" xmlns:xsi="{XSI}" xmlns:xsd="{soap.XSD}"'
+        f' xmlns:xsi99="{soap.XSI_1999}" xmlns:xsd99="{soap.XSD_1999}">{body}</ParameterList>'
+    )
+    return etree.fromstring(document.encode(), soap.PARSER)  # type: ignore[no-any-return]
+
+
+def general(container: etree._Element) -> tuple[ParameterValue, ...] | str:
+    """What _parameter_list maps without its fast path (or the error it raises)."""
+    result = []
+    try:
+        for item in container:
+            parameter = soap._parameter_struct(item, etree.QName(item).localname)
+            if parameter is not None:
+                result.append(parameter)
+    except soap._Invalid as e:
+        return str(e)
+    return tuple(result)
+
+
+class ValueStructTests(SynchronousTestCase):
+    @given(st.lists(items(), max_size=6))
+    def test_fast_path_agrees_with_the_general_mapping(self, parts: list[str]) -> None:
+        container = parameter_list("".join(parts))
+        reference = general(container)
+        fast = soap._value_structs(container)
+        if fast is not None:
+            self.assertEqual(fast, reference)
+        try:
+            mapped: tuple[ParameterValue, ...] | str = soap._parameter_list(container)
+        except soap._Invalid as e:
+            mapped = str(e)
+        self.assertEqual(mapped, reference)
+
+    def test_the_common_shape_takes_the_fast_path(self) -> None:
+        container = parameter_list(
+            "<ParameterValueStruct><Name> A.B </Name>"
+            '<Value xsi:type="xsd:int"> 7 </Value></ParameterValueStruct>'
+            "<ParameterValueStruct><Name>A.C</Name><Value> x </Value></ParameterValueStruct>"
+            "<ParameterValueStruct><Name>A.D</Name>"
+            '<Value xsi:type="xsd:string">\n  </Value></ParameterValueStruct>'
+        )
+        self.assertEqual(
+            soap._value_structs(container),
+            (
+                ParameterValue("A.B", "7", "xsd:int"),
+                ParameterValue("A.C", " x ", "xsd:string"),
+                ParameterValue("A.D", "", "xsd:string"),
+            ),
+        )
+
+    def test_empty_list(self) -> None:
+        self.assertEqual(soap._value_structs(parameter_list("")), ())
+
+    def test_items_not_in_document_order_shape(self) -> None:
+        """Item counts that fit 3 per item but not item by item go the general way."""
+        container = parameter_list(
+            "<ParameterValueStruct><Name>a</Name></ParameterValueStruct>"
+            "<ParameterValueStruct><Name>b</Name><Value>1</Value><Value>2</Value>"
+            "</ParameterValueStruct>"
+        )
+        self.assertIsNone(soap._value_structs(container))
+        self.assertEqual(
+            soap._parameter_list(container),
+            (ParameterValue("a", "", "xsd:string"), ParameterValue("b", "1", "xsd:string")),
+        )
+
 
 # --- _source_encoding: the code before its caches, verbatim.
 
