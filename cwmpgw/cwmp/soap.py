@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from lxml import etree  # type: ignore[import-untyped,unused-ignore]
 
@@ -195,13 +195,14 @@ _NOT_ASCII_COMPATIBLE: Final = (
 _UINT_RE: Final = re.compile(r"\+?0*([0-9]{1,20})", re.ASCII)
 
 
-_count_elements: Final = etree.XPath("count(//*)")
-
-
 @lru_cache(maxsize=8)
-def _too_deep(max_depth: int) -> Callable[[object], object]:
-    """A compiled XPath that is true when some element is nested deeper than allowed."""
-    return etree.XPath("boolean(/*" + "/*" * max_depth + ")")  # type: ignore[no-any-return]
+def _limits(max_depth: int) -> Callable[[object], object]:
+    """A compiled XPath giving twice the number of elements, plus one when some element
+    is nested deeper than allowed: both limits in one evaluation (each costs little on a
+    small envelope, the evaluation itself does)."""
+    return etree.XPath(  # type: ignore[no-any-return]
+        "count(//*) * 2 + number(boolean(/*" + "/*" * max_depth + "))"
+    )
 
 
 def _local(tag: str) -> str:
@@ -247,6 +248,30 @@ def _codec(name: bytes | str) -> str:
     return codec
 
 
+# The codecs of the Content-Type values seen (a handful in practice, from the CPE models
+# of a deployment); only those that name an encoding we take, and not too many.
+_CONTENT_TYPE_CODECS: Final[dict[str, str]] = {}
+_MAX_CONTENT_TYPES: Final = 64
+# Declarations nearly every CPE writes: each is what _DECL_RE matches at the start of a
+# document that starts with it, naming UTF-8.
+_COMMON_DECLARATIONS: Final = tuple(
+    f"<?xml version={q}1.0{q} encoding={q}{name}{q}?>".encode("ascii")
+    for q in "\"'"
+    for name in ("UTF-8", "utf-8")
+)
+
+
+def _content_type_codec(content_type: str) -> str:
+    """The codec Content-Type's charset names (UTF-8 if none); 415 as :func:`_codec`."""
+    codec = _CONTENT_TYPE_CODECS.get(content_type)
+    if codec is None:
+        match = _CHARSET_RE.search(content_type)
+        codec = "utf-8" if match is None else _codec(match.group(1))
+        if len(_CONTENT_TYPE_CODECS) < _MAX_CONTENT_TYPES and len(content_type) <= 256:
+            _CONTENT_TYPE_CODECS[content_type] = codec
+    return codec
+
+
 def _source_encoding(data: bytes, content_type: str | None) -> tuple[str, bool]:
     """(the Python codec of ``data``, whether the document names it itself).
 
@@ -255,11 +280,9 @@ def _source_encoding(data: bytes, content_type: str | None) -> tuple[str, bool]:
     The XML declaration wins over Content-Type's charset (XML 1.0 Appendix F, as lxml
     does); both must name an encoding we accept. Without either, UTF-8.
     """
-    codec = "utf-8"
-    if content_type:
-        match = _CHARSET_RE.search(content_type)
-        if match is not None:
-            codec = _codec(match.group(1))
+    codec = _content_type_codec(content_type) if content_type else "utf-8"
+    if data.startswith(_COMMON_DECLARATIONS):
+        return "utf-8", True  # what the general code below finds in these, sooner
     if data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8) :]
         codec = "utf-8"  # the BOM says so (a contradicting declaration: lxml refuses it)
@@ -422,9 +445,10 @@ def _check_limits(root: etree._Element, max_depth: int, max_elements: int) -> No
     docinfo = root.getroottree().docinfo
     if docinfo.doctype or docinfo.internalDTD is not None or docinfo.externalDTD is not None:
         raise SoapError(400, "DTD not allowed")
-    if _count_elements(root) > max_elements:
+    count, too_deep = divmod(int(cast(float, _limits(max_depth)(root))), 2)
+    if count > max_elements:
         raise SoapError(400, "too many elements")
-    if _too_deep(max_depth)(root):
+    if too_deep:
         raise SoapError(400, "XML nested too deeply")
 
 
@@ -704,6 +728,9 @@ def _parameter_list(container: etree._Element | None) -> tuple[ParameterValue, .
     """
     if container is None:
         return ()
+    common = _value_structs(container)
+    if common is not None:
+        return common
     result: list[ParameterValue] = []
     for item in container:
         tag = item.tag
@@ -712,6 +739,46 @@ def _parameter_list(container: etree._Element | None) -> tuple[ParameterValue, .
         parameter = _parameter_struct(item, tag[tag.rfind("}") + 1 :])
         if parameter is not None:
             result.append(parameter)
+    return tuple(result)
+
+
+def _value_structs(container: etree._Element) -> tuple[ParameterValue, ...] | None:
+    """The ParameterList of the shape nearly every CPE sends, or None for any other.
+
+    That shape: only ParameterValueStructs, each of an unqualified Name then Value, both
+    without children. Walked as one flat list (one lxml call, where iterating each item
+    is one per item): document order is then item, Name, Value, item, ... and the checks
+    below make sure of it. The result is :func:`_parameter_struct`'s, item by item.
+    """
+    nodes = list(container.iter())
+    if (len(nodes) - 1) % 3 or (len(nodes) - 1) // 3 != len(container):
+        return None
+    result: list[ParameterValue] = []
+    append = result.append
+    for i in range(1, len(nodes), 3):
+        item, name, value = nodes[i], nodes[i + 1], nodes[i + 2]
+        if (
+            item.tag != "ParameterValueStruct"
+            or name.tag != "Name"
+            or value.tag != "Value"
+            or len(item) != 2
+            or len(name)
+            or len(value)
+        ):
+            return None
+        raw_type = value.get(_XSI_TYPE)
+        type_ = "xsd:string" if raw_type == "xsd:string" else _value_type(value)
+        name_text = name.text
+        text = value.text
+        if text is None:
+            text = ""
+        elif type_ != "xsd:string":
+            text = str(text).strip()  # as _value_text
+        elif "\n" in text and not text.strip():
+            text = ""
+        else:
+            text = str(text)
+        append(ParameterValue("" if name_text is None else str(name_text).strip(), text, type_))
     return tuple(result)
 
 
@@ -1105,6 +1172,23 @@ def envelope(
     """
     if use_cwmp_version is not None and namespace not in _NEGOTIATING_NAMESPACES:
         raise ValueError("UseCWMPVersion does not exist in " + namespace)
+    if _CWMP_NS_RE.fullmatch(namespace) is not None:
+        inner = _body_xml(namespace, body)
+        if inner is not None:
+            fast = _envelope_xml(namespace, request_id, inner, hold_requests, use_cwmp_version)
+            if fast is not None:
+                return fast
+    return _tree_envelope(namespace, request_id, body, hold_requests, use_cwmp_version)
+
+
+def _tree_envelope(
+    namespace: str,
+    request_id: str | None,
+    body: etree._Element,
+    hold_requests: bool,
+    use_cwmp_version: str | None,
+) -> bytes:
+    """:func:`envelope` built as one lxml tree: the reference the fast path must equal."""
     nsmap = _nsmap(namespace)
     root = etree.Element(_ENVELOPE_TAG, nsmap=nsmap)
     if request_id is not None or hold_requests or use_cwmp_version is not None:
@@ -1121,8 +1205,99 @@ def envelope(
     return _XML_DECLARATION + etree.tostring(root, encoding="UTF-8", xml_declaration=False)  # type: ignore[no-any-return]
 
 
+# The fast serialisation. Building the Envelope and Header as lxml elements, moving the body
+# under them (lxml then strips the body's redundant namespace declarations) and
+# serialising the lot cost more than the body itself: the envelope around the body is a
+# fixed text per namespace, and the header items are short texts. What is written as is
+# is exactly what libxml2 would write; anything else takes the tree path above (and
+# tests/unit/test_soap_serialize.py checks the two agree).
+
+#: Texts (request IDs, versions) libxml2 writes unchanged: printable ASCII but for the
+#: three characters it escapes in text (& < >), plus tab and newline.
+_PLAIN_TEXT_RE: Final = re.compile("[\t\n\x20-\x25\x27-\x3b\x3d\x3f-\x7e]*", re.ASCII)
+_ENVELOPE_END: Final = b"</soap-env:Body></soap-env:Envelope>"
+
+
+@lru_cache(maxsize=16)
+def _declarations(namespace: str) -> bytes:
+    """The namespace declarations of ``_nsmap(namespace)`` as libxml2 writes them."""
+    empty = etree.tostring(etree.Element("x", nsmap=_nsmap(namespace)), encoding="UTF-8")
+    assert empty.startswith(b"<x ") and empty.endswith(b"/>")
+    return empty[2:-2]  # type: ignore[no-any-return]
+
+
+@lru_cache(maxsize=16)
+def _envelope_start(namespace: str) -> bytes:
+    return _XML_DECLARATION + b"<soap-env:Envelope" + _declarations(namespace) + b">"
+
+
+def _body_xml(namespace: str, body: etree._Element) -> bytes | None:
+    """``body`` serialised as it is inside the envelope, or None if that is not certain.
+
+    Alone, the element carries the declarations of ``_nsmap(namespace)`` it was made
+    with (:func:`rpc_element`); inside the envelope they are redundant and left out. Only
+    that exact shape is taken: no parent, those declarations first and nothing after them
+    (no other declaration, no attribute) in the start tag.
+    """
+    if body.getparent() is not None:
+        return None
+    xml: bytes = etree.tostring(body, encoding="UTF-8", xml_declaration=False)
+    declarations = _declarations(namespace)
+    name_end = xml.find(b" ")
+    end = name_end + len(declarations)
+    if (
+        name_end < 0
+        or not xml.startswith(declarations, name_end)
+        or xml[end : end + 1]
+        not in (
+            b">",
+            b"/",
+        )
+    ):
+        return None
+    return xml[:name_end] + xml[end:]
+
+
+def _header_xml(name: str, text: str) -> str:
+    return f'<cwmp:{name} soap-env:mustUnderstand="1">{text}</cwmp:{name}>'
+
+
+def _envelope_xml(
+    namespace: str,
+    request_id: str | None,
+    body: bytes,
+    hold_requests: bool,
+    use_cwmp_version: str | None,
+) -> bytes | None:
+    """The envelope around ``body`` (already serialised), or None for a header text that
+    libxml2 would escape (the tree path writes those)."""
+    if request_id is None and not hold_requests and use_cwmp_version is None:
+        return _envelope_start(namespace) + b"<soap-env:Body>" + body + _ENVELOPE_END
+    header = "<soap-env:Header>"
+    if request_id is not None:
+        if _PLAIN_TEXT_RE.fullmatch(request_id) is None:
+            return None
+        header += _header_xml("ID", request_id)
+    if hold_requests:
+        header += _header_xml("HoldRequests", "1")
+    if use_cwmp_version is not None:
+        if _PLAIN_TEXT_RE.fullmatch(use_cwmp_version) is None:
+            return None
+        header += _header_xml("UseCWMPVersion", use_cwmp_version)
+    header += "</soap-env:Header><soap-env:Body>"
+    return _envelope_start(namespace) + header.encode("ascii") + body + _ENVELOPE_END
+
+
 def rpc_element(namespace: str, method: str) -> etree._Element:
     """An empty ``cwmp:<method>`` element; add unqualified children, then :func:`envelope`."""
+    # A copy of a cached one: an element made with a namespace map costs several times
+    # its copy (the same element, declarations included).
+    return _rpc_prototype(namespace, method).__copy__()
+
+
+@lru_cache(maxsize=256)
+def _rpc_prototype(namespace: str, method: str) -> etree._Element:
+    """Never handed out: only copied (a few namespaces times the methods)."""
     return etree.Element(f"{{{namespace}}}{method}", nsmap=_nsmap(namespace))
 
 
@@ -1155,15 +1330,35 @@ def inform_response(
     hold_requests: bool = False,
 ) -> bytes:
     """InformResponse with MaxEnvelopes 1 (the only value CWMP allows)."""
+    if use_cwmp_version is not None and namespace not in _NEGOTIATING_NAMESPACES:
+        raise ValueError("UseCWMPVersion does not exist in " + namespace)
+    if _CWMP_NS_RE.fullmatch(namespace) is not None:
+        # Once per session, always the same body: serialised once per namespace.
+        fast = _envelope_xml(
+            namespace,
+            request_id,
+            _inform_response_body(namespace),
+            hold_requests,
+            use_cwmp_version,
+        )
+        if fast is not None:
+            return fast
+    return _tree_envelope(
+        namespace, request_id, _inform_response_rpc(namespace), hold_requests, use_cwmp_version
+    )
+
+
+def _inform_response_rpc(namespace: str) -> etree._Element:
     rpc = rpc_element(namespace, "InformResponse")
     etree.SubElement(rpc, "MaxEnvelopes").text = "1"
-    return envelope(
-        namespace,
-        request_id,
-        rpc,
-        hold_requests=hold_requests,
-        use_cwmp_version=use_cwmp_version,
-    )
+    return rpc
+
+
+@lru_cache(maxsize=16)
+def _inform_response_body(namespace: str) -> bytes:
+    body = _body_xml(namespace, _inform_response_rpc(namespace))
+    assert body is not None
+    return body
 
 
 def get_rpc_methods_response(
@@ -1199,6 +1394,10 @@ def acs_fault(
     namespace: str, request_id: str | None, code: int, string: str | None = None
 ) -> bytes:
     """An ACS fault (8000-8006) answering a CPE request; faultcode Client only for 8003."""
+    return envelope(namespace, request_id, _acs_fault_element(namespace, code, string))
+
+
+def _acs_fault_element(namespace: str, code: int, string: str | None) -> etree._Element:
     fault = etree.Element(_FAULT_TAG, nsmap=_nsmap(namespace))
     etree.SubElement(fault, "faultcode").text = "Client" if code == 8003 else "Server"
     etree.SubElement(fault, "faultstring").text = "CWMP fault"
@@ -1207,7 +1406,7 @@ def acs_fault(
     etree.SubElement(detail, "FaultString").text = (
         acs_fault_string(code) if string is None else string
     )
-    return envelope(namespace, request_id, fault)
+    return fault
 
 
 def get_parameter_values(
