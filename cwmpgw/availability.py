@@ -21,6 +21,7 @@ import random
 import sys
 from collections.abc import Callable, Iterable
 from functools import partial
+from random import choice
 from typing import Any, Final, TypeVar
 
 from twisted.internet import error as net_error
@@ -405,9 +406,46 @@ class GuardedRedis:
             return target
         # guard(lambda: target(*args, **kwargs)) without a lambda, a closure and two Python
         # frames per call; made once per name: this runs for every command of every session.
-        guarded = partial(self.availability._send, target)
+        guarded = partial(self.availability._send, _direct(self.unguarded, name) or target)
         self.__dict__[name] = guarded
         return guarded
+
+
+def _direct(pool: Any, name: str) -> Callable[..., Deferred[Any]] | None:
+    """A txredisapi pool's command ``name`` sent straight over a ready connection.
+
+    txredisapi 1.6.0's ``ConnectionHandler`` sends each command through
+    ``factory.getConnection``, an ``inlineCallbacks`` generator, and two closures, even
+    when a connection is ready: about 20 µs of CPU per command. For a command that does
+    not hold a connection to itself (not ``_blocking``: not MULTI, WATCH, BLPOP...), that
+    path takes a connection at random among the ready ones (``peek``) and calls the
+    protocol's method on it at once; this does the same, and leaves every other case (no
+    connection ready, a dead one to discard, a blocking command, another client) to
+    txredisapi's own path. None if ``pool`` is not such a pool.
+    """
+    txredisapi = sys.modules.get("txredisapi")
+    if txredisapi is None or type(pool) not in (
+        txredisapi.ConnectionHandler,
+        txredisapi.UnixConnectionHandler,  # differs in its repr only
+    ):
+        return None
+    factory = pool._factory
+    method = getattr(factory.protocol, name, None)
+    if not callable(method) or getattr(method, "_blocking", False):
+        return None
+    slow_path = getattr(pool, name)
+
+    def command(*args: Any, **kwargs: Any) -> Deferred[Any]:
+        ready: list[Any] = factory.connectionQueue.pending
+        if ready:
+            connection = choice(ready)
+            if connection.connected:
+                d: Deferred[Any] = method(connection, *args, **kwargs)
+                return d
+        d = slow_path(*args, **kwargs)
+        return d
+
+    return command
 
 
 class AdmitWhileAvailable:

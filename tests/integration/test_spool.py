@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
+from cwmpgw import availability as availability_module
 from cwmpgw.availability import (
     AdmitWhileAvailable,
     GuardedRedis,
@@ -661,3 +662,71 @@ class RedisSpoolWriterTests(TestCase):
         await writer.store([self.spooled(event(2))])
         members = await self.redis.execute_command("ZRANGE", writer.replayed_key, 0, -1)
         self.assertEqual(members, [event(2).id])
+
+
+@pytest.mark.usefixtures("redis_for_class")
+class GuardedTxredisapiTests(TestCase):
+    """GuardedRedis over a real txredisapi pool: commands that do not hold a connection go
+    straight to a ready connection (cwmpgw.availability._direct); the rest, and every
+    case without a ready connection, take txredisapi's own path."""
+
+    redis_server: Any
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        import txredisapi
+        from twisted.internet import reactor
+
+        self.prefix = unique_prefix()
+        self.pool = await txredisapi.ConnectionPool(
+            self.redis_server.host, self.redis_server.port, poolsize=2, convertNumbers=False
+        )
+        self.addCleanup(self.pool.disconnect)
+        self.availability = RedisAvailability.for_txredisapi(self.pool, clock=reactor)
+        self.availability.start()
+        self.addCleanup(self.availability.stop)
+        self.redis = GuardedRedis(self.pool, self.availability)
+
+    async def test_commands_and_replies_in_step(self) -> None:
+        import txredisapi
+
+        self.assertIsNotNone(availability_module._direct(self.pool, "get"))
+        self.assertIsNone(availability_module._direct(self.pool, "multi"))  # holds one
+        self.assertIsNone(availability_module._direct(FakeRedis(), "ping"))
+        unix = txredisapi.UnixConnectionHandler(self.pool._factory)  # the embedded Redis's
+        self.assertIsNotNone(availability_module._direct(unix, "get"))
+        key = self.prefix + "k"
+        await self.redis.set(key, "v")
+        self.assertEqual(await self.redis.get(key), "v")
+        sha = await self.redis.script_load("return {KEYS[1], ARGV[1]}")
+        self.assertEqual(await self.redis.evalsha(sha, [key], ["a"]), [key, "a"])
+        # A cancelled command's reply is dropped; the next command gets its own.
+        cancelled = self.redis.get(key)
+        cancelled.cancel()
+        self.failureResultOf(cancelled, CancelledError)
+        await self.redis.set(key, "w")
+        self.assertEqual(await self.redis.get(key), "w")
+        # A transaction holds a connection of its own, through txredisapi's path.
+        transaction = await self.redis.multi()
+        transaction.set(key, "x")
+        transaction.get(key)
+        self.assertEqual(await transaction.commit(), ["OK", "x"])
+        self.assertEqual(await self.redis.get(key), "x")
+
+    async def test_without_a_ready_connection_txredisapi_waits_for_one(self) -> None:
+        key = self.prefix + "k"
+        queue = self.pool._factory.connectionQueue
+        held = list(queue.pending)
+        queue.pending.clear()  # both connections taken (by transactions, say)
+        got = self.redis.get(key)
+        self.assertNoResult(got)
+        for connection in held:
+            queue.put(connection)
+        self.assertIsNone(await got)
+        # A connection that has died is skipped: txredisapi drops it from the pool.
+        dead = queue.pending[0]
+        dead.connected = 0
+        try:
+            await self.redis.set(key, "v")
+            self.assertEqual(await self.redis.get(key), "v")
+        finally:
+            dead.connected = 1
