@@ -11,6 +11,12 @@ raw and guarded runs alternate, ``--rounds`` times each, so that drift on a nois
 falls on both. The figure is the CPU (user + sys, ``getrusage``) of this process per
 command; redis-server is another process and is not counted. The median of the rounds is
 reported, with the lowest and highest.
+
+Then the guard alone, without Redis or sockets, where the noise of a shared machine
+hides less: a fake client whose EVALSHA returns a Deferred, fired by the bench in
+batches of ``concurrency``, bare and through ``GuardedRedis`` (best of the rounds,
+100,000 calls each). It measures ``RedisAvailability``'s own cost per call; the direct
+path to a txredisapi connection (``cwmpgw.availability._direct``) is not in it.
 """
 
 from __future__ import annotations
@@ -24,6 +30,31 @@ from typing import Any
 
 from common import report
 from twisted.internet import defer, task
+
+
+class FakeClient:
+    """EVALSHA answered when the bench says so."""
+
+    def __init__(self) -> None:
+        self.pending: list[defer.Deferred[int]] = []
+
+    def evalsha(self, sha: str) -> defer.Deferred[int]:
+        d: defer.Deferred[int] = defer.Deferred()
+        self.pending.append(d)
+        return d
+
+
+def in_memory(client: Any, fake: FakeClient, calls: int, concurrency: int) -> float:
+    """CPU µs per call of ``calls`` EVALSHA, ``concurrency`` under way at a time."""
+    start = cpu()
+    for _ in range(calls // concurrency):
+        sent = [client.evalsha("sha") for _ in range(concurrency)]
+        for d in fake.pending:
+            d.callback(1)
+        fake.pending.clear()
+        for d in sent:
+            assert d.result == 1
+    return (cpu() - start) / calls * 1e6
 
 
 def cpu() -> float:
@@ -116,10 +147,45 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                     "guarded_wall_us": round(median(guarded, wall), 2),
                 }
             )
+        fake = FakeClient()
+        alone = RedisAvailability(defer.Deferred, lambda: 1, clock=reactor, call_timeout=5.0)
+        alone.start()
+        fake_clients = {"raw": fake, "guarded": GuardedRedis(fake, alone)}
+        rows.append(("", "guard alone (in memory): CPU µs/call, best of the rounds"))
+        memory_rows: list[dict[str, Any]] = []
+        try:
+            for concurrency in concurrencies:
+                best: dict[str, float] = {}
+                for _ in range(args.rounds):
+                    for name, client in fake_clients.items():
+                        us = in_memory(client, fake, 100_000, concurrency)
+                        best[name] = min(best.get(name, us), us)
+                extra = best["guarded"] - best["raw"]
+                rows.append(
+                    (
+                        f"concurrency {concurrency}",
+                        f"bare {best['raw']:.2f} | guarded {best['guarded']:.2f} | {extra:+.2f}",
+                    )
+                )
+                memory_rows.append(
+                    {
+                        "concurrency": concurrency,
+                        "bare_cpu_us": round(best["raw"], 3),
+                        "guarded_cpu_us": round(best["guarded"], 3),
+                        "guard_cpu_us": round(extra, 3),
+                    }
+                )
+        finally:
+            alone.stop()
         report(
             "redis_client",
             rows,
-            {"commands": args.commands, "rounds": args.rounds, "results": data_rows},
+            {
+                "commands": args.commands,
+                "rounds": args.rounds,
+                "results": data_rows,
+                "guard_alone": memory_rows,
+            },
         )
     finally:
         if availability is not None:
