@@ -15,11 +15,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, gatherResults, succeed
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
+from cwmpgw import availability as availability_module
 from cwmpgw.availability import (
     AdmitWhileAvailable,
     GuardedRedis,
@@ -452,6 +454,101 @@ class AvailabilityTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(self.changes, [False])
 
+    def test_each_call_times_out_at_its_own_deadline_with_one_timer(self) -> None:
+        """Calls share one timer, armed at the oldest's deadline: none times out late, none
+        early, a call settled in time is not touched, and no timer is left per call."""
+        first = self.availability.guard(lambda: Deferred())
+        self.clock.advance(0.5)
+        answered: Deferred[str] = Deferred()
+        second = self.availability.guard(lambda: answered)
+        self.clock.advance(0.25)
+        third = self.availability.guard(lambda: Deferred())
+        self.assertEqual(len(self.clock.getDelayedCalls()), 2)  # the tick and the expiry
+        self.clock.advance(4.25 - 1e-3)  # t = 4.999
+        self.assertNoResult(first)
+        self.clock.advance(1e-3)  # t = 5: first's deadline
+        self.failureResultOf(first, RedisTimeout)
+        answered.callback("ok")
+        self.assertEqual(self.successResultOf(second), "ok")
+        self.clock.advance(0.75 - 1e-3)  # t = 5.749
+        self.assertNoResult(third)
+        self.clock.advance(1e-3)  # t = 5.75: third's deadline (second's came and went)
+        self.failureResultOf(third, RedisTimeout)
+
+    def test_a_call_with_a_timeout_of_its_own(self) -> None:
+        shared = self.availability.guard(lambda: Deferred())
+        short = self.availability.guard(lambda: Deferred(), timeout=0.5)
+        long = self.availability.guard(lambda: Deferred(), timeout=8)
+        self.clock.advance(0.5)
+        failure = self.failureResultOf(short, RedisTimeout)
+        self.assertIn("within 0.5s", str(failure.value))
+        self.clock.advance(4.5)
+        self.failureResultOf(shared, RedisTimeout)
+        self.assertNoResult(long)
+        self.clock.advance(3)
+        self.failureResultOf(long, RedisTimeout)
+
+    def test_a_timed_out_call_is_cancelled_and_a_late_answer_changes_nothing(self) -> None:
+        cancelled: list[Deferred[str]] = []
+        call: Deferred[str] = Deferred(cancelled.append)
+        d = self.availability.guard(lambda: call)
+        self.clock.advance(5)
+        self.assertEqual(cancelled, [call])  # txredisapi is told, as addTimeout told it
+        self.failureResultOf(d, RedisTimeout)
+        self.clock.advance(0)
+        self.assertEqual(len(self.redis.pings), 1)  # suspect: a PING at once
+
+    def test_a_caller_cancelling_in_the_expiry_cannot_break_it(self) -> None:
+        """A timed-out call's caller cancels another call due at the same moment."""
+        a = self.availability.guard(lambda: Deferred())
+        b = self.availability.guard(lambda: Deferred())
+        c = self.availability.guard(lambda: Deferred())
+        seen: list[Failure] = []
+
+        def give_up_on_b(failure: Failure) -> None:
+            seen.append(failure)
+            b.cancel()
+
+        a.addErrback(give_up_on_b)
+        self.clock.advance(5)
+        self.assertTrue(seen[0].check(RedisTimeout))
+        self.failureResultOf(b, CancelledError)  # its caller's word, not a timeout
+        self.failureResultOf(c, RedisTimeout)
+
+    def test_stop_leaves_no_timer_once_calls_are_settled(self) -> None:
+        settled = self.availability.guard(lambda: succeed(1))
+        self.successResultOf(settled)
+        under_way = self.availability.guard(lambda: Deferred())
+        self.availability.stop()
+        self.clock.advance(5)  # still times out after stop
+        self.failureResultOf(under_way, RedisTimeout)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        answered: Deferred[int] = Deferred()
+        d = self.availability.guard(lambda: answered)
+        answered.callback(2)
+        self.assertEqual(self.successResultOf(d), 2)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_guarded_redis_passes_arguments_and_times_out(self) -> None:
+        class Pool:
+            def __init__(self) -> None:
+                self.calls: list[tuple[Any, ...]] = []
+
+            def evalsha(self, sha: str, keys: Any = None, args: Any = None) -> Deferred[Any]:
+                self.calls.append((sha, keys, args))
+                return Deferred()
+
+            def boom(self) -> Deferred[None]:
+                raise ValueError("bad call")
+
+        pool = Pool()
+        redis = GuardedRedis(pool, self.availability)
+        d = redis.evalsha("abc", ["k"], args=[1])
+        self.assertEqual(pool.calls, [("abc", ["k"], [1])])
+        self.failureResultOf(redis.boom(), ValueError)
+        self.clock.advance(5)
+        self.failureResultOf(d, RedisTimeout)
+
     def test_guarded_redis_routes_commands_through_the_guard(self) -> None:
         class Pool:
             _factory = "private"
@@ -565,3 +662,71 @@ class RedisSpoolWriterTests(TestCase):
         await writer.store([self.spooled(event(2))])
         members = await self.redis.execute_command("ZRANGE", writer.replayed_key, 0, -1)
         self.assertEqual(members, [event(2).id])
+
+
+@pytest.mark.usefixtures("redis_for_class")
+class GuardedTxredisapiTests(TestCase):
+    """GuardedRedis over a real txredisapi pool: commands that do not hold a connection go
+    straight to a ready connection (cwmpgw.availability._direct); the rest, and every
+    case without a ready connection, take txredisapi's own path."""
+
+    redis_server: Any
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        import txredisapi
+        from twisted.internet import reactor
+
+        self.prefix = unique_prefix()
+        self.pool = await txredisapi.ConnectionPool(
+            self.redis_server.host, self.redis_server.port, poolsize=2, convertNumbers=False
+        )
+        self.addCleanup(self.pool.disconnect)
+        self.availability = RedisAvailability.for_txredisapi(self.pool, clock=reactor)
+        self.availability.start()
+        self.addCleanup(self.availability.stop)
+        self.redis = GuardedRedis(self.pool, self.availability)
+
+    async def test_commands_and_replies_in_step(self) -> None:
+        import txredisapi
+
+        self.assertIsNotNone(availability_module._direct(self.pool, "get"))
+        self.assertIsNone(availability_module._direct(self.pool, "multi"))  # holds one
+        self.assertIsNone(availability_module._direct(FakeRedis(), "ping"))
+        unix = txredisapi.UnixConnectionHandler(self.pool._factory)  # the embedded Redis's
+        self.assertIsNotNone(availability_module._direct(unix, "get"))
+        key = self.prefix + "k"
+        await self.redis.set(key, "v")
+        self.assertEqual(await self.redis.get(key), "v")
+        sha = await self.redis.script_load("return {KEYS[1], ARGV[1]}")
+        self.assertEqual(await self.redis.evalsha(sha, [key], ["a"]), [key, "a"])
+        # A cancelled command's reply is dropped; the next command gets its own.
+        cancelled = self.redis.get(key)
+        cancelled.cancel()
+        self.failureResultOf(cancelled, CancelledError)
+        await self.redis.set(key, "w")
+        self.assertEqual(await self.redis.get(key), "w")
+        # A transaction holds a connection of its own, through txredisapi's path.
+        transaction = await self.redis.multi()
+        transaction.set(key, "x")
+        transaction.get(key)
+        self.assertEqual(await transaction.commit(), ["OK", "x"])
+        self.assertEqual(await self.redis.get(key), "x")
+
+    async def test_without_a_ready_connection_txredisapi_waits_for_one(self) -> None:
+        key = self.prefix + "k"
+        queue = self.pool._factory.connectionQueue
+        held = list(queue.pending)
+        queue.pending.clear()  # both connections taken (by transactions, say)
+        got = self.redis.get(key)
+        self.assertNoResult(got)
+        for connection in held:
+            queue.put(connection)
+        self.assertIsNone(await got)
+        # A connection that has died is skipped: txredisapi drops it from the pool.
+        dead = queue.pending[0]
+        dead.connected = 0
+        try:
+            await self.redis.set(key, "v")
+            self.assertEqual(await self.redis.get(key), "v")
+        finally:
+            dead.connected = 1
