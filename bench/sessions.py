@@ -164,7 +164,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
     redis = RedisServer().start()
     gateway = Gateway(
         work / "gw",
-        redis.url,
+        redis.unix_url if args.redis_socket == "unix" else redis.url,
         workers=args.workers,
         redis_extra=f"connections = {args.redis_connections}" if args.redis_connections else "",
     ).start()
@@ -395,6 +395,12 @@ if __name__ == "__main__":
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument(
         "--redis-connections", type=int, default=0, help="redis.connections (default: its own)"
+    )
+    parser.add_argument(
+        "--redis-socket",
+        choices=("unix", "tcp"),
+        default="tcp",
+        help="reach Redis over its unix socket (as the embedded default does) or TCP loopback",
     )
     parser.add_argument(
         "--round-trips",

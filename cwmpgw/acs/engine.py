@@ -191,19 +191,12 @@ class AcsEngine:
             }
             return self._event("device.registered", data, dev)
 
-        # device.registered goes with the device write where the store can (it is due
-        # once, on first contact: a crash between the two would lose it for good).
+        # device.registered and inform go with the device write where the store can
+        # (device.registered is due once, on first contact: a crash between the two would
+        # lose it for good; inform once per Inform, even when the CPE repeats it because
+        # its answer was lost).
         if_new, if_known = registered(True), registered(False) if bootstrap else None
-        stores = self._devices.stores_events
-        is_new = await (
-            self._devices.record_inform(record, if_new, if_known)
-            if stores
-            else self._devices.record_inform(record)
-        )
-        event = if_new if is_new else if_known
-        if event is not None:
-            await self._announce(event, stores)
-        await self.publish(
+        announcement = self._event(
             "inform",
             {
                 "session_id": machine.session_id,
@@ -219,6 +212,22 @@ class AcsEngine:
             },
             dev,
         )
+        stores = self._devices.stores_events
+        is_new, announced = await self._devices.record_session_inform(
+            record, if_new, if_known, announcement, inform.retry_count
+        )
+        event = if_new if is_new else if_known
+        if event is not None:
+            await self._announce(event, stores)
+        if announced is None:
+            await self._events.publish(announcement)
+        elif announced:
+            await self._announce(announcement, True)
+        else:
+            self._log.debug(
+                "inform of {device_id} repeats one whose answer was lost: not announced again",
+                device_id=device_id,
+            )
         self._report_repair(envelope, machine.session_id, device_id, dev)
         timeout = max(self._session_timeout, float(envelope.session_timeout or 0))
         live = LiveSession(

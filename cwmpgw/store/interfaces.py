@@ -156,6 +156,22 @@ class IDeviceStore(Interface):
         A store that ``stores_events`` stores ``if_new`` with the write when the device
         was not known, else ``if_known`` (device.registered)."""
 
+    def record_session_inform(
+        record: InformRecord,
+        if_new: Event | None,
+        if_known: Event | None,
+        inform: Event,
+        retry_count: int,
+    ) -> Deferred[tuple[bool, bool | None]]:
+        """``record_inform`` for the Inform that opens a session, with its ``inform`` event:
+        fires (new, announced).
+
+        ``announced`` is None when the store does not store events (the engine publishes
+        ``inform``). A store that does stores it with the write, once per Inform: not again
+        for a retry (``retry_count`` > 0) of an Inform with the same events whose session
+        never went on (its answer was lost: the CPE never came back after it); then False.
+        The first request source's read after the Inform marks it as gone on."""
+
     def record_transfer(
         device_id: str, key: str, data: dict[str, Any], event: Event | None = None
     ) -> Deferred[bool]:

@@ -153,6 +153,16 @@ class MemoryDeviceStore:
             dev["parameters"][p.name] = {"value": p.value, "type": p.type}
         return succeed(new)
 
+    def record_session_inform(
+        self,
+        record: InformRecord,
+        if_new: Event | None,
+        if_known: Event | None,
+        inform: Event,
+        retry_count: int,
+    ) -> Deferred[tuple[bool, bool | None]]:
+        return self.record_inform(record).addCallback(lambda new: (new, None))
+
     def record_transfer(
         self, device_id: str, key: str, data: dict[str, Any], event: Event | None = None
     ) -> Deferred[bool]:

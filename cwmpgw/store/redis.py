@@ -31,6 +31,7 @@ Each multi-key update is one Lua script: atomic, and one round trip on the hot p
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -53,19 +54,26 @@ from cwmpgw.store.interfaces import (
 )
 from cwmpgw.store.memory import device_fields, device_view
 from cwmpgw.store.secretbox import SecretBox
-from cwmpgw.store.sessionlock import owner_key
+from cwmpgw.store.sessionlock import PENDING_INFORM, owner_key
 
 __all__ = ["RedisConnReqCredentialStore", "RedisCredentialStore", "RedisDeviceStore"]
 
 # KEYS: device hash, params hash, devices zset, event stream[, session owner]
 # ARGV: ts, device id, fields JSON, owner, owner TTL (ms), 6-9 the event if the device is
 # new, 10-13 the event if it is known (EventStream.args), 14 key prefix, 15 source index
-# version (4, 6 or ''), 16 its score, then parameter name/value pairs.
+# version (4, 6 or ''), 16 its score, 17 the Inform's fingerprint ('' without its event),
+# 18 '1' if it is a retry, 19-22 its inform event (EventStream.args), then parameter
+# name/value pairs. Returns {1 if the device is new, 1 if the inform event was stored}:
+# not for a retry of the Inform still pending (sessionlock.PENDING_INFORM) with the same
+# events, whose answer was lost.
 # The inventory's indexes (cwmpgw.store.indexes) are kept here, with the record: the old
 # value's entry goes, the new one is (re)added every time, so an index cannot drift.
 _RECORD_INFORM = (
     EMIT_LUA
     + """
+local pending = redis.call('HGET', KEYS[1], '"""
+    + PENDING_INFORM
+    + """')
 local new = redis.call('HSETNX', KEYS[1], 'first_seen', ARGV[1])
 local fields = cjson.decode(ARGV[3])
 local id, P = ARGV[2], ARGV[14]
@@ -95,7 +103,7 @@ else
   redis.call('ZREM', P .. 'idx:src4', id)
   redis.call('ZREM', P .. 'idx:src6', id)
 end
-local i = 17
+local i = 23
 while i <= #ARGV do
   local last = math.min(i + 399, #ARGV)
   redis.call('HSET', KEYS[2], unpack(ARGV, i, last))
@@ -108,7 +116,17 @@ if new == 1 then
 else
   emit(KEYS[4], ARGV[10], ARGV[11], ARGV[12], ARGV[13])
 end
-return new
+local announced = 0
+if ARGV[17] ~= '' then
+  if ARGV[18] ~= '1' or pending ~= ARGV[17] then
+    emit(KEYS[4], ARGV[19], ARGV[20], ARGV[21], ARGV[22])
+    announced = 1
+  end
+  redis.call('HSET', KEYS[1], '"""
+    + PENDING_INFORM
+    + """', ARGV[17])
+end
+return {new, announced}
 """
 )
 
@@ -308,6 +326,14 @@ return text
 """
 
 _HA1_FIELD = "ha1:"
+
+
+def inform_fingerprint(record: InformRecord) -> str:
+    """What a CPE's retry of an Inform repeats: its events and their command keys."""
+    text = "\x00".join(f"{e.code}\x01{e.command_key}" for e in record.events)
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
 _STUN_CONTEXT = "stun\x00"
 
 
@@ -327,6 +353,26 @@ class RedisDeviceStore:
     def record_inform(
         self, record: InformRecord, if_new: Event | None = None, if_known: Event | None = None
     ) -> Deferred[bool]:
+        return self._record(record, if_new, if_known).addCallback(lambda out: out[0])
+
+    def record_session_inform(
+        self,
+        record: InformRecord,
+        if_new: Event | None,
+        if_known: Event | None,
+        inform: Event,
+        retry_count: int,
+    ) -> Deferred[tuple[bool, bool | None]]:
+        return self._record(record, if_new, if_known, inform, retry_count)
+
+    def _record(
+        self,
+        record: InformRecord,
+        if_new: Event | None,
+        if_known: Event | None,
+        inform: Event | None = None,
+        retry_count: int = 0,
+    ) -> Deferred[tuple[bool, bool | None]]:
         key = self._key(record.device_id)
         keys = [key, key + ":params", self._prefix + "devices", self._stream.key]
         if record.session_owner is not None:
@@ -341,11 +387,18 @@ class RedisDeviceStore:
             *self._stream.args(if_known),
             self._prefix,
             *_source_args(record.source),
+            inform_fingerprint(record) if inform is not None else "",
+            "1" if retry_count > 0 else "0",
+            *self._stream.args(inform),
         ]
         for p in record.parameters:
             args += [p.name, json.dumps([p.value, p.type])]
         d: Deferred[Any] = self._redis.eval(_RECORD_INFORM, keys, args)
-        return d.addCallback(lambda new: bool(new))
+
+        def written(out: list[Any]) -> tuple[bool, bool | None]:
+            return bool(out[0]), bool(out[1]) if inform is not None else None
+
+        return d.addCallback(written)
 
     def record_transfer(
         self, device_id: str, key: str, data: dict[str, Any], event: Event | None = None

@@ -18,7 +18,13 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
-__all__ = ["MemorySessionLock", "RedisSessionLock", "Superseded", "owner_key"]
+__all__ = ["PENDING_INFORM", "MemorySessionLock", "RedisSessionLock", "Superseded", "owner_key"]
+
+#: The field of a device's hash holding the fingerprint of the Inform that opened its
+#: latest session while that session has not gone on past it (the device store sets it
+#: with the Inform's write, the task store's first read of the session deletes it): a
+#: retry of that Inform, its answer lost, is not announced twice.
+PENDING_INFORM = "pending_inform"
 
 
 class Superseded(Exception):

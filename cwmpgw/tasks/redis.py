@@ -40,7 +40,7 @@ from cwmpgw.bus.events import Event, IEventSink, IStoredEvents
 from cwmpgw.bus.listener import EventListener
 from cwmpgw.bus.redis import EMIT_LUA, EventStream
 from cwmpgw.cwmp.diagnostics import KINDS as DIAGNOSTIC_KINDS
-from cwmpgw.store.sessionlock import Superseded, owner_key
+from cwmpgw.store.sessionlock import PENDING_INFORM, Superseded, owner_key
 from cwmpgw.tasks.model import (
     FINAL_STATUSES,
     IDEMPOTENCY_TTL,
@@ -165,10 +165,15 @@ return out
 """
 )
 
-# KEYS: queue[, session owner]; ARGV: owner, task key prefix. 0 when the owner key names
-# another session; else the queue as id, task JSON (nil when gone), id, JSON...
-_QUEUE = """
-if KEYS[2] and redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+# KEYS: queue, device hash[, session owner]; ARGV: owner, task key prefix. 0 when the owner
+# key names another session; else the queue as id, task JSON (nil when gone), id, JSON...
+# The session went on past its Inform: that Inform is no longer pending.
+_QUEUE = (
+    """
+if KEYS[3] and redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end
+redis.call('HDEL', KEYS[2], '"""
+    + PENDING_INFORM
+    + """')
 local out = {}
 for _, id in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
   out[#out + 1] = id
@@ -176,6 +181,7 @@ for _, id in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
 end
 return out
 """
+)
 
 # A bound on how often one call re-reads after losing a race; each loss means another
 # node made progress, so this is never reached in practice.
@@ -415,12 +421,12 @@ class RedisTaskService:
 
         async def run() -> Task | None:
             queue_key = self._device_key(device_id, ":queue")
-            keys = [queue_key]
+            keys = [queue_key, self._device_key(device_id)]
             if owner is not None:
                 keys.append(owner_key(self._prefix, device_id))
             for _ in range(_MAX_RACES):
                 raced = False
-                reply = self._prefetched_queue(device_id, owner)
+                reply: Any = self._prefetched_queue(device_id, owner)
                 # Read moments ago, with the end of the task before: the start checks that
                 # this session still owns the device, as the read would have.
                 check = owner if reply is not None else None
@@ -765,7 +771,7 @@ class RedisTaskService:
             self._prefetched.pop(next(iter(self._prefetched)))
         self._prefetched[device_id] = (owner, queue)
 
-    def _prefetched_queue(self, device_id: str, owner: str | None) -> list[Any] | int | None:
+    def _prefetched_queue(self, device_id: str, owner: str | None) -> list[Any] | None:
         """The queue prefetched for ``owner``'s session; None when there is none for it (a
         session that no longer owns the device reads, and learns it is superseded)."""
         kept = self._prefetched.pop(device_id, None)

@@ -380,6 +380,14 @@ class MemoryStoreTests(StoreContract, TestCase):
         self.credentials = MemoryCredentialStore()
         self.crcredentials = MemoryConnReqCredentialStore()
 
+    async def test_a_session_inform_is_left_to_the_engine_to_publish(self) -> None:
+        from cwmpgw.bus.events import Event
+
+        event = Event("inform", 1000.0, "n1", {})
+        write = self.devices.record_session_inform
+        self.assertEqual(await write(record(), None, None, event, 0), (True, None))
+        self.assertEqual(await write(record(ts=1001.0), None, None, event, 1), (False, None))
+
 
 @pytest.mark.usefixtures("redis_for_class")
 class RedisStoreTests(StoreContract, TestCase):
@@ -422,6 +430,37 @@ class RedisStoreTests(StoreContract, TestCase):
     async def stream(self) -> list[tuple[str, str]]:
         entries = await self.redis.execute_command("XRANGE", self.prefix + "events", "-", "+")
         return [(fields[1], fields[3]) for _, fields in entries]
+
+    async def test_inform_is_stored_with_the_device_write_once_per_inform(self) -> None:
+        """The inform event goes with the device write. A CPE whose answer was lost repeats
+        the Inform (RetryCount > 0, the same events): while the session it opened has not
+        gone on (the task store's first read of the session), it is not announced again;
+        anything else is: another Inform's events, no retry, a session that went on."""
+        from cwmpgw.bus.events import Event, device_ref
+        from cwmpgw.tasks.redis import RedisTaskService
+
+        def inform(n: int) -> Event:
+            return Event("inform", 1000.0 + n, "n1", {"n": n}, device_ref(DEVICE_ID))
+
+        def informs() -> list[int]:
+            return [json.loads(text)["data"]["n"] for kind, text in stored if kind == "inform"]
+
+        boot = record(session_owner="n1:s1", session_ttl=60)
+        write = self.devices.record_session_inform
+        self.assertEqual(await write(boot, None, None, inform(1), 0), (True, True))
+        self.assertEqual(await write(boot, None, None, inform(2), 1), (False, False))
+        self.assertEqual(await write(boot, None, None, inform(3), 2), (False, False))
+        self.assertEqual(await write(boot, None, None, inform(4), 0), (False, True))  # no retry
+        other = record(events=(EventStruct("1 BOOT", ""), EventStruct("4 VALUE CHANGE", "")))
+        self.assertEqual(await write(other, None, None, inform(5), 1), (False, True))
+        tasks = RedisTaskService(self.redis, self.prefix, events=None, clock=None, node="n1")  # type: ignore[arg-type]
+        self.assertIsNone(await tasks.next_for_device(DEVICE_ID, "n1:s1"))  # it went on
+        self.assertEqual(await write(other, None, None, inform(6), 1), (False, True))
+        stored = await self.stream()
+        self.assertEqual(informs(), [1, 4, 5, 6])
+        device = await self.devices.get_device(DEVICE_ID)
+        self.assertEqual(device["inform_count"], 6)  # every one of them is recorded
+        self.assertNotIn("pending_inform", device)  # the marker is not part of the record
 
     async def test_device_registered_is_stored_with_the_device_write(self) -> None:
         """Due once, on first contact: written by the script that creates the device, so a

@@ -61,6 +61,17 @@ class RedisServer:
         return f"redis://{self.host}:{self.port}/0"
 
     @property
+    def unix_url(self) -> str:
+        """The same server over its unix socket (as the embedded Redis is reached)."""
+        assert self._tempdir is not None
+        return f"unix://{self.socket_path}"
+
+    @property
+    def socket_path(self) -> str:
+        assert self._tempdir is not None
+        return f"{self._tempdir}/redis.sock"
+
+    @property
     def output(self) -> str:
         """The last lines redis-server printed, for error messages."""
         return b"\n".join(self._output).decode("utf-8", "replace")
@@ -90,6 +101,7 @@ class RedisServer:
         args = [
             redis_server_binary(),
             "--port", str(self.port), "--bind", self.host,
+            "--unixsocket", f"{self._tempdir}/redis.sock", "--unixsocketperm", "700",
             "--save", "", "--appendonly", "no",
             "--dir", self._tempdir, "--daemonize", "no",
             "--logfile", "", "--loglevel", "notice",
