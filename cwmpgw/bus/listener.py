@@ -3,6 +3,12 @@
 This is how a caller waiting on one node learns that a task finished in a session that
 another node ran. Pub/sub delivers only while subscribed: anything published during a
 reconnect is not heard again, so users also re-read state (see ``RedisTaskService.wait``).
+
+The events are heard only while somebody waits for one: every node would otherwise
+receive every event of the fleet (three per session) and drop nearly all of them. The
+connection stays subscribed to a channel of its own (``whenSubscribed``: Redis is there);
+the events' pattern is added when the first waiter comes (``whenListening``) and dropped
+``linger`` seconds after the last one left.
 """
 
 from __future__ import annotations
@@ -37,7 +43,8 @@ class _FunctionEndpoint:
 
 
 class EventListener(Service):
-    """PSUBSCRIBE ``<prefix>events:*`` on a connection that comes back after every loss.
+    """PSUBSCRIBE ``<prefix>events:*`` while somebody waits, on a connection that comes back
+    after every loss.
 
     txredisapi does not subscribe again after a reconnect, so every new connection
     subscribes in ``connectionMade``; the factory reconnects with exponential backoff.
@@ -55,11 +62,14 @@ class EventListener(Service):
         clock: IReactorTime,
         password: str | None = None,
         revive_interval: float = 5.0,
+        linger: float = 30.0,
     ) -> None:
         self._connect = connect
         self._revive_interval = revive_interval
+        self._linger = linger
         self._revive_call: IDelayedCall | None = None
         self.pattern = prefix + "events:*"
+        self.channel = prefix + "listener"  # nothing is published here: it keeps us subscribed
         self._clock = clock
         self._password = password
         self._callbacks: dict[object, Callable[[Envelope], None]] = {}
@@ -68,6 +78,11 @@ class EventListener(Service):
         self._protocol: Any = None
         self._subscribed = False
         self._when_subscribed: Waiters[None] = Waiters()
+        # The events' pattern: subscribed while there are callbacks (and ``linger`` after).
+        self._listening = False
+        self._pattern_sent = False
+        self._when_listening: Waiters[None] = Waiters()
+        self._linger_call: IDelayedCall | None = None
         # Pending wait_for() Deferreds and how to end each one: told at stop.
         self._waits: dict[Deferred[Envelope | None], Callable[[], None]] = {}
 
@@ -82,11 +97,13 @@ class EventListener(Service):
         token = object()
         callbacks = self._callbacks if device is None else self._by_device.setdefault(device, {})
         callbacks[token] = callback
+        self._follow_waiters()
 
         def unsubscribe() -> None:
             callbacks.pop(token, None)
             if device is not None and not callbacks:
                 self._by_device.pop(device, None)
+            self._follow_waiters()
 
         return unsubscribe
 
@@ -138,14 +155,26 @@ class EventListener(Service):
         return d
 
     def whenSubscribed(self) -> Deferred[None]:
-        """Fires once the pattern subscription is live (at once if it is now)."""
+        """Fires once the connection is subscribed (at once if it is now): Redis is there."""
         if self._subscribed:
             return succeed(None)
         return self._when_subscribed.wait()
 
+    def whenListening(self) -> Deferred[None]:
+        """Fires once the events' pattern is subscribed (at once if it is now): events
+        published from then on are heard. Subscribe (or ``wait_for``) first; a caller that
+        reads state after listening waits for this in between."""
+        if self._listening:
+            return succeed(None)
+        return self._when_listening.wait()
+
     @property
     def subscribed(self) -> bool:
         return self._subscribed
+
+    @property
+    def listening(self) -> bool:
+        return self._listening
 
     # -- service -------------------------------------------------------------------------
 
@@ -182,8 +211,9 @@ class EventListener(Service):
         if self._revive_call is not None and self._revive_call.active():
             self._revive_call.cancel()
         self._revive_call = None
+        self._cancel_linger()
         factory, self._factory = self._factory, None
-        self._subscribed = False
+        self._subscribed = self._listening = self._pattern_sent = False
         if factory is None:
             return succeed(None)
         d: Deferred[Any] = factory.disconnect()
@@ -199,23 +229,72 @@ class EventListener(Service):
         def subscribed(_: object) -> None:
             if protocol is not self._protocol:
                 return
-            self._log.info("listening for events on {pattern}", pattern=self.pattern)
+            self._log.info(
+                "ready to listen for events on {pattern} (while somebody waits)",
+                pattern=self.pattern,
+            )
             self._subscribed = True
             self._when_subscribed.fire(None)
+            self._follow_waiters()
 
-        def failed(failure: Any) -> None:
-            self._log.failure("could not subscribe to {pattern}", failure, pattern=self.pattern)
-            if protocol.transport is not None:
-                protocol.transport.loseConnection()  # the factory tries again, backing off
+        maybeDeferred(protocol.subscribe, self.channel).addCallbacks(
+            subscribed, lambda f: self._failed(protocol, f, self.channel)
+        )
 
-        maybeDeferred(protocol.psubscribe, self.pattern).addCallbacks(subscribed, failed)
+    def _failed(self, protocol: Any, failure: Any, what: str) -> None:
+        self._log.failure("could not subscribe to {pattern}", failure, pattern=what)
+        if protocol.transport is not None:
+            protocol.transport.loseConnection()  # the factory tries again, backing off
+
+    def _follow_waiters(self) -> None:
+        """Subscribe the events' pattern while there are callbacks; drop it ``linger``
+        seconds after the last one went (a steady trickle of waits keeps it)."""
+        protocol = self._protocol
+        if protocol is None or not self._subscribed:
+            return
+        wanted = bool(self._callbacks or self._by_device)
+        if wanted:
+            self._cancel_linger()
+            if not self._pattern_sent:
+                self._pattern_sent = True
+
+                def listening(_: object) -> None:
+                    if protocol is not self._protocol or not self._pattern_sent:
+                        return
+                    self._log.info("listening for events on {pattern}", pattern=self.pattern)
+                    self._listening = True
+                    self._when_listening.fire(None)
+
+                maybeDeferred(protocol.psubscribe, self.pattern).addCallbacks(
+                    listening, lambda f: self._failed(protocol, f, self.pattern)
+                )
+        elif self._pattern_sent and self._linger_call is None:
+            self._linger_call = self._clock.callLater(self._linger, self._stop_listening)
+
+    def _stop_listening(self) -> None:
+        self._linger_call = None
+        protocol = self._protocol
+        if protocol is None or self._callbacks or self._by_device or not self._pattern_sent:
+            return
+        self._pattern_sent = self._listening = False
+        self._log.debug(
+            "nobody waits for events: no longer listening on {pattern}", pattern=self.pattern
+        )
+        d = maybeDeferred(protocol.punsubscribe, self.pattern)
+        d.addErrback(lambda f: self._failed(protocol, f, self.pattern))
+
+    def _cancel_linger(self) -> None:
+        if self._linger_call is not None and self._linger_call.active():
+            self._linger_call.cancel()
+        self._linger_call = None
 
     def _lost(self, protocol: Any) -> None:
         if protocol is self._protocol:
             self._protocol = None
             if self._subscribed:
                 self._log.warn("event subscription lost; reconnecting")
-            self._subscribed = False
+            self._subscribed = self._listening = self._pattern_sent = False
+            self._cancel_linger()
         self._watch()
 
     def _watch(self) -> None:

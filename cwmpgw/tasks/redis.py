@@ -30,7 +30,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -189,6 +190,7 @@ _MAX_RACES = 10
 _EXPIRE_BATCH = 100
 _POLL_INTERVAL = 0.5
 _READ_GRACE = 10.0  # how long wait() gives Redis to answer beyond the caller's timeout
+_LISTEN_WAIT = 5.0  # how long wait() gives the listener to start listening before it reads
 _FINAL_EVENTS = frozenset("task." + s for s in FINAL_STATUSES)
 # Queues read with a session's last task change, kept for its next read (see _prefetched).
 _MAX_PREFETCHED = 4096
@@ -376,8 +378,16 @@ class RedisTaskService:
 
         if timeout <= 0:
             return await self._get(task_id)
-        # Listen first, then read: a completion between the two cannot be missed.
+        # Listen first, then read: a completion between the two cannot be missed. (The
+        # listener hears events only while somebody waits: the first waiter's read waits
+        # for that, briefly; a listener that cannot listen now is read again at the end.)
         matched = listener.wait_for(final_for_task, timeout)
+        try:
+            listening = listener.whenListening()
+            if not listening.called:
+                await listening.addTimeout(min(timeout, _LISTEN_WAIT), self._clock)
+        except (DeferredTimeout, CancelledError):
+            pass
         try:
             task = await self._get(task_id)
         except BaseException:

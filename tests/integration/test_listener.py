@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.task import deferLater
 from twisted.internet.testing import Clock
 from twisted.logger import LogEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -151,22 +152,26 @@ class RedisListenerTests(TestCase):
         self.subscriptions: list[LogEvent] = []
 
         def observe(event: LogEvent) -> None:
-            if event.get("log_format", "").startswith("listening for events"):
+            if event.get("log_format", "").startswith("listening for events on"):
                 self.subscriptions.append(event)
 
         globalLogPublisher.addObserver(observe)
         self.addCleanup(globalLogPublisher.removeObserver, observe)
         endpoint = TCP4ClientEndpoint(reactor, self.redis_server.host, self.redis_server.port)
-        self.listener = EventListener(endpoint.connect, self.prefix, clock=reactor)
+        self.listener = EventListener(endpoint.connect, self.prefix, clock=reactor, linger=0.1)
         self.listener.startService()
         self.addCleanup(self.listener.stopService)
         await self.listener.whenSubscribed().addTimeout(10, reactor)
+
+    async def numpat(self) -> int:
+        return int(await self.redis.execute_command("PUBSUB", "NUMPAT"))
 
     async def test_events_arrive(self) -> None:
         seen: list[dict[str, Any]] = []
         self.listener.subscribe(seen.append)
         event = Event(type="task.done", ts=1.0, node="n", data={"id": "t1"})
         arrived = self.listener.wait_for(lambda e: e["id"] == event.id, 10)
+        await self.listener.whenListening().addTimeout(10, reactor)
         await self.bus.publish(event)
         self.assertEqual(await arrived, event.to_dict())
         self.assertEqual(seen, [event.to_dict()])
@@ -179,7 +184,34 @@ class RedisListenerTests(TestCase):
         await other.publish(Event(type="inform", ts=1.0, node="n", data={}))
         self.assertIsNone(await arrived)
 
+    async def test_listens_only_while_somebody_waits(self) -> None:
+        """Every node would otherwise receive every event of the fleet: the pattern is
+        subscribed with the first waiter and dropped ``linger`` after the last."""
+        self.assertEqual((self.listener.listening, await self.numpat()), (False, 0))
+        unsubscribe = self.listener.subscribe(lambda e: None)
+        waited = self.listener.wait_for(lambda e: False, 10)
+        await self.listener.whenListening().addTimeout(10, reactor)
+        self.assertEqual((self.listener.listening, await self.numpat()), (True, 1))
+        unsubscribe()
+        waited.addErrback(lambda f: f.trap(CancelledError))
+        waited.cancel()
+        self.assertTrue(self.listener.listening)  # for ``linger`` still
+        for _ in range(100):
+            if await self.numpat() == 0:
+                break
+            await deferLater(reactor, 0.02, lambda: None)
+        self.assertEqual((self.listener.listening, await self.numpat()), (False, 0))
+        self.assertTrue(self.listener.subscribed)  # the connection stays, ready
+        heard = self.listener.wait_for(lambda e: True, 10)  # listening again
+        await self.listener.whenListening().addTimeout(10, reactor)
+        event = Event(type="inform", ts=1.0, node="n", data={})
+        await self.bus.publish(event)
+        self.assertEqual((await heard)["id"], event.id)
+        self.assertEqual(len(self.subscriptions), 2)
+
     async def test_resubscribes_after_connection_killed(self) -> None:
+        self.listener.subscribe(lambda e: None)  # somebody waits, across the loss
+        await self.listener.whenListening().addTimeout(10, reactor)
         self.assertEqual(len(self.subscriptions), 1)
         killed = await self.redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
         self.assertGreaterEqual(killed, 1)
