@@ -164,6 +164,10 @@ class IRequestSource(Interface):
         A Deferred returned fires once that is recorded: stopping the gateway waits for it.
         """
 
+    def session_starting(device_id: str, owner: str | None) -> None:
+        """A session of ``device_id`` (owned by ``owner``) is being opened: its Inform's write
+        is under way. A source may read what it will need in the same round trip."""
+
 
 @implementer(IRequestSource)
 class NoRequests:
@@ -190,4 +194,7 @@ class NoRequests:
         return succeed(None)
 
     def session_ended(self, session: LiveSession) -> Deferred[None] | None:
+        return None
+
+    def session_starting(self, device_id: str, owner: str | None) -> None:
         return None

@@ -213,9 +213,11 @@ class AcsEngine:
             dev,
         )
         stores = self._devices.stores_events
-        is_new, announced = await self._devices.record_session_inform(
+        written = self._devices.record_session_inform(
             record, if_new, if_known, announcement, inform.retry_count
         )
+        self._requests.session_starting(device_id, record.session_owner)  # same write
+        is_new, announced = await written
         event = if_new if is_new else if_known
         if event is not None:
             await self._announce(event, stores)

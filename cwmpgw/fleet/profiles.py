@@ -806,6 +806,9 @@ class ProfileApplier:
     def transfer_completed(self, session: LiveSession, message: CompletionReport) -> Deferred[None]:
         return self._inner.transfer_completed(session, message)
 
+    def session_starting(self, device_id: str, owner: str | None) -> None:
+        self._inner.session_starting(device_id, owner)
+
     def session_ended(self, session: LiveSession) -> Deferred[None] | None:
         state = self._sessions.pop(session.session_id, None)
         if state is not None and state.outstanding is not None:

@@ -641,6 +641,9 @@ class Provisioner:
     def transfer_completed(self, session: LiveSession, message: CompletionReport) -> Deferred[None]:
         return self._inner.transfer_completed(session, message)
 
+    def session_starting(self, device_id: str, owner: str | None) -> None:
+        self._inner.session_starting(device_id, owner)
+
     def session_ended(self, session: LiveSession) -> Deferred[None] | None:
         state = self._sessions.pop(session.session_id, None)
         inner = self._inner.session_ended(session)

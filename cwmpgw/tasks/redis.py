@@ -35,6 +35,7 @@ from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cwmpgw.bus.events import Event, IEventSink, IStoredEvents
@@ -98,13 +99,14 @@ return 1
 )
 
 # KEYS: task, queue, finished, expiry zset, transfer key, event stream, bulk hash (or ''),
-#       device params (or ''), session owner key (or '')
+#       device params (or ''), session owner key (or ''), device hash (or '')
 # ARGV: 1 expected status, 2 expected attempts, 3 new JSON, 4 id,
 #       5 queue: keep | remove | front (back in, first, if it is not there),
 #       6 finished: 1 to push onto the finished list, 7 keep_finished, 8 task key prefix,
 #       9 expiry: keep | remove | add, 10 expires, 11 transfer: keep | set | remove,
 #       12-15 the event announcing the change, if any (EventStream.args), 16 new status,
-#       17 the session that must own the device (KEYS[9]) for the change ('' any),
+#       17 the session that must own the device (KEYS[9]) for the change ('' any; it went
+#          on past its Inform: KEYS[10]'s pending Inform is cleared),
 #       18 '1' to read the queue and its owner after the change,
 #       then parameter name/value pairs for the parameter cache (KEYS[8]), written whatever
 #       the outcome: they are what the CPE answered
@@ -123,7 +125,12 @@ if KEYS[8] ~= '' then
     i = last + 1
   end
 end
-if ARGV[17] ~= '' and redis.call('GET', KEYS[9]) ~= ARGV[17] then return -1 end
+if ARGV[17] ~= '' then
+  if redis.call('GET', KEYS[9]) ~= ARGV[17] then return -1 end
+  redis.call('HDEL', KEYS[10], '"""
+    + PENDING_INFORM
+    + """')
+end
 local cur = redis.call('GET', KEYS[1])
 if not cur then return 0 end
 local t = cjson.decode(cur)
@@ -166,15 +173,16 @@ return out
 """
 )
 
-# KEYS: queue, device hash[, session owner]; ARGV: owner, task key prefix. 0 when the owner
-# key names another session; else the queue as id, task JSON (nil when gone), id, JSON...
-# The session went on past its Inform: that Inform is no longer pending.
+# KEYS: queue, device hash[, session owner]; ARGV: owner, task key prefix, '1' when the
+# session asks in its turn (it went on past its Inform: that Inform is no longer pending;
+# '0' for the read sent with the Inform's write). 0 when the owner key names another
+# session; else the queue as id, task JSON (nil when gone), id, JSON...
 _QUEUE = (
     """
 if KEYS[3] and redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end
-redis.call('HDEL', KEYS[2], '"""
+if ARGV[3] == '1' then redis.call('HDEL', KEYS[2], '"""
     + PENDING_INFORM
-    + """')
+    + """') end
 local out = {}
 for _, id in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
   out[#out + 1] = id
@@ -242,7 +250,9 @@ class RedisTaskService:
         self._expiry_key = prefix + "tasks:expiry"
         # device id → (owner, queue reply) read by the script that ended the task a session
         # ran: its next ``next_for_device`` uses it instead of reading again.
-        self._prefetched: dict[str, tuple[str, list[Any]]] = {}
+        self._prefetched: dict[str, tuple[str, list[Any], bool]] = {}
+        # device id → the read sent with its session's Inform, not yet answered
+        self._prefetching: dict[str, object] = {}
 
     # -- keys ----------------------------------------------------------------------------
 
@@ -434,14 +444,18 @@ class RedisTaskService:
             keys = [queue_key, self._device_key(device_id)]
             if owner is not None:
                 keys.append(owner_key(self._prefix, device_id))
+            kept = self._prefetched_queue(device_id, owner)
             for _ in range(_MAX_RACES):
                 raced = False
-                reply: Any = self._prefetched_queue(device_id, owner)
-                # Read moments ago, with the end of the task before: the start checks that
-                # this session still owns the device, as the read would have.
-                check = owner if reply is not None else None
+                # A queue read earlier (with the Inform, or with the end of the task
+                # before): the start checks that this session still owns the device, as
+                # the read would have, and tells Redis the session went on.
+                reply: Any = kept[0] if kept is not None else None
+                check = owner if kept is not None else None
                 if reply is None:
-                    reply = await self._redis.eval(_QUEUE, keys, [owner or "", self._task_key("")])
+                    reply = await self._redis.eval(
+                        _QUEUE, keys, [owner or "", self._task_key(""), "1"]
+                    )
                 if reply == 0:
                     raise Superseded(device_id)
                 queued = [
@@ -464,8 +478,12 @@ class RedisTaskService:
                         break
                     if new.status == "running":
                         return new
+                if kept is not None and not kept[1]:
+                    kept = None  # read with the Inform and nothing started: read in the turn
+                    continue
                 if not raced:
                     return None
+                kept = None
             return None
 
         return Deferred.fromCoroutine(run())
@@ -669,6 +687,7 @@ class RedisTaskService:
         """
         # Whatever changes this device's tasks makes a queue read before it stale.
         self._prefetched.pop(old.device_id, None)
+        self._prefetching.pop(old.device_id, None)
         keys = [
             self._task_key(old.id),
             self._device_key(old.device_id, ":queue"),
@@ -679,6 +698,7 @@ class RedisTaskService:
             self._bulk_key(old.bulk) if old.bulk else "",
             self._device_key(old.device_id, ":params") if parameters else "",
             owner_key(self._prefix, old.device_id) if prefetch or owner else "",
+            self._device_key(old.device_id) if owner else "",
         ]
         args = [
             expected or old.status,
@@ -701,7 +721,7 @@ class RedisTaskService:
             args += [name, json.dumps([value, type_])]
         reply = await self._redis.eval(_TRANSITION, keys, args)
         if isinstance(reply, list) and reply and reply[0] == 1:
-            self._prefetch(old.device_id, str(reply[1]), reply[2:])
+            self._prefetch(old.device_id, str(reply[1]), reply[2:], True)
             reply = 1
         if reply == -1:
             raise Superseded(old.device_id)
@@ -769,26 +789,56 @@ class RedisTaskService:
 
         return Deferred.fromCoroutine(run())
 
-    def _prefetch(self, device_id: str, owner: str, queue: list[Any]) -> None:
-        """Keep the queue a task's end read, for the session's next ``next_for_device``.
+    def prefetch(self, device_id: str, owner: str) -> None:
+        """Read ``device_id``'s queue now, for ``owner``'s session that is being opened
+        (sent in the same write as its Inform's; the session's first turn starts the first
+        task without reading again). A failure is the first turn's to see: it reads."""
+        token = self._prefetching[device_id] = object()
+        keys = [
+            self._device_key(device_id, ":queue"),
+            self._device_key(device_id),
+            owner_key(self._prefix, device_id),
+        ]
 
-        The engine asks for the next task in the same reactor turn as the end's answer, so
-        this is the queue as a read then would find it (the owner included); any other
+        def read(reply: Any) -> None:
+            if self._prefetching.get(device_id) is token:
+                del self._prefetching[device_id]
+                if isinstance(reply, list):
+                    self._prefetch(device_id, owner, reply, False)
+
+        def failed(_: Failure) -> None:
+            if self._prefetching.get(device_id) is token:
+                del self._prefetching[device_id]
+
+        d: Deferred[Any] = self._redis.eval(_QUEUE, keys, [owner, self._task_key(""), "0"])
+        d.addCallbacks(read, failed)
+
+    def _prefetch(self, device_id: str, owner: str, queue: list[Any], current: bool) -> None:
+        """Keep a queue read for the session's next ``next_for_device``.
+
+        ``current``: read by a task's end; the engine asks for the next task in the same
+        reactor turn as the end's answer, so this is the queue as a read then would find
+        it (the owner included). Else read with the Inform: its first task is started from
+        it (tasks queued since come after it), but an empty one is read again. Any other
         change of the device's tasks drops it, and a session that ends before asking
         leaves one entry, bounded here and never used by another session (its owner).
         """
         if len(self._prefetched) >= _MAX_PREFETCHED:
             self._prefetched.pop(next(iter(self._prefetched)))
-        self._prefetched[device_id] = (owner, queue)
+        self._prefetched[device_id] = (owner, queue, current)
 
-    def _prefetched_queue(self, device_id: str, owner: str | None) -> list[Any] | None:
+    def _prefetched_queue(self, device_id: str, owner: str | None) -> tuple[list[Any], bool] | None:
         """The queue prefetched for ``owner``'s session; None when there is none for it (a
         session that no longer owns the device reads, and learns it is superseded)."""
         kept = self._prefetched.pop(device_id, None)
         if kept is None or owner is None:
             return None
-        current_owner, queue = kept
-        return queue if current_owner == owner else None
+        current_owner, queue, current = kept
+        if current_owner != owner or not (queue or current):
+            # Read with the Inform and empty: read again in the turn, a task may have come
+            # since (and that read tells Redis the session went on).
+            return None
+        return queue, current
 
     def _stored(self, event: Event) -> None:
         """Tell the sink (metrics) of an event a script stored; it does not publish it."""

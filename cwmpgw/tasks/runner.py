@@ -164,6 +164,13 @@ class TaskRunner:
     def next_request(self, session: LiveSession) -> Deferred[AcsRequest | None]:
         return Deferred.fromCoroutine(self._next(session))
 
+    def session_starting(self, device_id: str, owner: str | None) -> None:
+        # The queue, read in the same write as the Inform's: the first turn starts its
+        # first task without reading it again (a provider that cannot, reads then).
+        prefetch = getattr(self._tasks, "prefetch", None)
+        if prefetch is not None and owner is not None:
+            prefetch(device_id, owner)
+
     async def _next(self, session: LiveSession) -> AcsRequest | None:
         # Whether the session's ownership of the device was checked in this turn (by the
         # task store, with the queue read: then the engine need not ask the lock again).

@@ -101,6 +101,9 @@ class UnreachableQueue:
     def session_ended(self, session: LiveSession) -> None:
         pass
 
+    def session_starting(self, device_id: str, owner: str | None) -> None:
+        pass
+
 
 class InMemoryOutageTests(SynchronousTestCase):
     def setUp(self) -> None:

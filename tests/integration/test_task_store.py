@@ -578,6 +578,56 @@ class RedisTaskTests(TaskContract, TestCase):
         self.assertEqual(self.bus.of(first.id), ["task.queued", "task.done"])
         self.assertEqual(self.bus.of(second.id), ["task.queued", "task.failed"])
 
+    async def pending_inform(self) -> Any:
+        return await self.redis.hget(f"{self.prefix}device:{DEV}", "pending_inform")
+
+    async def test_the_queue_read_with_the_inform_starts_the_first_task(self) -> None:
+        """prefetch() goes out with the Inform's write; the session's first turn starts its
+        first task from it (checking the owner, and telling Redis the session went on:
+        the Inform is no longer pending) without reading the queue again."""
+        from cwmpgw.store.sessionlock import RedisSessionLock
+
+        await RedisSessionLock(self.redis, self.prefix).take(DEV, "n1:s1", 60)
+        await self.redis.hset(f"{self.prefix}device:{DEV}", "pending_inform", "f1")
+        first = await self.service.submit(DEV, "GetParameterValues", GPV)
+        reads = self.count_queue_reads()
+        self.service.prefetch(DEV, "n1:s1")
+        await self.redis.ping()  # answered after the read: it has arrived
+        self.assertEqual((reads[0], await self.pending_inform()), (1, "f1"))
+        later = await self.service.submit(DEV, "Reboot", {})  # queued after the read
+        running = await self.service.next_for_device(DEV, "n1:s1")
+        self.assertEqual((running.id, running.status, reads[0]), (first.id, "running", 1))
+        self.assertIsNone(await self.pending_inform())
+        await self.service.complete(running, {})
+        self.assertEqual((await self.service.next_for_device(DEV, "n1:s1")).id, later.id)
+        self.assertEqual(reads[0], 1)
+
+    async def test_an_inform_read_that_starts_nothing_is_read_again(self) -> None:
+        """Empty, or holding only tasks that are not started (expired), a read made with the
+        Inform is not the turn's answer: a task may have come since, and the turn's read
+        is what tells Redis the session went on."""
+        from cwmpgw.store.sessionlock import RedisSessionLock
+
+        await RedisSessionLock(self.redis, self.prefix).take(DEV, "n1:s1", 60)
+        await self.redis.hset(f"{self.prefix}device:{DEV}", "pending_inform", "f1")
+        reads = self.count_queue_reads()
+        self.service.prefetch(DEV, "n1:s1")
+        await self.redis.ping()
+        task = await self.service.submit(DEV, "GetParameterValues", GPV)
+        running = await self.service.next_for_device(DEV, "n1:s1")
+        self.assertEqual((running.id, reads[0]), (task.id, 2))
+        self.assertIsNone(await self.pending_inform())
+        await self.service.complete(running, {})
+        await self.redis.hset(f"{self.prefix}device:{DEV}", "pending_inform", "f2")
+        old = await self.service.submit(DEV, "Reboot", {}, expires_in=5)
+        self.service.prefetch(DEV, "n1:s1")
+        await self.redis.ping()
+        self.clock.advance(10)
+        self.assertIsNone(await self.service.next_for_device(DEV, "n1:s1"))
+        self.assertEqual((await self.service.get(old.id)).status, "expired")
+        self.assertEqual(reads[0], 4)  # the read with the Inform, then the turn's
+        self.assertIsNone(await self.pending_inform())
+
     async def test_a_prefetched_queue_is_never_stale(self) -> None:
         """What changes the device's tasks after the read drops it; a session that no longer
         owns the device, or another session, reads again (and is told it is superseded)."""
