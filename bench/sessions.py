@@ -151,10 +151,13 @@ def spy_on(pid: int, output: str | None) -> subprocess.Popen[bytes] | None:
     )
 
 
+RATE: float | None = None  # --rate: sessions started per second (None: as fast as it goes)
+
+
 async def run_fleet(reactor: Any, fleet: Any, count: int) -> Any:
     from cwmpgw.sim.fleet import Rate
 
-    return await fleet.run_sessions(count=count, arrival=Rate(None))
+    return await fleet.run_sessions(count=count, arrival=Rate(RATE))
 
 
 async def main(reactor: Any, args: argparse.Namespace) -> None:
@@ -351,6 +354,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                 "rounds": args.rounds,
                 "concurrency": args.concurrency,
                 "workers": args.workers,
+                "rate": RATE,
                 "reuse_nonce": args.reuse_nonce,
                 "tls_resume": args.tls_resume,
                 "tls_handshakes": handshakes,
@@ -418,9 +422,18 @@ if __name__ == "__main__":
         help="CPEs offer their last TLS session for resumption (both servers)",
     )
     parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="sessions started per second, the same for both servers (default: as fast as"
+        " the concurrency allows, so the faster server also batches more per reactor turn)",
+    )
+    parser.add_argument(
         "--py-spy", metavar="FILE", help="profile the gateway during the measured rounds"
     )
     parser.add_argument(
         "--py-spy-baseline", metavar="FILE", help="profile the baseline server likewise"
     )
-    task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor, parser.parse_args())))
+    arguments = parser.parse_args()
+    RATE = arguments.rate
+    task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor, arguments)))
