@@ -6,9 +6,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from cwmpgw.availability import GuardedRedis
 from cwmpgw.bus.events import Event, IEventSink
 
 __all__ = ["EMIT_LUA", "EventStream", "RedisEventBus"]
@@ -65,13 +67,54 @@ class RedisEventBus:
 
     _log = Logger()
 
-    def __init__(self, redis: Any, prefix: str, *, stream_maxlen: int = 100_000) -> None:
+    def __init__(
+        self,
+        redis: Any,
+        prefix: str,
+        *,
+        stream_maxlen: int = 100_000,
+        riding: frozenset[str] = frozenset(),
+        clock: IReactorTime | None = None,
+        max_ride: float = 0.05,
+    ) -> None:
         self._redis = redis
         self._stream = EventStream(prefix, stream_maxlen)
+        # Events of the ``riding`` types are sent with the next command that goes to Redis
+        # (RedisAvailability.ride), or after ``max_ride`` seconds if none comes first.
+        self._riding = riding if clock is not None and isinstance(redis, GuardedRedis) else None
+        self._clock = clock
+        self._max_ride = max_ride
+        self._waiting: list[tuple[Event, Deferred[None]]] = []
+        self._ride_timer: IDelayedCall | None = None
 
     def channel(self, event_type: str) -> str:
         return self._stream.channel(event_type)
 
     def publish(self, event: Event) -> Deferred[None]:
+        if self._riding is not None and event.type in self._riding:
+            return self._ride(event)
+        return self._send(event)
+
+    def _send(self, event: Event) -> Deferred[None]:
         d: Deferred[Any] = self._redis.eval(_PUBLISH, [self._stream.key], self._stream.args(event))
         return d.addCallback(lambda _: None)
+
+    def _ride(self, event: Event) -> Deferred[None]:
+        """Publish ``event`` (one nobody waits for, e.g. session.closed) with the next
+        command anybody sends: a session's last event otherwise costs a write and a read
+        of its own. Fires once it is stored, as ``publish`` does."""
+        d: Deferred[None] = Deferred()
+        if not self._waiting:
+            assert self._clock is not None
+            self._redis.availability.ride(self._flush)
+            self._ride_timer = self._clock.callLater(self._max_ride, self._flush)
+        self._waiting.append((event, d))
+        return d
+
+    def _flush(self) -> None:
+        if self._ride_timer is not None and self._ride_timer.active():
+            self._ride_timer.cancel()
+        self._ride_timer = None
+        waiting, self._waiting = self._waiting, []
+        for event, d in waiting:
+            self._send(event).chainDeferred(d)

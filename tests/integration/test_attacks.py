@@ -1265,6 +1265,7 @@ class IdentityAttackGatewayTests(GatewayBase):
                 "victim_finishes": [204],
             },
         )
+        await self.service.engine.flush()  # the background events (session.closed) are out
         events = [json.loads(f[b"event"]) for _, f in self.redis.xrange(self.prefix + "events")]
         transfers = [e["data"]["command_key"] for e in events if e["type"] == "transfer.complete"]
         self.assertEqual(transfers, ["fw-42"])  # the forged report never got in
@@ -1297,6 +1298,7 @@ class IdentityAttackGatewayTests(GatewayBase):
         self.assertEqual(sorted(r[:2] for r in results), [[401, 200], [401, 200]])
         # One session survives; the other was superseded and its next POST refused.
         self.assertEqual(sorted(r[2] for r in results), [204, 400])
+        await self.service.engine.flush()  # the background events (session.closed) are out
         events = [json.loads(f[b"event"]) for _, f in self.redis.xrange(self.prefix + "events")]
         closed = [e["data"]["outcome"] for e in events if e["type"] == "session.closed"]
         self.assertEqual(len(closed), 2)

@@ -89,3 +89,45 @@ class RedisBusTests(TestCase):
         as_dict = dict(zip(fields[::2], fields[1::2], strict=True))
         self.assertEqual(as_dict["type"], "session.closed")
         self.assertEqual(json.loads(as_dict["event"]), event.to_dict())
+
+    async def test_a_riding_event_leaves_with_the_next_command(self) -> None:
+        """session.closed (nobody waits for it) is not a write of its own: it is sent just
+        before the next command anybody sends through the guard, in the same write; with
+        none coming, after max_ride seconds. Other events go at once."""
+        import txredisapi
+        from twisted.internet.testing import Clock
+
+        from cwmpgw.availability import GuardedRedis, RedisAvailability
+        from cwmpgw.bus.redis import RedisEventBus
+
+        prefix = unique_prefix()
+        raw = await txredisapi.Connection(
+            self.redis_server.host, self.redis_server.port, convertNumbers=False
+        )
+        self.addCleanup(raw.disconnect)
+        clock = Clock()
+        guarded = GuardedRedis(raw, RedisAvailability.for_txredisapi(raw, clock=clock))
+        bus = RedisEventBus(
+            guarded, prefix, riding=frozenset({"session.closed"}), clock=clock, max_ride=0.05
+        )
+
+        def event(kind: str) -> Event:
+            return Event(type=kind, ts=1_700_000_000.0, node="n1", data={})
+
+        async def stored() -> list[str]:
+            entries = await raw.execute_command("XRANGE", prefix + "events", "-", "+")
+            return [dict(zip(f[::2], f[1::2], strict=True))["type"] for _, f in entries]
+
+        closed = [bus.publish(event("session.closed")) for _ in range(2)]
+        await raw.ping()  # not through the guard: nothing rides with it
+        self.assertEqual((await stored(), [d.called for d in closed]), ([], [False, False]))
+        await guarded.get(prefix + "anything")  # the next command: both go before it
+        self.assertEqual(await stored(), ["session.closed", "session.closed"])
+        await defer.gatherResults(closed)
+        await bus.publish(event("inform"))  # not riding: at once
+        self.assertEqual(len(await stored()), 3)
+        late = bus.publish(event("session.closed"))
+        clock.advance(0.05)  # nothing else came: sent on its own
+        await late
+        self.assertEqual(len(await stored()), 4)
+        self.assertEqual(clock.getDelayedCalls(), [])

@@ -200,6 +200,7 @@ class ConnectionRequestTests(TestCase):
         self.assertEqual(listener.requests, [("127.0.0.1", False), ("127.0.0.1", True)])
         exchanges = await sessions[0]
         self.assertEqual(exchanges[-1].status, 204)
+        await service.engine.flush()  # the background events (session.closed) are out
         events = [json.loads(f["event"]) for _, f in self.redis.xrange(self.prefix + "events")]
         marks = [
             e["data"]["events"][0]["code"] if e["type"] == "inform" else e["type"] for e in events
@@ -221,6 +222,7 @@ class ConnectionRequestTests(TestCase):
         self.assertEqual((await service.connreq.wake(DEVICE_ID)).outcome, "refused")  # unknown
         self.assertFalse(self.redis.exists(f"{self.prefix}connreq:recent:{DEVICE_ID}"))
         await self.session("1 BOOT", cr_url)
+        await service.engine.flush()  # the session's background events (session.closed)
         before = len(self.stream_types())
         result = await service.connreq.wake(DEVICE_ID)
         self.assertEqual((result.outcome, result.method), ("ok", "http"))
