@@ -86,6 +86,7 @@ class RedisEventBus:
         self._max_ride = max_ride
         self._waiting: list[tuple[Event, Deferred[None]]] = []
         self._ride_timer: IDelayedCall | None = None
+        self._aboard = False  # a ride is booked (RedisAvailability.ride) and not yet taken
 
     def channel(self, event_type: str) -> str:
         return self._stream.channel(event_type)
@@ -106,10 +107,16 @@ class RedisEventBus:
         d: Deferred[None] = Deferred()
         if not self._waiting:
             assert self._clock is not None
-            self._redis.availability.ride(self._flush)
+            if not self._aboard:  # one ride at a time, however long Redis is away
+                self._aboard = True
+                self._redis.availability.ride(self._board)
             self._ride_timer = self._clock.callLater(self._max_ride, self._flush)
         self._waiting.append((event, d))
         return d
+
+    def _board(self) -> None:
+        self._aboard = False
+        self._flush()
 
     def _flush(self) -> None:
         if self._ride_timer is not None and self._ride_timer.active():

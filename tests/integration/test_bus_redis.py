@@ -131,3 +131,8 @@ class RedisBusTests(TestCase):
         await late
         self.assertEqual(len(await stored()), 4)
         self.assertEqual(clock.getDelayedCalls(), [])
+        later = bus.publish(event("session.closed"))
+        clock.advance(0.05)
+        await later
+        # The ride booked for ``late`` is still waiting for a command: not booked twice.
+        self.assertEqual(len(guarded.availability._riders), 1)
