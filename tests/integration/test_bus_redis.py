@@ -131,8 +131,42 @@ class RedisBusTests(TestCase):
         await late
         self.assertEqual(len(await stored()), 4)
         self.assertEqual(clock.getDelayedCalls(), [])
-        later = bus.publish(event("session.closed"))
+        later = [bus.publish(event("session.closed")) for _ in range(3)]
+        self.assertEqual(len(guarded.availability._riders), 1)  # one ride for them all
         clock.advance(0.05)
-        await later
-        # The ride booked for ``late`` is still waiting for a command: not booked twice.
-        self.assertEqual(len(guarded.availability._riders), 1)
+        await defer.gatherResults(later)
+        self.assertEqual(guarded.availability._riders, [])  # the timer's send took it
+
+
+class RideTests(SynchronousTestCase):
+    def test_one_ride_booked_however_long_redis_is_away(self) -> None:
+        """With Redis away no command goes out to take a booked ride: the riding events are
+        sent (and fail, for the spool) by their timer, and the ride is booked once."""
+        from twisted.internet.defer import succeed
+        from twisted.internet.testing import Clock
+
+        from cwmpgw.availability import GuardedRedis, RedisAvailability, Unavailable
+        from cwmpgw.bus.redis import RedisEventBus
+
+        class Pool:
+            def eval(self, script: str, keys: Any = (), args: Any = ()) -> Any:
+                return succeed("1-0")
+
+        clock = Clock()
+        connections = [0]
+        availability = RedisAvailability(
+            lambda: defer.Deferred(), lambda: connections[0], clock=clock
+        )
+        availability._up = False  # as after a failed check: Redis is away
+        bus = RedisEventBus(
+            GuardedRedis(Pool(), availability),
+            "p:",
+            riding=frozenset({"session.closed"}),
+            clock=clock,
+            max_ride=0.05,
+        )
+        for _ in range(20):
+            d = bus.publish(Event(type="session.closed", ts=1.0, node="n", data={}))
+            clock.advance(0.05)
+            self.failureResultOf(d, Unavailable)
+        self.assertEqual(len(availability._riders), 1)
