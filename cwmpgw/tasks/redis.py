@@ -248,8 +248,9 @@ class RedisTaskService:
         self._keep_finished = keep_finished
         self._gpv_batch = gpv_batch
         self._expiry_key = prefix + "tasks:expiry"
-        # device id → (owner, queue reply) read by the script that ended the task a session
-        # ran: its next ``next_for_device`` uses it instead of reading again.
+        # device id → (owner, queue reply, current) read with a session's Inform or by the
+        # script that ended the task it ran: its next ``next_for_device`` uses it instead
+        # of reading again (see _prefetch).
         self._prefetched: dict[str, tuple[str, list[Any], bool]] = {}
         # device id → the read sent with its session's Inform, not yet answered
         self._prefetching: dict[str, object] = {}
