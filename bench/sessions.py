@@ -8,6 +8,10 @@ same simulated CPEs (cwmpgw.sim, in this process) run the same exchanges against
 Twisted TLS server answering canned bytes (bench/baseline_server.py), round for round in
 turn with the gateway's, so that both are measured on the same machine speed.
 
+``--rate R``: R sessions started per second against both servers (the same offered load;
+by default each runs as fast as the concurrency allows, so the faster one also handles
+more sessions per reactor turn). ``--redis-socket unix``: Redis over its unix socket.
+
 ``--reuse-nonce``: returning CPEs open each session with their last Digest nonce and the
 next nonce count, so neither server sends a 401. ``--tls-resume``: they offer their last
 TLS session (a ticket); the table says how many handshakes were resumed.
