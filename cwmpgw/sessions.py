@@ -11,15 +11,17 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import Interface, implementer
 
+from cwmpgw.cwmp import rpc
 from cwmpgw.cwmp.messages import CompletionReport, CpeFault, DeviceId, RpcResponse
 from cwmpgw.cwmp.session import AcsRequest, CwmpSession, Outcome, SessionEnded
 
-__all__ = ["IRequestSource", "LiveSession", "NoRequests", "SessionRegistry"]
+__all__ = ["IRequestSource", "LiveSession", "NoRequests", "SessionRegistry", "acs_request"]
 
 
 @dataclass(eq=False)
@@ -127,6 +129,28 @@ class SessionRegistry:
     def end_all(self, outcome: Outcome, reason: str = "") -> None:
         for live in list(self._by_cookie.values()):
             self.end(live, outcome, reason)
+
+
+def acs_request(
+    session: LiveSession,
+    method: str,
+    request_id: str,
+    args: dict[str, Any],
+    ref: object,
+    *,
+    owner_checked: bool = False,
+) -> AcsRequest:
+    """A request source's ``method`` with ``args``, as the envelope this session's CPE reads
+    (its namespace and HoldRequests). Raises :class:`rpc.ArgumentError` for arguments the
+    method (or the CPE's CWMP version) does not take."""
+    body = rpc.build(
+        session.machine.namespace,
+        request_id,
+        method,
+        args,
+        hold_requests=session.machine.hold_requests,
+    )
+    return AcsRequest(method, request_id, body, ref=ref, owner_checked=owner_checked)
 
 
 class IRequestSource(Interface):

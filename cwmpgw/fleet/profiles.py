@@ -49,7 +49,7 @@ from cwmpgw.cwmp.datamodel import ROOTS, DataModel, DataModelError, standard_mod
 from cwmpgw.cwmp.messages import CompletionReport, CpeFault, RpcResponse
 from cwmpgw.cwmp.session import AcsRequest
 from cwmpgw.fleet.selector import Selector, SelectorError, parse_selector
-from cwmpgw.sessions import IRequestSource, LiveSession
+from cwmpgw.sessions import IRequestSource, LiveSession, acs_request
 from cwmpgw.store.interfaces import IDeviceStore
 
 __all__ = [
@@ -701,14 +701,7 @@ class ProfileApplier:
             state.outstanding = step
             step.sent += 1
             request_id = f"prof.{step.key[-8:]}.{step.sent}"
-            body = rpc.build(
-                session.machine.namespace,
-                request_id,
-                method,
-                args,
-                hold_requests=session.machine.hold_requests,
-            )
-            return AcsRequest(method, request_id, body, ref=step)
+            return acs_request(session, method, request_id, args, step)
         result: AcsRequest | None = await self._inner.next_request(session)
         return result
 

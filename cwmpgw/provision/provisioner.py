@@ -67,7 +67,7 @@ from cwmpgw.cwmp.messages import (
     RpcResponse,
 )
 from cwmpgw.cwmp.session import AcsRequest, Outcome
-from cwmpgw.sessions import IRequestSource, LiveSession
+from cwmpgw.sessions import IRequestSource, LiveSession, acs_request
 from cwmpgw.store.interfaces import (
     NAME_ABSENT,
     NAME_LISTED,
@@ -347,14 +347,7 @@ class Provisioner:
                 else:
                     values = step.values or []
                 args = {"parameters": values, "parameter_key": step.parameter_key}
-            body = rpc.build(
-                session.machine.namespace,
-                request_id,
-                method,
-                args,
-                hold_requests=session.machine.hold_requests,
-            )
-            return AcsRequest(method, request_id, body, ref=step)
+            return acs_request(session, method, request_id, args, step)
         result: AcsRequest | None = await self._inner.next_request(session)
         return result
 

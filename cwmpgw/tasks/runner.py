@@ -45,7 +45,7 @@ from cwmpgw.cwmp.messages import (
     TransferComplete,
 )
 from cwmpgw.cwmp.session import AcsRequest
-from cwmpgw.sessions import IRequestSource, LiveSession
+from cwmpgw.sessions import IRequestSource, LiveSession, acs_request
 from cwmpgw.store.interfaces import IDeviceStore
 from cwmpgw.tasks.model import Task
 from cwmpgw.tasks.plans import Plan, needs_link, plan_for
@@ -214,12 +214,8 @@ class TaskRunner:
             state.calls += 1
             request_id = f"{state.task.id[-12:]}.{state.calls}"
             try:
-                body = rpc.build(
-                    session.machine.namespace,
-                    request_id,
-                    call.method,
-                    call.args,
-                    hold_requests=session.machine.hold_requests,
+                request = acs_request(
+                    session, call.method, request_id, call.args, state, owner_checked=owner_checked
                 )
             except rpc.ArgumentError as e:
                 # E.g. ScheduleDownload to a CWMP 1.0 device: the method is not in its schema.
@@ -233,7 +229,7 @@ class TaskRunner:
                 task_id=state.task.id,
                 device_id=session.device_id,
             )
-            return AcsRequest(call.method, request_id, body, ref=state, owner_checked=owner_checked)
+            return request
 
     def _plan(self, session: LiveSession, task: Task, args: dict[str, Any]) -> Plan:
         """The task's plan; ``args`` are its arguments as completed for this device (a
