@@ -158,7 +158,7 @@ class RedisListenerTests(TestCase):
         globalLogPublisher.addObserver(observe)
         self.addCleanup(globalLogPublisher.removeObserver, observe)
         endpoint = TCP4ClientEndpoint(reactor, self.redis_server.host, self.redis_server.port)
-        self.listener = EventListener(endpoint.connect, self.prefix, clock=reactor, linger=0.1)
+        self.listener = EventListener(endpoint.connect, self.prefix, clock=reactor)
         self.listener.startService()
         self.addCleanup(self.listener.stopService)
         await self.listener.whenSubscribed().addTimeout(10, reactor)
@@ -186,24 +186,34 @@ class RedisListenerTests(TestCase):
 
     async def test_listens_only_while_somebody_waits(self) -> None:
         """Every node would otherwise receive every event of the fleet: the pattern is
-        subscribed with the first waiter and dropped ``linger`` after the last."""
-        self.assertEqual((self.listener.listening, await self.numpat()), (False, 0))
-        unsubscribe = self.listener.subscribe(lambda e: None)
-        waited = self.listener.wait_for(lambda e: False, 10)
-        await self.listener.whenListening().addTimeout(10, reactor)
-        self.assertEqual((self.listener.listening, await self.numpat()), (True, 1))
+        subscribed with the first waiter and dropped ``linger`` after the last (on the
+        listener's clock; Redis's side is then read until the unsubscription is in)."""
+        clock = Clock()
+        endpoint = TCP4ClientEndpoint(reactor, self.redis_server.host, self.redis_server.port)
+        listener = EventListener(endpoint.connect, self.prefix, clock=clock, linger=30.0)
+        listener.startService()
+        self.addCleanup(listener.stopService)
+        await listener.whenSubscribed().addTimeout(10, reactor)
+        self.assertEqual((listener.listening, await self.numpat()), (False, 0))
+        unsubscribe = listener.subscribe(lambda e: None)
+        waited = listener.wait_for(lambda e: False, 10)
+        await listener.whenListening().addTimeout(10, reactor)
+        self.assertEqual((listener.listening, await self.numpat()), (True, 1))
         unsubscribe()
         waited.addErrback(lambda f: f.trap(CancelledError))
         waited.cancel()
-        self.assertTrue(self.listener.listening)  # for ``linger`` still
-        for _ in range(100):
+        clock.advance(29.9)
+        self.assertTrue(listener.listening)  # for ``linger`` still
+        clock.advance(0.1)
+        self.assertFalse(listener.listening)
+        for _ in range(100):  # the PUNSUBSCRIBE's way to Redis
             if await self.numpat() == 0:
                 break
             await deferLater(reactor, 0.02, lambda: None)
-        self.assertEqual((self.listener.listening, await self.numpat()), (False, 0))
-        self.assertTrue(self.listener.subscribed)  # the connection stays, ready
-        heard = self.listener.wait_for(lambda e: True, 10)  # listening again
-        await self.listener.whenListening().addTimeout(10, reactor)
+        self.assertEqual(await self.numpat(), 0)
+        self.assertTrue(listener.subscribed)  # the connection stays, ready
+        heard = listener.wait_for(lambda e: True, 10)  # listening again
+        await listener.whenListening().addTimeout(10, reactor)
         event = Event(type="inform", ts=1.0, node="n", data={})
         await self.bus.publish(event)
         self.assertEqual((await heard)["id"], event.id)
