@@ -29,7 +29,7 @@ from cwmpgw.cwmp.messages import DeviceId
 from cwmpgw.service import GatewayService
 from tests.support import cpe_envelopes as cpe
 from tests.support import digest_client
-from tests.support.gateway import acs_url, cafile, import_credentials, start_gateway
+from tests.support.gateway import acs_url, cafile, import_into, start_gateway
 from tests.support.memhttp import Connection, MemoryAcs, Response, digest_post
 from tests.support.redis_server import unique_prefix
 from tests.support.tr069_cpe import Exchange, Tr069Cpe
@@ -263,16 +263,13 @@ class OpenInternetGatewayTests(TestCase):
         rows = [f"{DEVICE_ID},{USER},{PASSWORD}"] + [
             f"{device_id(i)},{device_id(i)},pw-{i}" for i in range(30)
         ]
-        result = await deferToThread(
-            import_credentials,
+        await import_into(
+            self,
             "device_id,username,password\n" + "\n".join(rows) + "\n",
             self.dir,
-            "--redis",
             self.redis_server.url,
-            "--prefix",
             self.prefix,
         )
-        self.assertEqual(result.returncode, 0, result.stderr)
         return service
 
     async def start_second(self) -> str:

@@ -30,7 +30,7 @@ from twisted.web.server import Site
 from cwmpgw.connreq import stun
 from cwmpgw.service import GatewayService
 from tests.support import cpe_client
-from tests.support.gateway import acs_url, cafile, import_credentials, start_gateway
+from tests.support.gateway import acs_url, cafile, import_into, start_gateway
 from tests.support.redis_server import unique_prefix
 
 DEVICE_ID = "9CA2F4-EC220_G5_V3-22275K2000315"
@@ -130,19 +130,14 @@ class ConnectionRequestTests(TestCase):
             self.redis_server.host, self.redis_server.port, decode_responses=True
         )
         self.addCleanup(self.redis.close)
-        result = await deferToThread(
-            import_credentials,
+        await import_into(
+            self,
             "device_id,username,password,cr_username,cr_password\n"
             f"{DEVICE_ID},{USER},{PASSWORD},{CR_USER},{CR_PASSWORD}\n",
             self.dir,
-            "--redis",
             self.redis_server.url,
-            "--prefix",
             self.prefix,
-            "--data-dir",
-            self.dir,
         )
-        self.assertEqual(result.returncode, 0, result.stderr)
         self.assertNotIn(
             CR_PASSWORD, json.dumps(self.redis.hgetall(self.prefix + "crcred:" + DEVICE_ID))
         )

@@ -25,7 +25,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.support import cpe_client
 from tests.support.cpe_envelopes import cpe_fault, typical_response
-from tests.support.gateway import acs_url, cafile, import_credentials, start_gateway
+from tests.support.gateway import acs_url, cafile, import_into, start_gateway
 from tests.support.redis_server import unique_prefix
 
 DEVICE_ID = "9CA2F4-EC220_G5_V3-22275K2000315"
@@ -429,16 +429,13 @@ class ProvisioningTests(GatewayCase):
         self.assertEqual([e.status for e in await self.session(*cpe.credential())], [200, 204])
 
     async def test_rotation_on_demand(self) -> None:
-        result = await deferToThread(
-            import_credentials,
+        await import_into(
+            self,
             f"device_id,username,password\n{DEVICE_ID},{DEVICE_ID},first-password-123\n",
             self.dir,
-            "--redis",
             self.redis_server.url,
-            "--prefix",
             self.prefix,
         )
-        self.assertEqual(result.returncode, 0, result.stderr)
         plain = await self.session(DEVICE_ID, "first-password-123", ApplyingCpe())
         self.assertEqual([e.status for e in plain], [200, 204])  # nothing to set
         rotate = await deferToThread(

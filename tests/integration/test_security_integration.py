@@ -21,7 +21,7 @@ from twisted.trial.unittest import TestCase
 from cwmpgw.service import GatewayService
 from tests.support import cpe_client
 from tests.support.certfactory import CertAuthority
-from tests.support.gateway import acs_url, cafile, import_credentials, start_gateway
+from tests.support.gateway import acs_url, cafile, import_into, start_gateway
 from tests.support.redis_server import unique_prefix
 
 DEVICE_ID = "9CA2F4-EC220_G5_V3-22275K2000315"
@@ -49,16 +49,13 @@ class SecurityTests(TestCase):
             self.redis_server.host, self.redis_server.port, decode_responses=True
         )
         self.addCleanup(self.redis.close)
-        result = await deferToThread(
-            import_credentials,
+        await import_into(
+            self,
             f"device_id,username,password\n{DEVICE_ID},{USER},{PASSWORD}\n",
             self.dir,
-            "--redis",
             self.redis_server.url,
-            "--prefix",
             self.prefix,
         )
-        self.assertEqual(result.returncode, 0, result.stderr)
         return service
 
     def session(self, user: str = "", password: str = "", **kw: Any) -> Any:

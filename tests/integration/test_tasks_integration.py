@@ -22,7 +22,7 @@ from twisted.trial.unittest import TestCase
 from cwmpgw.service import GatewayService
 from tests.support import cpe_client
 from tests.support.cpe_envelopes import du_state_change_complete, typical_response
-from tests.support.gateway import acs_url, cafile, import_credentials, start_gateway
+from tests.support.gateway import acs_url, cafile, import_into, start_gateway
 from tests.support.redis_server import unique_prefix
 
 DEVICE_ID = "9CA2F4-EC220_G5_V3-22275K2000315"
@@ -117,16 +117,13 @@ class TaskTests(TestCase):
             self.redis_server.host, self.redis_server.port, decode_responses=True
         )
         self.addCleanup(self.redis.close)
-        result = await deferToThread(
-            import_credentials,
+        await import_into(
+            self,
             f"device_id,username,password\n{DEVICE_ID},{USER},{PASSWORD}\n",
             self.dir,
-            "--redis",
             self.redis_server.url,
-            "--prefix",
             self.prefix,
         )
-        self.assertEqual(result.returncode, 0, result.stderr)
         first = await self.session(None)  # the device must be known before tasks are queued
         self.assertEqual(first[-1].status, 204)
 
