@@ -141,14 +141,18 @@ def merge(total: Any, round_stats: Any) -> Any:
 
 
 def spy_on(pid: int, output: str | None) -> subprocess.Popen[bytes] | None:
-    """py-spy on ``pid`` while the measured rounds run: raw stacks, for flame graphs."""
+    """py-spy on ``pid`` while the measured rounds run: raw stacks, for flame graphs.
+
+    Blocking (py-spy pauses the process for each sample), at 250 Hz: ``--nonblocking``
+    reads the stacks of a running process and left stale stacks of 100+ samples at odd
+    lines while the server idled (during the other server's rounds)."""
     if not output:
         return None
     return subprocess.Popen(
         [
             str(Path(sys.executable).with_name("py-spy")),
             *("record", "-p", str(pid), "-o", output),
-            *("--format", "raw", "--rate", "1000", "--nonblocking"),
+            *("--format", "raw", "--rate", "250"),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
