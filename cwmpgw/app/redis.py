@@ -75,18 +75,16 @@ class RedisPart(Part):
         self.redis = GuardedRedis(pool, self.availability)
 
     async def _pool(self, target: RedisTarget) -> Any:
-        import txredisapi
+        from cwmpgw import redisclient  # imports txredisapi (see the module docstring)
 
-        options: dict[str, Any] = {
-            "dbid": target.db,
-            "password": target.password,
-            "convertNumbers": False,
-            "poolsize": self._config.connections,
-        }
-        if target.path is not None:
-            return await txredisapi.UnixConnectionPool(target.path, **options)
-        return await txredisapi.ConnectionPool(
-            target.host or "127.0.0.1", target.port or 6379, **options
+        return await redisclient.pool(
+            self._reactor,
+            host=target.host,
+            port=target.port or 6379,
+            path=target.path,
+            dbid=target.db,
+            password=target.password,
+            poolsize=self._config.connections,
         )
 
     @property

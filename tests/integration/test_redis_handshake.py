@@ -21,6 +21,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
+from cwmpgw import redisclient
 from cwmpgw.availability import RedisAvailability
 from cwmpgw.bus.listener import EventListener
 from tests.support.outage import KillableRedis
@@ -66,8 +67,9 @@ class HandshakeFailureTests(TestCase):
         await deferToThread(self.redis.start)  # same port, same data
 
     async def test_the_pool_reconnects_after_a_failed_handshake(self) -> None:
-        pool = await txredisapi.ConnectionPool(
-            "127.0.0.1", self.redis.port, dbid=1, poolsize=2, password=PASSWORD
+        # The pool the gateway builds (its lean protocol), through AUTH and SELECT.
+        pool = await redisclient.pool(
+            reactor, host="127.0.0.1", port=self.redis.port, dbid=1, poolsize=2, password=PASSWORD
         )
         self.addCleanup(pool.disconnect)
         _fast_backoff(pool._factory)
@@ -117,8 +119,8 @@ class HandshakeFailureTests(TestCase):
 
         from cwmpgw.availability import revive_stopped_factory
 
-        pool = await txredisapi.ConnectionPool(
-            "127.0.0.1", self.redis.port, poolsize=2, password=PASSWORD
+        pool = await redisclient.pool(
+            reactor, host="127.0.0.1", port=self.redis.port, poolsize=2, password=PASSWORD
         )
         await pool.disconnect()
         self.assertFalse(revive_stopped_factory(pool._factory, Logger()))

@@ -29,6 +29,8 @@ ALLOWED: dict[str, set[str]] = {
     "xmpp": set(),
     # Redis availability: every Redis user goes through it.
     "availability": {"waiters"},
+    # The txredisapi pool with the lean command path (imported by the Redis part only).
+    "redisclient": set(),
     "bus": {"availability", "config", "waiters"},
     "store": {"availability", "bus", "cwmp", "waiters"},
     # Live sessions and the seam the ACS asks in its turn (the task layer plugs in).
@@ -60,6 +62,7 @@ ALLOWED: dict[str, set[str]] = {
     "workers": {"config"},
     "app": {
         "waiters",
+        "redisclient",
         "acs",
         "availability",
         "bus",
