@@ -109,11 +109,25 @@ def compute_response(
     return hash_hex(algorithm, f"{ha1_hex}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}".encode())
 
 
+# One ``name=value`` of a well-formed header and the separator after it (the common
+# case, with no backslash escape): a token, "=", a quoted string without control
+# characters or a bare value; then the comma (with empty list elements) or the end.
+_PARAM_STEP = re.compile(
+    r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+)[ \t]*=[ \t]*"
+    r'(?:"([^"\\\x00-\x08\x0a-\x1f\x7f]*)"|([\x21\x23-\x2b\x2d-\x5b\x5d-\x7e]+))'
+    r"[ \t]*(?:,[ \t,]*|\Z)"
+)
+_LEADING_SEPARATORS = re.compile(r"[ \t,]*")
+
+
 def _parse_auth_params(header: bytes) -> dict[str, str]:
     """Parse ``name=value, name="quoted value", ...`` into a dict with lowercase names.
 
     Strict where ambiguity could hurt (duplicates, control characters, stray
-    characters) and bounded in length and parameter count.
+    characters) and bounded in length and parameter count. A well-formed header is
+    read a parameter at a time by one regular expression (a tenth of the character
+    loop's CPU, for every Digest request); anything else — an escape, an error to name —
+    goes through :func:`_parse_auth_params_strictly`, which decides.
     """
     if len(header) > _MAX_HEADER_BYTES:
         raise LoginFailed("authorization header too long")
@@ -121,6 +135,25 @@ def _parse_auth_params(header: bytes) -> dict[str, str]:
         text = header.decode("utf-8")
     except UnicodeDecodeError:
         raise LoginFailed("authorization header is not UTF-8") from None
+    params: dict[str, str] = {}
+    i = _LEADING_SEPARATORS.match(text).end()  # type: ignore[union-attr]
+    end = len(text)
+    step = _PARAM_STEP.match
+    while i < end:
+        m = step(text, i)
+        if m is None:
+            return _parse_auth_params_strictly(text)
+        name, quoted, bare = m.groups()
+        name = name.lower()
+        if name in params or len(params) == _MAX_PARAMS:
+            return _parse_auth_params_strictly(text)
+        params[name] = bare if quoted is None else quoted
+        i = m.end()
+    return params
+
+
+def _parse_auth_params_strictly(text: str) -> dict[str, str]:
+    """The character-by-character parse: the reference, and the one that names errors."""
     params: dict[str, str] = {}
     i, end = 0, len(text)
 

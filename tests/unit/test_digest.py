@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -27,6 +28,8 @@ from zope.interface.verify import verifyObject
 from cwmpgw.web.digest import (
     DigestCredentialFactory,
     DigestCredentials,
+    _parse_auth_params,
+    _parse_auth_params_strictly,
     compute_response,
     ha1,
     hash_hex,
@@ -774,3 +777,63 @@ class FuzzTests(FactoryTestCase):
         except LoginFailed:
             return
         self.assertFalse(creds.checkPassword(PASSWORD))
+
+
+def _parsed(parse: Callable[[Any], dict[str, str]], arg: Any) -> dict[str, str] | str:
+    try:
+        return parse(arg)
+    except LoginFailed as e:
+        return f"refused: {e}"
+
+
+# Headers from the characters that matter to the grammar, and well-formed ones built from
+# parts (so that the fast path is taken often, not only the fallback).
+_GRAMMAR_CHARS = st.text(alphabet=' \t,="\\\x00\x01\x7f\x80éaZ9-_/.:', max_size=60)
+_NAMES = st.sampled_from(["username", "realm", "Nonce", "uri", "qop", "nc", "x-y", "a"])
+_VALUES = st.one_of(
+    st.text(alphabet='abcXYZ019-/.:= \t,é\\"\x01', max_size=12).map(lambda v: f'"{v}"'),
+    st.text(alphabet="abcXYZ019-/.:=", min_size=1, max_size=12),
+)
+_SEPARATORS = st.sampled_from([",", ", ", " ,", ",,", " , ,\t", "  ", ""])
+_BUILT = st.lists(
+    st.tuples(_NAMES, st.sampled_from(["=", " = ", "\t="]), _VALUES, _SEPARATORS), max_size=8
+).map(lambda items: "".join(n + eq + v + sep for n, eq, v, sep in items))
+
+
+class AuthParamsParserTests(SynchronousTestCase):
+    """The regular-expression path reads exactly what the character loop reads, and
+    leaves every error (and its message) to it."""
+
+    @given(st.one_of(_GRAMMAR_CHARS, _BUILT))
+    @settings(max_examples=500)
+    def test_both_parsers_agree(self, text: str) -> None:
+        self.assertEqual(
+            _parsed(_parse_auth_params, text.encode()),
+            _parsed(_parse_auth_params_strictly, text),
+        )
+
+    def test_a_typical_header(self) -> None:
+        header = (
+            b'username="00CAFE-SimCPE-SIM1", realm="cwmpgw", nonce="AAAB-x", uri="/", '
+            b'response="6629fae4", qop=auth, nc=00000001, cnonce="0a4f", algorithm=MD5'
+        )
+        self.assertEqual(
+            _parse_auth_params(header),
+            {
+                "username": "00CAFE-SimCPE-SIM1",
+                "realm": "cwmpgw",
+                "nonce": "AAAB-x",
+                "uri": "/",
+                "response": "6629fae4",
+                "qop": "auth",
+                "nc": "00000001",
+                "cnonce": "0a4f",
+                "algorithm": "MD5",
+            },
+        )
+
+    def test_an_escape_a_duplicate_and_a_stray_character(self) -> None:
+        self.assertEqual(_parse_auth_params(b'a="x\\"y", b=1'), {"a": 'x"y', "b": "1"})
+        self.assertRaises(LoginFailed, _parse_auth_params, b"a=1, A=2")
+        self.assertRaises(LoginFailed, _parse_auth_params, b"a=1 b=2")
+        self.assertRaises(LoginFailed, _parse_auth_params, b'a="x\x01"')
