@@ -333,6 +333,7 @@ class GatewayConfig:
     data_dir: str = _setting("./cwmpgw-data", _directory)
     node: str = _setting("", _text)
     workers: int = _setting(1, _int(1, 256))
+    gc_threshold: int = _setting(10000, _int(0, 10_000_000))
 
     @property
     def node_name(self) -> str:

@@ -35,6 +35,7 @@ from cwmpgw.app.tree import Listener, OrderedTree, Part
 from cwmpgw.app.xmpp import XmppPart
 from cwmpgw.availability import GuardedRedis, RedisAvailability
 from cwmpgw.bus.events import IStoredEvents
+from cwmpgw.collector import CollectorThreshold
 from cwmpgw.config import Config
 from cwmpgw.files.campaigns import RedisCampaigns
 from cwmpgw.files.selector import InventorySelector
@@ -74,6 +75,7 @@ class GatewayService(OrderedTree, GatewayHandle):
         self._redis = RedisPart(config.redis, self.data_dir, reactor)
         super().__init__(
             [
+                self._step_collector,
                 self._step_redis,
                 self._step_listener,
                 self._step_state,
@@ -113,6 +115,10 @@ class GatewayService(OrderedTree, GatewayHandle):
         return redis, availability
 
     # -- the steps, in start order --------------------------------------------------------
+
+    def _step_collector(self) -> Service | None:
+        young = self.config.gateway.gc_threshold
+        return CollectorThreshold(young) if young else None
 
     def _step_redis(self) -> RedisPart:
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)

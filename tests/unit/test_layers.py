@@ -31,6 +31,8 @@ ALLOWED: dict[str, set[str]] = {
     "availability": {"waiters"},
     # The txredisapi pool with the lean command path (imported by the Redis part only).
     "redisclient": set(),
+    # The garbage collector's threshold while a gateway runs.
+    "collector": set(),
     "bus": {"availability", "config", "waiters"},
     "store": {"availability", "bus", "cwmp", "waiters"},
     # Live sessions and the seam the ACS asks in its turn (the task layer plugs in).
@@ -82,6 +84,7 @@ ALLOWED: dict[str, set[str]] = {
     },
     "service": {
         "acs",
+        "collector",
         "app",
         "availability",
         "bus",
