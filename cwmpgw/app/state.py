@@ -16,9 +16,20 @@ from cwmpgw.metrics import MeteredEventSink, Metrics
 from cwmpgw.store.redis import RedisConnReqCredentialStore, RedisCredentialStore, RedisDeviceStore
 from cwmpgw.store.secretbox import SecretBox, load_or_create_key
 
-# Published after their session's last answer and waited on by nobody: each rides with the
-# next command any session sends to Redis (within 50 ms) instead of a write of its own.
-RIDING_EVENTS = frozenset({"session.closed"})
+# Events that ride (RedisEventBus): each is sent just before the next command anybody sends
+# to Redis, or after 50 ms if none comes, instead of in a write of its own, and the events
+# waiting go in one command. ``publish`` still fires once the event is stored.
+# - session.closed: published after its session's last answer and waited on by nobody.
+# - connreq.succeeded, connreq.failed, connreq.refused: the end of a wake-up, one command
+#   less per wake-up. wake() fires once its event is stored, so its caller (the NBI's wake,
+#   a campaign or bulk action) gets the result up to 50 ms later in an idle gateway, and
+#   with the next command in a busy one (mass wake-ups: the next wake-up's script). Nobody
+#   waits on these events themselves (the listener waits for informs and task events).
+# - not connreq.sent (opt-in): a wake-up awaits it before each attempt, so riding would
+#   hold back the connection request itself.
+RIDING_EVENTS = frozenset(
+    {"session.closed", "connreq.succeeded", "connreq.failed", "connreq.refused"}
+)
 
 __all__ = ["StatePart", "spool_name"]
 

@@ -8,6 +8,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cwmpgw.availability import GuardedRedis
@@ -32,6 +33,19 @@ local id = redis.call(
   'XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'type', ARGV[3], 'event', ARGV[4])
 redis.call('PUBLISH', ARGV[2], ARGV[4])
 return id
+"""
+
+# The riding events waiting, in one command (RedisEventBus._flush): _PUBLISH for each, in
+# order. KEYS: stream; ARGV: stream MAXLEN, then channel, type, payload per event.
+# Returns the entry ids.
+_PUBLISH_MANY = """
+local ids = {}
+for i = 2, #ARGV, 3 do
+  ids[#ids + 1] = redis.call(
+    'XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'type', ARGV[i + 1], 'event', ARGV[i + 2])
+  redis.call('PUBLISH', ARGV[i], ARGV[i + 2])
+end
+return ids
 """
 
 
@@ -101,9 +115,10 @@ class RedisEventBus:
         return d.addCallback(lambda _: None)
 
     def _ride(self, event: Event) -> Deferred[None]:
-        """Publish ``event`` (one nobody waits for, e.g. session.closed) with the next
-        command anybody sends: a session's last event otherwise costs a write and a read
-        of its own. Fires once it is stored, as ``publish`` does."""
+        """Publish ``event`` (one whose publisher can wait ``max_ride`` longer, e.g.
+        session.closed) with the next command anybody sends: a session's last event
+        otherwise costs a write and a read of its own; the events waiting go in one
+        command. Fires once it is stored, as ``publish`` does."""
         d: Deferred[None] = Deferred()
         if not self._waiting:
             assert self._clock is not None
@@ -123,5 +138,24 @@ class RedisEventBus:
             self._ride_timer.cancel()
         self._ride_timer = None
         waiting, self._waiting = self._waiting, []
-        for event, d in waiting:
-            self._send(event).chainDeferred(d)
+        if not waiting:  # the ride came once the timer had sent them (with its command)
+            return
+        # One script for all of them (a command's client-side cost is what counts, see
+        # the class): stored in order, each Deferred fired from its result.
+        # A failure fails them all alike (Unavailable: none was sent; else any may be
+        # stored), which the spool handles as it does one event's.
+        stream = self._stream
+        args = [str(stream.maxlen)]
+        for event, _ in waiting:
+            args += [stream.channel(event.type), event.type, event.to_json()]
+        sent: Deferred[Any] = self._redis.eval(_PUBLISH_MANY, [stream.key], args)
+
+        def stored(_: object) -> None:
+            for _event, d in waiting:
+                d.callback(None)
+
+        def failed(failure: Failure) -> None:
+            for _event, d in waiting:
+                d.errback(failure)
+
+        sent.addCallbacks(stored, failed)

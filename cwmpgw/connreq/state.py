@@ -17,7 +17,6 @@ from twisted.internet.interfaces import IReactorTime
 
 from cwmpgw.connreq.stun import Binding
 from cwmpgw.store.interfaces import ConnReqCredential
-from cwmpgw.store.memory import device_view
 
 __all__ = ["MemoryConnreqState", "RedisConnreqState", "WakeState"]
 
@@ -30,6 +29,8 @@ BINDING_TTL = 3600
 class WakeState:
     """What a wake-up reads before it sends, read in one step.
 
+    ``device`` is None for an unknown device; else at least its :data:`WAKE_FIELDS` (text)
+    and ``parameters`` (the :data:`WAKE_PARAMETERS` it has), all a wake-up reads of it.
     ``claimed`` is None when the interval was not claimed with the reads (the caller
     claims it once it knows a request can be sent); True or False when it was: claimed
     only for a known device with a credential and something to send to.
@@ -41,18 +42,31 @@ class WakeState:
     claimed: bool | None
 
 
+# The fields of the device hash a wake-up reads (the event's device reference, the target
+# and the guard's last source), in the order of _WAKE_STATE's HMGET: not the whole hash,
+# which a wake-up would only type and decode (tags, events) to throw away.
+WAKE_FIELDS: tuple[str, ...] = (
+    "oui",
+    "product_class",
+    "serial_number",
+    "manufacturer",
+    "connection_request_url",
+    "last_source",
+)
+
 # KEYS: device hash, its params hash, crcred hash, connreq:recent:<id>, stun:<id>
 # ARGV: interval (ms, 0 = none), UDP on (1/0), the STUN key prefix when bindings are
 # looked up by the STUNUsername the device reported (unauthenticated STUN; '' = by id),
 # then the parameter names (STUNUsername, UDPConnectionRequestAddress, NATDetected and
 # ConnReqJabberID, each for both roots, in that order). One round trip for every read of
-# a wake-up and its interval claim.
+# a wake-up and its interval claim. An unknown device (no hash) returns {false}.
 _WAKE_STATE = """
-local device = redis.call('HGETALL', KEYS[1])
+if redis.call('EXISTS', KEYS[1]) == 0 then return {false} end
+local device = redis.call('HMGET', KEYS[1], 'oui', 'product_class', 'serial_number',
+  'manufacturer', 'connection_request_url', 'last_source')
 local cred = redis.call('HGETALL', KEYS[3])
 local out = {device, cred, false, 0}
 for i = 4, #ARGV do out[#out + 1] = redis.call('HGET', KEYS[2], ARGV[i]) end
-if #device == 0 then return out end
 local function value(raw)
   if not raw then return '' end
   local ok, decoded = pcall(cjson.decode, raw)
@@ -69,10 +83,7 @@ end
 local binding = false
 if ARGV[2] == '1' then binding = redis.call('GET', stun_key) end
 out[3] = binding
-local url = ''
-for i = 1, #device, 2 do
-  if device[i] == 'connection_request_url' then url = device[i + 1] end
-end
+local url = device[5] or ''
 local has_password = false
 for i = 1, #cred, 2 do
   if cred[i] == 'password' then has_password = true end
@@ -169,10 +180,13 @@ class RedisConnreqState:
         ]
 
         def parse(reply: list[Any]) -> WakeState:
-            fields = _pairs(reply[0])
-            if not fields:
+            if reply[0] is None:
                 return WakeState(None, None, None, None)
-            device = device_view(fields)
+            # Text, as device_view would type these fields; a missing one is "".
+            device: dict[str, Any] = {
+                name: "" if value is None else str(value)
+                for name, value in zip(WAKE_FIELDS, reply[0], strict=True)
+            }
             device["parameters"] = {
                 name: dict(zip(("value", "type"), json.loads(raw), strict=True))
                 for name, raw in zip(parameters, reply[4:], strict=True)

@@ -137,6 +137,76 @@ class RedisBusTests(TestCase):
         await defer.gatherResults(later)
         self.assertEqual(guarded.availability._riders, [])  # the timer's send took it
 
+    async def test_riding_events_waiting_leave_in_one_command(self) -> None:
+        """The riding events waiting go in one script, before the command that takes the
+        ride: each stored (stream) and published (pub/sub), in publish order, and each
+        publish fires once that one command is answered."""
+        import txredisapi
+        from twisted.internet.endpoints import TCP4ClientEndpoint
+        from twisted.internet.testing import Clock
+
+        from cwmpgw.availability import GuardedRedis, RedisAvailability
+        from cwmpgw.bus.redis import RedisEventBus
+
+        prefix = unique_prefix()
+        kinds = ["connreq.succeeded", "session.closed", "connreq.failed", "connreq.refused"]
+        heard: list[tuple[str, str]] = []
+        all_heard: defer.Deferred[None] = defer.Deferred()
+
+        class Sub(txredisapi.SubscriberProtocol):  # type: ignore[misc]
+            def messageReceived(self, pattern: str, channel: str, message: str) -> None:
+                heard.append((channel, json.loads(message)["id"]))
+                if len(heard) == len(kinds):
+                    all_heard.callback(None)
+
+        factory = txredisapi.SubscriberFactory()
+        factory.protocol = Sub
+        factory.continueTrying = False
+        sub = await TCP4ClientEndpoint(
+            reactor, self.redis_server.host, self.redis_server.port
+        ).connect(factory)
+        self.addCleanup(sub.transport.loseConnection)
+        await sub.psubscribe(prefix + "events:*")
+
+        raw = await txredisapi.Connection(
+            self.redis_server.host, self.redis_server.port, convertNumbers=False
+        )
+        self.addCleanup(raw.disconnect)
+        log: list[str] = []  # commands sent through the guard, and answers, in order
+
+        class Counting:
+            """The pool the bus and the test's own commands go through."""
+
+            def __getattr__(self, name: str) -> Any:
+                def command(*args: Any) -> Any:
+                    log.append(name)
+                    d = getattr(raw, name)(*args)
+                    return d.addCallback(lambda reply: log.append(name + " answered") or reply)
+
+                return command
+
+        clock = Clock()
+        guarded = GuardedRedis(Counting(), RedisAvailability.for_txredisapi(raw, clock=clock))
+        bus = RedisEventBus(guarded, prefix, riding=frozenset(kinds), clock=clock)
+        events = [Event(type=kind, ts=1_700_000_000.0, node="n1", data={}) for kind in kinds]
+        published = [bus.publish(e) for e in events]
+        for i, d in enumerate(published):
+            d.addCallback(lambda _, i=i: log.append(f"fired {i}"))
+        self.assertEqual(log, [])  # nothing sent yet
+        await guarded.get(prefix + "anything")  # the next command takes the ride
+        await defer.gatherResults(published)
+        self.assertEqual(
+            log,
+            ["eval", "get", "eval answered", *(f"fired {i}" for i in range(4)), "get answered"],
+        )
+        entries = await raw.execute_command("XRANGE", prefix + "events", "-", "+")
+        stored = [dict(zip(f[::2], f[1::2], strict=True)) for _, f in entries]
+        self.assertEqual([f["type"] for f in stored], kinds)
+        self.assertEqual([f["event"] for f in stored], [e.to_json() for e in events])
+        await all_heard.addTimeout(10, reactor)
+        self.assertEqual(heard, [(prefix + "events:" + e.type, e.id) for e in events])
+        self.assertEqual(clock.getDelayedCalls(), [])  # the timer went with the ride
+
 
 class RideTests(SynchronousTestCase):
     def test_one_ride_booked_however_long_redis_is_away(self) -> None:
@@ -170,3 +240,57 @@ class RideTests(SynchronousTestCase):
             clock.advance(0.05)
             self.failureResultOf(d, Unavailable)
         self.assertEqual(len(availability._riders), 1)
+
+    def test_the_events_waiting_share_the_fate_of_their_one_command(self) -> None:
+        """However many events wait, one command is sent for them; they are stored and fire
+        together, or fail together with its error."""
+        from twisted.internet.error import ConnectionLost
+        from twisted.internet.testing import Clock
+
+        from cwmpgw.availability import GuardedRedis, RedisAvailability
+        from cwmpgw.bus.redis import RedisEventBus
+
+        calls: list[tuple[list[str], defer.Deferred[Any]]] = []
+
+        class Pool:
+            def eval(self, script: str, keys: Any = (), args: Any = ()) -> Any:
+                d: defer.Deferred[Any] = defer.Deferred()
+                calls.append((list(args), d))
+                return d
+
+        clock = Clock()
+        availability = RedisAvailability(lambda: defer.Deferred(), lambda: 1, clock=clock)
+        bus = RedisEventBus(
+            GuardedRedis(Pool(), availability),
+            "p:",
+            riding=frozenset({"session.closed", "connreq.succeeded"}),
+            clock=clock,
+            max_ride=0.05,
+        )
+        kinds = ["connreq.succeeded", "session.closed", "connreq.succeeded"]
+        events = [Event(type=kind, ts=1.0, node="n", data={}) for kind in kinds]
+        first = [bus.publish(e) for e in events]
+        clock.advance(0.05)
+        # The timer's command took the ride booked for them, which found nothing left to
+        # send: one command.
+        ((args, sent),) = calls
+        self.assertEqual(
+            args,
+            [
+                "100000",
+                *(x for e in events for x in ("p:events:" + e.type, e.type, e.to_json())),
+            ],
+        )
+        for d in first:
+            self.assertNoResult(d)  # not before their command is answered
+        sent.callback(["1-0", "2-0", "3-0"])
+        for d in first:
+            self.assertIsNone(self.successResultOf(d))
+
+        second = [bus.publish(e) for e in events[:2]]
+        clock.advance(0.05)
+        self.assertEqual(len(calls), 2)
+        calls[1][1].errback(ConnectionLost("gone"))
+        for d in second:
+            self.failureResultOf(d, ConnectionLost)
+        self.assertEqual((availability._riders, clock.getDelayedCalls()), ([], []))

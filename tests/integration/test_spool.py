@@ -263,6 +263,64 @@ class LivePathTests(SpoolTestCase):
         self.assertEqual(self.spooled_ids(), [event(1).id, event(2).id])
 
 
+class RidingTests(SpoolTestCase):
+    """Riding events (RedisEventBus) behind the spool: the events waiting for a ride go in
+    one command; when it fails, or is refused, each is spooled as one event would be."""
+
+    def riding_sink(self) -> tuple[SpoolingEventSink, list[Deferred[Any]]]:
+        from cwmpgw.bus.redis import RedisEventBus
+
+        sent: list[Deferred[Any]] = []
+
+        class Pool:
+            def eval(self, script: str, keys: Any = (), args: Any = ()) -> Deferred[Any]:
+                d: Deferred[Any] = Deferred()
+                sent.append(d)
+                return d
+
+        self.live = RedisEventBus(  # type: ignore[assignment]
+            GuardedRedis(Pool(), self.availability),
+            "p:",
+            riding=frozenset({"connreq.succeeded", "connreq.failed"}),
+            clock=self.clock,
+            max_ride=0.05,
+        )
+        return self.sink(), sent
+
+    def publish_three(self, sink: SpoolingEventSink) -> list[Deferred[None]]:
+        kinds = ["connreq.succeeded", "connreq.failed", "connreq.succeeded"]
+        return [sink.publish(event(n, kind)) for n, kind in enumerate(kinds, 1)]
+
+    def test_failed_together_then_spooled_in_order_as_maybe_sent(self) -> None:
+        sink, sent = self.riding_sink()
+        published = self.publish_three(sink)
+        at = self.clock.seconds()
+        self.clock.advance(0.05)
+        self.assertEqual(len(sent), 1)  # the three in one command
+        sent[0].errback(RedisTimeout("no answer"))
+        for d in published:
+            self.successResultOf(d)  # acknowledged: spooled, and replayed at once
+        # Each spooled (and replayed) as it settles, as separate commands' failures were.
+        replayed = [(e.id, e.sent_at) for batch in self.writer.batches for e in batch]
+        self.assertEqual(replayed, [(event(n).id, at) for n in (1, 2, 3)])
+        self.assertEqual(self.writer.stream, [event(n).id for n in (1, 2, 3)])
+        self.assertEqual(sink.pending, 0)
+
+    def test_refused_together_then_spooled_in_order_as_never_sent(self) -> None:
+        sink, sent = self.riding_sink()
+        published = self.publish_three(sink)
+        self.redis.connections = 0  # Redis dies while they wait for a ride
+        self.clock.advance(0.05)
+        self.assertEqual(sent, [])  # refused by the guard: nothing sent
+        for d in published:
+            self.successResultOf(d)
+        self.assertEqual(
+            [(line["envelope"]["id"], line["sent_at"]) for line in self.lines()],
+            [(event(n).id, None) for n in (1, 2, 3)],
+        )
+        self.assertEqual(sink.pending, 3)
+
+
 class ReplayTests(SpoolTestCase):
     def test_replayed_in_order_when_redis_returns_then_live_again(self) -> None:
         sink = self.sink()
