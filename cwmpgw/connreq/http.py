@@ -377,16 +377,18 @@ class HttpConnectionRequester:
         return succeed(None)
 
     def request(
-        self, url: str, username: str, password: str, *, allow_basic: bool = False
+        self, url: str | Target, username: str, password: str, *, allow_basic: bool = False
     ) -> Deferred[HttpAttempt]:
         """GET ``url`` and answer its challenge; never fails, the outcome says what happened.
 
-        ``allow_basic`` lets a Basic challenge be answered (the password then crosses
-        the network in clear unless the URL is https).
+        ``url`` may be the :class:`Target` the guard already parsed it into (the same
+        syntax rules, so it is not parsed twice). ``allow_basic`` lets a Basic challenge
+        be answered (the password then crosses the network in clear unless the URL is
+        https).
         """
         if self._closed:
             return succeed(HttpAttempt("error", None, "requester closed"))
-        target = parse_http_url(url)
+        target = url if isinstance(url, Target) else parse_http_url(url)
         if isinstance(target, Refusal):
             return succeed(HttpAttempt("error", None, target.reason))
         bind = self._bind

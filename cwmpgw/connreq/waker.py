@@ -313,7 +313,7 @@ class ConnectionRequestService:
             attempt = await self._limited(
                 target.host,
                 lambda: self._http.request(
-                    target.url,
+                    target,
                     credential.username,
                     credential.password,
                     allow_basic=credential.allow_basic,

@@ -28,6 +28,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from cwmpgw.acs.tls import ensure_self_signed, server_options
+from cwmpgw.connreq.guard import Target, parse_http_url
 from cwmpgw.connreq.http import HttpAttempt, HttpConnectionRequester
 
 reactor: Any = _reactor
@@ -277,6 +278,14 @@ class AuthTests(Base):
         self.assertEqual(cpe.accepted[0]["uri"], f"{PATH}?k=1")
         self.assertEqual(cpe.accepted[0]["nc"], "00000001")
         self.assertNewConnectionEachTime(cpe)
+
+    async def test_the_target_the_guard_parsed(self) -> None:
+        url, cpe = self.cpe(ScriptedCPE(algorithms=("MD5",)))
+        target = parse_http_url(url)
+        assert isinstance(target, Target)
+        attempt = await self.requester().request(target, USER, PASSWORD)
+        self.assertEqual((attempt.outcome, attempt.status), ("ok", 200))
+        self.assertEqual(cpe.accepted[0]["uri"], f"{PATH}?k=1")
 
     async def test_digest_sha256_preferred(self) -> None:
         url, cpe = self.cpe(ScriptedCPE(algorithms=("MD5", "SHA-256"), status=204))

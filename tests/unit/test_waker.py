@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from cwmpgw.bus.memory import MemoryEventBus
 from cwmpgw.config import default_config
-from cwmpgw.connreq.guard import GuardPolicy
+from cwmpgw.connreq.guard import GuardPolicy, Target
 from cwmpgw.connreq.http import HttpAttempt
 from cwmpgw.connreq.state import MemoryConnreqState
 from cwmpgw.connreq.stun import Binding
@@ -37,9 +37,12 @@ class ScriptedHttp:
         self.calls: list[tuple[str, str, str, bool]] = []
 
     def request(
-        self, url: str, username: str, password: str, *, allow_basic: bool = False
+        self, url: str | Target, username: str, password: str, *, allow_basic: bool = False
     ) -> Deferred[HttpAttempt]:
-        self.calls.append((url, username, password, allow_basic))
+        # The waker hands over the Target its guard parsed (the client then parses nothing).
+        self.calls.append(
+            (url if isinstance(url, str) else url.url, username, password, allow_basic)
+        )
         outcome = self.outcomes.pop(0) if self.outcomes else "ok"
         return succeed(HttpAttempt(outcome, 200 if outcome == "ok" else None, outcome))
 
@@ -322,9 +325,9 @@ class WakerTests(SynchronousTestCase):
 
         class Slow(ScriptedHttp):
             def request(
-                self, url: str, username: str, password: str, *, allow_basic: bool = False
+                self, url: str | Target, username: str, password: str, *, allow_basic: bool = False
             ) -> Deferred[HttpAttempt]:
-                self.calls.append((url, username, password, allow_basic))
+                self.calls.append((str(url), username, password, allow_basic))
                 d: Deferred[HttpAttempt] = Deferred()
                 pending.append(d)
                 return d
