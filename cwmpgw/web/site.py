@@ -287,7 +287,14 @@ class HardenedChannel(HTTPChannel):
         super().requestDone(request)  # type: ignore[no-untyped-call]
         if self.persistent and self.transport is not None and not self.requests:
             # Idle between requests: as long as what this connection holds deserves.
-            self.setTimeout(self.idle_timeout())  # type: ignore[no-untyped-call]
+            period = self.idle_timeout()
+            if period != self.timeOut:
+                # Twisted moves a pending call sooner by a linear search of every timer of
+                # the reactor (DelayedCall.reset): cancelling it and making a new one is
+                # O(1) + O(log n). Once per connection whose idle time changes (a session
+                # began on it): with thousands of connections, a cost per session.
+                self.setTimeout(None)  # type: ignore[no-untyped-call]
+            self.setTimeout(period)  # type: ignore[no-untyped-call]
 
     # -- closing --------------------------------------------------------------------------
 

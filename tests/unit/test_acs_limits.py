@@ -358,6 +358,22 @@ class ReadDeadlineTests(LimitsBase):
         self.assertFalse(deadline.active())
 
 
+class IdleTimeTests(LimitsBase):
+    # A connection idles 10 s between requests; one carrying a session, 30 s.
+    site_options = {"timeout": 30, "idle_timeout": 10}
+
+    def test_the_idle_time_shrinks_back_when_the_session_ends(self) -> None:
+        conn = self.acs.connect()
+        self.assertEqual(digest_post(conn, cpe.inform(), USER, PASSWORD).status, 200)
+        self.acs.clock.advance(15)  # within the session's idle time, past the connection's
+        self.assertFalse(conn.closing)
+        self.assertEqual(conn.post(b"").status, 204)  # the session ends
+        self.acs.clock.advance(9)
+        self.assertFalse(conn.closing)
+        self.acs.clock.advance(1)  # the connection's own idle time again (10 s)
+        self.assertTrue(conn.closing)
+
+
 class BodyLimitTests(LimitsBase):
     max_body_bytes = 1500
 
