@@ -130,11 +130,21 @@ class LeanRedisProtocol(txredisapi.HiredisProtocol):  # type: ignore[misc]
             return d
         h = _script_hash(script)
         if h in self.script_hashes:
-            # On NOSCRIPT (Redis restarted, its script cache empty) txredisapi sends EVAL.
-            d = self.evalsha(h, keys, args)
-            return d.addErrback(self._evalsha_failed, script, h, keys, args)
+            d = self.execute_command("EVALSHA", h, len(keys), *keys, *args)
+            return d.addErrback(self._unknown_script, script, h, keys, args)
         d = self._eval(script, h, keys, args)
         return d
+
+    def _unknown_script(
+        self, failure: Any, script: str, h: str, keys: Any, args: Any
+    ) -> Deferred[Any] | Any:
+        """On NOSCRIPT (Redis restarted: its script cache is empty) send the script whole,
+        as txredisapi's ``evalsha`` and ``_evalsha_failed`` do together."""
+        if failure.check(txredisapi.ResponseError) and str(failure.value).startswith("NOSCRIPT"):
+            self.script_hashes.discard(h)
+            d: Deferred[Any] = self._eval(script, h, keys, args)
+            return d
+        return failure
 
 
 class _LeanFactory(txredisapi.RedisFactory):  # type: ignore[misc]
