@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -46,6 +47,24 @@ class EnvelopeTests(SynchronousTestCase):
 class RedisBusTests(TestCase):
     redis_server: Any
 
+    async def subscribe(self, pattern: str, heard: Callable[[str, str], None]) -> None:
+        """``heard(channel, message)`` for every message published on ``pattern``."""
+        import txredisapi
+        from twisted.internet.endpoints import TCP4ClientEndpoint
+
+        class Sub(txredisapi.SubscriberProtocol):  # type: ignore[misc]
+            def messageReceived(self, pattern: str, channel: str, message: str) -> None:
+                heard(channel, message)
+
+        factory = txredisapi.SubscriberFactory()
+        factory.protocol = Sub
+        factory.continueTrying = False
+        sub = await TCP4ClientEndpoint(
+            reactor, self.redis_server.host, self.redis_server.port
+        ).connect(factory)
+        self.addCleanup(sub.transport.loseConnection)
+        await sub.psubscribe(pattern)
+
     async def test_publish_reaches_subscriber_and_stream(self) -> None:
         import txredisapi
 
@@ -54,21 +73,11 @@ class RedisBusTests(TestCase):
         prefix = unique_prefix()
         received: defer.Deferred[tuple[str, str]] = defer.Deferred()
 
-        class Sub(txredisapi.SubscriberProtocol):  # type: ignore[misc]
-            def messageReceived(self, pattern: str, channel: str, message: str) -> None:
-                if not received.called:
-                    received.callback((channel, message))
+        def heard(channel: str, message: str) -> None:
+            if not received.called:
+                received.callback((channel, message))
 
-        factory = txredisapi.SubscriberFactory()
-        factory.protocol = Sub
-        factory.continueTrying = False
-        from twisted.internet.endpoints import TCP4ClientEndpoint
-
-        sub = await TCP4ClientEndpoint(
-            reactor, self.redis_server.host, self.redis_server.port
-        ).connect(factory)
-        self.addCleanup(sub.transport.loseConnection)
-        await sub.psubscribe(prefix + "events:*")
+        await self.subscribe(prefix + "events:*", heard)
 
         redis = await txredisapi.Connection(
             self.redis_server.host, self.redis_server.port, convertNumbers=False
@@ -142,7 +151,6 @@ class RedisBusTests(TestCase):
         ride: each stored (stream) and published (pub/sub), in publish order, and each
         publish fires once that one command is answered."""
         import txredisapi
-        from twisted.internet.endpoints import TCP4ClientEndpoint
         from twisted.internet.testing import Clock
 
         from cwmpgw.availability import GuardedRedis, RedisAvailability
@@ -153,20 +161,12 @@ class RedisBusTests(TestCase):
         heard: list[tuple[str, str]] = []
         all_heard: defer.Deferred[None] = defer.Deferred()
 
-        class Sub(txredisapi.SubscriberProtocol):  # type: ignore[misc]
-            def messageReceived(self, pattern: str, channel: str, message: str) -> None:
-                heard.append((channel, json.loads(message)["id"]))
-                if len(heard) == len(kinds):
-                    all_heard.callback(None)
+        def hear(channel: str, message: str) -> None:
+            heard.append((channel, json.loads(message)["id"]))
+            if len(heard) == len(kinds):
+                all_heard.callback(None)
 
-        factory = txredisapi.SubscriberFactory()
-        factory.protocol = Sub
-        factory.continueTrying = False
-        sub = await TCP4ClientEndpoint(
-            reactor, self.redis_server.host, self.redis_server.port
-        ).connect(factory)
-        self.addCleanup(sub.transport.loseConnection)
-        await sub.psubscribe(prefix + "events:*")
+        await self.subscribe(prefix + "events:*", hear)
 
         raw = await txredisapi.Connection(
             self.redis_server.host, self.redis_server.port, convertNumbers=False
