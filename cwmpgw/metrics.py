@@ -120,8 +120,37 @@ class Metrics:
             "cwmpgw_redis_up", "1 if Redis is reachable now, as /healthz says.", registry=r
         )
 
+        for metric in (
+            self.sessions,
+            self.rpcs,
+            self.connection_requests,
+            self.stun_bindings,
+            self.events,
+            self.events_failed,
+        ):
+            _remember_children(metric)
+
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))
+
+
+def _remember_children(metric: Any) -> None:
+    """``metric.labels(...)`` answered from a dict once each child is made.
+
+    prometheus_client's ``labels`` checks and converts the values and takes a lock on
+    every call: ~1.4 µs, nine times a session. The children are the same objects it keeps
+    anyway (the label sets are bounded), so a dict in front of it changes nothing else.
+    """
+    made: dict[tuple[str, ...], Any] = {}
+    labels = metric.labels
+
+    def remembered(*values: str) -> Any:
+        child = made.get(values)
+        if child is None:
+            child = made[values] = labels(*values)
+        return child
+
+    metric.labels = remembered
 
 
 @implementer(IEventSink, IStoredEvents)
