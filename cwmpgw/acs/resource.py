@@ -404,7 +404,7 @@ class AcsResource(Resource):
             verdict = await self._gate.check(request, peer, live.device, live.device_id)
             if isinstance(verdict, Refusal):
                 return self._refused(request, verdict)
-            live.channel = channel
+            self.engine.registry.attach(live, channel)
             if isinstance(channel, AcsChannel):
                 channel.cwmp_session = live
         reply = await self.engine.continue_session(live, envelope)
