@@ -6,7 +6,7 @@ chain of type checks and three ``bytearray.extend`` calls; the script text hashe
 SHA-1 on every ``eval``; the reply wrapped in a second Deferred (there only for the
 per-command reply timeout, which the gateway leaves off: the availability guard bounds
 every call); and every string of the reply decoded in Python, one call per element.
-With a one-task session sending seven commands (most of them EVALSHA with 15-30
+With a one-task session sending seven commands (most of them EVALSHA with 15 to 80
 arguments), that was about 5% of the gateway's CPU per session (py-spy,
 bench/sessions.py) and a tenth of a ``wake()``.
 
@@ -37,7 +37,6 @@ from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 
 __all__ = ["LeanRedisProtocol", "encode_command", "pool"]
 
-_CRLF = b"\r\n"
 # Script text → (its SHA-1 as EVALSHA wants it). The gateway's scripts are module
 # constants: a few dozen. Bounded anyway, in case some caller builds scripts per call.
 _SCRIPT_HASHES: dict[str, str] = {}
