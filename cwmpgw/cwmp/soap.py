@@ -769,16 +769,13 @@ def _value_structs(container: etree._Element) -> tuple[ParameterValue, ...] | No
         raw_type = value.get(_XSI_TYPE)
         type_ = "xsd:string" if raw_type == "xsd:string" else _value_type(value)
         name_text = name.text
-        text = value.text
-        if text is None:
-            text = ""
-        elif type_ != "xsd:string":
-            text = str(text).strip()  # as _value_text
-        elif "\n" in text and not text.strip():
-            text = ""
-        else:
-            text = str(text)
-        append(ParameterValue("" if name_text is None else str(name_text).strip(), text, type_))
+        append(
+            ParameterValue(
+                "" if name_text is None else str(name_text).strip(),
+                _value_text(value, type_),
+                type_,
+            )
+        )
     return tuple(result)
 
 
