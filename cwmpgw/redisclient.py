@@ -57,8 +57,12 @@ def encode_command(args: tuple[Any, ...]) -> bytes:
         if kind is str:
             try:
                 data = arg.encode("utf-8", "surrogateescape")
-            except UnicodeEncodeError as e:
-                raise txredisapi.InvalidData(f"Error encoding unicode value {arg!r}: {e}") from e
+            except UnicodeEncodeError:
+                # Not the value in the message (txredisapi's had it): it may be a task's
+                # JSON with a password in it, and errors are logged.
+                raise txredisapi.InvalidData(
+                    f"a text of {len(arg)} characters that UTF-8 cannot encode (a lone surrogate)"
+                ) from None
         elif kind is bytes:
             data = arg
         elif kind is int:

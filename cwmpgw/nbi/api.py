@@ -1047,14 +1047,24 @@ def _no_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not JSON")
 
 
+_SURROGATE_ESCAPE_RE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def parse_json(data: bytes | str) -> Any:
-    """Strict JSON: UTF-8, no NaN or Infinity, no duplicate keys.
+    """Strict JSON: UTF-8, no NaN or Infinity, no duplicate keys, no lone surrogate.
 
     Raises ValueError whose message says what is wrong and where, without echoing the input.
     """
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        if _SURROGATE_ESCAPE_RE.search(text):
+            # "\ud800" is JSON but not Unicode: a lone surrogate from an escape would be
+            # refused at the first write to Redis instead (I-JSON, RFC 7493, refuses it).
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        raise ValueError("a string escapes a lone surrogate: not Unicode") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{e.msg} at line {e.lineno} column {e.colno}") from None
     except UnicodeDecodeError:

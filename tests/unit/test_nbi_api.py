@@ -751,7 +751,14 @@ class CredentialTests(SynchronousTestCase):
         self.assertEqual(r.status, 415)
         r = self.api.call("PUT", path)
         self.assertEqual((r.status, r.error_code), (400, "invalid_json"))
-        for raw in (b'{"a": 1, "a": 2}', b'{"a": NaN}', b"\xff\xfe", b"[" * 100_000):
+        for raw in (
+            b'{"a": 1, "a": 2}',
+            b'{"a": NaN}',
+            b"\xff\xfe",
+            b"[" * 100_000,
+            b'{"a": ["\\ud800"]}',  # a lone surrogate: JSON, not Unicode
+            b'{"a": "\\udc00\\ud83d"}',
+        ):
             r = self.api.call(
                 "PUT", path, raw=raw[:4096], headers={"Content-Type": "application/json"}
             )
