@@ -140,23 +140,51 @@ def merge(total: Any, round_stats: Any) -> Any:
     return total
 
 
-def spy_on(pid: int, output: str | None) -> subprocess.Popen[bytes] | None:
-    """py-spy on ``pid`` while the measured rounds run: raw stacks, for flame graphs.
+class Spy:
+    """py-spy on one server during its measured rounds only: raw stacks, for flame graphs.
 
-    Blocking (py-spy pauses the process for each sample), at 250 Hz: ``--nonblocking``
-    reads the stacks of a running process and left stale stacks of 100+ samples at odd
-    lines while the server idled (during the other server's rounds)."""
-    if not output:
-        return None
-    return subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("py-spy")),
-            *("record", "-p", str(pid), "-o", output),
-            *("--format", "raw", "--rate", "250"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    Blocking (py-spy pauses the process for each sample), at 250 Hz, only samples holding
+    the GIL (``--gil``: a server waiting in ``epoll`` is not working, and py-spy cannot
+    tell idle from busy in blocking mode). ``--nonblocking`` read a running process and
+    left stale stacks of 100+ samples at odd lines while the server idled.
+
+    One py-spy per round, started before and stopped after it: the API calls that queue
+    the next round's tasks (outside the CPU figure) and the other server's rounds stay out
+    of the profile. The rounds' raw stacks are summed into ``output``.
+    """
+
+    def __init__(self, pid: int, output: str | None) -> None:
+        self._pid, self._output = pid, output
+        self._running: subprocess.Popen[bytes] | None = None
+        self._stacks: dict[str, int] = {}
+
+    def start(self) -> None:
+        if not self._output:
+            return
+        self._running = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("py-spy")),
+                *("record", "-p", str(self._pid), "-o", self._output + ".round"),
+                *("--format", "raw", "--rate", "250", "--gil"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(1.0)  # attached before the round starts (a bench, not a test: it may wait)
+
+    def stop(self) -> None:
+        if self._running is None or not self._output:
+            return
+        self._running.send_signal(signal.SIGINT)
+        self._running.wait(timeout=30)
+        self._running = None
+        round_file = Path(self._output + ".round")
+        for line in round_file.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if stack:
+                self._stacks[stack] = self._stacks.get(stack, 0) + int(count)
+        round_file.unlink()
+        Path(self._output).write_text("".join(f"{k} {v}\n" for k, v in self._stacks.items()))
 
 
 RATE: float | None = None  # --rate: sessions started per second (None: as fast as it goes)
@@ -222,8 +250,8 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
         await base_fleet.start()
         await run_fleet(reactor, base_fleet, args.devices)
 
-        spy = spy_on(gateway.pid, args.py_spy)
-        base_spy = spy_on(baseline.pid, args.py_spy_baseline)
+        spy = Spy(gateway.pid, args.py_spy)
+        base_spy = Spy(baseline.pid, args.py_spy_baseline)
         cpu = wall = bcpu = bwall = 0.0
         stats = base = None
         handshakes_before = dict(getattr(fleet, "tls_handshakes", {}))
@@ -237,10 +265,12 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
             before = redis_commands(redis.url)
             in0, out0 = redis_bytes(redis.url)
             rcpu0 = redis_cpu(redis)
+            spy.start()
             cpu0, wall0 = cpu_seconds(gateway.pid), time.monotonic()
             round_stats = await run_fleet(reactor, fleet, args.devices)
             wall += time.monotonic() - wall0
             cpu += cpu_seconds(gateway.pid) - cpu0
+            spy.stop()
             in1, out1 = redis_bytes(redis.url)
             redis_cpu_s += redis_cpu(redis) - rcpu0
             bytes_in, bytes_out = bytes_in + in1 - in0, bytes_out + out1 - out0
@@ -248,16 +278,14 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                 commands[name] = commands.get(name, 0) + calls - before.get(name, 0)
             stats = merge(stats, round_stats)
 
+            base_spy.start()
             bcpu0, bwall0 = cpu_seconds(baseline.pid), time.monotonic()
             base_round = await run_fleet(reactor, base_fleet, args.devices)
             bwall += time.monotonic() - bwall0
             bcpu += cpu_seconds(baseline.pid) - bcpu0
+            base_spy.stop()
             base = merge(base, base_round)
         assert stats is not None and base is not None
-        for running in (spy, base_spy):
-            if running is not None:
-                running.send_signal(signal.SIGINT)
-                running.wait(timeout=30)
         await base_fleet.stop()
         memory = redis_memory(redis.url, gateway.prefix, device_ids[0])
         handshakes = {
