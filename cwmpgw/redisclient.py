@@ -28,7 +28,7 @@ where the Redis connection is made, after twistd chose the reactor.
 from __future__ import annotations
 
 from hashlib import sha1
-from typing import Any
+from typing import Any, Final
 
 import hiredis
 import txredisapi
@@ -43,6 +43,12 @@ _SCRIPT_HASHES: dict[str, str] = {}
 _MAX_SCRIPTS = 512
 
 
+# "$<length>\r\n" of every bulk string shorter than this, made once: nearly every argument
+# of the gateway's commands (keys, ids, short values) is one of them.
+_SHORT: Final = 1024
+_BULK_HEADS: Final = tuple(b"$%d\r\n" % n for n in range(_SHORT))
+
+
 def encode_command(args: tuple[Any, ...]) -> bytes:
     """A RESP array of bulk strings, as txredisapi's ``_build_command`` writes it.
 
@@ -52,17 +58,14 @@ def encode_command(args: tuple[Any, ...]) -> bytes:
     """
     parts = [b"*%d\r\n" % len(args)]
     append = parts.append
+    heads = _BULK_HEADS
     for arg in args:
         kind = type(arg)
         if kind is str:
             try:
-                data = arg.encode("utf-8", "surrogateescape")
+                data = arg.encode()  # the strict codec is the fast one; nearly all is UTF-8
             except UnicodeEncodeError:
-                # Not the value in the message (txredisapi's had it): it may be a task's
-                # JSON with a password in it, and errors are logged.
-                raise txredisapi.InvalidData(
-                    f"a text of {len(arg)} characters that UTF-8 cannot encode (a lone surrogate)"
-                ) from None
+                data = _surrogate_escaped(arg)
         elif kind is bytes:
             data = arg
         elif kind is int:
@@ -72,9 +75,23 @@ def encode_command(args: tuple[Any, ...]) -> bytes:
         elif isinstance(arg, (bytes, bytearray)):
             data = bytes(arg)
         else:
-            data = str(arg).encode("utf-8", "surrogateescape")
-        append(b"$%d\r\n%s\r\n" % (len(data), data))
+            data = _surrogate_escaped(str(arg))
+        size = len(data)
+        append(heads[size] if size < _SHORT else b"$%d\r\n" % size)
+        append(data)
+        append(b"\r\n")
     return b"".join(parts)
+
+
+def _surrogate_escaped(text: str) -> bytes:
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        # Not the value in the message (txredisapi's had it): it may be a task's JSON with
+        # a password in it, and errors are logged.
+        raise txredisapi.InvalidData(
+            f"a text of {len(text)} characters that UTF-8 cannot encode (a lone surrogate)"
+        ) from None
 
 
 def _script_hash(script: str) -> str:
