@@ -6,7 +6,6 @@ correlate on ``id`` and ``device.id`` without knowing every type in advance.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -14,6 +13,8 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from zope.interface import Interface
+
+from ..jsontext import compact
 
 __all__ = [
     "ENVELOPE_VERSION",
@@ -132,6 +133,12 @@ class Event:
             object.__setattr__(self, "id", new_event_id(self.ts))
 
     def to_dict(self) -> dict[str, Any]:
+        envelope = self._head()
+        envelope["data"] = self.data
+        return envelope
+
+    def _head(self) -> dict[str, Any]:
+        """The envelope without ``data``, which comes last."""
         return {
             "v": ENVELOPE_VERSION,
             "id": self.id,
@@ -139,17 +146,25 @@ class Event:
             "ts": format_ts(self.ts),
             "device": self.device,
             "node": self.node,
-            "data": self.data,
         }
 
     def to_json(self) -> str:
         """Encoded once: the spool and the Redis bus both need it (an event is not changed
         after it is published)."""
         if self._json is None:
-            text = json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+            text = compact(self.to_dict())
             object.__setattr__(self, "_json", text)
             return text
         return self._json
+
+    def encode_with(self, data_json: str) -> Event:
+        """Encode the event now around ``data_json``, the text of its ``data`` that the
+        caller encoded already (a task's, stored with it): its text is the same as
+        :meth:`to_json` would make, without encoding the data a second time."""
+        if self._json is None:
+            text = compact(self._head())[:-1] + ',"data":' + data_json + "}"
+            object.__setattr__(self, "_json", text)
+        return self
 
 
 class IEventSink(Interface):

@@ -41,6 +41,7 @@ from zope.interface import implementer
 
 from cwmpgw.bus.events import Event
 from cwmpgw.bus.redis import EMIT_LUA, EventStream
+from cwmpgw.jsontext import value_pair
 from cwmpgw.store.indexes import source_score
 from cwmpgw.store.interfaces import (
     MAX_TAGS,
@@ -392,7 +393,7 @@ class RedisDeviceStore:
             *self._stream.args(inform),
         ]
         for p in record.parameters:
-            args += [p.name, json.dumps([p.value, p.type])]
+            args += [p.name, value_pair(p.value, p.type)]
         d: Deferred[Any] = self._redis.eval(_RECORD_INFORM, keys, args)
 
         def written(out: list[Any]) -> tuple[bool, bool | None]:
@@ -442,7 +443,7 @@ class RedisDeviceStore:
         key = self._key(device_id)
         args: list[str] = []
         for name, value, type_ in values:
-            args += [name, json.dumps([value, type_])]
+            args += [name, value_pair(value, type_)]
         d: Deferred[Any] = self._redis.execute_command("HSET", key + ":params", *args)
         return d.addCallback(lambda _: None)
 

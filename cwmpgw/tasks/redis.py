@@ -26,7 +26,6 @@ to count them: :class:`~cwmpgw.bus.events.IStoredEvents`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -42,6 +41,7 @@ from cwmpgw.bus.events import Event, IEventSink, IStoredEvents
 from cwmpgw.bus.listener import EventListener
 from cwmpgw.bus.redis import EMIT_LUA, EventStream
 from cwmpgw.cwmp.diagnostics import KINDS as DIAGNOSTIC_KINDS
+from cwmpgw.jsontext import value_pair
 from cwmpgw.store.sessionlock import PENDING_INFORM, Superseded, owner_key
 from cwmpgw.tasks.model import (
     FINAL_STATUSES,
@@ -678,6 +678,7 @@ class RedisTaskService:
         parameters: Sequence[tuple[str, str, str]] = (),
         prefetch: bool = False,
         owner: str | None = None,
+        new_json: str | None = None,
     ) -> tuple[bool, Task | None]:
         """Apply old → new if the stored task still is ``old``; else return what is stored.
 
@@ -704,7 +705,7 @@ class RedisTaskService:
         args = [
             expected or old.status,
             str(old.attempts),
-            task_to_json(new),
+            task_to_json(new) if new_json is None else new_json,
             old.id,
             queue,
             "1" if finished else "0",
@@ -719,7 +720,7 @@ class RedisTaskService:
             "1" if prefetch else "0",
         ]
         for name, value, type_ in parameters:
-            args += [name, json.dumps([value, type_])]
+            args += [name, value_pair(value, type_)]
         reply = await self._redis.eval(_TRANSITION, keys, args)
         if isinstance(reply, list) and reply and reply[0] == 1:
             self._prefetch(old.device_id, str(reply[1]), reply[2:], True)
@@ -750,6 +751,7 @@ class RedisTaskService:
         prefetch: bool = False,
     ) -> tuple[bool, Task | None]:
         """old → a final status, announced by its event in the same script."""
+        text = task_to_json(new)  # stored, and the event's data (encoded once)
         return await self._transition(
             old,
             new,
@@ -758,9 +760,10 @@ class RedisTaskService:
             finished=True,
             expiry="remove",
             transfer="remove",
-            event=task_event(new, self._node),
+            event=task_event(new, self._node, text),
             parameters=parameters,
             prefetch=prefetch,
+            new_json=text,
         )
 
     def _end(

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from cwmpgw.bus.events import Event, IEventSink, device_ref
 from cwmpgw.cwmp.datamodel import DataModel, DataModelError, standard_model
 from cwmpgw.cwmp.rpc import ArgumentError
+from cwmpgw.jsontext import compact
 from cwmpgw.tasks.model import DataModelRefusal, Task, TaskError
 from cwmpgw.tasks.plans import TASK_TYPES, plan_for
 
@@ -293,14 +294,17 @@ def transfer_outcome(
     )
 
 
-def task_event(task: Task, node: str) -> Event:
-    return Event(
+def task_event(task: Task, node: str, task_json: str | None = None) -> Event:
+    """The event of ``task``'s new status; ``task_json`` is :func:`task_to_json`'s text
+    of it when the caller has it (then it is not encoded again for the event)."""
+    event = Event(
         type="task." + task.status,
         ts=task.updated,
         node=node,
         data=task.to_dict(),
         device=device_ref(task.device_id),
     )
+    return event if task_json is None else event.encode_with(task_json)
 
 
 def task_from_dict(d: Mapping[str, Any]) -> Task:
@@ -309,7 +313,7 @@ def task_from_dict(d: Mapping[str, Any]) -> Task:
 
 
 def task_to_json(task: Task) -> str:
-    return json.dumps(task.to_dict(), separators=(",", ":"), ensure_ascii=False)
+    return compact(task.to_dict())
 
 
 def task_from_json(raw: str | bytes) -> Task:
