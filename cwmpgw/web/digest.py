@@ -520,7 +520,7 @@ class DigestCredentialFactory:
     # -- nonces -------------------------------------------------------------------
 
     def _mac(self, data: bytes) -> bytes:
-        return hmac.new(self._secret, data, hashlib.sha256).digest()
+        return hmac.digest(self._secret, data, "sha256")
 
     def _new_nonce(self) -> str:
         body = _TIME.pack(_to_ms(self._clock.seconds())) + os.urandom(_RANDOM_BYTES)

@@ -143,6 +143,7 @@ class HardenedChannel(HTTPChannel):
     _closing = False  # loseConnection was called: what the peer sends now is dropped
     _sent_while_closing = 0
     _clock: IReactorTime | None = None
+    _host: Any = None
 
     def configure(self, limits: ConnectionLimits, clock: IReactorTime) -> None:
         """Apply ``limits``, keeping Twisted's own checks as a second line behind ours."""
@@ -170,6 +171,14 @@ class HardenedChannel(HTTPChannel):
         return 0.0
 
     # -- deadlines ---------------------------------------------------------------------
+
+    def getHost(self) -> Any:
+        """The local address, asked of the socket once per connection: Twisted's
+        ``Request`` asks for it on every request (a ``getsockname`` call each)."""
+        host = self._host
+        if host is None:
+            host = self._host = super().getHost()  # type: ignore[no-untyped-call]
+        return host
 
     def peer(self) -> str:
         address = self.transport.getPeer() if self.transport is not None else None
