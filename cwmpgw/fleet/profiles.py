@@ -685,6 +685,10 @@ class ProfileApplier:
         return _State(steps)
 
     def next_request(self, session: LiveSession) -> Deferred[AcsRequest | None]:
+        state = self._sessions.get(session.session_id)
+        if state is not None and not state.steps:
+            # Planned, and nothing (left) to apply: the inner source's turn directly.
+            return self._inner.next_request(session)
         return Deferred.fromCoroutine(self._next(session))
 
     async def _next(self, session: LiveSession) -> AcsRequest | None:

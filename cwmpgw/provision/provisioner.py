@@ -315,6 +315,11 @@ class Provisioner:
         return False
 
     def next_request(self, session: LiveSession) -> Deferred[AcsRequest | None]:
+        state = self._sessions.get(session.session_id)
+        if state is not None and not state.steps:
+            # Planned, and nothing (left) to do: the inner source's turn, without a
+            # coroutine of ours around it (every turn of nearly every session).
+            return self._inner.next_request(session)
         return Deferred.fromCoroutine(self._next(session))
 
     async def _next(self, session: LiveSession) -> AcsRequest | None:
