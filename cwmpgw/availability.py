@@ -451,7 +451,8 @@ def _direct(pool: Any, name: str) -> Callable[..., Deferred[Any]] | None:
     def command(*args: Any, **kwargs: Any) -> Deferred[Any]:
         ready: list[Any] = factory.connectionQueue.pending
         if ready:
-            connection = choice(ready)
+            # One connection by default (redis.connections): no random pick to pay for.
+            connection = ready[0] if len(ready) == 1 else choice(ready)
             if connection.connected:
                 d: Deferred[Any] = method(connection, *args, **kwargs)
                 return d

@@ -49,6 +49,7 @@ from cwmpgw.cwmp.session import (
     TransferReceived,
 )
 from cwmpgw.cwmp.versions import VersionMismatch, negotiate
+from cwmpgw.logs import debug_wanted
 from cwmpgw.sessions import (
     IRequestSource,
     LiveSession,
@@ -250,13 +251,14 @@ class AcsEngine:
             self._metrics.live_sessions.set(len(self.registry))
         # Debug, as every per-session line: the inform and session.closed events are the
         # record of sessions; an info line each cost ~1.5% of a session's CPU.
-        self._log.debug(
-            "session {session_id} opened for {device_id} from {peer} (CWMP {cwmp_version})",
-            session_id=live.session_id,
-            device_id=device_id,
-            peer=peer,
-            cwmp_version=negotiated.version,
-        )
+        if debug_wanted():
+            self._log.debug(
+                "session {session_id} opened for {device_id} from {peer} (CWMP {cwmp_version})",
+                session_id=live.session_id,
+                device_id=device_id,
+                peer=peer,
+                cwmp_version=negotiated.version,
+            )
         return live, machine.inform_response()
 
     async def continue_session(self, live: LiveSession, envelope: Envelope | None) -> Reply:
@@ -539,13 +541,14 @@ class AcsEngine:
             self._metrics.sessions.labels(ended.outcome.value).inc()
             self._metrics.session_duration.observe(duration)
             self._metrics.live_sessions.set(len(self.registry))
-        log = self._log.debug if ended.outcome is Outcome.COMPLETED else self._log.info
-        log(
-            "session {session_id} of {device_id} ended: {outcome}",
-            session_id=live.session_id,
-            device_id=live.device_id,
-            outcome=ended.outcome.value,
-        )
+        if ended.outcome is not Outcome.COMPLETED or debug_wanted():
+            log = self._log.debug if ended.outcome is Outcome.COMPLETED else self._log.info
+            log(
+                "session {session_id} of {device_id} ended: {outcome}",
+                session_id=live.session_id,
+                device_id=live.device_id,
+                outcome=ended.outcome.value,
+            )
         d = self.publish(
             "session.closed",
             {

@@ -45,6 +45,7 @@ from cwmpgw.cwmp.messages import (
     TransferComplete,
 )
 from cwmpgw.cwmp.session import AcsRequest
+from cwmpgw.logs import debug_wanted
 from cwmpgw.sessions import IRequestSource, LiveSession, acs_request
 from cwmpgw.store.interfaces import IDeviceStore
 from cwmpgw.tasks.model import Task
@@ -223,12 +224,13 @@ class TaskRunner:
                 await self._finish(session, state)
                 continue
             state.outstanding = True
-            self._log.debug(
-                "sending {cwmp_method} of task {task_id} to {device_id}",
-                cwmp_method=call.method,
-                task_id=state.task.id,
-                device_id=session.device_id,
-            )
+            if debug_wanted():
+                self._log.debug(
+                    "sending {cwmp_method} of task {task_id} to {device_id}",
+                    cwmp_method=call.method,
+                    task_id=state.task.id,
+                    device_id=session.device_id,
+                )
             return request
 
     def _plan(self, session: LiveSession, task: Task, args: dict[str, Any]) -> Plan:

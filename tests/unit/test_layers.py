@@ -41,8 +41,8 @@ ALLOWED: dict[str, set[str]] = {
     "sessions": {"cwmp"},
     "metrics": {"bus"},
     # The edges and the domains: none imports another edge.
-    "acs": {"availability", "bus", "cwmp", "sessions", "store", "web"},
-    "tasks": {"availability", "bus", "cwmp", "jsontext", "sessions", "store"},
+    "acs": {"availability", "bus", "cwmp", "logs", "sessions", "store", "web"},
+    "tasks": {"availability", "bus", "cwmp", "jsontext", "logs", "sessions", "store"},
     "provision": {"bus", "config", "cwmp", "sessions", "store", "web"},
     "connreq": {"availability", "bus", "config", "store", "web", "xmpp"},
     # Inventory, bulk tasks, profiles: over the stores and the task service.

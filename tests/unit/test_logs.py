@@ -13,6 +13,12 @@ from twisted.logger import Logger
 from cwmpgw import logs
 
 
+@pytest.fixture(autouse=True)
+def _keep_debug_wanted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Making an observer sets ``debug_wanted`` for the process: put it back after."""
+    monkeypatch.setattr(logs, "_debug", [logs.debug_wanted()])
+
+
 def emit_all(observer: Any) -> None:
     log = Logger(namespace="cwmpgw.test", observer=observer)
     log.debug("a debug line {n}", n=1)
@@ -47,3 +53,14 @@ def test_unknown_level_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CWMPGW_LOG_LEVEL", "verbose")
     with pytest.raises(SystemExit, match="verbose"):
         logs.text()
+
+
+def test_debug_wanted_follows_the_observer_level(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    monkeypatch.setattr(logs, "_debug", [True])  # as in a process without our observers
+    monkeypatch.delenv("CWMPGW_LOG_LEVEL", raising=False)
+    logs.text()
+    assert not logs.debug_wanted()
+    monkeypatch.setenv("CWMPGW_LOG_LEVEL", "debug")
+    logs.json()
+    assert logs.debug_wanted()
