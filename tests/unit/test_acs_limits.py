@@ -245,7 +245,7 @@ class LimitsBase(SynchronousTestCase):
         self.assertEqual(response.header("connection"), "close")
         self.assertTrue(conn.closing)
         self.assertEqual(self.acs.bus.events, [])
-        self.assertIsNone(conn.protocol._deadline)
+        self.assertFalse(conn.protocol._read.armed)
 
 
 class RequestsPerConnectionTests(LimitsBase):
@@ -340,10 +340,10 @@ class ReadDeadlineTests(LimitsBase):
         self.assertEqual(conn.post(b"").status, 204)
         self.acs.clock.advance(9)  # idle between requests: no deadline is running
         self.assertFalse(conn.closing)
-        self.assertIsNone(conn.protocol._deadline)
+        self.assertFalse(conn.protocol._read.armed)
         # A new request starts a new deadline.
         conn.send(b"POST / HTTP/1.1\r\n")
-        self.assertIsNotNone(conn.protocol._deadline)
+        self.assertTrue(conn.protocol._read.armed)
 
     def test_idle_connection_closed_by_idle_timeout(self) -> None:
         conn = self.acs.connect()
@@ -353,9 +353,18 @@ class ReadDeadlineTests(LimitsBase):
     def test_lost_connection_cancels_deadline(self) -> None:
         conn = self.acs.connect()
         conn.send(b"POST / HT")
-        deadline = conn.protocol._deadline
+        channel = conn.protocol
+        self.assertTrue(channel._read.armed)
         conn.close()
-        self.assertFalse(deadline.active())
+        self.assertFalse(channel._read.armed)
+        # No timer is left to keep the channel alive until it would have come.
+        deadlines = (channel._read, channel._idle)
+        left = [
+            c
+            for c in self.acs.clock.getDelayedCalls()
+            if getattr(c.func, "__self__", None) in deadlines
+        ]
+        self.assertEqual(left, [])
 
 
 class IdleTimeTests(LimitsBase):
