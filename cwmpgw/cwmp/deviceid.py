@@ -27,6 +27,8 @@ def escape_id_part(s: str) -> str:
 
     "-" is escaped too, which is what makes "-" a safe separator in :func:`device_id`.
     """
+    if s.isascii() and s.replace("_", "").isalnum():
+        return s  # nearly every OUI, product class and serial: nothing to escape
     return _UNSAFE.sub(_percent, s)
 
 
