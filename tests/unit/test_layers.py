@@ -44,7 +44,7 @@ ALLOWED: dict[str, set[str]] = {
     "acs": {"availability", "bus", "cwmp", "logs", "sessions", "store", "web"},
     "tasks": {"availability", "bus", "cwmp", "jsontext", "logs", "sessions", "store"},
     "provision": {"bus", "config", "cwmp", "sessions", "store", "web"},
-    "connreq": {"availability", "bus", "config", "store", "web", "xmpp"},
+    "connreq": {"availability", "bus", "config", "logs", "store", "web", "xmpp"},
     # Inventory, bulk tasks, profiles: over the stores and the task service.
     "fleet": {"availability", "bus", "config", "connreq", "cwmp", "sessions", "store", "tasks"},
     # Files the gateway serves and receives, and firmware campaigns.
