@@ -23,7 +23,7 @@ interval, in one Redis script when the gateway gives one (``wake_state``).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any
 
 from twisted.internet.defer import (
@@ -63,12 +63,39 @@ class RateLimiter:
         self._waiting: deque[Deferred[None]] = deque()
 
     def acquire(self) -> Deferred[None]:
+        wait = self.take()
+        if wait is None:
+            return succeed(None)
+        return deferLater(self._clock, wait, lambda: None)
+
+    def take(self) -> float | None:
+        """Take the next start: None if it is now, else how many seconds until it is."""
         now = self._clock.seconds()
         start = max(now, self._next)
         self._next = start + self._interval
-        if start <= now:
-            return succeed(None)
-        return deferLater(self._clock, start - now, lambda: None)
+        return None if start <= now else start - now
+
+
+def _take(semaphore: DeferredSemaphore) -> Deferred[Any] | _Taken:
+    """``semaphore.acquire()``, or, with a token free, the token taken now (what acquire
+    does then) and nothing to wait for."""
+    if semaphore.tokens > 0 and not semaphore.waiting:
+        semaphore.tokens -= 1
+        return _TAKEN
+    return semaphore.acquire()
+
+
+class _Taken:
+    """Awaitable at once: a limit taken without a Deferred."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield
+
+
+_TAKEN = _Taken()
 
 
 def _param(params: dict[str, Any], suffix: str) -> str:
@@ -381,16 +408,22 @@ class ConnectionRequestService:
         return result, {"target": target.netloc, "attempts": 1}
 
     async def _limited(self, destination: str, start: Callable[[], Deferred[Any]]) -> Any:
-        """Run ``start`` within the rate, the global limit and the destination's limit."""
-        await self._rate.acquire()
+        """Run ``start`` within the rate, the global limit and the destination's limit.
+
+        A limit with room is taken at once (a token, as ``acquire`` takes it) rather than
+        through a fired Deferred awaited: three coroutine resumptions fewer per request.
+        """
+        wait = self._rate.take()
+        if wait is not None:
+            await deferLater(self._clock, wait, lambda: None)
         per = self._per_destination.get(destination)
         if per is None:
             per = self._per_destination[destination] = DeferredSemaphore(
                 self._config.per_destination
             )
-        await per.acquire()
+        await _take(per)
         try:
-            await self._all.acquire()
+            await _take(self._all)
             try:
                 return await start()
             finally:
