@@ -18,7 +18,6 @@ import re
 import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 
 from cwmpgw.web.digest import AUTH_PARAM, QUOTED_BODY, ha1, hash_hex, unescape
 
@@ -95,13 +94,23 @@ class Challenge:
         """The Digest algorithm as sent, upper case; MD5 when absent (RFC 7616 section 3.3)."""
         return self.params.get("algorithm", "MD5").upper()
 
-    @cached_property
+    @property
     def qop_options(self) -> frozenset[str]:
-        """The qop values offered; empty for an RFC 2069 challenge without qop."""
+        """The qop values offered; empty for an RFC 2069 challenge without qop.
+
+        Computed once (asked twice per request). Not ``functools.cached_property``: on
+        Python 3.11 it takes a lock on every read.
+        """
+        known: frozenset[str] | None = self.__dict__.get("_qop_options")
+        if known is not None:
+            return known
         raw = self.params.get("qop")
         if raw is None:
-            return frozenset()
-        return frozenset(part.strip().lower() for part in raw.split(",") if part.strip())
+            known = frozenset()
+        else:
+            known = frozenset(part.strip().lower() for part in raw.split(",") if part.strip())
+        self.__dict__["_qop_options"] = known  # frozen: set as cached_property would
+        return known
 
     @property
     def stale(self) -> bool:
