@@ -23,6 +23,7 @@ import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from OpenSSL import SSL
@@ -46,6 +47,7 @@ from cwmpgw.web.digest_client import (
     choose,
     parse_challenges,
 )
+from cwmpgw.web.timeouts import FixedTimeouts
 
 __all__ = ["OUTCOMES", "HttpAttempt", "HttpConnectionRequester"]
 
@@ -156,9 +158,13 @@ class _OneRequest(Protocol):
         self._body = 0  # body bytes received (chunked: with the framing)
         self.done: Deferred[tuple[int, list[bytes]]] = Deferred(self._cancel)
         self.stop_connecting: Callable[[], object] | None = None  # set by who connects
+        # Set by who connects with a timeout of its own: called once connected or failed.
+        self.connect_settled: Callable[[], object] | None = None
 
     def connectionMade(self) -> None:
         assert self.transport is not None
+        if self.connect_settled is not None:
+            self.connect_settled()
         self.transport.write(self._request)
 
     def dataReceived(self, data: bytes) -> None:
@@ -274,6 +280,8 @@ class _OneRequest(Protocol):
 
     def connect_failed(self, reason: Failure) -> None:
         """The connection could not be made (an errback, or ClientFactory's hook)."""
+        if self.connect_settled is not None:
+            self.connect_settled()
         if not self.done.called:
             self.done.errback(reason)
 
@@ -286,6 +294,17 @@ class _OneRequest(Protocol):
                 self.stop_connecting()
             except error.NotConnectingError:
                 pass
+
+
+def _connect_timed_out(connector: Any, protocol: _OneRequest) -> None:
+    """What Twisted's own connect timer calls: the connection attempt fails with
+    TimeoutError (unless it was made meanwhile)."""
+    transport = getattr(connector, "transport", None)
+    if transport is not None:
+        transport.failIfNotConnected(error.TimeoutError())
+    else:  # a connector without a transport (a test's memory reactor): stop it so
+        connector.stopConnecting()
+        protocol.connect_failed(Failure(error.TimeoutError()))
 
 
 class _Connect(ClientFactory):
@@ -364,6 +383,9 @@ class HttpConnectionRequester:
         self._reactor = reactor
         self._connect_timeout = connect_timeout
         self._total_timeout = total_timeout
+        # One reactor timer each for all requests in flight (cwmpgw.web.timeouts).
+        self._connect_timeouts = FixedTimeouts(reactor, connect_timeout)
+        self._total_timeouts = FixedTimeouts(reactor, total_timeout)
         self._verify_tls = verify_tls
         self._max_body = max_body
         self._unverified_tls: _UnverifiedTLS | None = None
@@ -375,6 +397,8 @@ class HttpConnectionRequester:
         self._closed = True
         for d in list(self._pending):
             d.cancel()
+        self._connect_timeouts.stop()
+        self._total_timeouts.stop()
         return succeed(None)
 
     def request(
@@ -401,14 +425,25 @@ class HttpConnectionRequester:
         d = Deferred.fromCoroutine(
             self._exchange(target, username, password, allow_basic, exchange)
         )
-        d.addTimeout(
-            self._total_timeout,
-            self._reactor,
-            onTimeoutCancel=lambda _result, timeout: (
-                exchange.final
-                or HttpAttempt("timeout", None, f"no complete answer within {timeout:g} s")
-            ),
-        )
+        # As Deferred.addTimeout(total_timeout, onTimeoutCancel=...), on the shared timer.
+        timed_out = False
+
+        def time_out() -> None:
+            nonlocal timed_out
+            timed_out = True
+            d.cancel()
+
+        token = self._total_timeouts.start(time_out)
+
+        def settle(result: HttpAttempt | Failure) -> HttpAttempt | Failure:
+            self._total_timeouts.cancel(token)
+            if timed_out:
+                return exchange.final or HttpAttempt(
+                    "timeout", None, f"no complete answer within {self._total_timeout:g} s"
+                )
+            return result
+
+        d.addBoth(settle)
         d.addErrback(self._from_failure, target)
         self._pending.add(d)
 
@@ -490,10 +525,14 @@ class HttpConnectionRequester:
         if target.scheme != "https":
             # The reactor directly (an IP literal: nothing is resolved), without the
             # endpoint layers: one connection per GET, thousands a second.
+            # No timer of Twisted's per connection (timeout None): the shared one calls
+            # what Twisted's would.
             connector = self._reactor.connectTCP(
-                target.host, target.port, _Connect(protocol), self._connect_timeout, bind
+                target.host, target.port, _Connect(protocol), None, bind
             )
+            token = self._connect_timeouts.start(partial(_connect_timed_out, connector, protocol))
             protocol.stop_connecting = connector.stopConnecting
+            protocol.connect_settled = partial(self._connect_timeouts.cancel, token)
             return
         tcp: IStreamClientEndpoint
         if ":" in target.host:

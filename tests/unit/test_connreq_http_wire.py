@@ -32,7 +32,8 @@ class Wire(SynchronousTestCase):
     def connect(self, index: int) -> tuple[Any, StringTransport]:
         """Accept the index-th connection the client asked for."""
         host, port, factory, timeout, bind = self.reactor.tcpClients[index]
-        self.assertEqual((host, port, timeout, bind), ("192.0.2.10", 7547, 2.0, None))
+        # No timer of Twisted's per connection: the client's shared one (connect_timeout).
+        self.assertEqual((host, port, timeout, bind), ("192.0.2.10", 7547, None, None))
         protocol = factory.buildProtocol(None)
         transport = StringTransport()
         protocol.makeConnection(transport)
@@ -171,6 +172,33 @@ class Wire(SynchronousTestCase):
 
     def test_timeout_while_connecting_stops_connecting(self) -> None:
         self.start()
-        self.reactor.advance(5.0)
-        self.assertEqual(self.result().outcome, "timeout")
+        self.reactor.advance(1.9)
+        self.assertEqual(self.results, [])
+        self.reactor.advance(0.1)  # connect_timeout
+        self.assertEqual(self.result(), HttpAttempt("unreachable", None, "connect timed out"))
         self.assertEqual(self.reactor.connectors[0].stoppedConnecting, True)
+        # The shared total timer still comes at 5 s (for nothing), and is not armed again.
+        self.reactor.advance(3.0)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_connected_in_time_then_the_total_timeout(self) -> None:
+        self.start()
+        self.reactor.advance(1.5)
+        _, transport = self.connect(0)  # connected: its connect timeout is off
+        self.reactor.advance(1.0)
+        self.assertEqual(self.results, [])
+        self.assertFalse(transport.disconnecting)
+        self.reactor.advance(2.5)  # total_timeout (5 s) since the start
+        self.assertEqual(
+            self.result(), HttpAttempt("timeout", None, "no complete answer within 5 s")
+        )
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_many_requests_share_one_timer_each(self) -> None:
+        for _ in range(20):
+            self.start()
+        # One connect timer and one total timer for all twenty requests.
+        self.assertEqual(len(self.reactor.getDelayedCalls()), 2)
+        self.reactor.advance(5.0)
+        self.assertEqual(len(self.results), 20)
+        self.assertEqual({r.outcome for r in self.results}, {"unreachable"})
