@@ -28,10 +28,12 @@ from typing import Any
 
 from OpenSSL import SSL
 from service_identity import VerificationError
-from twisted.internet import error
+from twisted.internet import error, tcp
+from twisted.internet.base import BaseConnector
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IStreamClientEndpoint
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.ssl import CertificateOptions, TLSVersion, optionsForClientTLS
 from twisted.logger import Logger
@@ -296,6 +298,29 @@ class _OneRequest(Protocol):
                 pass
 
 
+class _V4Connector(tcp.Connector):
+    """``connectTCP``'s connector for an IPv4 literal, without its IPv6 test.
+
+    ``tcp.Connector`` asks ``isIPv6Address(host)`` first, which for an IPv4 address is an
+    exception raised and caught: ~4% of a connection request's CPU, twice per request.
+    The guard has parsed the host already (an IP literal, no ':' in it). Relies on
+    Twisted 26.10's ``tcp.Connector`` (pinned): its ``__init__`` minus that test.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        factory: ClientFactory,
+        timeout: float | None,
+        bindAddress: tuple[str, int] | None,
+        reactor: Any,
+    ) -> None:
+        self.host, self.port = host, port
+        self.bindAddress = bindAddress
+        BaseConnector.__init__(self, factory, timeout, reactor)  # type: ignore[arg-type]
+
+
 def _connect_timed_out(connector: Any, protocol: _OneRequest) -> None:
     """What Twisted's own connect timer calls: the connection attempt fails with
     TimeoutError (unless it was made meanwhile)."""
@@ -527,9 +552,14 @@ class HttpConnectionRequester:
             # endpoint layers: one connection per GET, thousands a second.
             # No timer of Twisted's per connection (timeout None): the shared one calls
             # what Twisted's would.
-            connector = self._reactor.connectTCP(
-                target.host, target.port, _Connect(protocol), None, bind
-            )
+            factory = _Connect(protocol)
+            if isinstance(self._reactor, PosixReactorBase) and ":" not in target.host:
+                connector: Any = _V4Connector(
+                    target.host, target.port, factory, None, bind, self._reactor
+                )
+                connector.connect()  # what connectTCP does with it
+            else:
+                connector = self._reactor.connectTCP(target.host, target.port, factory, None, bind)
             token = self._connect_timeouts.start(partial(_connect_timed_out, connector, protocol))
             protocol.stop_connecting = connector.stopConnecting
             protocol.connect_settled = partial(self._connect_timeouts.cancel, token)
