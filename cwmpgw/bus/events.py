@@ -14,7 +14,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
-from ..jsontext import compact
+from cwmpgw.jsontext import compact
 
 __all__ = [
     "ENVELOPE_VERSION",

@@ -327,7 +327,7 @@ def _connect_timed_out(connector: Any, protocol: _OneRequest) -> None:
     transport = getattr(connector, "transport", None)
     if transport is not None:
         transport.failIfNotConnected(error.TimeoutError())
-    else:  # a connector without a transport (a test's memory reactor): stop it so
+    else:  # a connector without a transport (a test's memory reactor): stop it ourselves
         connector.stopConnecting()
         protocol.connect_failed(Failure(error.TimeoutError()))
 
