@@ -167,6 +167,12 @@ def parse_http_url(url: object, *, schemes: Iterable[str] = ("http", "https")) -
     The syntax rules of :func:`check_http_target`: an allowed scheme, no userinfo, an IP
     literal host, a valid port.  Used by the HTTP client too, so it never resolves a name.
     """
+    parsed = _parse_http_url(url, schemes)
+    return parsed if isinstance(parsed, Refusal) else parsed[0]
+
+
+def _parse_http_url(url: object, schemes: Iterable[str]) -> Refusal | tuple[Target, IPAddress]:
+    """:func:`parse_http_url`, with the host's address as parsed (not parsed again)."""
     if not isinstance(url, str) or not url:
         return Refusal("missing URL")
     if len(url) > _MAX_URL_LENGTH:
@@ -205,7 +211,7 @@ def parse_http_url(url: object, *, schemes: Iterable[str] = ("http", "https")) -
     path = remainder.partition("#")[0]
     if not path.startswith("/"):
         path = "/" + path  # only "" or "?query" can get here
-    return Target(scheme, str(host), port, path)
+    return Target(scheme, str(host), port, path), host
 
 
 def _address_refusal(
@@ -256,10 +262,10 @@ def check_http_target(
 
     ``last_source`` is the address the CPE last connected to the ACS from.
     """
-    target = parse_http_url(url, schemes=policy.schemes)
-    if isinstance(target, Refusal):
-        return target
-    address = ipaddress.ip_address(target.host)
+    parsed = _parse_http_url(url, policy.schemes)
+    if isinstance(parsed, Refusal):
+        return parsed
+    target, address = parsed
     refusal = _address_refusal(address, target.port, last_source, policy)
     return refusal if refusal is not None else target
 

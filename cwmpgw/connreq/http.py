@@ -459,21 +459,20 @@ class HttpConnectionRequester:
             d.cancel()
 
         token = self._total_timeouts.start(time_out)
-
-        def settle(result: HttpAttempt | Failure) -> HttpAttempt | Failure:
-            self._total_timeouts.cancel(token)
-            if timed_out:
-                return exchange.final or HttpAttempt(
-                    "timeout", None, f"no complete answer within {self._total_timeout:g} s"
-                )
-            return result
-
-        d.addBoth(settle)
-        d.addErrback(self._from_failure, target)
         self._pending.add(d)
 
-        def forget(attempt: HttpAttempt) -> HttpAttempt:
+        def settle(result: HttpAttempt | Failure) -> HttpAttempt:
+            """The outcome (one callback for the timeout, the failures and the log)."""
+            self._total_timeouts.cancel(token)
             self._pending.discard(d)
+            if timed_out:
+                attempt = exchange.final or HttpAttempt(
+                    "timeout", None, f"no complete answer within {self._total_timeout:g} s"
+                )
+            elif isinstance(result, Failure):
+                attempt = self._from_failure(result, target)
+            else:
+                attempt = result
             if debug_wanted():  # a filtered debug line still cost ~2% of a request
                 self._log.debug(
                     "Connection request to {peer}: {outcome} ({detail})",
@@ -483,7 +482,7 @@ class HttpConnectionRequester:
                 )
             return attempt
 
-        return d.addCallback(forget)
+        return d.addBoth(settle)
 
     # -- the exchange --------------------------------------------------------------
 
