@@ -31,6 +31,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from cwmpgw.timeouts import FixedTimeouts
 from cwmpgw.waiters import Waiters
 
 __all__ = [
@@ -147,15 +148,15 @@ class RedisAvailability:
         self._clock = clock
         self.interval = interval
         self.ping_timeout = ping_timeout
-        self.call_timeout = call_timeout
         self._up = True
         self._suspect = False  # a call failed while up: confirm with a PING
         self._pinging: Deferred[Any] | None = None
         self._tick_call: IDelayedCall | None = None
         self._running = False
-        # Calls under way with the default timeout: Deferred -> deadline, oldest first.
-        self._in_flight: dict[Deferred[Any], float] = {}
-        self._expiry: IDelayedCall | None = None  # armed while calls are under way
+        # Calls under way with the default timeout, on one timer (cwmpgw.timeouts).
+        self._in_flight: FixedTimeouts[Deferred[Any]] = FixedTimeouts(
+            clock, call_timeout, Deferred.cancel
+        )
         self._riders: list[Callable[[], None]] = []  # see ride()
         self._subscribers: dict[object, Callable[[bool], None]] = {}
         self._waiting: Waiters[None] = Waiters()
@@ -238,15 +239,11 @@ class RedisAvailability:
         """``guard(lambda: call(*args, **kwargs))`` without the lambda: every command of a
         :class:`GuardedRedis` comes here.
 
-        The timeout costs no timer per call: calls under way wait in ``_in_flight``
-        (insertion-ordered, so oldest first, and with one timeout for all, also in order
-        of their deadlines), each removed by one callback when it is settled, and a single
-        timer is armed at the deadline of the oldest. When it fires it cancels the calls
-        whose deadline has come (as ``addTimeout`` would: txredisapi keeps its replies in
-        step) and is armed again at the deadline of the oldest left, if any. A call times
-        out at its deadline, not later; the timer may fire for a call settled since, and
-        is then only armed again. (In order of deadlines as long as ``call_timeout`` is
-        not lowered while calls are under way: it is set once, at start-up.)
+        The timeout costs no timer per call: calls under way wait in ``_in_flight``, a
+        :class:`~cwmpgw.timeouts.FixedTimeouts` (one timer at the oldest deadline), each
+        taken out by one callback when it is settled. A call whose deadline comes is
+        cancelled (as ``addTimeout`` would: txredisapi keeps its replies in step), and
+        ``_settled`` makes that CancelledError a RedisTimeout.
         """
         if not (self._up and self._connections() > 0) and not self._observe():
             return fail(Unavailable("redis is unreachable"))
@@ -258,17 +255,14 @@ class RedisAvailability:
             d = call(*args, **kwargs)
         except BaseException:
             return fail()
-        in_flight = self._in_flight
-        in_flight[d] = self._clock.seconds() + self.call_timeout
+        self._in_flight.start(d)
         d.addBoth(self._settled, d)
-        if self._expiry is None and in_flight:
-            self._arm_expiry()
         return d
 
     def _settled(self, result: T | Failure, d: Deferred[T]) -> T | Failure:
-        timed_out = self._in_flight.pop(d, None) is None  # _expire took it out
-        if not self._running and not self._in_flight:
-            self._disarm_expiry()  # stopped: leave no timer behind
+        timed_out = not self._in_flight.cancel(d)  # its timeout took it out (and cancelled it)
+        if not self._running:
+            self._in_flight.disarm()  # stopped: leave no timer behind
         if not isinstance(result, Failure):
             return result
         if result.check(CancelledError):
@@ -279,6 +273,11 @@ class RedisAvailability:
         self._suspect_now()
         return result
 
+    @property
+    def call_timeout(self) -> float:
+        """Seconds a call may take unless it names its own (set once, at start-up)."""
+        return self._in_flight.seconds
+
     def _failed_on_its_own_timer(self, failure: Failure, seconds: float) -> Failure:
         if failure.check(CancelledError):
             return failure  # the caller gave up: says nothing about Redis
@@ -286,35 +285,6 @@ class RedisAvailability:
         if failure.check(DeferredTimeout):
             return Failure(RedisTimeout(f"redis did not answer within {seconds}s"))
         return failure
-
-    def _arm_expiry(self) -> None:
-        oldest = next(iter(self._in_flight.values()))
-        delay = max(0.0, oldest - self._clock.seconds())
-        self._expiry = self._clock.callLater(delay, self._expire)
-
-    def _disarm_expiry(self) -> None:
-        if self._expiry is not None:
-            if self._expiry.active():
-                self._expiry.cancel()
-            self._expiry = None
-
-    def _expire(self) -> None:
-        self._expiry = None
-        # A hair of tolerance: a timer armed at (deadline - now) from now may come due a
-        # rounding error before the deadline itself.
-        now = self._clock.seconds() + 1e-6
-        in_flight = self._in_flight
-        due: list[Deferred[Any]] = []
-        for d, deadline in in_flight.items():
-            if deadline > now:
-                break
-            due.append(d)
-        for d in due:
-            # Cancelling one may settle another (its caller's callbacks run now).
-            if in_flight.pop(d, None) is not None:
-                d.cancel()  # _settled makes the CancelledError a RedisTimeout
-        if self._expiry is None and in_flight:
-            self._arm_expiry()
 
     # -- service ---------------------------------------------------------------------------
 
@@ -331,8 +301,8 @@ class RedisAvailability:
         self._tick_call = None
         if self._pinging is not None:
             self._pinging.cancel()
-        if not self._in_flight:  # else calls under way still time out; the last settled
-            self._disarm_expiry()  # disarms it
+        # Calls under way still time out; the last one settled disarms the timer.
+        self._in_flight.disarm()
 
     # -- internals -------------------------------------------------------------------------
 

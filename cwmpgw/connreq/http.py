@@ -42,6 +42,7 @@ from zope.interface import implementer
 
 from cwmpgw.connreq.guard import Refusal, Target, parse_http_url
 from cwmpgw.logs import debug_wanted
+from cwmpgw.timeouts import FixedTimeouts
 from cwmpgw.web.digest_client import (
     Challenge,
     ChallengeError,
@@ -49,7 +50,6 @@ from cwmpgw.web.digest_client import (
     choose,
     parse_challenges,
 )
-from cwmpgw.web.timeouts import FixedTimeouts
 
 __all__ = ["OUTCOMES", "HttpAttempt", "HttpConnectionRequester"]
 
@@ -162,6 +162,7 @@ class _OneRequest(Protocol):
         self.stop_connecting: Callable[[], object] | None = None  # set by who connects
         # Set by who connects with a timeout of its own: called once connected or failed.
         self.connect_settled: Callable[[], object] | None = None
+        self.connector: Any = None  # the reactor's, for a connect timeout of ours
 
     def connectionMade(self) -> None:
         assert self.transport is not None
@@ -321,9 +322,10 @@ class _V4Connector(tcp.Connector):
         BaseConnector.__init__(self, factory, timeout, reactor)  # type: ignore[arg-type]
 
 
-def _connect_timed_out(connector: Any, protocol: _OneRequest) -> None:
+def _connect_timed_out(protocol: _OneRequest) -> None:
     """What Twisted's own connect timer calls: the connection attempt fails with
     TimeoutError (unless it was made meanwhile)."""
+    connector = protocol.connector
     transport = getattr(connector, "transport", None)
     if transport is not None:
         transport.failIfNotConnected(error.TimeoutError())
@@ -408,9 +410,13 @@ class HttpConnectionRequester:
         self._reactor = reactor
         self._connect_timeout = connect_timeout
         self._total_timeout = total_timeout
-        # One reactor timer each for all requests in flight (cwmpgw.web.timeouts).
-        self._connect_timeouts = FixedTimeouts(reactor, connect_timeout)
-        self._total_timeouts = FixedTimeouts(reactor, total_timeout)
+        # One reactor timer each for all requests in flight (cwmpgw.timeouts).
+        self._connect_timeouts: FixedTimeouts[_OneRequest] = FixedTimeouts(
+            reactor, connect_timeout, _connect_timed_out
+        )
+        self._total_timeouts: FixedTimeouts[Deferred[HttpAttempt]] = FixedTimeouts(
+            reactor, total_timeout, Deferred.cancel
+        )
         self._verify_tls = verify_tls
         self._max_body = max_body
         self._unverified_tls: _UnverifiedTLS | None = None
@@ -451,19 +457,12 @@ class HttpConnectionRequester:
             self._exchange(target, username, password, allow_basic, exchange)
         )
         # As Deferred.addTimeout(total_timeout, onTimeoutCancel=...), on the shared timer.
-        timed_out = False
-
-        def time_out() -> None:
-            nonlocal timed_out
-            timed_out = True
-            d.cancel()
-
-        token = self._total_timeouts.start(time_out)
+        self._total_timeouts.start(d)
         self._pending.add(d)
 
         def settle(result: HttpAttempt | Failure) -> HttpAttempt:
             """The outcome (one callback for the timeout, the failures and the log)."""
-            self._total_timeouts.cancel(token)
+            timed_out = not self._total_timeouts.cancel(d)  # its timeout cancelled it
             self._pending.discard(d)
             if timed_out:
                 attempt = exchange.final or HttpAttempt(
@@ -559,9 +558,10 @@ class HttpConnectionRequester:
                 connector.connect()  # what connectTCP does with it
             else:
                 connector = self._reactor.connectTCP(target.host, target.port, factory, None, bind)
-            token = self._connect_timeouts.start(partial(_connect_timed_out, connector, protocol))
+            protocol.connector = connector
             protocol.stop_connecting = connector.stopConnecting
-            protocol.connect_settled = partial(self._connect_timeouts.cancel, token)
+            protocol.connect_settled = partial(self._connect_timeouts.cancel, protocol)
+            self._connect_timeouts.start(protocol)
             return
         tcp: IStreamClientEndpoint
         if ":" in target.host:

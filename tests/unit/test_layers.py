@@ -27,8 +27,10 @@ ALLOWED: dict[str, set[str]] = {
     "web": set(),
     # XMPP shared by the gateway and the simulator's CPEs (Annex K): the client, the stanza.
     "xmpp": set(),
+    # Timeouts of one length on one reactor timer (the guard, the connreq client).
+    "timeouts": set(),
     # Redis availability: every Redis user goes through it.
-    "availability": {"waiters"},
+    "availability": {"timeouts", "waiters"},
     # The txredisapi pool with the lean command path (imported by the Redis part only).
     "redisclient": set(),
     # The garbage collector's threshold while a gateway runs.
@@ -44,7 +46,7 @@ ALLOWED: dict[str, set[str]] = {
     "acs": {"availability", "bus", "cwmp", "logs", "sessions", "store", "web"},
     "tasks": {"availability", "bus", "cwmp", "jsontext", "logs", "sessions", "store"},
     "provision": {"bus", "config", "cwmp", "sessions", "store", "web"},
-    "connreq": {"availability", "bus", "config", "logs", "store", "web", "xmpp"},
+    "connreq": {"availability", "bus", "config", "logs", "store", "timeouts", "web", "xmpp"},
     # Inventory, bulk tasks, profiles: over the stores and the task service.
     "fleet": {"availability", "bus", "config", "connreq", "cwmp", "sessions", "store", "tasks"},
     # Files the gateway serves and receives, and firmware campaigns.
